@@ -1,0 +1,3 @@
+"""Subcommand registry: each command lives in its own module and registers itself on `app`."""
+
+from vtwcli.cli import models_cmd  # noqa: F401

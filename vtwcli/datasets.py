@@ -1,0 +1,611 @@
+"""Evaluation datasets: JSONL files of image questions, the bundled sets, prompts, batches and scoring.
+
+A dataset is a JSONL file, one sample per line (see ``docs/datasets.md``)::
+
+    {"id": "color-0001", "task": "color", "image": "images/color-0001.png",
+     "question": "What color is the circle?", "answer": "red"}
+
+Optional ``"choices": [...]`` makes a multiple-choice sample (the answer is then a letter or the exact
+text of one choice; it is stored as the letter), and ``"images": [...]`` replaces ``"image"`` for
+several images. Image paths are relative to the JSONL file's directory (absolute paths work too).
+
+A bundled dataset is a directory ``vtwcli/data/datasets/<name>/`` holding ``data.jsonl``, ``images/``
+and ``README.md`` (with optional front matter ``description:`` / ``licence:`` / ``source:``, or a
+``meta.json`` with the same keys). Every problem is raised as a one-line :class:`VtwError` that names
+the file, the line and what to do. Nothing here imports torch; transformers objects are duck-typed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vtwcli.errors import VtwError
+
+__all__ = [
+    "BUNDLED_DIR",
+    "Sample",
+    "Dataset",
+    "DatasetInfo",
+    "bundled_datasets",
+    "load_dataset",
+    "sample_dataset",
+    "load_images",
+    "build_prompt",
+    "make_batch",
+    "score_answer",
+    "normalize_answer",
+    "file_sha256",
+]
+
+BUNDLED_DIR = Path(__file__).parent / "data" / "datasets"
+DATA_FILE = "data.jsonl"
+DEFAULT_TASK = "qa"
+LETTERS = string.ascii_uppercase
+
+# PIL modes that convert to RGB without losing meaning. High-bit-depth and float modes ("I", "F",
+# "I;16*") are refused: converting them clips every value above 255, silently wrecking the picture.
+# Alpha modes are composited onto white; "P" with transparency goes through RGBA first.
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question about one or more images. ``line`` is the 1-based line in ``file``."""
+
+    id: str
+    task: str
+    images: list[Path]
+    question: str
+    answer: str
+    choices: list[str] | None = None
+    line: int = 0
+    file: Path | None = None
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        return bool(self.choices)
+
+    @property
+    def answer_text(self) -> str:
+        """The answer as text: the correct choice's text for multiple choice, else ``answer``."""
+        if self.choices and len(self.answer) == 1 and self.answer in LETTERS:
+            return self.choices[LETTERS.index(self.answer)]
+        return self.answer
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file is not None else f"sample {self.id!r}"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``vtw datasets`` lists about a dataset, without opening its images."""
+
+    name: str
+    path: Path
+    tasks: list[str]
+    num_samples: int
+    sha256: str
+    licence: str = "unknown"
+    source: str = ""
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "tasks": list(self.tasks),
+            "samples": self.num_samples,
+            "sha256": self.sha256,
+            "licence": self.licence,
+            "source": self.source,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded, validated dataset. ``sha256`` is the hash of the JSONL file's bytes."""
+
+    name: str
+    path: Path
+    sha256: str
+    samples: list[Sample]
+    licence: str = "unknown"
+    source: str = ""
+    description: str = ""
+    bundled: bool = False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({s.task for s in self.samples})
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(
+            name=self.name,
+            path=self.path,
+            tasks=self.tasks,
+            num_samples=len(self.samples),
+            sha256=self.sha256,
+            licence=self.licence,
+            source=self.source,
+            description=self.description,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hashing and metadata
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise VtwError(f"cannot read {path}: {error.strerror or error}; check the path and its permissions") from None
+    return digest.hexdigest()
+
+
+def _read_meta(directory: Path) -> dict[str, str]:
+    """Description / licence / source of a dataset directory: meta.json, else README front matter."""
+    meta: dict[str, str] = {}
+    readme = directory / "README.md"
+    if readme.is_file():
+        try:
+            text = readme.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        lines = text.splitlines()
+        body_start = 0
+        if lines and lines[0].strip() == "---":
+            for index, line in enumerate(lines[1:], start=1):
+                if line.strip() == "---":
+                    body_start = index + 1
+                    break
+                key, sep, value = line.partition(":")
+                if sep:
+                    meta[key.strip().lower()] = value.strip().strip("\"'")
+        if "description" not in meta:
+            # First prose line of the README (not a heading, not a list item).
+            for line in lines[body_start:]:
+                stripped = line.strip()
+                if stripped and not stripped.startswith(("#", "-", "*", "|", "```", "<")):
+                    meta["description"] = stripped
+                    break
+    meta_json = directory / "meta.json"
+    if meta_json.is_file():
+        try:
+            loaded = json.loads(meta_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise VtwError(f"{meta_json}: not valid JSON ({error}); fix or delete the file") from None
+        if not isinstance(loaded, dict):
+            raise VtwError(f"{meta_json}: must be a JSON object with description/licence/source keys")
+        meta.update({str(k).lower(): str(v) for k, v in loaded.items() if isinstance(v, (str, int, float))})
+    if "license" in meta and "licence" not in meta:
+        meta["licence"] = meta["license"]
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _bundled_dirs() -> dict[str, Path]:
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {
+        d.name: d
+        for d in sorted(BUNDLED_DIR.iterdir())
+        if d.is_dir() and (d / DATA_FILE).is_file() and not d.name.startswith((".", "_"))
+    }
+
+
+def _string_field(obj: dict, key: str, where: str, *, required: bool = True, numbers: bool = False) -> str | None:
+    if key not in obj:
+        if required:
+            raise VtwError(f"{where}: missing field {key!r}; every sample needs id, question, answer and image")
+        return None
+    value = obj[key]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        kind = "string or number" if numbers else "string"
+        raise VtwError(f"{where}: field {key!r} must be a {kind}, got {type(value).__name__}")
+    if not value.strip():
+        raise VtwError(f"{where}: field {key!r} is empty; give it a value")
+    return value.strip()
+
+
+_LETTER_PREFIX = re.compile(r"^\s*\(?([A-Za-z])\s*[.):]\s+")
+
+
+def _parse_choices(obj: dict, where: str) -> list[str] | None:
+    if "choices" not in obj or obj["choices"] is None:
+        return None
+    choices = obj["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise VtwError(f"{where}: field 'choices' must be a list of non-empty strings")
+    if not 2 <= len(choices) <= len(LETTERS):
+        raise VtwError(f"{where}: field 'choices' needs 2 to {len(LETTERS)} options, got {len(choices)}")
+    # Drop "A. " / "(B) " prefixes when every choice carries its own letter: they are rendered again.
+    matches = [_LETTER_PREFIX.match(c) for c in choices]
+    if all(m and m.group(1).upper() == LETTERS[i] for i, m in enumerate(matches)):
+        choices = [c[m.end():] for c, m in zip(choices, matches)]  # type: ignore[union-attr]
+    choices = [c.strip() for c in choices]
+    if any(not c for c in choices):
+        raise VtwError(f"{where}: a choice is empty once its letter prefix is removed")
+    return choices
+
+
+def _canonical_choice_answer(answer: str, choices: list[str], where: str) -> str:
+    letters = LETTERS[: len(choices)]
+    stripped = answer.strip().strip("().: ").upper()
+    if len(stripped) == 1 and stripped in letters:
+        return stripped
+    target = normalize_answer(answer)
+    hits = [i for i, c in enumerate(choices) if normalize_answer(c) == target]
+    if len(hits) == 1:
+        return letters[hits[0]]
+    raise VtwError(
+        f"{where}: answer {answer!r} is neither a letter {letters[0]}-{letters[-1]} nor exactly one of the choices; "
+        "give the correct option's letter"
+    )
+
+
+def _image_paths(obj: dict, base: Path, where: str) -> list[Path]:
+    has_one, has_many = "image" in obj, "images" in obj
+    if has_one and has_many:
+        raise VtwError(f"{where}: give either 'image' or 'images', not both")
+    if not has_one and not has_many:
+        raise VtwError(f"{where}: sample has no image; add \"image\": \"<path>\" (or \"images\": [...])")
+    raw = [obj["image"]] if has_one else obj["images"]
+    if has_many and not isinstance(raw, list):
+        raise VtwError(f"{where}: field 'images' must be a list of paths, got {type(raw).__name__}")
+    if not raw:
+        raise VtwError(f"{where}: sample has no image ('images' is empty); list at least one path")
+    paths = []
+    for item in raw:
+        if not isinstance(item, str) or not item.strip():
+            key = "image" if has_one else "images"
+            raise VtwError(f"{where}: field {key!r} must hold non-empty path strings, got {item!r:.60}")
+        if "\x00" in item:
+            raise VtwError(f"{where}: image path contains a NUL byte")
+        path = Path(item.strip())
+        paths.append(path if path.is_absolute() else base / path)
+    return paths
+
+
+def _check_image(path: Path, where: str) -> None:
+    """Exists, is an image PIL can identify and verify, and in a mode we can turn into RGB."""
+    try:
+        if not path.is_file():
+            raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's folder)")
+        with Image.open(path) as image:
+            mode = image.mode
+            image.verify()
+    except VtwError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+    except Exception as error:  # PIL raises odd types on hostile files (e.g. struct.error, DecompressionBombError)
+        raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+    _check_mode(mode, path, where)
+
+
+def _check_mode(mode: str, path: Path, where: str) -> None:
+    if mode not in CONVERTIBLE_MODES:
+        raise VtwError(
+            f"{where}: image {path} has mode {mode!r}, which does not convert to RGB without clipping; "
+            "save it as 8-bit RGB, RGBA, L or P"
+        )
+
+
+def _parse_jsonl(path: Path, *, check_images: bool) -> list[Sample]:
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise VtwError(f"{path} is a directory; give the JSONL file (or a folder with {DATA_FILE})") from None
+    except OSError as error:
+        raise VtwError(f"cannot read {path}: {error.strerror or error}; check the path and its permissions") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    base = path.parent
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise VtwError(f"{where}: not valid UTF-8 (byte {error.start}); save the file as UTF-8") from None
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise VtwError(f"{where}: invalid JSON ({error.msg} at column {error.colno}); each line must be one JSON object") from None
+        except (RecursionError, ValueError) as error:
+            raise VtwError(f"{where}: invalid JSON ({type(error).__name__}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise VtwError(f"{where}: expected a JSON object, got {type(obj).__name__}; each line must be one sample object")
+        sample_id = obj.get("id")
+        if isinstance(sample_id, int) and not isinstance(sample_id, bool):
+            obj = {**obj, "id": str(sample_id)}
+        sample_id = _string_field(obj, "id", where)
+        assert sample_id is not None
+        if sample_id in seen:
+            raise VtwError(f"{where}: duplicate id {sample_id!r} (first on line {seen[sample_id]}); ids must be unique")
+        seen[sample_id] = number
+        question = _string_field(obj, "question", where)
+        answer = _string_field(obj, "answer", where, numbers=True)
+        task = _string_field(obj, "task", where, required=False) or DEFAULT_TASK
+        images = _image_paths(obj, base, where)
+        choices = _parse_choices(obj, where)
+        assert question is not None and answer is not None
+        if choices:
+            answer = _canonical_choice_answer(answer, choices, where)
+        if check_images:
+            for image_path in images:
+                _check_image(image_path, where)
+        samples.append(
+            Sample(
+                id=sample_id,
+                task=task,
+                images=images,
+                question=question,
+                answer=answer,
+                choices=choices,
+                line=number,
+                file=path,
+            )
+        )
+    if not samples:
+        raise VtwError(f"{path}: the dataset is empty (no samples); add one JSON object per line")
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def bundled_datasets() -> list[DatasetInfo]:
+    """The datasets shipped in ``vtwcli/data/datasets/``, sorted by name (images are not opened)."""
+    infos = []
+    for name, directory in _bundled_dirs().items():
+        jsonl = directory / DATA_FILE
+        samples = _parse_jsonl(jsonl, check_images=False)
+        meta = _read_meta(directory)
+        infos.append(
+            DatasetInfo(
+                name=name,
+                path=jsonl,
+                tasks=sorted({s.task for s in samples}),
+                num_samples=len(samples),
+                sha256=file_sha256(jsonl),
+                licence=meta.get("licence", "unknown"),
+                source=meta.get("source", ""),
+                description=meta.get("description", ""),
+            )
+        )
+    return infos
+
+
+def _resolve(name_or_path: str | Path) -> tuple[str, Path, bool]:
+    """(name, jsonl path, bundled?) for a bundled name, a JSONL path or a dataset directory."""
+    text = str(name_or_path)
+    if not text.strip():
+        raise VtwError("no dataset given; pass a bundled name (see `vtw datasets`) or a path to a JSONL file")
+    if "\x00" in text:
+        raise VtwError(f"dataset path {text!r} contains a NUL byte")
+    bundled = _bundled_dirs()
+    if isinstance(name_or_path, str) and name_or_path in bundled:
+        return name_or_path, bundled[name_or_path] / DATA_FILE, True
+    path = Path(name_or_path).expanduser()
+    try:
+        if path.is_dir():
+            if (path / DATA_FILE).is_file():
+                return path.resolve().name, path / DATA_FILE, False
+            raise VtwError(f"{path} is a directory without {DATA_FILE}; give the JSONL file itself")
+        if path.is_file():
+            name = path.parent.resolve().name if path.name == DATA_FILE else path.stem
+            return name, path, False
+    except OSError as error:
+        raise VtwError(f"cannot access {path}: {error.strerror or error}") from None
+    looks_like_path = isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".jsonl", ".json"))
+    if looks_like_path:
+        raise VtwError(f"dataset file not found: {path}; check the path (or use a bundled name, see `vtw datasets`)")
+    known = ", ".join(bundled) or "none installed"
+    raise VtwError(f"unknown dataset {text!r}; bundled datasets: {known} (or pass a path to a JSONL file)")
+
+
+def load_dataset(name_or_path: str | Path) -> Dataset:
+    """Load and validate a bundled dataset (by name) or a JSONL file (by path).
+
+    Checks every line (JSON, fields, unique ids, choices) and every image (exists, decodable header,
+    convertible mode) and raises a one-line :class:`VtwError` naming the file and line on the first problem.
+    """
+    name, path, bundled = _resolve(name_or_path)
+    samples = _parse_jsonl(path, check_images=True)
+    meta = _read_meta(path.parent) if path.name == DATA_FILE else {}
+    return Dataset(
+        name=name,
+        path=path,
+        sha256=file_sha256(path),
+        samples=samples,
+        licence=meta.get("licence", "unknown"),
+        source=meta.get("source", ""),
+        description=meta.get("description", ""),
+        bundled=bundled,
+    )
+
+
+def sample_dataset(dataset: Dataset, n: int | None, seed: int) -> list[Sample]:
+    """A seeded random subset of ``n`` samples without replacement, returned in file order.
+
+    ``n=None`` returns every sample. The draw is a seeded shuffle truncated to ``n``, so for one seed a
+    smaller ``n`` picks a subset of a larger one. ``n <= 0`` or ``n`` above the dataset's size is an error.
+    """
+    available = len(dataset.samples)
+    if n is None:
+        return list(dataset.samples)
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise VtwError(f"sample size must be an integer, got {n!r}")
+    if n <= 0:
+        raise VtwError(f"sample size must be at least 1, got {n}; dataset {dataset.name!r} has {available} samples")
+    if n > available:
+        raise VtwError(
+            f"asked for {n} samples but dataset {dataset.name!r} has only {available} available; use n <= {available}"
+        )
+    order = list(range(available))
+    random.Random(seed).shuffle(order)
+    return [dataset.samples[i] for i in sorted(order[:n])]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_images(sample: Sample) -> list[Image.Image]:
+    """The sample's images decoded and converted to RGB (alpha composited on white; first frame only)."""
+    where = sample.where()
+    images = []
+    for path in sample.images:
+        try:
+            with Image.open(path) as image:
+                _check_mode(image.mode, path, where)
+                image.load()
+                images.append(_to_rgb(image))
+        except VtwError:
+            raise
+        except FileNotFoundError:
+            raise VtwError(f"{where}: image file not found: {path}; fix the path") from None
+        except Exception as error:
+            raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+    return images
+
+
+def question_text(sample: Sample) -> str:
+    """The question, plus the choices as ``A. ...`` lines and the letter instruction for multiple choice."""
+    if not sample.choices:
+        return sample.question
+    lines = [sample.question]
+    lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(sample.choices)]
+    lines.append("Answer with the option's letter.")
+    return "\n".join(lines)
+
+
+def build_prompt(processor: Any, sample: Sample) -> str:
+    """The text prompt for one sample: the processor's chat template if it has one, else a LLaVA-style fallback.
+
+    With a template: one ``{"type": "image"}`` entry per image, then the question (and choices) as text,
+    rendered with ``add_generation_prompt=True``. Without: ``"USER: <image>\\n{question}\\nASSISTANT:"``,
+    using ``processor.image_token`` (default ``"<image>"``) once per image.
+    """
+    text = question_text(sample)
+    if getattr(processor, "chat_template", None):
+        content: list[dict[str, str]] = [{"type": "image"} for _ in sample.images]
+        content.append({"type": "text", "text": text})
+        messages = [{"role": "user", "content": content}]
+        try:
+            return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # jinja2 errors, template raise_exception(...)
+            raise VtwError(
+                f"{sample.where()}: the processor's chat template failed ({type(error).__name__}: {error}); "
+                "check the model's chat template"
+            ) from None
+    image_token = getattr(processor, "image_token", None)
+    if not isinstance(image_token, str) or not image_token:
+        image_token = "<image>"
+    return "USER: " + "".join(f"{image_token}\n" for _ in sample.images) + f"{text}\nASSISTANT:"
+
+
+def make_batch(processor: Any, samples: list[Sample]):
+    """Run the processor on a batch: prompts + RGB images, left padding, ``return_tensors="pt"``."""
+    if not samples:
+        raise VtwError("cannot build a batch from zero samples; pass at least one sample")
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    prompts = [build_prompt(processor, s) for s in samples]
+    per_sample = [load_images(s) for s in samples]
+    if all(len(images) == 1 for images in per_sample):
+        images: list = [images[0] for images in per_sample]
+    else:
+        images = per_sample
+    try:
+        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    except ValueError as error:
+        ids = ", ".join(s.id for s in samples[:5]) + (" ..." if len(samples) > 5 else "")
+        raise VtwError(f"the processor rejected the batch ({ids}): {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scoring
+
+_ARTICLES = {"a", "an", "the"}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_PUNCT = re.compile(r"[^\w\s]|_")
+_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:correct\s+)?(?:answer|option)\s*(?:is|:)?\s*[:\-]?\s*", re.IGNORECASE)
+_LETTER_ANSWER = re.compile(r"^\s*(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\s*(?:[.):]|$))")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation to spaces, drop articles, number words to digits, collapse whitespace."""
+    words = _PUNCT.sub(" ", str(text).lower()).split()
+    return " ".join(_NUMBER_WORDS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def _strip_answer_prefix(prediction: str) -> str:
+    return _ANSWER_PREFIX.sub("", prediction, count=1)
+
+
+def score_answer(prediction: str, sample: Sample) -> bool:
+    """Is ``prediction`` correct? Normalised exact match; for multiple choice the letter or the choice text.
+
+    Accepted letter forms: ``B``, ``b``, ``B.``, ``(B)``, ``B)``, ``b) cat``, ``B: cat``, ``Answer: B``. A bare
+    ``A cat`` is read as text, not as option A. The letter must be the correct one; text must equal the
+    correct choice (or the stored answer) after normalisation.
+    """
+    if not isinstance(prediction, str):
+        return False
+    candidates = [prediction.strip(), _strip_answer_prefix(prediction.strip())]
+    if sample.choices:
+        letters = LETTERS[: len(sample.choices)]
+        for candidate in candidates:
+            match = _LETTER_ANSWER.match(candidate)
+            if match:
+                letter = (match.group(1) or match.group(2)).upper()
+                if letter in letters:
+                    return letter == sample.answer
+        targets = {normalize_answer(sample.answer_text)}
+    else:
+        targets = {normalize_answer(sample.answer)}
+    targets.discard("")
+    return any(normalize_answer(c) in targets for c in candidates)

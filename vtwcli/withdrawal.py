@@ -1,0 +1,338 @@
+"""Visual Tokens Withdrawal on an unmodified transformers model, through hooks.
+
+At decoder layer K every vision token is withdrawn: layers 0..K-1 see the whole sequence, layers
+K..L-1 see only the other tokens, each at its ORIGINAL position (RoPE positions are not renumbered).
+
+How it works, without touching the model's code:
+
+* a forward pre-hook on the top-level model reads which tokens of this call are vision tokens
+  (``input_ids`` in the adapter's vision token ids) and the 2-D padding mask;
+* a pre-hook on layer K gathers the kept tokens of each row (rows may keep different numbers of
+  tokens: several images, padding, so kept tokens are left-aligned into a slightly narrower batch with
+  masked slots), slices the rotary ``position_embeddings`` and ``position_ids`` at the kept original
+  positions, and builds the attention mask for the short sequence with transformers' own
+  ``create_causal_mask`` against layer K's cache (which holds only kept tokens);
+* pre-hooks on layers K+1..L-1 swap in that mask and those positions.
+
+The KV cache of layers >= K therefore only ever stores kept tokens. Across ``generate()`` steps the
+2-D validity of those cache entries is remembered per cache object. Positions of decode steps come from
+layer 0's cache length / the mask cumsum, i.e. they stay the original positions, as VTW requires.
+
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from vtwcli.adapters import Adapter, adapter_for
+from vtwcli.errors import UnsupportedError
+
+__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers"]
+
+
+def num_decoder_layers(model: nn.Module) -> int:
+    return len(adapter_for(model).decoder_layers(model))
+
+
+@dataclass
+class _CallState:
+    """What the top-level pre-hook learned about the current forward call."""
+
+    vision_mask: torch.Tensor  # (B, q) bool, True = vision token of this call's new tokens
+    padding_mask: torch.Tensor | None  # (B, past + q) bool, True = real token; None = no padding
+    has_pixels: bool  # this call inserts vision features (a prefill, or a chunk carrying an image)
+
+
+@dataclass
+class _WithdrawnInputs:
+    """The inputs every layer >= K receives in place of the full-length ones (built once per call)."""
+
+    kept_index: torch.Tensor  # (B, q') original in-call index of each kept slot
+    attention_mask: torch.Tensor | None
+    position_embeddings: tuple[torch.Tensor, ...] | None
+    position_ids: torch.Tensor | None
+
+    def on(self, device: torch.device) -> "_WithdrawnInputs":
+        # Layers may sit on different devices (device_map): move lazily, never assume one device.
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            if isinstance(value, tuple):
+                return tuple(move(v) for v in value)
+            return value
+
+        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_mask,
+                                                   self.position_embeddings, self.position_ids)))
+
+
+def _take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
+    """Gather ``index`` (B, q') along ``seq_dim`` of a per-position tensor whose batch dim may be 1."""
+    seq_dim = seq_dim % tensor.dim()
+    batch_dim = seq_dim - 1
+    shape = list(tensor.shape)
+    shape[batch_dim] = index.shape[0]
+    tensor = tensor.expand(*shape)
+    view = [1] * tensor.dim()
+    view[batch_dim], view[seq_dim] = index.shape
+    expand = list(tensor.shape)
+    expand[seq_dim] = index.shape[1]
+    return tensor.gather(seq_dim, index.view(view).expand(expand).to(tensor.device))
+
+
+def _kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned gather index of the kept tokens of each row, and which slots are real.
+
+    A stable sort of the keep flags puts withdrawn positions first and kept positions last, each in
+    their original order; the last ``max kept`` columns are every row's kept tokens, right-aligned like
+    left padding (so the last slot is the last token), with withdrawn positions as masked filler.
+    """
+    flags, order = torch.sort(keep.to(torch.int8), dim=1, stable=True)
+    width = int(keep.sum(dim=1).max().item()) if keep.numel() else 0
+    return order[:, keep.shape[1] - width:], flags[:, keep.shape[1] - width:].bool()
+
+
+class WithdrawalHandle:
+    """Hooks that withdraw vision tokens at ``layer``. Use as a context manager or call ``remove()``."""
+
+    def __init__(self, model: nn.Module, layer: int, *, vision_mask: torch.Tensor | None = None,
+                 kinds: tuple[str, ...] | None = None, allow_training: bool = False):
+        self.model = model
+        self.adapter: Adapter = adapter_for(model)
+        self.layers = self.adapter.decoder_layers(model)
+        self.num_layers = len(self.layers)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise UnsupportedError(f"withdrawal layer must be an integer in 1..{self.num_layers}, got {layer!r}")
+        if layer == 0:
+            raise UnsupportedError(
+                "withdrawal at layer 0 is not supported: it equals dropping the image, and transformers reads the "
+                f"sequence length from layer 0's cache; use a layer in 1..{self.num_layers}"
+            )
+        if not 1 <= layer <= self.num_layers:
+            raise UnsupportedError(
+                f"withdrawal layer {layer} is out of range for this model with {self.num_layers} decoder layers; "
+                f"use 1..{self.num_layers} ({self.num_layers} = no withdrawal)"
+            )
+        self.layer = layer
+        self.text_config = self.adapter.text_config(model.config)
+        self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
+        if not self.vision_token_ids and vision_mask is None:
+            raise UnsupportedError(
+                f"{type(model).__name__} config has no vision token id ({', '.join(self.adapter.vision_token_id_keys)}); "
+                "set it in the config or pass vision_mask="
+            )
+        self.explicit_vision_mask = vision_mask
+        self.allow_training = allow_training
+        self.kept_index: torch.Tensor | None = None  # last call's kept original indices, for callers mapping logits
+        self._call: _CallState | None = None
+        self._withdrawn: _WithdrawnInputs | None = None
+        self._device_copies: dict[torch.device, _WithdrawnInputs] = {}
+        self._pending_padding_mask: torch.Tensor | None = None
+        # Validity (B, entries) of the kept entries in layers >= K of each live cache object.
+        self._cache_validity: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._hooks: list = []
+        self._had_own_prepare = "prepare_inputs_for_generation" in vars(model)
+        self._active = False
+        self._attach()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        self._active = True
+        if self.layer == self.num_layers:
+            return  # K = L is "no withdrawal": attach nothing, so outputs stay bit-identical.
+        self._hooks.append(self.model.register_forward_pre_hook(self._read_call, with_kwargs=True))
+        self._hooks.append(self.layers[self.layer].register_forward_pre_hook(self._enter_withdrawn, with_kwargs=True))
+        for later in self.layers[self.layer + 1:]:
+            self._hooks.append(later.register_forward_pre_hook(self._continue_withdrawn, with_kwargs=True))
+        for hook_module in (self.model,):
+            self._hooks.append(hook_module.register_forward_hook(self._end_call))
+        if hasattr(self.model, "prepare_inputs_for_generation"):
+            original = self.model.prepare_inputs_for_generation
+
+            # generate() turns the 2-D mask 4-D for static caches before forward; keep the 2-D one.
+            @functools.wraps(original)
+            def prepare_inputs_for_generation(*args, **kwargs):
+                mask = kwargs.get("attention_mask")
+                self._pending_padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+                return original(*args, **kwargs)
+
+            self.model.prepare_inputs_for_generation = prepare_inputs_for_generation
+
+    def remove(self) -> None:
+        """Detach every hook; the model is exactly the unmodified model again."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if "prepare_inputs_for_generation" in vars(self.model) and not self._had_own_prepare:
+            del self.model.prepare_inputs_for_generation
+        self._call = self._withdrawn = None
+        self._device_copies.clear()
+        self._active = False
+
+    def __enter__(self) -> "WithdrawalHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"WithdrawalHandle(layer={self.layer}, num_layers={self.num_layers}, {state})"
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _read_call(self, module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise UnsupportedError(
+                "withdrawal does not support training losses (labels=); it supports inference: forward without "
+                "labels and generate()"
+            )
+        if module.training and torch.is_grad_enabled() and not self.allow_training:
+            raise UnsupportedError(
+                "withdrawal does not support training (model is in train mode); call model.eval() for inference"
+            )
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is not None:
+            ids = torch.tensor(self.vision_token_ids, device=input_ids.device)
+            vision = torch.isin(input_ids, ids)
+        else:
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is None or self.explicit_vision_mask is None:
+                raise UnsupportedError(
+                    "withdrawal needs input_ids to find the vision tokens; with inputs_embeds pass "
+                    "withdraw(model, layer=K, vision_mask=<bool tensor (batch, seq)>)"
+                )
+            vision = self.explicit_vision_mask.to(embeds.device).bool()
+            if vision.shape != embeds.shape[:2]:
+                raise UnsupportedError(
+                    f"vision_mask has shape {tuple(vision.shape)} but inputs_embeds has (batch, seq) = "
+                    f"{tuple(embeds.shape[:2])}; pass a mask of the same shape"
+                )
+        mask = kwargs.get("attention_mask")
+        if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            if mask is not None and self._pending_padding_mask is None:
+                raise UnsupportedError(
+                    "withdrawal needs the 2-D padding attention_mask (batch, seq); a prepared 4-D mask is not supported"
+                )
+            mask = self._pending_padding_mask
+        self._pending_padding_mask = None
+        has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
+        self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
+                                has_pixels=has_pixels)
+        self._withdrawn = None
+        self._device_copies.clear()
+        return None
+
+    def _end_call(self, module, args, output):
+        self._call = None
+        self._withdrawn = None
+        self._device_copies.clear()
+        return None
+
+    def _enter_withdrawn(self, module, args, kwargs):
+        call = self._call
+        if call is None:
+            raise UnsupportedError(
+                "withdrawal hooks ran without a top-level forward; call the model passed to withdraw() itself"
+            )
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch, length = hidden.shape[:2]
+        device = hidden.device
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past_kept = int(cache.get_seq_length(self.layer)) if cache is not None else 0
+        vision = call.vision_mask.to(device)
+        if vision.shape != (batch, length):
+            raise UnsupportedError(
+                f"vision mask covers {tuple(vision.shape)} tokens but the language model got {(batch, length)}; "
+                "this architecture or call is not supported by withdrawal"
+            )
+        if past_kept and not call.has_pixels:
+            # A continuation (decode step) inserts no vision features: a generated token that happens to
+            # carry a vision token id is plain text here.
+            vision = torch.zeros_like(vision)
+        if past_kept and vision.any():
+            raise UnsupportedError(
+                "chunked prefill (vision tokens arriving after the cache already holds tokens) is not supported "
+                "with withdrawal; prefill the whole prompt in one forward"
+            )
+
+        # Padding is dropped along with the vision tokens: layers >= K never need it.
+        keep = ~vision
+        if call.padding_mask is not None:
+            keep &= call.padding_mask[:, -length:].to(device)
+        index, validity = _kept_slots(keep)
+        if index.shape[1] == 0:
+            raise UnsupportedError(
+                "every token of this call is a vision or padding token, so nothing is left after withdrawal; "
+                "add text to the prompt"
+            )
+        if past_kept:
+            history = self._cache_validity.get(cache)
+            if history is None or history.shape != (batch, past_kept):
+                raise UnsupportedError(
+                    "this cache was not filled under the same withdrawal (its layers >= K hold "
+                    f"{past_kept} entries vision tokens were never removed from); start generation anew"
+                )
+            validity = torch.cat([history.to(device), validity], dim=1)
+        if cache is not None:
+            self._cache_validity[cache] = validity
+
+        kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        position_embeddings = kwargs.get("position_embeddings")
+        if position_embeddings is not None:
+            position_embeddings = tuple(_take_positions(t, index, seq_dim=1) for t in position_embeddings)
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            position_ids = _take_positions(position_ids, index, seq_dim=-1)
+        # position_ids=None on purpose: gapped positions would read as packed sequences (block-diagonal mask).
+        attention_mask = create_causal_mask(
+            config=self.text_config, inputs_embeds=kept_hidden, attention_mask=validity, cache=cache,
+            position_ids=None, layer_idx=self.layer,
+        )
+        self._withdrawn = _WithdrawnInputs(index, attention_mask, position_embeddings, position_ids)
+        self._device_copies = {device: self._withdrawn}
+        self.kept_index = index
+        return self._swap_inputs(args, kwargs, kept_hidden, self._withdrawn)
+
+    def _continue_withdrawn(self, module, args, kwargs):
+        if self._withdrawn is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs = self._device_copies.get(hidden.device)
+        if inputs is None:
+            inputs = self._device_copies[hidden.device] = self._withdrawn.on(hidden.device)
+        return self._swap_inputs(args, kwargs, hidden, inputs)
+
+    @staticmethod
+    def _swap_inputs(args, kwargs, hidden, inputs: _WithdrawnInputs):
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = inputs.attention_mask
+        if "position_embeddings" in kwargs:
+            kwargs["position_embeddings"] = inputs.position_embeddings
+        if "position_ids" in kwargs:
+            kwargs["position_ids"] = inputs.position_ids
+        if args:
+            args = (hidden, *args[1:])
+        else:
+            kwargs["hidden_states"] = hidden
+        return args, kwargs
+
+
+def withdraw(model: nn.Module, layer: int, *, vision_mask: torch.Tensor | None = None,
+             kinds: tuple[str, ...] | None = None, allow_training: bool = False) -> WithdrawalHandle:
+    """Withdraw the vision tokens of ``model`` from decoder layer ``layer`` (0-based) on.
+
+    ``layer`` is K in 1..L: layers 0..K-1 see every token, layers K..L-1 only the non-vision tokens at
+    their original positions; K = L changes nothing. Works as a context manager or returns a handle
+    whose ``remove()`` restores the model. Outputs of a withdrawn forward cover the kept tokens only
+    (``handle.kept_index`` maps them to the original positions); the last position is the last token.
+
+    ``vision_mask`` (bool, batch x seq) marks vision tokens for calls made with ``inputs_embeds``.
+    ``kinds`` restricts which vision tokens are withdrawn (e.g. ``("image",)``) where a family has several.
+    """
+    return WithdrawalHandle(model, layer, vision_mask=vision_mask, kinds=kinds, allow_training=allow_training)
