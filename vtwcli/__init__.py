@@ -8,6 +8,8 @@
 __version__ = "0.1.0"
 
 from vtwcli.errors import CheckFailed, UnsupportedError, VtwError  # noqa: E402
+from vtwcli.loading import bundled_model_path  # noqa: E402
 from vtwcli.withdrawal import WithdrawalHandle, withdraw  # noqa: E402
 
-__all__ = ["__version__", "withdraw", "WithdrawalHandle", "VtwError", "UnsupportedError", "CheckFailed"]
+__all__ = ["__version__", "withdraw", "WithdrawalHandle", "bundled_model_path", "VtwError", "UnsupportedError",
+           "CheckFailed"]

@@ -1,0 +1,194 @@
+"""Loading: the model and its processor, on the device and in the dtype asked for.
+
+Real models (hub ids or local directories) and the bundled demo model go through the same
+``from_pretrained`` path. Every failure a user can cause becomes one VtwError line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vtwcli.adapters import adapter_for_architecture
+from vtwcli.errors import VtwError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ATTENTION = ("sdpa", "eager")
+# Config keys that describe how a model was saved or run, not what it computes.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "_attn_implementation",
+                         "_attn_implementation_internal", "_commit_hash", "use_cache", "output_attentions",
+                         "output_hidden_states", "return_dict"}
+
+
+def bundled_model_path() -> Path:
+    """Directory of the bundled tiny demo LLaVA (a test model; real users pass a hub id or a path)."""
+    return Path(__file__).parent / "data" / "bundled_model"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    processor: object
+    name_or_path: str
+    architecture: str
+    device: torch.device
+    dtype: torch.dtype
+    attn: str
+
+    @property
+    def is_bundled(self) -> bool:
+        return Path(self.name_or_path).resolve() == bundled_model_path().resolve()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise VtwError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VtwError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise VtwError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present; "
+                           f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise VtwError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise VtwError(f"--device {device} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return parsed
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise VtwError(f"--dtype {dtype!r} is not supported; use auto, {', '.join(DTYPES)}")
+    if dtype == "float16" and device.type == "cpu":
+        raise VtwError("--dtype float16 is not supported on cpu (many CPU kernels lack it); use float32 or bfloat16")
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VtwError(f"--dtype bfloat16 is not supported by {torch.cuda.get_device_name(device)}; use float16")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and name.count(os.sep) > 1
+
+
+def _resolve_source(name_or_path: str) -> str:
+    """A local directory (checked) or a hub id (left to from_pretrained)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise VtwError(f"--model {name_or_path} is a file; pass the model directory (with config.json)")
+        if not (path / "config.json").is_file():
+            raise VtwError(f"--model {name_or_path}: directory has no config.json; pass a saved model directory "
+                           "(save_pretrained output) or a hub id")
+        return str(path)
+    if _looks_like_path(name_or_path):
+        raise VtwError(f"--model {name_or_path}: no such directory; check the path or pass a hub id")
+    return name_or_path
+
+
+def _offline_hint(name: str, error: Exception) -> VtwError:
+    return VtwError(f"--model {name}: could not load it from the Hugging Face hub ({type(error).__name__}); "
+                    "a hub id needs network access, else pass a local directory")
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    source = _resolve_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        if Path(source).is_dir():
+            raise VtwError(f"--model {name_or_path}: config.json could not be read ({error}); "
+                           "re-save the model with save_pretrained") from None
+        raise _offline_hint(name_or_path, error) from None
+
+
+def architecture_of(config) -> str:
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise VtwError(f"model config ({config.model_type}) names no architecture; set `architectures` in config.json")
+    architecture = architectures[0]
+    if getattr(config, "vision_config", None) is None:
+        raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
+                       "tokens (see `vtw models`)")
+    adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
+    return architecture
+
+
+def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: str = "auto",
+               attn: str = "sdpa", device_map: str | None = None) -> LoadedModel:
+    """Load model + processor for withdrawal; None loads the bundled demo model."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    name_or_path = str(bundled_model_path()) if name_or_path is None else str(name_or_path)
+    if attn not in ATTENTION:
+        raise VtwError(f"--attn {attn!r} is not supported; use {' or '.join(ATTENTION)}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config = load_config(name_or_path)
+    architecture = architecture_of(config)
+    source = _resolve_source(name_or_path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn, device_map=device_map)
+    except torch.cuda.OutOfMemoryError:
+        raise VtwError(f"--model {name_or_path}: out of memory while loading on {torch_device}; try --dtype bfloat16, "
+                       "--device-map auto or a smaller model") from None
+    except (OSError, ValueError) as error:
+        if Path(source).is_dir():
+            raise VtwError(f"--model {name_or_path}: no loadable weights in the directory ({error.__class__.__name__}); "
+                           "it needs model.safetensors (or pytorch_model.bin) from save_pretrained") from None
+        raise _offline_hint(name_or_path, error) from None
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise VtwError(f"--model {name_or_path}: no processor/tokenizer could be loaded ({error.__class__.__name__}); "
+                       "save the processor next to the model (processor.save_pretrained)") from None
+    if getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer.padding_side = "left"  # batched generation needs the last token last
+    if device_map is None:
+        model.to(torch_device)
+    model.eval()
+    return LoadedModel(model=model, processor=processor, name_or_path=name_or_path, architecture=architecture,
+                       device=torch_device, dtype=torch_dtype, attn=attn)
+
+
+def config_sha256(config) -> str:
+    """Hash of what the config says the model computes (not how it was saved or run)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in sorted(value.items()) if k not in _VOLATILE_CONFIG_KEYS}
+        return value
+
+    canonical = json.dumps(strip(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_section(loaded: LoadedModel) -> dict:
+    """The profile's `model` block."""
+    from vtwcli.withdrawal import num_decoder_layers
+
+    name = "bundled" if loaded.is_bundled else loaded.name_or_path
+    return {
+        "name_or_path": name,
+        "architecture": loaded.architecture,
+        "num_layers": num_decoder_layers(loaded.model),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device),
+        "attn_implementation": loaded.attn,
+        "config_sha256": config_sha256(loaded.model.config),
+    }
