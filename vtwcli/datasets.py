@@ -54,7 +54,9 @@ LETTERS = string.ascii_uppercase
 # PIL modes that convert to RGB without losing meaning. High-bit-depth and float modes ("I", "F",
 # "I;16*") are refused: converting them clips every value above 255, silently wrecking the picture.
 # Alpha modes are composited onto white; "P" with transparency goes through RGBA first.
-CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+CONVERTIBLE_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 
@@ -231,6 +233,7 @@ def _string_field(obj: dict, key: str, where: str, *, required: bool = True, num
     return value.strip()
 
 
+_OPTIONAL_NULLABLE = frozenset({"task", "image", "images", "choices"})
 _LETTER_PREFIX = re.compile(r"^\s*\(?([A-Za-z])\s*[.):]\s+")
 
 
@@ -294,17 +297,23 @@ def _check_image(path: Path, where: str) -> None:
     """Exists, is an image PIL can identify and verify, and in a mode we can turn into RGB."""
     try:
         if not path.is_file():
-            raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's folder)")
+            raise VtwError(
+                f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's folder)"
+            )
         with Image.open(path) as image:
             mode = image.mode
             image.verify()
     except VtwError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+        raise VtwError(_corrupt(where, path, error)) from None
     except Exception as error:  # PIL raises odd types on hostile files (e.g. struct.error, DecompressionBombError)
-        raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+        raise VtwError(_corrupt(where, path, error)) from None
     _check_mode(mode, path, where)
+
+
+def _corrupt(where: str, path: Path, error: BaseException) -> str:
+    return f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file"
 
 
 def _check_mode(mode: str, path: Path, where: str) -> None:
@@ -338,11 +347,17 @@ def _parse_jsonl(path: Path, *, check_images: bool) -> list[Sample]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as error:
-            raise VtwError(f"{where}: invalid JSON ({error.msg} at column {error.colno}); each line must be one JSON object") from None
+            raise VtwError(
+                f"{where}: invalid JSON ({error.msg} at column {error.colno}); each line must be one JSON object"
+            ) from None
         except (RecursionError, ValueError) as error:
             raise VtwError(f"{where}: invalid JSON ({type(error).__name__}); each line must be one JSON object") from None
         if not isinstance(obj, dict):
-            raise VtwError(f"{where}: expected a JSON object, got {type(obj).__name__}; each line must be one sample object")
+            raise VtwError(
+                f"{where}: expected a JSON object, got {type(obj).__name__}; each line must be one sample object"
+            )
+        # null optional fields count as absent ("image": null next to "images": [...] is fine)
+        obj = {k: v for k, v in obj.items() if not (v is None and k in _OPTIONAL_NULLABLE)}
         sample_id = obj.get("id")
         if isinstance(sample_id, int) and not isinstance(sample_id, bool):
             obj = {**obj, "id": str(sample_id)}
@@ -426,7 +441,9 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path, bool]:
             return name, path, False
     except OSError as error:
         raise VtwError(f"cannot access {path}: {error.strerror or error}") from None
-    looks_like_path = isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".jsonl", ".json"))
+    looks_like_path = (
+        isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".jsonl", ".json"))
+    )
     if looks_like_path:
         raise VtwError(f"dataset file not found: {path}; check the path (or use a bundled name, see `vtw datasets`)")
     known = ", ".join(bundled) or "none installed"
@@ -501,7 +518,7 @@ def load_images(sample: Sample) -> list[Image.Image]:
         except FileNotFoundError:
             raise VtwError(f"{where}: image file not found: {path}; fix the path") from None
         except Exception as error:
-            raise VtwError(f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file") from None
+            raise VtwError(_corrupt(where, path, error)) from None
     return images
 
 

@@ -1,3 +1,4 @@
 """Subcommand registry: each command lives in its own module and registers itself on `app`."""
 
 from vtwcli.cli import models_cmd  # noqa: F401
+from vtwcli.cli import datasets_cmd  # noqa: F401
