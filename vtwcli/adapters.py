@@ -21,6 +21,8 @@ class Adapter:
     architectures: tuple[str, ...]
     # Where the text decoder's layers are, on an unmodified model of this family.
     decoder_layers: Callable[[nn.Module], nn.ModuleList]
+    # The norm applied after the last decoder layer, before the output head.
+    final_norm: Callable[[nn.Module], nn.Module]
     # The config that describes the language model (its masks, RoPE and layer count).
     text_config: Callable[[object], object]
     # Config attributes holding the ids of the tokens that stand for vision features.
@@ -52,6 +54,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="LLaVA-1.5",
         architectures=("LlavaForConditionalGeneration",),
         decoder_layers=_language_model_layers,
+        final_norm=lambda model: model.model.language_model.norm,
         text_config=lambda config: config.text_config,
         vision_token_id_keys=("image_token_id",),
         notes="fixed number of image tokens per image (576 for 336px CLIP-L/14)",

@@ -34,7 +34,7 @@ from transformers.masking_utils import create_causal_mask
 from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
-__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers"]
+__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions"]
 
 
 def num_decoder_layers(model: nn.Module) -> int:
@@ -72,7 +72,7 @@ class _WithdrawnInputs:
                                                    self.position_embeddings, self.position_ids)))
 
 
-def _take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
+def take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
     """Gather ``index`` (B, q') along ``seq_dim`` of a per-position tensor whose batch dim may be 1."""
     seq_dim = seq_dim % tensor.dim()
     batch_dim = seq_dim - 1
@@ -86,7 +86,7 @@ def _take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> 
     return tensor.gather(seq_dim, index.view(view).expand(expand).to(tensor.device))
 
 
-def _kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-aligned gather index of the kept tokens of each row, and which slots are real.
 
     A stable sort of the keep flags puts withdrawn positions first and kept positions last, each in
@@ -265,7 +265,7 @@ class WithdrawalHandle:
         keep = ~vision
         if call.padding_mask is not None:
             keep &= call.padding_mask[:, -length:].to(device)
-        index, validity = _kept_slots(keep)
+        index, validity = kept_slots(keep)
         if index.shape[1] == 0:
             raise UnsupportedError(
                 "every token of this call is a vision or padding token, so nothing is left after withdrawal; "
@@ -285,10 +285,10 @@ class WithdrawalHandle:
         kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         position_embeddings = kwargs.get("position_embeddings")
         if position_embeddings is not None:
-            position_embeddings = tuple(_take_positions(t, index, seq_dim=1) for t in position_embeddings)
+            position_embeddings = tuple(take_positions(t, index, seq_dim=1) for t in position_embeddings)
         position_ids = kwargs.get("position_ids")
         if position_ids is not None:
-            position_ids = _take_positions(position_ids, index, seq_dim=-1)
+            position_ids = take_positions(position_ids, index, seq_dim=-1)
         # position_ids=None on purpose: gapped positions would read as packed sequences (block-diagonal mask).
         attention_mask = create_causal_mask(
             config=self.text_config, inputs_embeds=kept_hidden, attention_mask=validity, cache=cache,

@@ -1,0 +1,396 @@
+"""Calibration: choose the withdrawal layer K by the KL criterion, sharing the prefix across candidates.
+
+For each sample, P_full is the next-token distribution of the full model and P_K that of the model
+withdrawn at layer K (at the last prompt position, or at every answer position with the teacher-forced
+criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold.
+
+Why it is cheap: layers 0..K-1 of the withdrawn model compute exactly what the full model computes. One
+full forward per batch records the hidden state entering every layer and every layer's keys/values.
+Each candidate K then runs only layers K..L-1, only on the kept tokens from the first vision token on:
+text before the first vision token never attended to a vision token (causal attention), so its cached
+keys/values serve every K unchanged. Everything here is exact, checked in the tests against a plain
+``withdraw(model, layer=K)`` forward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from vtwcli.adapters import adapter_for
+from vtwcli.errors import VtwError
+from vtwcli.withdrawal import kept_slots, take_positions, withdraw
+
+CRITERIA = ("last_token", "teacher_forced")
+DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
+DEFAULT_THRESHOLD = 0.003  # the reference implementation's eta for LLaVA-1.5-7B
+
+
+@dataclass
+class CalibrationOptions:
+    threshold: float = DEFAULT_THRESHOLD
+    min_layer: int = 1
+    criterion: str = "last_token"
+    direction: str = "withdrawn_to_full"
+    batch_size: int = 8
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+    max_new_tokens: int = 8
+    diagnose: bool = False
+    evaluate: bool = True
+
+    def validate(self, num_layers: int) -> None:
+        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
+            raise VtwError(f"--threshold must be a number >= 0, got {self.threshold}")
+        if not 1 <= self.min_layer <= num_layers - 1:
+            raise VtwError(f"--min-layer {self.min_layer} is out of range for {num_layers} decoder layers; "
+                           f"use 1..{num_layers - 1}")
+        if self.criterion not in CRITERIA:
+            raise VtwError(f"--criterion {self.criterion!r} is unknown; use {' or '.join(CRITERIA)}")
+        if self.direction not in DIRECTIONS:
+            raise VtwError(f"--direction {self.direction!r} is unknown; use {' or '.join(DIRECTIONS)}")
+        if self.batch_size < 1:
+            raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) over the last dim, in float32 whatever the model dtype."""
+    log_p = torch.log_softmax(p_logits.float(), dim=-1)
+    log_q = torch.log_softmax(q_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+
+
+def _directed_kl(withdrawn: torch.Tensor, full: torch.Tensor, direction: str) -> torch.Tensor:
+    if direction == "withdrawn_to_full":
+        return kl_divergence(withdrawn, full)
+    return kl_divergence(full, withdrawn)
+
+
+@dataclass
+class BatchKL:
+    kl: torch.Tensor  # (B, len(layers)) mean KL over each row's scored positions
+    token_layers_full: int  # work done, in (token x decoder layer) units
+    token_layers_candidates: int
+    attention_share: torch.Tensor | None = None  # (L, B, 3): system / vision / text share (--diagnose)
+
+
+@torch.no_grad()
+def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torch.Tensor | None = None,
+                     direction: str = "withdrawn_to_full", diagnose: bool = False) -> BatchKL:
+    """KL between the full model and the model withdrawn at each K in ``layers``, for one batch.
+
+    ``score_mask`` (B, S) marks the positions whose next-token distributions are compared (default:
+    the last position). Scored positions must be text tokens after the first vision token.
+    """
+    adapter = adapter_for(model)
+    decoder_layers = adapter.decoder_layers(model)
+    num_layers = len(decoder_layers)
+    text_config = adapter.text_config(model.config)
+    input_ids = inputs["input_ids"]
+    batch, length = input_ids.shape
+    valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
+    vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config), device=input_ids.device))
+    if not vision.any(dim=1).all():
+        raise VtwError("a calibration prompt has no vision tokens (the image placeholder was lost); "
+                       "check the processor's chat template and the dataset's images")
+    if score_mask is None:
+        score_mask = torch.zeros_like(valid)
+        score_mask[:, -1] = True
+    if "position_ids" not in inputs:  # positions as generate() numbers them: padding does not shift a row
+        inputs = dict(inputs, position_ids=(valid.long().cumsum(-1) - 1).clamp_min(0))
+    prefix = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
+    if (score_mask & (vision | ~valid)).any() or score_mask[:, :prefix].any():
+        raise VtwError("scored positions must be text tokens after the image; put the image before the question")
+
+    wanted = set(layers)
+    layer_inputs: dict[int, torch.Tensor] = {}
+    layer_kwargs: dict[str, object] = {}
+
+    def record(index):
+        def hook(module, args, kwargs):
+            if index in wanted:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                layer_inputs[index] = hidden[:, prefix:]
+            if not layer_kwargs:
+                layer_kwargs.update(kwargs)
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(decoder_layers)]
+    try:
+        cache = DynamicCache(config=text_config)
+        output = model(**inputs, cache=cache, use_cache=True, output_attentions=diagnose)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    full_logits = output.logits
+
+    # Kept tokens from the prefix column on; scored positions are among them.
+    keep = (~vision & valid)[:, prefix:]
+    index, slot_valid = kept_slots(keep)
+    slot_of = torch.full_like(keep, -1, dtype=torch.long).scatter_(
+        1, index, torch.arange(index.shape[1], device=index.device).expand_as(index))
+    rows, cols = score_mask.nonzero(as_tuple=True)
+    slots = slot_of[rows, cols - prefix]
+    full_scored = full_logits[rows, cols]
+    position_embeddings = tuple(take_positions(t[:, prefix:] if t.shape[1] == length else t, index, seq_dim=1)
+                                for t in layer_kwargs["position_embeddings"])
+    position_ids = layer_kwargs.get("position_ids")
+    if position_ids is not None:
+        position_ids = take_positions(position_ids[..., prefix:], index, seq_dim=-1)
+    validity = torch.cat([valid[:, :prefix], slot_valid], dim=1)
+    cache_key = "cache" if "cache" in layer_kwargs else "past_key_values"
+    norm = adapter.final_norm(model)
+    head = model.get_output_embeddings()
+
+    kls = torch.zeros(batch, len(layers))
+    counts = torch.zeros(batch).index_add_(0, rows.cpu(), torch.ones(len(rows)))
+    candidate_work = 0
+    for column, k in enumerate(layers):
+        if k == num_layers:
+            continue  # K = L withdraws nothing: P_L is P_full, KL 0
+        hidden = layer_inputs[k].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[k].shape[-1]))
+        suffix_cache = DynamicCache(config=text_config)
+        for j in range(k, num_layers):  # the prefix's keys/values are the same for every K
+            suffix_cache.update(cache.layers[j].keys[:, :, :prefix], cache.layers[j].values[:, :, :prefix], j)
+        mask = create_causal_mask(config=text_config, inputs_embeds=hidden, attention_mask=validity,
+                                  cache=suffix_cache, position_ids=None, layer_idx=k)
+        kwargs = dict(layer_kwargs, attention_mask=mask, position_embeddings=position_embeddings,
+                      position_ids=position_ids, **{cache_key: suffix_cache})
+        kwargs.pop("hidden_states", None)
+        kwargs.pop("output_attentions", None)
+        for j in range(k, num_layers):
+            hidden = decoder_layers[j](hidden, **kwargs)
+        logits = head(norm(hidden[rows, slots]))
+        per_position = _directed_kl(logits, full_scored, direction).cpu()
+        kls[:, column] = torch.zeros(batch).index_add_(0, rows.cpu(), per_position) / counts
+        candidate_work += (num_layers - k) * int(slot_valid.sum())
+
+    share = None
+    if diagnose:
+        share = _attention_share(output.attentions, vision, valid, prefix)
+    return BatchKL(kl=kls, token_layers_full=num_layers * int(valid.sum()),
+                   token_layers_candidates=candidate_work, attention_share=share)
+
+
+def _attention_share(attentions, vision: torch.Tensor, valid: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Share of the last token's attention (mean over heads) on system (text before the first vision
+    token), vision and the other text tokens, per layer."""
+    if not attentions or attentions[0] is None:
+        raise VtwError("--diagnose needs attention weights: run with --attn eager")
+    columns = torch.arange(vision.shape[1], device=vision.device)
+    first_vision = vision.int().argmax(dim=1, keepdim=True)
+    system = (columns < first_vision) & valid & ~vision
+    text = (columns >= first_vision) & valid & ~vision
+    shares = []
+    for weights in attentions:
+        last = weights[:, :, -1, :].float().mean(dim=1)  # (B, S)
+        shares.append(torch.stack([(last * group.to(last.dtype)).sum(-1)
+                                   for group in (system, vision & valid, text)], dim=-1))
+    return torch.stack(shares).cpu()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics and the choice of K
+
+
+def layer_statistics(kl: np.ndarray, layers: list[int], *, resamples: int, seed: int) -> list[dict]:
+    """Per layer: mean, max, p90 and a seeded percentile-bootstrap 95% interval of the mean."""
+    rng = np.random.default_rng(seed)
+    n = kl.shape[0]
+    picks = rng.integers(0, n, size=(resamples, n))
+    boot_means = kl[picks].mean(axis=1)  # (resamples, layers)
+    low, high = np.percentile(boot_means, [2.5, 97.5], axis=0)
+    return [{"layer": int(layer), "kl_mean": float(kl[:, i].mean()), "kl_max": float(kl[:, i].max()),
+             "kl_p90": float(np.percentile(kl[:, i], 90)), "kl_ci_low": float(min(low[i], kl[:, i].mean())),
+             "kl_ci_high": float(max(high[i], kl[:, i].mean()))} for i, layer in enumerate(layers)]
+
+
+def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
+    for entry in per_layer:
+        if entry["kl_mean"] <= threshold:
+            return entry["layer"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Accuracy of greedy answers
+
+
+@torch.no_grad()
+def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens: int,
+                   layer: int | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+    from vtwcli.datasets import make_batch
+
+    answers: list[str] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        inputs = make_batch(processor, chunk).to(model.device)
+        handle = withdraw(model, layer=layer) if layer is not None else None
+        try:
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        finally:
+            if handle is not None:
+                handle.remove()
+        answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        if progress:
+            progress(len(chunk))
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole calibration
+
+
+@dataclass
+class DatasetSelection:
+    dataset: object  # vtwcli.datasets.Dataset
+    samples: list
+    seed: int
+
+
+@dataclass
+class CalibrationResult:
+    layers: list[int]
+    per_layer: list[dict]
+    layer: int | None
+    per_dataset: list[dict]
+    per_sample: list[dict]
+    cost: dict
+    diagnose: list[dict] | None = None
+    evaluation: dict | None = None
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
+
+    @property
+    def found(self) -> bool:
+        return self.layer is not None
+
+
+def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]:
+    """Append each reference answer to its prompt (re-left-padded) and mark the positions that predict it."""
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows, masks, scored = [], [], []
+    for i, sample in enumerate(samples):
+        prompt = inputs["input_ids"][i][inputs["attention_mask"][i].bool()]
+        answer = torch.tensor(tokenizer(sample.answer_text(), add_special_tokens=False)["input_ids"],
+                              dtype=prompt.dtype, device=prompt.device)
+        if answer.numel() == 0:
+            raise VtwError(f"{sample.where()}: the answer tokenizes to nothing; give a non-empty answer")
+        rows.append(torch.cat([prompt, answer]))
+        scored.append(torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros_like(ids)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (row, positions) in enumerate(zip(rows, scored)):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+        score[i, positions + width - len(row)] = True
+        masks.append(mask[i])
+    extended = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    extended.update(input_ids=ids, attention_mask=mask)
+    return extended, score
+
+
+def calibrate(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
+              progress: Callable[[str, int], None] | None = None) -> CalibrationResult:
+    """Run the KL criterion over every selected sample and choose K; ``progress(phase, n)`` reports work."""
+    from vtwcli.datasets import make_batch, score_answer
+
+    num_layers = len(adapter_for(model).decoder_layers(model))
+    options.validate(num_layers)
+    layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
+    started = time.perf_counter()
+    per_sample, kl_rows, shares = [], [], []
+    work_full = work_candidates = 0
+    for selection in selections:
+        samples = selection.samples
+        for start in range(0, len(samples), options.batch_size):
+            chunk = samples[start:start + options.batch_size]
+            inputs = dict(make_batch(processor, chunk).to(model.device))
+            score_mask = None
+            if options.criterion == "teacher_forced":
+                inputs, score_mask = _with_answers(processor, inputs, chunk)
+            result = shared_prefix_kl(model, inputs, layers, score_mask=score_mask, direction=options.direction,
+                                      diagnose=options.diagnose)
+            work_full += result.token_layers_full
+            work_candidates += result.token_layers_candidates
+            if result.attention_share is not None:
+                shares.append(result.attention_share)
+            for sample, row in zip(chunk, result.kl):
+                kl_rows.append(row.numpy())
+                per_sample.append({"dataset": selection.dataset.name, "id": sample.id,
+                                   "kl": [float(v) for v in row]})
+            if progress:
+                progress("kl", len(chunk))
+    kl = np.stack(kl_rows).astype(np.float64)
+    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    chosen = first_layer_under(per_layer, options.threshold)
+
+    per_dataset = []
+    for selection in selections:
+        rows = np.array([i for i, s in enumerate(per_sample) if s["dataset"] == selection.dataset.name])
+        curve = [{"layer": layer, "kl_mean": float(kl[rows, i].mean())} for i, layer in enumerate(layers)]
+        per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
+                            "per_layer": curve})
+
+    diagnose = None
+    if shares:
+        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
+        diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
+                    for i, s in enumerate(mean_share)]
+
+    seconds_kl = time.perf_counter() - started
+    evaluation = None
+    if options.evaluate:
+        samples = [s for selection in selections for s in selection.samples]
+
+        def report(n):
+            if progress:
+                progress("eval", n)
+
+        baseline = greedy_answers(model, processor, samples, batch_size=options.batch_size,
+                                  max_new_tokens=options.max_new_tokens, progress=report)
+        baseline_accuracy = float(np.mean([score_answer(a, s) for a, s in zip(baseline, samples)]))
+        withdrawn_accuracy = None
+        if chosen is not None:
+            withdrawn = greedy_answers(model, processor, samples, batch_size=options.batch_size,
+                                       max_new_tokens=options.max_new_tokens, layer=chosen, progress=report)
+            withdrawn_accuracy = float(np.mean([score_answer(a, s) for a, s in zip(withdrawn, samples)]))
+        evaluation = {"samples": len(samples), "metric": "normalised exact match / option letter",
+                      "baseline": {"accuracy": baseline_accuracy},
+                      "withdrawn": {"accuracy": withdrawn_accuracy, "layer": chosen}}
+
+    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
+            "seconds": time.perf_counter() - started, "seconds_kl": seconds_kl}
+    return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
+                             per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
+                             options=options)
+
+
+def calibration_section(result: CalibrationResult) -> dict:
+    """The profile's `calibration` block."""
+    options = result.options
+    section = {
+        "criterion": options.criterion,
+        "direction": options.direction,
+        "threshold": float(options.threshold),
+        "min_layer": options.min_layer,
+        "layer": result.layer,
+        "bootstrap": {"resamples": options.bootstrap_resamples, "seed": options.seed, "confidence": 0.95},
+        "per_layer": result.per_layer,
+        "per_dataset": result.per_dataset,
+        "per_sample": result.per_sample,
+        "cost": result.cost,
+    }
+    if result.diagnose is not None:
+        section["diagnose"] = result.diagnose
+    return section
