@@ -104,6 +104,7 @@ def test_valid_file_parses_all_fields(folder: Path) -> None:
     assert third.choices == ["dog", "cat"] and third.answer == "B" and third.answer_text == "cat"
     assert len(third.images) == 2 and third.line == 4
     assert dataset.tasks == ["color", "mc", "qa"]
+    assert len(set(dataset.samples)) == 3  # samples are hashable
 
 
 def test_directory_with_data_jsonl_loads_under_the_directory_name(folder: Path) -> None:

@@ -66,10 +66,10 @@ class Sample:
 
     id: str
     task: str
-    images: list[Path]
+    images: list[Path] = field(hash=False)
     question: str
     answer: str
-    choices: list[str] | None = None
+    choices: list[str] | None = field(default=None, hash=False)
     line: int = 0
     file: Path | None = None
 
