@@ -55,3 +55,39 @@ def left_padded_batch(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor
 def pixel_values(num_images: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(num_images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def tiny_processor(chat_template: str | None = CHAT_TEMPLATE):
+    """A LlavaProcessor built locally: CLIP image processor + a word-level tokenizer whose id 3 is <image>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<image>", "<unk>", "USER", "ASSISTANT", ":", "?", ".", "what", "color", "is",
+             "the", "red", "blue", "green", "how", "many", "a", "b", "c", "d", "answer", "with", "option's", "letter"]
+    words += [f"w{i}" for i in range(VOCAB - len(words))]
+    vocab = {w: i for i, w in enumerate(words[:VOCAB])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>", padding_side="left",
+                                        extra_special_tokens={"image_token": "<image>"})
+    images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=chat_template)
+
+
+def save_tiny_llava(directory, num_layers: int = 4, attn: str = "sdpa") -> str:
+    """A tiny LLaVA + processor saved with save_pretrained, as a user's local model directory."""
+    model = tiny_llava(num_layers, attn)
+    model.config.architectures = ["LlavaForConditionalGeneration"]
+    model.save_pretrained(directory)
+    tiny_processor().save_pretrained(directory)
+    return str(directory)

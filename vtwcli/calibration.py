@@ -26,7 +26,7 @@ from transformers.masking_utils import create_causal_mask
 
 from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import kept_slots, take_positions, withdraw
+from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -122,23 +122,24 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                 layer_kwargs.update(kwargs)
         return hook
 
+    rows, cols = score_mask.nonzero(as_tuple=True)
+    logits_to_keep = length - int(cols.min())  # the output head only where distributions are compared
     hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(decoder_layers)]
     try:
         cache = DynamicCache(config=text_config)
-        output = model(**inputs, cache=cache, use_cache=True, output_attentions=diagnose)
+        output = model(**inputs, cache=cache, use_cache=True, output_attentions=diagnose,
+                       logits_to_keep=logits_to_keep)
     finally:
         for hook in hooks:
             hook.remove()
-    full_logits = output.logits
+    full_scored = output.logits[rows, cols - (length - logits_to_keep)]
 
     # Kept tokens from the prefix column on; scored positions are among them.
     keep = (~vision & valid)[:, prefix:]
     index, slot_valid = kept_slots(keep)
     slot_of = torch.full_like(keep, -1, dtype=torch.long).scatter_(
         1, index, torch.arange(index.shape[1], device=index.device).expand_as(index))
-    rows, cols = score_mask.nonzero(as_tuple=True)
     slots = slot_of[rows, cols - prefix]
-    full_scored = full_logits[rows, cols]
     position_embeddings = tuple(take_positions(t[:, prefix:] if t.shape[1] == length else t, index, seq_dim=1)
                                 for t in layer_kwargs["position_embeddings"])
     position_ids = layer_kwargs.get("position_ids")
@@ -149,28 +150,40 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     norm = adapter.final_norm(model)
     head = model.get_output_embeddings()
 
+    # Layer-major: at layer j every candidate K <= j is in flight, stacked along the batch dim, so the
+    # whole search costs L - min(K) layer calls instead of one forward per K.
+    candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
     kls = torch.zeros(batch, len(layers))
-    counts = torch.zeros(batch).index_add_(0, rows.cpu(), torch.ones(len(rows)))
-    candidate_work = 0
-    for column, k in enumerate(layers):
-        if k == num_layers:
-            continue  # K = L withdraws nothing: P_L is P_full, KL 0
-        hidden = layer_inputs[k].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[k].shape[-1]))
-        suffix_cache = DynamicCache(config=text_config)
-        for j in range(k, num_layers):  # the prefix's keys/values are the same for every K
-            suffix_cache.update(cache.layers[j].keys[:, :, :prefix], cache.layers[j].values[:, :, :prefix], j)
-        mask = create_causal_mask(config=text_config, inputs_embeds=hidden, attention_mask=validity,
-                                  cache=suffix_cache, position_ids=None, layer_idx=k)
-        kwargs = dict(layer_kwargs, attention_mask=mask, position_embeddings=position_embeddings,
-                      position_ids=position_ids, **{cache_key: suffix_cache})
+    hidden = None
+    in_flight = 0
+    prefix_cache = DynamicCache(config=text_config)
+    for j in range(min(candidates, default=num_layers), num_layers):
+        if j in wanted:  # candidate K = j joins with the full model's state entering layer j
+            joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
+            hidden = joining if hidden is None else torch.cat([hidden, joining])
+            in_flight += 1
+        # The prefix's keys/values (text before the first vision token) are the same for every K.
+        prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
+                            cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
+        mask = create_causal_mask(config=text_config, inputs_embeds=hidden, attention_mask=validity.repeat(in_flight, 1),
+                                  cache=prefix_cache, position_ids=None, layer_idx=j)
+        kwargs = dict(layer_kwargs, attention_mask=mask,
+                      position_embeddings=tuple(repeat_batch(t, in_flight, 0) for t in position_embeddings),
+                      position_ids=None if position_ids is None else repeat_batch(position_ids, in_flight, -2),
+                      **{cache_key: prefix_cache})
         kwargs.pop("hidden_states", None)
         kwargs.pop("output_attentions", None)
-        for j in range(k, num_layers):
-            hidden = decoder_layers[j](hidden, **kwargs)
-        logits = head(norm(hidden[rows, slots]))
-        per_position = _directed_kl(logits, full_scored, direction).cpu()
-        kls[:, column] = torch.zeros(batch).index_add_(0, rows.cpu(), per_position) / counts
-        candidate_work += (num_layers - k) * int(slot_valid.sum())
+        hidden = decoder_layers[j](hidden, **kwargs)
+
+    counts = torch.zeros(batch).index_add_(0, rows.cpu(), torch.ones(len(rows)))
+    if hidden is not None:
+        flight_rows = torch.cat([rows + c * batch for c in range(in_flight)])
+        logits = head(norm(hidden[flight_rows, slots.repeat(in_flight)]))
+        per_position = _directed_kl(logits, full_scored.repeat(in_flight, 1), direction).cpu()
+        for c, k in enumerate(candidates):
+            chunk = per_position[c * len(rows):(c + 1) * len(rows)]
+            kls[:, layers.index(k)] = torch.zeros(batch).index_add_(0, rows.cpu(), chunk) / counts
+    candidate_work = sum(num_layers - k for k in candidates) * int(slot_valid.sum())
 
     share = None
     if diagnose:
@@ -348,7 +361,6 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
                     for i, s in enumerate(mean_share)]
 
-    seconds_kl = time.perf_counter() - started
     evaluation = None
     if options.evaluate:
         samples = [s for selection in selections for s in selection.samples]
@@ -365,12 +377,12 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             withdrawn = greedy_answers(model, processor, samples, batch_size=options.batch_size,
                                        max_new_tokens=options.max_new_tokens, layer=chosen, progress=report)
             withdrawn_accuracy = float(np.mean([score_answer(a, s) for a, s in zip(withdrawn, samples)]))
-        evaluation = {"samples": len(samples), "metric": "normalised exact match / option letter",
+        evaluation = {"samples": len(samples),
                       "baseline": {"accuracy": baseline_accuracy},
                       "withdrawn": {"accuracy": withdrawn_accuracy, "layer": chosen}}
 
     cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
-            "seconds": time.perf_counter() - started, "seconds_kl": seconds_kl}
+            "seconds": time.perf_counter() - started}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
                              options=options)

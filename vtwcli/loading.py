@@ -134,6 +134,10 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
     """Load model + processor for withdrawal; None loads the bundled demo model."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # our own progress bar and errors; not transformers' load chatter
+    hf_logging.disable_progress_bar()
     name_or_path = str(bundled_model_path()) if name_or_path is None else str(name_or_path)
     if attn not in ATTENTION:
         raise VtwError(f"--attn {attn!r} is not supported; use {' or '.join(ATTENTION)}")

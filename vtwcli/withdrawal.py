@@ -34,7 +34,7 @@ from transformers.masking_utils import create_causal_mask
 from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
-__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions"]
+__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch"]
 
 
 def num_decoder_layers(model: nn.Module) -> int:
@@ -84,6 +84,15 @@ def take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> t
     expand = list(tensor.shape)
     expand[seq_dim] = index.shape[1]
     return tensor.gather(seq_dim, index.view(view).expand(expand).to(tensor.device))
+
+
+def repeat_batch(tensor: torch.Tensor, times: int, batch_dim: int) -> torch.Tensor:
+    """Tile a per-row tensor ``times`` times along its batch dim (a batch dim of 1 is expanded first)."""
+    if times == 1:
+        return tensor
+    repeats = [1] * tensor.dim()
+    repeats[batch_dim] = times
+    return tensor.repeat(*repeats)
 
 
 def kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
