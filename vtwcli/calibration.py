@@ -238,7 +238,7 @@ def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
 
 @torch.no_grad()
 def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens: int,
-                   layer: int | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+                   layer: int | None = None) -> list[str]:
     from vtwcli.datasets import make_batch
 
     answers: list[str] = []
@@ -253,8 +253,6 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
             if handle is not None:
                 handle.remove()
         answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        if progress:
-            progress(len(chunk))
     return answers
 
 
@@ -313,38 +311,66 @@ def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]
     return extended, score
 
 
+class _NoStore:
+    """Stand-in for a checkpoint store: remembers nothing."""
+
+    def get(self, key):
+        return None
+
+    def put(self, key, value) -> None:
+        pass
+
+
 def calibrate(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
-              progress: Callable[[str, int], None] | None = None) -> CalibrationResult:
-    """Run the KL criterion over every selected sample and choose K; ``progress(phase, n)`` reports work."""
+              progress: Callable[[str, int], None] | None = None, store=None) -> CalibrationResult:
+    """Run the KL criterion over every selected sample and choose K.
+
+    ``progress(phase, n)`` reports finished samples ("kl", then "eval"). ``store`` (see
+    :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
+    where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
+    """
     from vtwcli.datasets import make_batch, score_answer
 
+    store = store or _NoStore()
     num_layers = len(adapter_for(model).decoder_layers(model))
     options.validate(num_layers)
     layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
     started = time.perf_counter()
+
+    def batches():
+        for selection in selections:
+            for start in range(0, len(selection.samples), options.batch_size):
+                yield selection, start, selection.samples[start:start + options.batch_size]
+
+    def kl_of_batch(chunk) -> dict:
+        inputs = dict(make_batch(processor, chunk).to(model.device))
+        score_mask = None
+        if options.criterion == "teacher_forced":
+            inputs, score_mask = _with_answers(processor, inputs, chunk)
+        result = shared_prefix_kl(model, inputs, layers, score_mask=score_mask, direction=options.direction,
+                                  diagnose=options.diagnose)
+        share = None if result.attention_share is None else result.attention_share.tolist()
+        return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
+                "work_candidates": result.token_layers_candidates, "share": share}
+
     per_sample, kl_rows, shares = [], [], []
     work_full = work_candidates = 0
-    for selection in selections:
-        samples = selection.samples
-        for start in range(0, len(samples), options.batch_size):
-            chunk = samples[start:start + options.batch_size]
-            inputs = dict(make_batch(processor, chunk).to(model.device))
-            score_mask = None
-            if options.criterion == "teacher_forced":
-                inputs, score_mask = _with_answers(processor, inputs, chunk)
-            result = shared_prefix_kl(model, inputs, layers, score_mask=score_mask, direction=options.direction,
-                                      diagnose=options.diagnose)
-            work_full += result.token_layers_full
-            work_candidates += result.token_layers_candidates
-            if result.attention_share is not None:
-                shares.append(result.attention_share)
-            for sample, row in zip(chunk, result.kl):
-                kl_rows.append(row.numpy())
-                per_sample.append({"dataset": selection.dataset.name, "id": sample.id,
-                                   "kl": [float(v) for v in row]})
-            if progress:
-                progress("kl", len(chunk))
-    kl = np.stack(kl_rows).astype(np.float64)
+    for selection, start, chunk in batches():
+        key = f"kl/{selection.dataset.name}/{start}"
+        done = store.get(key)
+        if done is None:
+            done = kl_of_batch(chunk)
+            store.put(key, done)
+        work_full += done["work_full"]
+        work_candidates += done["work_candidates"]
+        if done["share"] is not None:
+            shares.append(torch.tensor(done["share"]))
+        for sample, row in zip(chunk, done["kl"]):
+            kl_rows.append(row)
+            per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
+        if progress:
+            progress("kl", len(chunk))
+    kl = np.asarray(kl_rows, dtype=np.float64)
     per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
     chosen = first_layer_under(per_layer, options.threshold)
 
@@ -361,25 +387,24 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
                     for i, s in enumerate(mean_share)]
 
+    def accuracy(layer: int | None) -> float:
+        correct = []
+        for selection, start, chunk in batches():
+            key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
+            answers = store.get(key)
+            if answers is None:
+                answers = greedy_answers(model, processor, chunk, batch_size=len(chunk),
+                                         max_new_tokens=options.max_new_tokens, layer=layer)
+                store.put(key, answers)
+            correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
+            if progress:
+                progress("eval", len(chunk))
+        return float(np.mean(correct))
+
     evaluation = None
     if options.evaluate:
-        samples = [s for selection in selections for s in selection.samples]
-
-        def report(n):
-            if progress:
-                progress("eval", n)
-
-        baseline = greedy_answers(model, processor, samples, batch_size=options.batch_size,
-                                  max_new_tokens=options.max_new_tokens, progress=report)
-        baseline_accuracy = float(np.mean([score_answer(a, s) for a, s in zip(baseline, samples)]))
-        withdrawn_accuracy = None
-        if chosen is not None:
-            withdrawn = greedy_answers(model, processor, samples, batch_size=options.batch_size,
-                                       max_new_tokens=options.max_new_tokens, layer=chosen, progress=report)
-            withdrawn_accuracy = float(np.mean([score_answer(a, s) for a, s in zip(withdrawn, samples)]))
-        evaluation = {"samples": len(samples),
-                      "baseline": {"accuracy": baseline_accuracy},
-                      "withdrawn": {"accuracy": withdrawn_accuracy, "layer": chosen}}
+        evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
+                      "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
 
     cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
             "seconds": time.perf_counter() - started}

@@ -14,7 +14,9 @@ from vtwcli.cli import app
 from vtwcli.cli._render import kl_chart, kl_table, output_path_for, save_plot
 from vtwcli.cli._state import console, err_console
 from vtwcli.datasets import load_dataset, sample_dataset
-from vtwcli.errors import CheckFailed
+from vtwcli.checkpoint import CheckpointStore
+from vtwcli.cli._signals import stop_on_signals
+from vtwcli.errors import CheckFailed, VtwError
 from vtwcli.loading import load_model, model_section
 
 def default_datasets(is_bundled: bool) -> list[str]:
@@ -55,18 +57,19 @@ def calibrate_command(
                                   "system / vision / text tokens per layer (needs --attn eager)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Measure greedy-answer accuracy, full and at K."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens generated per answer for the accuracy."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
+                                "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     from vtwcli.profile import new_profile, write_profile
 
     if diagnose and attn != "eager":
-        from vtwcli.errors import VtwError
-
         raise VtwError("--diagnose needs attention weights: add --attn eager")
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
                                  max_new_tokens=max_new_tokens)
-    output = output_path_for(output, force)
+    if not resume:
+        output = output_path_for(output, force)
     loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
     names = dataset or default_datasets(loaded.is_bundled)
     selections = []
@@ -74,14 +77,21 @@ def calibrate_command(
         data = load_dataset(name)
         selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
     total = sum(len(s.samples) for s in selections)
+    settings = {"model": model_section(loaded), "options": vars(options),
+                "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
+    store = CheckpointStore(output.with_name(output.name + ".partial.jsonl"), settings, resume=resume, force=force)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as bar:
+                  console=err_console, transient=True, disable=as_json) as bar, stop_on_signals():
         tasks = {"kl": bar.add_task("KL, every layer", total=total)}
         if evaluate:
             tasks["eval"] = bar.add_task("accuracy, full and at K", total=total * 2)
-        result = calibrate(loaded.model, loaded.processor, selections, options,
-                           progress=lambda phase, n: bar.advance(tasks[phase], n))
+        try:
+            result = calibrate(loaded.model, loaded.processor, selections, options, store=store,
+                               progress=lambda phase, n: bar.advance(tasks[phase], n))
+        except KeyboardInterrupt:
+            raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
+                           "same command plus --resume", exit_code=130) from None
 
     profile = new_profile(model_section(loaded), loaded.device)
     profile["data"] = [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,
@@ -90,7 +100,8 @@ def calibrate_command(
     profile["calibration"] = calibration_section(result)
     if result.evaluation is not None:
         profile["evaluation"] = result.evaluation
-    written = write_profile(profile, output, force=force)
+    written = write_profile(profile, output, force=force or resume)
+    store.finish()
     if plot is not None:
         save_plot(result, plot)
 
