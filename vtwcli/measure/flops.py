@@ -1,0 +1,480 @@
+"""FLOPs of a multimodal forward with and without withdrawal: counted, analytic, and an fvcore cross-check.
+
+Convention: FLOPs = 2 x multiply-accumulates (a (m x k) @ (k x n) matmul is 2*m*k*n FLOPs). Only
+matmul-like work is counted (linear layers, convolutions, the two attention matmuls QK^T and AV);
+norms, activations, softmax, RoPE, residual adds and embedding lookups are 0, in every counter here.
+
+Scope of one "prefill": batch 1, one forward of the prompt (images + text) as ``generate()`` runs it,
+so the lm_head covers the LAST position only (``logits_to_keep=1``), with and without withdrawal alike.
+"Decode per token": one step of one new token against the prefill's KV cache.
+
+Components: ``vision_tower`` (every layer of the tower: transformers runs all of them even when the
+features come from layer -2), ``projector``, ``language_model`` (decoder layers + final norm +
+embeddings, i.e. the decoder layers' matmuls), ``lm_head``; ``total`` is everything counted in the call.
+
+Three counters:
+
+* :func:`count_flops` runs the real model (any device but meta) under
+  :class:`torch.utils.flop_counter.FlopCounterMode` and attributes FLOPs by module; the withdrawn
+  figure comes from the real withdrawal hooks. CPU's fused SDPA kernel has no formula in torch, so one
+  is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid).
+* :func:`count_flops_meta` builds nothing but shapes: the model on the ``meta`` device (any size, no
+  weights, seconds for 7B), driven component by component and layer by layer (the full LLaVA forward
+  cannot run on meta: its placeholder check reads tensor values). Withdrawal is applied as the
+  definition says: from layer K on, only the text positions go through.
+* :func:`analytic_flops` is the closed form from the config alone.
+* :func:`fvcore_flops` (optional cross-check) traces the real model with fvcore's jit counter.
+
+Causal attention is counted on the full q x k grid (what eager and SDPA kernels are charged by torch's
+counter), not the triangle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from vtwcli.errors import UnsupportedError, VtwError
+
+__all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "tokens_per_image",
+           "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_section"]
+
+CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
+              "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it)")
+COUNTER = "torch.utils.flop_counter.FlopCounterMode"
+COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config only, no weights; components "
+                "driven one by one, layers >= K on the text positions)")
+COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
+LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
+
+# Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP.
+_GATED_MLP_TEXT_MODELS = ("llama", "mistral", "qwen2")
+# Vision towers: (patch conv, attention, 2-matrix MLP); whether a CLS token is prepended.
+_VISION_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
+
+
+# -- prompt layout --------------------------------------------------------------------------------
+def tokens_per_image(config) -> int:
+    """Vision tokens one image becomes in the language model (576 for LLaVA-1.5's 336px CLIP-L/14)."""
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    has_cls = _VISION_TOWERS.get(vision.model_type, True)
+    return patches + (1 if strategy == "full" and has_cls else 0)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """A batch-1 prompt: ``text_before`` text tokens, ``images`` image blocks, then ``text_after`` tokens."""
+
+    images: int
+    tokens_per_image: int
+    text_before: int
+    text_after: int
+
+    @property
+    def vision_tokens(self) -> int:
+        return self.images * self.tokens_per_image
+
+    @property
+    def text_tokens(self) -> int:
+        return self.text_before + self.text_after
+
+    @property
+    def total(self) -> int:
+        return self.vision_tokens + self.text_tokens
+
+    @classmethod
+    def for_config(cls, config, *, text_tokens: int, image_tokens: int | None = None) -> "PromptLayout":
+        per_image = tokens_per_image(config)
+        image_tokens = per_image if image_tokens is None else image_tokens
+        if text_tokens < 1:
+            raise VtwError(f"--text-tokens {text_tokens}: the prompt needs at least 1 text token (withdrawal "
+                           "keeps only text tokens)")
+        if image_tokens < per_image or image_tokens % per_image:
+            raise VtwError(f"--image-tokens {image_tokens}: this model turns one image into {per_image} tokens; "
+                           f"use a multiple of {per_image}")
+        before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the image
+        return cls(images=image_tokens // per_image, tokens_per_image=per_image, text_before=before,
+                   text_after=text_tokens - before)
+
+    def vision_mask(self, device=None) -> torch.Tensor:
+        mask = torch.zeros(1, self.total, dtype=torch.bool)
+        mask[0, self.text_before:self.text_before + self.vision_tokens] = True
+        return mask.to(device) if device is not None else mask
+
+    def text_index(self) -> torch.Tensor:
+        return (~self.vision_mask()[0]).nonzero().squeeze(1)
+
+    def input_ids(self, config, *, seed: int = 0, vocab_limit: int | None = None,
+                  exclude: tuple[int, ...] = ()) -> torch.Tensor:
+        """Deterministic ids: random ordinary text tokens around the image tokens (never a special id)."""
+        vocab = config.text_config.vocab_size if vocab_limit is None else min(vocab_limit, config.text_config.vocab_size)
+        special = {config.image_token_id, *(getattr(config.text_config, k, None) for k in
+                                            ("pad_token_id", "bos_token_id", "eos_token_id"))}
+        special |= {getattr(config, "pad_token_id", None), *exclude}
+        ordinary = torch.tensor([i for i in range(min(vocab, 4096)) if i not in special and i >= 1])
+        if ordinary.numel() == 0:
+            raise VtwError("the vocabulary has no ordinary text token to build a synthetic prompt from")
+        generator = torch.Generator().manual_seed(seed)
+        text = ordinary[torch.randint(len(ordinary), (self.text_tokens,), generator=generator)]
+        ids = torch.cat([text[:self.text_before], torch.full((self.vision_tokens,), int(config.image_token_id)),
+                         text[self.text_before:]])
+        return ids[None]
+
+    def pixel_values(self, config, *, seed: int = 0, dtype=torch.float32, device=None) -> torch.Tensor:
+        size = config.vision_config.image_size
+        channels = getattr(config.vision_config, "num_channels", 3)
+        shape = (self.images, channels, size, size)
+        if device is not None and torch.device(device).type == "meta":
+            return torch.empty(shape, dtype=dtype, device="meta")
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(shape, generator=generator).to(dtype=dtype, device=device)
+
+
+# -- analytic -------------------------------------------------------------------------------------
+def _mm(m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def _text_dims(config):
+    text = config.text_config
+    if text.model_type not in _GATED_MLP_TEXT_MODELS:
+        raise UnsupportedError(f"analytic FLOPs know text models {', '.join(_GATED_MLP_TEXT_MODELS)}, "
+                               f"not {text.model_type}")
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return text.hidden_size, heads, kv_heads, head_dim, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+
+
+def _decoder_layer_flops(config, queries: int, keys: int) -> int:
+    """One decoder layer: q,k,v,o projections (GQA: k,v have kv_heads), QK^T and AV, 3-matrix MLP."""
+    hidden, heads, kv_heads, head_dim, inter, _, _ = _text_dims(config)
+    projections = _mm(queries, hidden, heads * head_dim) * 2 + _mm(queries, hidden, kv_heads * head_dim) * 2
+    attention = 2 * _mm(queries, head_dim, keys) * heads  # QK^T and AV, per query head, full grid
+    mlp = 3 * _mm(queries, hidden, inter)
+    return projections + attention + mlp
+
+
+def _vision_flops(config, images: int) -> tuple[int, int]:
+    """(vision tower, projector) FLOPs for ``images`` images."""
+    vision = config.vision_config
+    if vision.model_type not in _VISION_TOWERS:
+        raise UnsupportedError(f"analytic FLOPs know vision towers {', '.join(_VISION_TOWERS)}, not {vision.model_type}")
+    hidden, inter, heads = vision.hidden_size, vision.intermediate_size, vision.num_attention_heads
+    patches = (vision.image_size // vision.patch_size) ** 2
+    channels = getattr(vision, "num_channels", 3)
+    seq = patches + (1 if _VISION_TOWERS[vision.model_type] else 0)
+    patch_conv = _mm(patches, channels * vision.patch_size ** 2, hidden)
+    head_dim = hidden // heads
+    layer = 4 * _mm(seq, hidden, hidden) + 2 * heads * _mm(seq, head_dim, seq) + 2 * _mm(seq, hidden, inter)
+    tower = images * (patch_conv + vision.num_hidden_layers * layer)
+    feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+    text_hidden = config.text_config.hidden_size
+    per_image = tokens_per_image(config)
+    projector = images * (_mm(per_image, hidden * feature_layers, text_hidden) + _mm(per_image, text_hidden, text_hidden))
+    return tower, projector
+
+
+def _with_total(parts: dict) -> dict:
+    return {"total": sum(parts.values()), **parts}
+
+
+def analytic_flops(config, layout: PromptLayout, layer: int) -> dict:
+    """Closed-form FLOPs from the config: {baseline, withdrawn, decode_per_token} like the counted figures.
+
+    Withdrawn: layers < K see all N tokens; layers >= K see the text tokens only, attending over them.
+    Decode: one token, keys = cache + 1, where the cache of layers >= K holds only the kept tokens.
+    """
+    hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
+    _check_layer(layer, num_layers)
+    tower, projector = _vision_flops(config, layout.images)
+    n, kept = layout.total, layout.text_tokens
+    lm_head = _mm(1, hidden, vocab)
+    full_layer = _decoder_layer_flops(config, n, n)
+    baseline = _with_total({"vision_tower": tower, "projector": projector,
+                            "language_model": num_layers * full_layer, "lm_head": lm_head})
+    withdrawn_lm = layer * full_layer + (num_layers - layer) * _decoder_layer_flops(config, kept, kept)
+    withdrawn = _with_total({"vision_tower": tower, "projector": projector, "language_model": withdrawn_lm,
+                             "lm_head": lm_head})
+    decode_base = num_layers * _decoder_layer_flops(config, 1, n + 1) + lm_head
+    decode_kept = kept if layer < num_layers else n
+    decode_withdrawn = (layer * _decoder_layer_flops(config, 1, n + 1)
+                        + (num_layers - layer) * _decoder_layer_flops(config, 1, decode_kept + 1) + lm_head)
+    return {"baseline": baseline, "withdrawn": withdrawn,
+            "decode_per_token": {"baseline": decode_base, "withdrawn": decode_withdrawn,
+                                 "context_tokens": {"baseline": n, "withdrawn": decode_kept}}}
+
+
+def _check_layer(layer: int, num_layers: int) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
+        raise VtwError(f"withdrawal layer {layer!r} is out of range for this model with {num_layers} decoder layers; "
+                       f"use 1..{num_layers} ({num_layers} = no withdrawal)")
+
+
+# -- counted: FlopCounterMode ---------------------------------------------------------------------
+def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _custom_mapping() -> dict:
+    """SDPA kernels torch's counter has no formula for (CPU's fused kernel, backend overrides)."""
+    mapping = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = _sdpa_formula
+    return mapping
+
+
+def _counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
+
+
+def _parts(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """Component -> (qualified name, module) on an unmodified LLaVA-style model."""
+    try:
+        inner = model.model
+        found = {"vision_tower": ("model.vision_tower", inner.vision_tower),
+                 "projector": ("model.multi_modal_projector", inner.multi_modal_projector),
+                 "language_model": ("model.language_model", inner.language_model),
+                 "lm_head": ("lm_head", model.lm_head)}
+    except AttributeError:
+        raise UnsupportedError(f"{type(model).__name__}: FLOPs per component need model.model.vision_tower, "
+                               ".multi_modal_projector, .language_model and model.lm_head (LLaVA layout)") from None
+    return found
+
+
+def _by_component(model: nn.Module, counter: FlopCounterMode) -> dict:
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    parts = {name: int(sum(counts.get(f"{root}.{path}", {}).values())) for name, (path, _) in _parts(model).items()}
+    return {"total": int(counter.get_total_flops()), **parts}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0) -> dict:
+    """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
+
+    Runs the real model and the real withdrawal hooks; a model on the meta device goes to
+    :func:`count_flops_meta`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
+    """
+    from vtwcli.withdrawal import num_decoder_layers, withdraw
+
+    if _model_device(model).type == "meta":
+        return count_flops_meta(model, layout, layer)
+    _check_layer(layer, num_decoder_layers(model))
+    device = _model_device(model)
+    ids = layout.input_ids(model.config, seed=seed).to(device)
+    pixels = layout.pixel_values(model.config, seed=seed, dtype=_model_dtype(model), device=device)
+    step = ids[:, -1:]  # a text token: one decode step
+    result: dict = {"decode_per_token": {}}
+    for variant in ("baseline", "withdrawn"):
+        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        try:
+            counter = _counter()
+            with counter:
+                out = model(input_ids=ids, pixel_values=pixels, use_cache=True, logits_to_keep=1)
+            result[variant] = _by_component(model, counter)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            context = int(cache.get_seq_length(num_decoder_layers(model) - 1))
+            counter = _counter()
+            with counter:
+                model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            result["decode_per_token"][variant] = int(counter.get_total_flops())
+            result["decode_per_token"].setdefault("context_tokens", {})[variant] = context
+        finally:
+            if handle is not None:
+                handle.remove()
+    return result
+
+
+def meta_model(config, *, attn: str = "sdpa") -> nn.Module:
+    """The model of ``config`` on the meta device: shapes only, no memory, any size."""
+    from transformers import AutoModelForImageTextToText
+
+    config._attn_implementation = attn
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn)
+    return model.eval()
+
+
+def _select_features(config, outputs) -> torch.Tensor:
+    """LLaVA's feature selection from the vision tower's hidden states (layer(s), drop CLS for 'default')."""
+    layers = config.vision_feature_layer
+    chosen = [outputs.hidden_states[i] for i in ([layers] if isinstance(layers, int) else layers)]
+    if getattr(config, "vision_feature_select_strategy", "default") == "default":
+        chosen = [h[:, 1:] for h in chosen]
+    return torch.cat(chosen, dim=-1)
+
+
+def _drive_language_model(model, hidden: torch.Tensor, positions: torch.Tensor, cache, layer: int | None,
+                          kept: torch.Tensor | None) -> torch.Tensor:
+    """The decoder layers one by one; from ``layer`` on only the ``kept`` positions go through."""
+    lm = model.model.language_model
+    cos_sin = lm.rotary_emb(hidden, positions)
+    for i, decoder_layer in enumerate(lm.layers):
+        if layer is not None and i == layer and kept is not None:
+            hidden = hidden.index_select(1, kept)
+            cos_sin = tuple(t.index_select(1, kept) for t in cos_sin)
+            positions = positions.index_select(1, kept)
+        hidden = decoder_layer(hidden, attention_mask=None, position_embeddings=cos_sin, position_ids=positions,
+                               cache=cache, use_cache=True)
+    return lm.norm(hidden)
+
+
+@torch.no_grad()
+def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict:
+    """FlopCounterMode on shapes only: the components driven one by one (works on meta and real devices).
+
+    Same figures and keys as :func:`count_flops`; withdrawal applied by definition (layers >= K get the
+    text positions only, decode steps attend over the kept cache of those layers).
+    """
+    from transformers import DynamicCache
+
+    from vtwcli.withdrawal import num_decoder_layers
+
+    num_layers = num_decoder_layers(model)
+    _check_layer(layer, num_layers)
+    config = model.config
+    device, dtype = _model_device(model), _model_dtype(model)
+    parts = {name: module for name, (_, module) in _parts(model).items()}
+    lm = parts["language_model"]
+    ids = layout.input_ids(config).to(device)
+    pixels = layout.pixel_values(config, dtype=dtype, device=device)
+    kept = layout.text_index().to(device)
+
+    def counted(fn):
+        counter = _counter()
+        with counter:
+            value = fn()
+        return value, int(counter.get_total_flops())
+
+    features, tower = counted(lambda: _select_features(
+        config, parts["vision_tower"](pixels, output_hidden_states=True, return_dict=True)))
+    _, projector = counted(lambda: parts["projector"](features))
+    result: dict = {"decode_per_token": {"context_tokens": {}}}
+    for variant in ("baseline", "withdrawn"):
+        withdraw_at = layer if variant == "withdrawn" and layer < num_layers else None
+        cache = DynamicCache(config=config.text_config)
+        positions = torch.arange(layout.total, device=device)[None]
+        hidden, language = counted(lambda: _drive_language_model(
+            model, lm.embed_tokens(ids), positions, cache, withdraw_at, kept))
+        _, head = counted(lambda: parts["lm_head"](hidden[:, -1:]))
+        result[variant] = {"total": tower + projector + language + head, "vision_tower": tower,
+                           "projector": projector, "language_model": language, "lm_head": head}
+        context = int(cache.get_seq_length(num_layers - 1))
+        step_position = torch.full((1, 1), layout.total, device=device)
+
+        def decode():
+            out = _drive_language_model(model, lm.embed_tokens(ids[:, -1:]), step_position, cache, None, None)
+            return parts["lm_head"](out)
+
+        _, step = counted(decode)
+        result["decode_per_token"][variant] = step
+        result["decode_per_token"]["context_tokens"][variant] = context
+    return result
+
+
+# -- fvcore cross-check ---------------------------------------------------------------------------
+FVCORE_NOTE = ("fvcore.nn.FlopCountAnalysis (jit trace of the prefill, logits_to_keep=1) counts multiply-accumulates; "
+               "figures here are x2. fvcore skips scaled_dot_product_attention, so vtwcli adds a handle for it "
+               "(2 matmuls, full q x k grid) and removes fvcore's norm/pool handles to count matmul work only, "
+               "like FlopCounterMode")
+
+
+def _fvcore_sdpa(inputs, outputs) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    batch_heads = math.prod(query[:-2])
+    return batch_heads * query[-2] * key[-2] * (query[-1] + value[-1])  # multiply-accumulates
+
+
+def _fvcore_zero(inputs, outputs) -> int:
+    return 0  # (a None handle would only silence the op's warning, not stop fvcore's own norm counting)
+
+
+class _Prefill(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, pixel_values):
+        return self.model(input_ids=input_ids, pixel_values=pixel_values, use_cache=False, logits_to_keep=1).logits
+
+
+@torch.no_grad()
+def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0) -> dict:
+    """fvcore's count of the prefill total, baseline and withdrawn, x2 to FLOPs: {baseline_total, withdrawn_total, note}."""
+    import warnings
+
+    from fvcore.nn import FlopCountAnalysis
+
+    from vtwcli.withdrawal import withdraw
+
+    if _model_device(model).type == "meta":
+        raise VtwError("the fvcore cross-check needs real weights (it traces with jit); drop --fvcore for meta "
+                       "(config-only) FLOPs")
+    device = _model_device(model)
+    ids = layout.input_ids(model.config, seed=seed).to(device)
+    pixels = layout.pixel_values(model.config, seed=seed, dtype=_model_dtype(model), device=device)
+    totals = {}
+    for variant in ("baseline", "withdrawn"):
+        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        try:
+            analysis = FlopCountAnalysis(_Prefill(model), (ids, pixels))
+            analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _fvcore_sdpa})
+            analysis.set_op_handle(**{op: _fvcore_zero for op in ("aten::batch_norm", "aten::group_norm", "aten::layer_norm",
+                                                          "aten::instance_norm", "aten::upsample_nearest2d",
+                                                          "aten::upsample_bilinear2d", "aten::adaptive_avg_pool2d",
+                                                          "aten::grid_sampler")})
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                totals[variant] = 2 * int(analysis.total())
+        finally:
+            if handle is not None:
+                handle.remove()
+    return {"baseline_total": totals["baseline"], "withdrawn_total": totals["withdrawn"], "note": FVCORE_NOTE}
+
+
+# -- the profile section --------------------------------------------------------------------------
+def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None = None, fvcore: dict | None = None,
+                  counter: str = COUNTER) -> dict:
+    """The profile's ``flops`` block from counted (and optional analytic / fvcore) figures."""
+    baseline, withdrawn = counted["baseline"], counted["withdrawn"]
+    section = {
+        "convention": CONVENTION,
+        "counter": counter,
+        "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens},
+        "baseline": {k: int(baseline[k]) for k in ("total", *COMPONENTS)},
+        "withdrawn": {k: int(withdrawn[k]) for k in ("total", *COMPONENTS)},
+        "reduction": 1 - withdrawn["total"] / baseline["total"] if baseline["total"] else 0.0,
+        "decode_per_token": {
+            "baseline": int(counted["decode_per_token"]["baseline"]),
+            "withdrawn": int(counted["decode_per_token"]["withdrawn"]),
+            "context_tokens": dict(counted["decode_per_token"]["context_tokens"]),
+        },
+    }
+    if analytic is not None:
+        section["analytic"] = {v: {k: int(analytic[v][k]) for k in ("total", *COMPONENTS)}
+                               for v in ("baseline", "withdrawn")}
+        section["analytic"]["decode_per_token"] = {v: int(analytic["decode_per_token"][v])
+                                                   for v in ("baseline", "withdrawn")}
+    if fvcore is not None:
+        section["fvcore"] = dict(fvcore)
+    return section

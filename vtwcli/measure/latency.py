@@ -1,0 +1,172 @@
+"""Latency of prefill, decode and end-to-end generation, baseline and withdrawn, in ONE run, alternating.
+
+What is timed (batch 1, greedy):
+
+* ``prefill_ms``: one forward of the whole prompt (image + text) with ``use_cache=True`` and
+  ``logits_to_keep=1`` (the time to the first token's logits, as ``generate()`` runs it);
+* ``decode_ms_per_token``: right after that prefill, a manual loop of ``new_tokens - 1`` greedy steps,
+  each one forward of one token against the cache; the run's figure is the mean step time;
+* ``end_to_end_ms``: ``model.generate(min_new_tokens = max_new_tokens = new_tokens)``, greedy, timed as
+  a whole (prefill + decoding + generate()'s own bookkeeping), as a user calls it.
+
+A "run" of a variant is those three timings. Runs alternate baseline, withdrawn, baseline, ... after
+``warmup`` untimed runs of each, until both variants have ``min_runs`` runs AND ``min_time_s`` seconds
+have passed, so drifts of the machine (thermal, other jobs) hit both variants alike. CUDA is timed with
+events and synchronised; CPU with ``time.perf_counter``. The withdrawal hooks are attached before and
+removed after each withdrawn run, outside the timed regions.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from vtwcli.errors import VtwError
+
+__all__ = ["summarize", "measure_latency", "device_name", "speedups"]
+
+METRICS = ("prefill_ms", "decode_ms_per_token", "end_to_end_ms")
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    """{median, p10, p90, stdev, runs} of a list of milliseconds (p10/p90: inclusive deciles; stdev: sample)."""
+    values = [float(v) for v in samples_ms]
+    if not values:
+        raise ValueError("no samples to summarize")
+    if len(values) == 1:
+        p10 = p90 = values[0]
+    else:
+        deciles = statistics.quantiles(values, n=10, method="inclusive")
+        p10, p90 = deciles[0], deciles[-1]
+    return {"median": round(statistics.median(values), 4), "p10": round(p10, 4), "p90": round(p90, 4),
+            "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "runs": len(values)}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine()
+
+
+class _Timer:
+    """Milliseconds of a region: CUDA events on CUDA, perf_counter elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            self.ms = self._start.elapsed_time(self._end)
+        else:
+            self.ms = (time.perf_counter() - self._t0) * 1000.0
+
+
+def _cache_of(output):
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+@torch.no_grad()
+def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
+    with _Timer(device) as prefill:
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = _cache_of(out)
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    steps = []
+    for _ in range(new_tokens - 1):
+        with _Timer(device) as step:
+            out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        steps.append(step.ms)
+    del out, cache
+    mask = torch.ones_like(inputs["input_ids"])
+    with _Timer(device) as end_to_end:
+        model.generate(**inputs, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False)
+    return {"prefill_ms": prefill.ms, "decode_ms_per_token": sum(steps) / len(steps), "end_to_end_ms": end_to_end.ms}
+
+
+def speedups(baseline: dict, withdrawn: dict) -> dict:
+    """baseline median / withdrawn median per metric."""
+    names = {"prefill_ms": "prefill", "decode_ms_per_token": "decode_per_token", "end_to_end_ms": "end_to_end"}
+    return {names[m]: baseline[m]["median"] / withdrawn[m]["median"] if withdrawn[m]["median"] else None
+            for m in METRICS}
+
+
+def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8, warmup: int = 1,
+                    min_runs: int = 5, min_time_s: float = 2.0, threads: int | None = None,
+                    flops_ratio: float | None = None) -> dict:
+    """The profile's ``latency`` block: alternating baseline/withdrawn runs of ``inputs`` (batch 1).
+
+    ``inputs`` holds ``input_ids`` and ``pixel_values`` on the model's device. ``threads`` sets
+    ``torch.set_num_threads`` (CPU) for the measurement; the count in use is recorded either way.
+    """
+    from vtwcli.withdrawal import withdraw
+
+    if new_tokens < 2:
+        raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
+    if min_runs < 1 or warmup < 0 or min_time_s < 0:
+        raise VtwError("--min-runs must be >= 1, --warmup and --min-time >= 0")
+    if inputs["input_ids"].shape[0] != 1:
+        raise VtwError("latency is measured at batch size 1")
+    device = next(model.parameters()).device
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise VtwError(f"--threads {threads}: use 1 or more")
+        torch.set_num_threads(threads)
+    samples = {variant: {m: [] for m in METRICS} for variant in ("baseline", "withdrawn")}
+
+    def run(variant: str, record: bool) -> None:
+        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        try:
+            timings = _one_run(model, inputs, new_tokens, device)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if record:
+            for metric, value in timings.items():
+                samples[variant][metric].append(value)
+
+    try:
+        for _ in range(warmup):
+            run("baseline", False)
+            run("withdrawn", False)
+        start = time.perf_counter()
+        while (len(samples["withdrawn"]["prefill_ms"]) < min_runs or time.perf_counter() - start < min_time_s):
+            run("baseline", True)
+            run("withdrawn", True)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    section = {"device": str(device), "device_name": device_name(device), "threads": used_threads,
+               "new_tokens": new_tokens}
+    for variant in ("baseline", "withdrawn"):
+        section[variant] = {metric: summarize(values) for metric, values in samples[variant].items()}
+    section["speedup"] = speedups(section["baseline"], section["withdrawn"])
+    section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)
+    return section

@@ -1,0 +1,119 @@
+"""Memory with and without withdrawal: exact KV-cache bytes, peak RSS per variant, CUDA peaks.
+
+* ``kv_cache_bytes``: the sum of ``nbytes`` of every key and value tensor in the cache right after the
+  prefill (batch 1). Exact, not estimated; withdrawal shrinks layers >= K to the kept tokens.
+* ``peak_rss_bytes``: the process's resident-set high-water mark while one variant runs a prefill and
+  a ``generate()`` of ``new_tokens``. On Linux the kernel's mark (``VmHWM``) is reset before each
+  variant (``/proc/self/clear_refs`` <- 5), so each figure is that variant's own peak; it still counts
+  everything resident in the process (weights, libraries), so it is a process peak, not an increment.
+  Where the mark cannot be reset (macOS, Windows, restricted /proc) the figure is the monotone
+  ``ru_maxrss``-style process peak so far, which cannot go down between variants: then
+  :func:`peak_rss_per_variant` is False and the two figures are not comparable (the CLI says so).
+* ``cuda_peak_allocated_bytes`` / ``cuda_peak_reserved_bytes``: ``torch.cuda.max_memory_*`` after
+  ``reset_peak_memory_stats`` per variant (null off CUDA).
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+
+import torch
+from torch import nn
+
+__all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "measure_memory"]
+
+
+def kv_cache_bytes(cache) -> int:
+    """Exact bytes of the key and value tensors held by a transformers cache."""
+    total = 0
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+        return total
+    for name in ("key_cache", "value_cache"):  # older cache layout
+        for tensor in getattr(cache, name, []) or []:
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_per_variant() -> bool:
+    """Whether each variant's RSS peak is its own (the high-water mark can be reset here)."""
+    return reset_peak_rss()
+
+
+def peak_rss_bytes() -> int:
+    """The process's RSS high-water mark in bytes (VmHWM on Linux, else ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _cache_of(output):
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+@torch.no_grad()
+def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
+    gc.collect()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    kv = kv_cache_bytes(_cache_of(out))
+    del out
+    mask = torch.ones_like(inputs["input_ids"])
+    model.generate(**inputs, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False)
+    if cuda:
+        torch.cuda.synchronize(device)
+    figures = {
+        "peak_rss_bytes": peak_rss_bytes(),
+        "kv_cache_bytes": int(kv),
+        "cuda_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device)) if cuda else None,
+        "cuda_peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device)) if cuda else None,
+    }
+    return figures
+
+
+def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8) -> dict:
+    """The profile's ``memory`` block: baseline and withdrawn figures and ``kv_cache_reduction``."""
+    from vtwcli.withdrawal import withdraw
+
+    device = next(model.parameters()).device
+    section: dict = {}
+    for variant in ("baseline", "withdrawn"):
+        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        try:
+            section[variant] = _variant(model, inputs, new_tokens, device)
+        finally:
+            if handle is not None:
+                handle.remove()
+    base, withdrawn = section["baseline"]["kv_cache_bytes"], section["withdrawn"]["kv_cache_bytes"]
+    section["kv_cache_reduction"] = 1 - withdrawn / base if base else 0.0
+    return section
