@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from vtwcli.errors import CheckFailed, UnsupportedError, VtwError  # noqa: E402
 from vtwcli.loading import bundled_model_path  # noqa: E402
+from vtwcli.profile import apply_profile, load_profile  # noqa: E402
 from vtwcli.withdrawal import WithdrawalHandle, withdraw  # noqa: E402
 
 __all__ = ["__version__", "withdraw", "WithdrawalHandle", "bundled_model_path", "VtwError", "UnsupportedError",
-           "CheckFailed"]
+           "CheckFailed", "load_profile", "apply_profile"]
