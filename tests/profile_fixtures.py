@@ -7,8 +7,8 @@ import copy
 SHA_MODEL = "a" * 64
 SHA_DATA = "0123456789abcdef" * 4
 
-# kl_mean per candidate layer 1..8; the first <= THRESHOLD (0.003) is layer 5
-KL_MEANS = [1.2, 0.4, 0.05, 0.01, 0.002, 0.004, 0.0005, 0.0001]
+# kl_mean per candidate layer 1..7 (K = L = 8 withdraws nothing); the first <= THRESHOLD (0.003) is layer 5
+KL_MEANS = [1.2, 0.4, 0.05, 0.01, 0.002, 0.004, 0.0005]
 THRESHOLD = 0.003
 LAYER = 5
 

@@ -100,13 +100,14 @@ def _check_calibration(cal: dict, num_layers: int, src: str) -> list[CheckResult
     threshold = cal["threshold"]
     min_layer = cal["min_layer"]
     layers = [entry["layer"] for entry in per_layer]
-    expected_layers = list(range(min_layer, num_layers + 1))
+    # K = L withdraws nothing (KL 0 by definition), so the candidates stop at L - 1.
+    expected_layers = list(range(min_layer, num_layers))
     if layers == expected_layers:
-        results.append(_ok("calibration.per_layer.layers", f"layers {min_layer}..{num_layers}, ascending", src))
+        results.append(_ok("calibration.per_layer.layers", f"layers {min_layer}..{num_layers - 1}, ascending", src))
     else:
         results.append(_fail("calibration.per_layer.layers",
-                             f"expected layers {min_layer}..{num_layers} ascending and contiguous (min_layer.."
-                             f"model.num_layers), got {_layers_text(layers)}", src))
+                             f"expected layers {min_layer}..{num_layers - 1} ascending and contiguous (min_layer.."
+                             f"model.num_layers - 1), got {_layers_text(layers)}", src))
 
     expected = _first_under(per_layer, threshold)
     if cal["layer"] == expected:

@@ -93,7 +93,7 @@ def environment_section(device) -> dict:
     return {
         "vtwcli": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "device_name": device_name,
@@ -290,8 +290,10 @@ def _plain(value):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch's TorchVersion) have no YAML representer
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

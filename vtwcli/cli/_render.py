@@ -42,14 +42,15 @@ def kl_chart(result, width: int = 40) -> Text:
     """Horizontal bars of mean KL on a log scale, the threshold marked with '|'."""
     floor = 1e-6
     values = [max(e["kl_mean"], floor) for e in result.per_layer]
-    top = math.log10(max(values + [result.options.threshold * 10]))
-    bottom = math.log10(min(values + [result.options.threshold / 10]))
+    threshold = max(result.options.threshold, floor)
+    top = math.log10(max(values + [threshold * 10]))
+    bottom = math.log10(min(values + [threshold / 10]))
     span = max(top - bottom, 1e-9)
 
     def column(value: float) -> int:
         return round((math.log10(max(value, floor)) - bottom) / span * width)
 
-    mark = column(result.options.threshold)
+    mark = column(threshold)
     text = Text(f"mean KL per layer (log scale, 10^{bottom:.1f} .. 10^{top:.1f}; '|' = threshold)\n")
     for entry, value in zip(result.per_layer, values):
         bar = ["#"] * column(value) + [" "] * (width - column(value))
