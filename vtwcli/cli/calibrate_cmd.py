@@ -7,17 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vtwcli.calibration import DEFAULT_THRESHOLD, CalibrationOptions, DatasetSelection, calibrate, calibration_section
 from vtwcli.cli import app
-from vtwcli.cli._render import kl_chart, kl_table, output_path_for, save_plot
 from vtwcli.cli._state import console, err_console
-from vtwcli.datasets import load_dataset, sample_dataset
-from vtwcli.checkpoint import CheckpointStore
-from vtwcli.cli._signals import stop_on_signals
+from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import CheckFailed, VtwError
-from vtwcli.loading import load_model, model_section
+
 
 def default_datasets(is_bundled: bool) -> list[str]:
     """Synthetic sets for the bundled model (what it was trained on), photographs for real models."""
@@ -61,6 +56,15 @@ def calibrate_command(
                                 "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
+    # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
+    from vtwcli.checkpoint import CheckpointStore
+    from vtwcli.cli._render import kl_chart, kl_table, output_path_for, save_plot
+    from vtwcli.cli._signals import stop_on_signals
+    from vtwcli.datasets import load_dataset, sample_dataset
+    from vtwcli.loading import load_model, model_section
     from vtwcli.profile import new_profile, write_profile
 
     if diagnose and attn != "eager":
