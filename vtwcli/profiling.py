@@ -18,14 +18,13 @@ from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.loading import LoadedModel, config_sha256
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptLayout, analytic_flops, count_flops,
                                   count_flops_meta, flops_section, fvcore_flops, meta_model)
+from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
 from vtwcli.measure.memory import measure_memory
 from vtwcli.withdrawal import num_decoder_layers
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
            "prompt_inputs"]
-
-DEFAULT_TEXT_TOKENS = 64
 
 
 def check_layer(layer: int, num_layers: int) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from vtwcli.cli import app
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
-from vtwcli.profiling import DEFAULT_TEXT_TOKENS
+from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 
 MEASURED_SECTIONS = ("withdrawal", "flops", "latency", "memory")
 
