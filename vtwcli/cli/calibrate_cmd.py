@@ -76,6 +76,9 @@ def calibrate_command(
         output = output_path_for(output, force)
     loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
     names = dataset or default_datasets(loaded.is_bundled)
+    if not names:
+        raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
+                       "(see `vtw datasets`)")
     selections = []
     for name in names:
         data = load_dataset(name)
