@@ -31,7 +31,25 @@ class Adapter:
     vision_token_kinds: dict[str, str] = field(default_factory=dict)
     # Forward arguments that carry pixels: a call with one of them inserts vision features.
     pixel_input_keys: tuple[str, ...] = ("pixel_values", "pixel_values_videos", "inputs_embeds")
+    # Attention type of each decoder layer ("full_attention", "sliding_attention", ...): layers >= K get
+    # the kept-sequence mask of their own type. Default: the text config's `layer_types`, else all full.
+    layer_types: Callable[[object, int], list[str]] = field(default=None)  # type: ignore[assignment]
+    # Optional override of how the kept-sequence masks are built (keyword arguments: text_config,
+    # first_layer, layer_types, hidden, validity, cache; returns {layer type: mask}).
+    build_withdrawn_masks: Callable[..., dict] | None = None
+    # Sequence dim of the per-position tensors the decoder layers receive: `position_ids` (batch dim
+    # just before it; 3-D M-RoPE ids (3, B, S) use -1 too) and the rotary `position_embeddings` (cos, sin).
+    position_ids_seq_dim: int = -1
+    position_embeddings_seq_dim: int = 1
+    # True where a plain forward numbers positions 0..S-1 whatever the padding, so callers that must match
+    # generate() pass mask-cumsum `position_ids`; False where the model derives positions from the mask
+    # itself (M-RoPE families compute 3-D positions from input_ids + attention_mask when none are given).
+    positions_from_mask: bool = True
     notes: str = ""
+
+    def __post_init__(self):
+        if self.layer_types is None:
+            object.__setattr__(self, "layer_types", _config_layer_types)
 
     def vision_token_ids(self, config, kinds: tuple[str, ...] | None = None) -> list[int]:
         ids = []
@@ -44,9 +62,33 @@ class Adapter:
         return ids
 
 
+def _config_layer_types(text_config, num_layers: int) -> list[str]:
+    types = getattr(text_config, "layer_types", None)
+    if types:
+        return list(types)[:num_layers]
+    return ["full_attention"] * num_layers
+
+
 def _language_model_layers(model: nn.Module) -> nn.ModuleList:
     # transformers 5.x: <Family>ForConditionalGeneration.model.language_model.layers
     return model.model.language_model.layers
+
+
+def _language_model_norm(model: nn.Module) -> nn.Module:
+    return model.model.language_model.norm
+
+
+def _text_model_layers(model: nn.Module) -> nn.ModuleList:
+    # Idefics3 / SmolVLM: <Family>ForConditionalGeneration.model.text_model.layers
+    return model.model.text_model.layers
+
+
+def _text_model_norm(model: nn.Module) -> nn.Module:
+    return model.model.text_model.norm
+
+
+def _text_config(config):
+    return config.text_config
 
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -54,23 +96,82 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="LLaVA-1.5",
         architectures=("LlavaForConditionalGeneration",),
         decoder_layers=_language_model_layers,
-        final_norm=lambda model: model.model.language_model.norm,
-        text_config=lambda config: config.text_config,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         notes="fixed number of image tokens per image (576 for 336px CLIP-L/14)",
     ),
+    Adapter(
+        family="LLaVA-NeXT",
+        architectures=("LlavaNextForConditionalGeneration",),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id",),
+        notes="anyres: variable image tokens per image (image-newline features included)",
+    ),
+    Adapter(
+        family="Qwen2-VL / Qwen2.5-VL",
+        architectures=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
+        notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
+    ),
+    Adapter(
+        family="Gemma 3",
+        architectures=("Gemma3ForConditionalGeneration",),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id",),
+        notes="sliding-window layers: after withdrawal the window counts kept tokens; begin/end-of-image kept",
+    ),
+    Adapter(
+        family="LLaVA-OneVision",
+        architectures=("LlavaOnevisionForConditionalGeneration",),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        notes="images (anyres) and video in one model; image and video tokens withdrawn",
+    ),
+    Adapter(
+        family="Mistral3 / Pixtral",
+        architectures=("Mistral3ForConditionalGeneration",),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id",),
+        notes="variable image sizes; [IMG] tokens withdrawn, [IMG_BREAK]/[IMG_END] kept",
+    ),
+    Adapter(
+        family="InternVL",
+        architectures=("InternVLForConditionalGeneration",),
+        decoder_layers=_language_model_layers,
+        final_norm=_language_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id",),
+        notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
+    ),
+    Adapter(
+        family="Idefics3 / SmolVLM",
+        architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+        decoder_layers=_text_model_layers,
+        final_norm=_text_model_norm,
+        text_config=_text_config,
+        vision_token_id_keys=("image_token_id",),
+        notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
+    ),
 )
 
-# Families on the roadmap: listed by `vtw models` with their status so users know what is coming.
-PLANNED: dict[str, str] = {
-    "LLaVA-NeXT": "LlavaNextForConditionalGeneration",
-    "LLaVA-OneVision": "LlavaOnevisionForConditionalGeneration",
-    "Qwen2-VL / Qwen2.5-VL": "Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration",
-    "Gemma 3": "Gemma3ForConditionalGeneration",
-    "Idefics3 / SmolVLM": "Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration",
-    "Mistral3 / Pixtral": "Mistral3ForConditionalGeneration",
-    "InternVL": "InternVLForConditionalGeneration",
-}
+# Families on the roadmap (family -> comma-separated transformers classes): listed by `vtw models` with
+# status "planned" so users know what is coming. Every family of the roadmap so far is supported.
+PLANNED: dict[str, str] = {}
 
 
 def supported_architectures() -> list[str]:

@@ -22,11 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
 from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw
+from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -93,6 +92,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     decoder_layers = adapter.decoder_layers(model)
     num_layers = len(decoder_layers)
     text_config = adapter.text_config(model.config)
+    layer_types = adapter.layer_types(text_config, num_layers)
     input_ids = inputs["input_ids"]
     batch, length = input_ids.shape
     valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
@@ -103,23 +103,30 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     if score_mask is None:
         score_mask = torch.zeros_like(valid)
         score_mask[:, -1] = True
-    if "position_ids" not in inputs:  # positions as generate() numbers them: padding does not shift a row
+    if "position_ids" not in inputs and adapter.positions_from_mask:
+        # positions as generate() numbers them: padding does not shift a row
         inputs = dict(inputs, position_ids=(valid.long().cumsum(-1) - 1).clamp_min(0))
+    candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
+    first = min(candidates, default=num_layers)
     prefix = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    if (score_mask & (vision | ~valid)).any() or score_mask[:, :prefix].any():
+    if any(kind != "full_attention" for kind in layer_types[first:]):
+        # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between
+        # a row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
+        prefix = 0
+    if (score_mask & (vision | ~valid)).any() or score_mask[:, :int(vision.int().argmax(dim=1).min())].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
     wanted = set(layers)
     layer_inputs: dict[int, torch.Tensor] = {}
-    layer_kwargs: dict[str, object] = {}
+    layer_kwargs: dict[int, dict] = {}
 
     def record(index):
         def hook(module, args, kwargs):
             if index in wanted:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 layer_inputs[index] = hidden[:, prefix:]
-            if not layer_kwargs:
-                layer_kwargs.update(kwargs)
+            if index >= first:
+                layer_kwargs[index] = kwargs
         return hook
 
     rows, cols = score_mask.nonzero(as_tuple=True)
@@ -140,24 +147,29 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     slot_of = torch.full_like(keep, -1, dtype=torch.long).scatter_(
         1, index, torch.arange(index.shape[1], device=index.device).expand_as(index))
     slots = slot_of[rows, cols - prefix]
-    position_embeddings = tuple(take_positions(t[:, prefix:] if t.shape[1] == length else t, index, seq_dim=1)
-                                for t in layer_kwargs["position_embeddings"])
-    position_ids = layer_kwargs.get("position_ids")
-    if position_ids is not None:
-        position_ids = take_positions(position_ids[..., prefix:], index, seq_dim=-1)
+    pe_dim = adapter.position_embeddings_seq_dim
+    sliced: dict[int, tuple] = {}  # id(rotary table) -> (table, kept-slot slice); layers of one type share tables
+
+    def kept_positions(table: torch.Tensor) -> torch.Tensor:
+        seen = sliced.get(id(table))
+        if seen is None or seen[0] is not table:
+            part = table.narrow(pe_dim % table.dim(), prefix, table.shape[pe_dim] - prefix) \
+                if table.shape[pe_dim] == length else table
+            seen = sliced[id(table)] = (table, take_positions(part, index, seq_dim=pe_dim))
+        return seen[1]
+
     validity = torch.cat([valid[:, :prefix], slot_valid], dim=1)
-    cache_key = "cache" if "cache" in layer_kwargs else "past_key_values"
+    cache_key = "cache" if "cache" in layer_kwargs.get(first, {}) else "past_key_values"
     norm = adapter.final_norm(model)
     head = model.get_output_embeddings()
 
     # Layer-major: at layer j every candidate K <= j is in flight, stacked along the batch dim, so the
     # whole search costs L - min(K) layer calls instead of one forward per K.
-    candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
     kls = torch.zeros(batch, len(layers))
     hidden = None
     in_flight = 0
     prefix_cache = DynamicCache(config=text_config)
-    for j in range(min(candidates, default=num_layers), num_layers):
+    for j in range(first, num_layers):
         if j in wanted:  # candidate K = j joins with the full model's state entering layer j
             joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
             hidden = joining if hidden is None else torch.cat([hidden, joining])
@@ -165,11 +177,18 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         # The prefix's keys/values (text before the first vision token) are the same for every K.
         prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
                             cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
-        mask = create_causal_mask(config=text_config, inputs_embeds=hidden, attention_mask=validity.repeat(in_flight, 1),
-                                  cache=prefix_cache, position_ids=None, layer_idx=j)
-        kwargs = dict(layer_kwargs, attention_mask=mask,
-                      position_embeddings=tuple(repeat_batch(t, in_flight, 0) for t in position_embeddings),
-                      position_ids=None if position_ids is None else repeat_batch(position_ids, in_flight, -2),
+        mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
+                               prefix_cache, last_layer=j)[layer_types[j]]
+        own = layer_kwargs[j]
+        position_embeddings = own.get("position_embeddings")
+        if position_embeddings is not None:
+            position_embeddings = tuple(repeat_batch(kept_positions(t), in_flight, (pe_dim % t.dim()) - 1)
+                                        for t in position_embeddings)
+        position_ids = own.get("position_ids")
+        if position_ids is not None:
+            position_ids = repeat_batch(take_positions(position_ids[..., prefix:], index,
+                                                       seq_dim=adapter.position_ids_seq_dim), in_flight, -2)
+        kwargs = dict(own, attention_mask=mask, position_embeddings=position_embeddings, position_ids=position_ids,
                       **{cache_key: prefix_cache})
         kwargs.pop("hidden_states", None)
         kwargs.pop("output_attentions", None)
@@ -308,6 +327,17 @@ def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]
         masks.append(mask[i])
     extended = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     extended.update(input_ids=ids, attention_mask=mask)
+    # Other per-token inputs (token_type_ids, mm_token_type_ids: which tokens are image / video) follow the
+    # new layout; the answer tokens are text (0).
+    shape = inputs["input_ids"].shape
+    for key, value in inputs.items():
+        if key in ("input_ids", "attention_mask") or not isinstance(value, torch.Tensor) or value.shape != shape:
+            continue
+        moved = torch.zeros(ids.shape, dtype=value.dtype, device=value.device)
+        for i, row in enumerate(rows):
+            prompt = value[i][inputs["attention_mask"][i].bool()]
+            moved[i, width - len(row):width - len(row) + len(prompt)] = prompt
+        extended[key] = moved
     return extended, score
 
 

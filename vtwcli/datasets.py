@@ -600,11 +600,9 @@ def make_batch(processor: Any, samples: list[Sample]):
     if tokenizer is not None:
         tokenizer.padding_side = "left"
     prompts = [build_prompt(processor, s) for s in samples]
-    per_sample = [load_images(s) for s in samples]
-    if all(len(images) == 1 for images in per_sample):
-        images: list = [images[0] for images in per_sample]
-    else:
-        images = per_sample
+    # One list of images per sample: every processor accepts it, and some (Gemma 3, Idefics3) read a flat
+    # list as all images belonging to the first prompt.
+    images = [load_images(s) for s in samples]
     try:
         return processor(images=images, text=prompts, return_tensors="pt", padding=True)
     except ValueError as error:

@@ -9,10 +9,16 @@ How it works, without touching the model's code:
   (``input_ids`` in the adapter's vision token ids) and the 2-D padding mask;
 * a pre-hook on layer K gathers the kept tokens of each row (rows may keep different numbers of
   tokens: several images, padding, so kept tokens are left-aligned into a slightly narrower batch with
-  masked slots), slices the rotary ``position_embeddings`` and ``position_ids`` at the kept original
-  positions, and builds the attention mask for the short sequence with transformers' own
-  ``create_causal_mask`` against layer K's cache (which holds only kept tokens);
-* pre-hooks on layers K+1..L-1 swap in that mask and those positions.
+  masked slots), slices ``position_ids`` at the kept original positions, and builds the attention mask
+  of the short sequence with transformers' own builders, one per attention layer type among layers >= K
+  (``create_causal_mask``, ``create_sliding_window_causal_mask``, ...), each against the cache of the
+  first layer >= K of that type (which holds only kept tokens);
+* pre-hooks on layers K..L-1 swap in the mask of their layer type and those positions, and slice the
+  rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
+  e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
+
+Nothing here branches on the architecture: where the layers are, which ids are vision tokens, the layer
+types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
 
 The KV cache of layers >= K therefore only ever stores kept tokens. Across ``generate()`` steps the
 2-D validity of those cache entries is remembered per cache object. Positions of decode steps come from
@@ -29,12 +35,21 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import (create_causal_mask, create_chunked_causal_mask,
+                                       create_sliding_window_causal_mask)
 
 from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
-__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch"]
+__all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
+           "withdrawn_masks", "MASK_BUILDERS"]
+
+# transformers' mask builder for each attention layer type (the `layer_types` vocabulary of text configs).
+MASK_BUILDERS = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+    "chunked_attention": create_chunked_causal_mask,
+}
 
 
 def num_decoder_layers(model: nn.Module) -> int:
@@ -55,8 +70,7 @@ class _WithdrawnInputs:
     """The inputs every layer >= K receives in place of the full-length ones (built once per call)."""
 
     kept_index: torch.Tensor  # (B, q') original in-call index of each kept slot
-    attention_mask: torch.Tensor | None
-    position_embeddings: tuple[torch.Tensor, ...] | None
+    attention_masks: dict  # layer type -> mask of the short sequence (None where the layer builds its own)
     position_ids: torch.Tensor | None
 
     def on(self, device: torch.device) -> "_WithdrawnInputs":
@@ -64,12 +78,40 @@ class _WithdrawnInputs:
         def move(value):
             if isinstance(value, torch.Tensor):
                 return value.to(device)
-            if isinstance(value, tuple):
-                return tuple(move(v) for v in value)
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
             return value
 
-        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_mask,
-                                                   self.position_embeddings, self.position_ids)))
+        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_masks, self.position_ids)))
+
+
+def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types: list[str], hidden: torch.Tensor,
+                    validity: torch.Tensor, cache, last_layer: int | None = None) -> dict:
+    """The attention mask of the kept sequence for every layer type among layers >= ``first_layer``.
+
+    Each type's mask is built against the first layer >= ``first_layer`` of that type (its cache decides
+    the key/value length: a sliding-window cache layer holds fewer entries); ``last_layer`` (default the
+    last) bounds the layers covered. ``validity`` (B, entries)
+    marks the real entries among past kept entries + this call's kept slots. Built with transformers'
+    own builders and ``position_ids=None`` on purpose: gapped original positions would read as packed
+    sequences (block-diagonal mask). A sliding window therefore counts kept entries, not original positions.
+    """
+    last_layer = len(layer_types) - 1 if last_layer is None else last_layer
+    if adapter.build_withdrawn_masks is not None:
+        return adapter.build_withdrawn_masks(text_config=text_config, first_layer=first_layer, last_layer=last_layer,
+                                             layer_types=layer_types, hidden=hidden, validity=validity, cache=cache)
+    masks = {}
+    for index in range(first_layer, last_layer + 1):
+        kind = layer_types[index]
+        if kind in masks:
+            continue
+        builder = MASK_BUILDERS.get(kind)
+        if builder is None:
+            raise UnsupportedError(f"attention layer type {kind!r} (layer {index}) is not supported by withdrawal; "
+                                   f"supported: {', '.join(MASK_BUILDERS)}")
+        masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
+                              position_ids=None, layer_idx=index)
+    return masks
 
 
 def take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
@@ -130,6 +172,8 @@ class WithdrawalHandle:
             )
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
+        self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
+        self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         if not self.vision_token_ids and vision_mask is None:
             raise UnsupportedError(
@@ -142,6 +186,7 @@ class WithdrawalHandle:
         self._call: _CallState | None = None
         self._withdrawn: _WithdrawnInputs | None = None
         self._device_copies: dict[torch.device, _WithdrawnInputs] = {}
+        self._sliced_positions: dict = {}  # id(incoming position tensor) -> (tensor, its kept-slot slice)
         self._pending_padding_mask: torch.Tensor | None = None
         # Validity (B, entries) of the kept entries in layers >= K of each live cache object.
         self._cache_validity: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -235,12 +280,14 @@ class WithdrawalHandle:
                                 has_pixels=has_pixels)
         self._withdrawn = None
         self._device_copies.clear()
+        self._sliced_positions.clear()
         return None
 
     def _end_call(self, module, args, output):
         self._call = None
         self._withdrawn = None
         self._device_copies.clear()
+        self._sliced_positions.clear()
         return None
 
     def _enter_withdrawn(self, module, args, kwargs):
@@ -292,21 +339,15 @@ class WithdrawalHandle:
             self._cache_validity[cache] = validity
 
         kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        position_embeddings = kwargs.get("position_embeddings")
-        if position_embeddings is not None:
-            position_embeddings = tuple(take_positions(t, index, seq_dim=1) for t in position_embeddings)
         position_ids = kwargs.get("position_ids")
         if position_ids is not None:
-            position_ids = take_positions(position_ids, index, seq_dim=-1)
-        # position_ids=None on purpose: gapped positions would read as packed sequences (block-diagonal mask).
-        attention_mask = create_causal_mask(
-            config=self.text_config, inputs_embeds=kept_hidden, attention_mask=validity, cache=cache,
-            position_ids=None, layer_idx=self.layer,
-        )
-        self._withdrawn = _WithdrawnInputs(index, attention_mask, position_embeddings, position_ids)
+            position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
+        masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden, validity,
+                                cache)
+        self._withdrawn = _WithdrawnInputs(index, masks, position_ids)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
-        return self._swap_inputs(args, kwargs, kept_hidden, self._withdrawn)
+        return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
 
     def _continue_withdrawn(self, module, args, kwargs):
         if self._withdrawn is None:
@@ -315,14 +356,27 @@ class WithdrawalHandle:
         inputs = self._device_copies.get(hidden.device)
         if inputs is None:
             inputs = self._device_copies[hidden.device] = self._withdrawn.on(hidden.device)
-        return self._swap_inputs(args, kwargs, hidden, inputs)
+        return self._swap_inputs(module, args, kwargs, hidden, inputs)
 
-    @staticmethod
-    def _swap_inputs(args, kwargs, hidden, inputs: _WithdrawnInputs):
+    def _slice_positions(self, value, index: torch.Tensor):
+        """This layer's rotary embeddings at the kept slots. Each layer slices what it receives (families
+        with per-layer-type RoPE hand different tables to different layers); shared tables are sliced once."""
+        if isinstance(value, torch.Tensor):
+            seen = self._sliced_positions.get(id(value))
+            if seen is None or seen[0] is not value:
+                seen = self._sliced_positions[id(value)] = (
+                    value, take_positions(value, index.to(value.device), seq_dim=self.adapter.position_embeddings_seq_dim))
+            return seen[1]
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._slice_positions(v, index) for v in value)
+        return value
+
+    def _swap_inputs(self, module, args, kwargs, hidden, inputs: _WithdrawnInputs):
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = inputs.attention_mask
-        if "position_embeddings" in kwargs:
-            kwargs["position_embeddings"] = inputs.position_embeddings
+        kind = self.layer_types[self._layer_index[id(module)]]
+        kwargs["attention_mask"] = inputs.attention_masks[kind]
+        if kwargs.get("position_embeddings") is not None:
+            kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], inputs.kept_index)
         if "position_ids" in kwargs:
             kwargs["position_ids"] = inputs.position_ids
         if args:

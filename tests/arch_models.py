@@ -1,0 +1,590 @@
+"""Tiny randomly initialised models of every supported family, with locally built processors (no hub).
+
+Each family is a ``Family``: how to build the model, its processor, and a batch whose rows differ (lengths,
+images of different sizes so that anyres / dynamic-resolution families give rows different numbers of
+vision tokens, two images in one row). The exactness suite in test_architectures.py runs on all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+VOCAB = 128
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+WORDS = ["USER", "ASSISTANT", ":", "?", ".", "what", "color", "is", "the", "red", "blue", "green", "how", "many",
+         "a", "b", "c", "d", "answer", "with", "option's", "letter", "user", "assistant", "model", "describe", "this",
+         "image", "and", "that", "video"]
+
+
+def word_tokenizer(specials: dict[str, str], extra_special: dict[str, str] | None = None):
+    """A word-level fast tokenizer: pad/bos/eos/unk, the given special tokens (as added tokens), words."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special_tokens = list(specials.values())
+    vocab_words = ["<pad>", "<s>", "</s>", "<unk>"] + special_tokens + WORDS
+    vocab_words += [f"w{i}" for i in range(VOCAB - len(vocab_words))]
+    vocab = {w: i for i, w in enumerate(vocab_words[:VOCAB])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", padding_side="left",
+                                        extra_special_tokens=dict(extra_special or specials))
+    return tokenizer
+
+
+def token_id(specials: dict[str, str], name: str) -> int:
+    return 4 + list(specials).index(name)
+
+
+def image(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def _finish(model, suppress: list[int]):
+    model.config.pad_token_id = PAD
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.bos_token_id = BOS
+    model.generation_config.eos_token_id = None  # random weights: never stop early, compare whole runs
+    # a generated vision token would be read as one by the no-cache references
+    model.generation_config.suppress_tokens = suppress
+    return model.eval()
+
+
+def _text(**overrides) -> dict:
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    text.update(overrides)
+    return text
+
+
+@dataclass
+class Family:
+    name: str
+    architecture: str
+    build: Callable[[int, str, int], torch.nn.Module]  # (num_layers, attn, seed) -> model in eval mode
+    processor: Callable[[], object]
+    # The test batch: per row, the prompt text (with the processor's placeholders) and its images.
+    rows: Callable[[object], list[tuple[str, list]]]
+    # Ids the references treat as vision tokens (what VTW withdraws).
+    vision_ids: Callable[[object], list[int]]
+    # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
+    image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    notes: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LLaVA-NeXT: anyres (a base 16x16 view + a grid of 16x16 crops, unpadded, with image-newline features)
+
+LLAVA_SPECIALS = {"image_token": "<image>"}
+LLAVA_IMAGE = token_id(LLAVA_SPECIALS, "image_token")
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'video' %}"
+    "<video>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+
+
+def _clip(image_size=16):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                            image_size=image_size, patch_size=4, projection_dim=32)
+
+
+def tiny_llava_next(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    config = LlavaNextConfig(vision_config=_clip(), text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                             image_token_id=LLAVA_IMAGE, image_grid_pinpoints=PINPOINTS,
+                             vision_feature_select_strategy="default", vision_feature_layer=-1)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LlavaNextForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def llava_next_processor():
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                        image_grid_pinpoints=PINPOINTS)
+    return LlavaNextProcessor(image_processor=images, tokenizer=word_tokenizer(LLAVA_SPECIALS), patch_size=4,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=LLAVA_TEMPLATE)
+
+
+def llava_rows(processor):
+    return [("USER: what color <image>\nthe <image>\nis this ? \nASSISTANT:", [image(40, 20, 1), image(16, 16, 2)]),
+            ("USER: <image>\nhow many ?\nASSISTANT:", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Qwen2-VL / Qwen2.5-VL: dynamic resolution, M-RoPE (3-D positions), vision start/end kept, pads withdrawn
+
+QWEN_SPECIALS = {"vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+                 "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "im_start": "<|im_start|>",
+                 "im_end": "<|im_end|>"}
+QWEN_IMAGE, QWEN_VIDEO = token_id(QWEN_SPECIALS, "image_token"), token_id(QWEN_SPECIALS, "video_token")
+QWEN_START, QWEN_END = token_id(QWEN_SPECIALS, "vision_start_token"), token_id(QWEN_SPECIALS, "vision_end_token")
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif item['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen2_vl(num_layers=4, attn="sdpa", seed=0, version="2"):
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+    ids = dict(image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_START,
+               vision_end_token_id=QWEN_END)
+    if version == "2":
+        vision = dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2)
+        config, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(depth=2, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1])
+        config, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(cls(config), [QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END])
+
+
+def qwen_processor(version="2"):
+    """The family's processor where it can be built (it needs torchvision for its video processor), else
+    ``QwenInputs``, which prepares the same inputs from the image processor and the tokenizer."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                      size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    tokenizer = word_tokenizer(QWEN_SPECIALS)
+    try:
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+        cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
+        return cls(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    except (AttributeError, ImportError, TypeError):  # no torchvision: no video processor class
+        return QwenInputs(images, tokenizer)
+
+
+class ShimProcessor:
+    """Stands in for a family processor that needs torchvision: a chat template, a tokenizer, and __call__
+    returning a BatchFeature like the real one (subclasses prepare the inputs)."""
+
+    chat_template: str = ""
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=tokenize,
+                                                  add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+QWEN_VIDEO_GRID = (2, 4, 4)  # (t, h, w) patches of the tiny video: 2 * 4 * 4 / merge 2**2 = 8 video tokens
+
+
+class QwenInputs(ShimProcessor):
+    """What Qwen2VLProcessor does for images, spelled out: pads expanded per image grid, mm_token_type_ids.
+    Videos (``videos=`` a count per row) get random patches of grid QWEN_VIDEO_GRID."""
+
+    chat_template = QWEN_TEMPLATE
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
+        flat = [img for row in images or [] for img in row]
+        out = {}
+        texts = list(text)
+        if flat:
+            vision = self.image_processor(images=flat, return_tensors="pt")
+            out.update(pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"])
+            counts = iter((vision["image_grid_thw"].prod(-1) // 4).tolist())
+            texts = [_expand(t, "<|image_pad|>", counts) for t in texts]
+        if videos:
+            t, h, w = QWEN_VIDEO_GRID
+            total = sum(videos)
+            generator = torch.Generator().manual_seed(7)
+            out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
+            out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
+            texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        ids = encoded["input_ids"]
+        types = torch.zeros_like(ids)
+        types[ids == QWEN_IMAGE] = 1
+        types[ids == QWEN_VIDEO] = 2
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
+                          **out})
+
+
+def _features(data: dict):
+    from transformers import BatchFeature
+
+    return BatchFeature(data=data)
+
+
+def _expand(text: str, token: str, counts) -> str:
+    parts = text.split(token)
+    return parts[0] + "".join(token * next(counts) + part for part in parts[1:])
+
+
+def qwen_rows(processor):
+    pad = "<|vision_start|><|image_pad|><|vision_end|>"
+    return [(f"<|im_start|>user\nwhat color {pad} the {pad} is this ?<|im_end|>\n<|im_start|>assistant\n",
+             [image(40, 20, 1), image(16, 16, 2)]),
+            (f"<|im_start|>user\n{pad}how many ?<|im_end|>\n<|im_start|>assistant\n", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 3: sliding-window and full layers (own RoPE each), bidirectional attention inside image blocks
+
+GEMMA_SPECIALS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
+                  "start_turn": "<start_of_turn>", "end_turn": "<end_of_turn>"}
+GEMMA_IMAGE, GEMMA_BOI = token_id(GEMMA_SPECIALS, "image_token"), token_id(GEMMA_SPECIALS, "boi_token")
+GEMMA_EOI = token_id(GEMMA_SPECIALS, "eoi_token")
+GEMMA_WINDOW = 6
+GEMMA_TEMPLATE = (
+    "{% for message in messages %}<start_of_turn>{{ message['role'] }}\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<start_of_image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def tiny_gemma3(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    text = Gemma3TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, sliding_window=GEMMA_WINDOW,
+                                    layer_types=types, query_pre_attn_scalar=8, final_logit_softcapping=None,
+                                    attn_logit_softcapping=None,
+                                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}))
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=16, patch_size=4)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=GEMMA_IMAGE,
+                          boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Gemma3ForConditionalGeneration(config), [GEMMA_IMAGE, GEMMA_BOI, GEMMA_EOI])
+
+
+def gemma3_processor():
+    from transformers import Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    images = Gemma3ImageProcessorPil(size={"height": 16, "width": 16})
+    return Gemma3Processor(image_processor=images, tokenizer=word_tokenizer(GEMMA_SPECIALS), image_seq_length=4,
+                           chat_template=GEMMA_TEMPLATE)
+
+
+def gemma3_rows(processor):
+    return [("<start_of_turn>user\nwhat color <start_of_image> the <start_of_image> is this ?<end_of_turn>\n"
+             "<start_of_turn>model\n", [image(40, 20, 1), image(16, 16, 2)]),
+            ("<start_of_turn>user\n<start_of_image>how many ?<end_of_turn>\n<start_of_turn>model\n", [image(20, 44, 3)])]
+
+
+def gemma3_blocks(ids: torch.Tensor, config) -> torch.Tensor:
+    """Image block id per token (-1 outside): contiguous runs of image soft tokens."""
+    image = ids == config.image_token_id
+    starts = image & ~torch.cat([torch.zeros_like(image[..., :1]), image[..., :-1]], dim=-1)
+    return torch.where(image, starts.long().cumsum(-1) - 1, torch.full_like(ids, -1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LLaVA-OneVision: anyres images (SigLIP, Qwen2 LM) and videos (frames pooled) in one model
+
+OV_SPECIALS = {"image_token": "<image>", "video_token": "<video>"}
+OV_IMAGE, OV_VIDEO = token_id(OV_SPECIALS, "image_token"), token_id(OV_SPECIALS, "video_token")
+
+
+def _siglip(image_size=16):
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=image_size, patch_size=4)
+
+
+def tiny_llava_onevision(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config
+
+    config = LlavaOnevisionConfig(vision_config=_siglip(), text_config=Qwen2Config(**_text(num_hidden_layers=num_layers)),
+                                  image_token_index=OV_IMAGE, video_token_index=OV_VIDEO, image_grid_pinpoints=PINPOINTS,
+                                  vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LlavaOnevisionForConditionalGeneration(config), [OV_IMAGE, OV_VIDEO])
+
+
+class FeatureCountInputs(ShimProcessor):
+    """Inputs for families whose processor needs torchvision (a video processor): the image processor's
+    pixels, and each placeholder expanded to as many tokens as the model makes features for it."""
+
+    def __init__(self, image_processor, tokenizer, build_model, image_token: str, video_token: str | None = None,
+                 wrap: Callable[[str, int], str] | None = None, chat_template: str = ""):
+        self.image_processor, self.tokenizer, self.chat_template = image_processor, tokenizer, chat_template
+        self.model = build_model(1, "sdpa", 0)  # the vision side decides the counts; one text layer suffices
+        self.image_token, self.video_token = image_token, video_token
+        self.wrap = wrap or (lambda token, count: token * count)
+
+    @torch.no_grad()
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
+        out, texts = {}, list(text)
+        flat = [img for row in images or [] for img in row]
+        if flat:
+            vision = dict(self.image_processor(images=[list(row) for row in images], return_tensors="pt"))
+            vision.pop("num_patches", None)
+            out.update(vision)
+            counts = iter(self._image_counts(vision))
+            texts = [_expand_with(t, self.image_token, lambda: self.wrap(self.image_token, next(counts))) for t in texts]
+        if videos:
+            generator = torch.Generator().manual_seed(7)
+            size = self.model.config.vision_config.image_size
+            out["pixel_values_videos"] = torch.randn(sum(videos), 2, 3, size, size, generator=generator)
+            features = self.model.model.get_video_features(pixel_values_videos=out["pixel_values_videos"]).pooler_output
+            per_video = features.shape[1] if isinstance(features, torch.Tensor) and features.dim() == 3 else \
+                features.shape[0] // sum(videos)
+            texts = [_expand_with(t, self.video_token, lambda: self.video_token * per_video) for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+    def _image_counts(self, vision: dict) -> list[int]:
+        kwargs = {k: v for k, v in vision.items() if k in ("pixel_values", "image_sizes", "batch_num_images")}
+        features = self.model.model.get_image_features(**kwargs).pooler_output
+        return [len(f) for f in features]
+
+
+def _expand_with(text: str, token: str, make) -> str:
+    parts = text.split(token)
+    return parts[0] + "".join(make() + part for part in parts[1:])
+
+
+def llava_onevision_processor():
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
+        LlavaOnevisionImageProcessorPil
+
+    images = LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16}, image_grid_pinpoints=PINPOINTS)
+    return FeatureCountInputs(images, word_tokenizer(OV_SPECIALS), tiny_llava_onevision, "<image>", "<video>",
+                              chat_template=LLAVA_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mistral3 (Pixtral vision): variable image sizes, [IMG] rows closed by [IMG_BREAK], [IMG_END] last
+
+PIXTRAL_SPECIALS = {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
+                    "inst": "[INST]", "inst_end": "[/INST]"}
+PIXTRAL_IMAGE = token_id(PIXTRAL_SPECIALS, "image_token")
+PIXTRAL_BREAK, PIXTRAL_END = token_id(PIXTRAL_SPECIALS, "image_break_token"), token_id(PIXTRAL_SPECIALS, "image_end_token")
+PIXTRAL_TEMPLATE = (
+    "{% for message in messages %}[INST]{% for item in message['content'] %}{% if item['type'] == 'image' %}[IMG]"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}[/INST]{% endfor %}"
+)
+
+
+def tiny_mistral3(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    vision = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 image_size=32, patch_size=4, head_dim=8)
+    config = Mistral3Config(vision_config=vision, text_config=MistralConfig(**_text(num_hidden_layers=num_layers,
+                                                                                    head_dim=8)),
+                            image_token_index=PIXTRAL_IMAGE, spatial_merge_size=2, vision_feature_layer=-1)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Mistral3ForConditionalGeneration(config), [PIXTRAL_IMAGE, PIXTRAL_BREAK, PIXTRAL_END])
+
+
+class PixtralInputs(FeatureCountInputs):
+    """What PixtralProcessor does (it needs torchvision): per image, rows of [IMG] x width closed by
+    [IMG_BREAK], the last row closed by [IMG_END]; width/height in merged patches of the resized image."""
+
+    def __call__(self, text, images=None, **kwargs):
+        flat = [img for row in images or [] for img in row]
+        sizes = iter(self.image_processor(images=[list(row) for row in images], return_tensors="pt")["image_sizes"].tolist()
+                     if flat else [])
+        unit = 4 * 2  # patch size x spatial merge
+
+        def layout(token, count):
+            height, width = next(sizes)
+            rows = ["[IMG]" * (width // unit) + "[IMG_BREAK]" for _ in range(height // unit)]
+            return "".join(rows)[: -len("[IMG_BREAK]")] + "[IMG_END]"
+
+        self.wrap = layout
+        return super().__call__(text, images=images, **kwargs)
+
+    def _image_counts(self, vision: dict) -> list[int]:
+        return [0] * len(vision["image_sizes"])  # the layout above decides
+
+
+def mistral3_processor():
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    images = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size={"height": 4, "width": 4})
+    try:
+        from transformers import PixtralProcessor
+
+        return PixtralProcessor(image_processor=images, tokenizer=word_tokenizer(PIXTRAL_SPECIALS), patch_size=4,
+                                spatial_merge_size=2, chat_template=PIXTRAL_TEMPLATE)
+    except ImportError:  # PixtralProcessor requires torchvision
+        return PixtralInputs(images, word_tokenizer(PIXTRAL_SPECIALS), tiny_mistral3, "[IMG]",
+                             chat_template=PIXTRAL_TEMPLATE)
+
+
+def mistral3_rows(processor):
+    return [("[INST]what color [IMG] the [IMG] is this ?[/INST]", [image(40, 20, 1), image(16, 16, 2)]),
+            ("[INST][IMG]how many ?[/INST]", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# InternVL: <img> + <IMG_CONTEXT> x (tokens per tile x tiles) + </img>, pixel-shuffle MLP connector
+
+INTERNVL_SPECIALS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                     "video_token": "<video>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"}
+INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+INTERNVL_IMAGE = token_id(INTERNVL_SPECIALS, "context_image_token")
+INTERNVL_START, INTERNVL_END = token_id(INTERNVL_SPECIALS, "start_image_token"), token_id(INTERNVL_SPECIALS, "end_image_token")
+
+
+def tiny_internvl(num_layers=4, attn="sdpa", seed=0):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+    from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+
+    vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                  image_size=16, patch_size=4)
+    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text(num_hidden_layers=num_layers)),
+                            image_token_id=INTERNVL_IMAGE, image_seq_length=4, downsample_ratio=0.5)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(InternVLForConditionalGeneration(config), [INTERNVL_IMAGE, INTERNVL_START, INTERNVL_END])
+
+
+class InternVLInputs(FeatureCountInputs):
+    def _image_counts(self, vision: dict) -> list[int]:
+        return [4 * int(n) for n in self._patches]
+
+    def __call__(self, text, images=None, **kwargs):
+        flat = [img for row in images or [] for img in row]
+        self._patches = self.image_processor(images=flat, return_tensors="pt")["num_patches"] if flat else []
+        return super().__call__(text, images=images, **kwargs)
+
+
+def internvl_processor():
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    images = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
+                                      max_patches=4)
+    return InternVLInputs(images, word_tokenizer(INTERNVL_SPECIALS), tiny_internvl, "<IMG_CONTEXT>",
+                          wrap=lambda token, count: "<img>" + token * count + "</img>", chat_template=INTERNVL_TEMPLATE)
+
+
+def internvl_rows(processor):
+    return [("<|im_start|>user\nwhat color <IMG_CONTEXT> the <IMG_CONTEXT> is this ?<|im_end|>\n<|im_start|>assistant\n",
+             [image(40, 20, 1), image(16, 16, 2)]),
+            ("<|im_start|>user\n<IMG_CONTEXT>how many ?<|im_end|>\n<|im_start|>assistant\n", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Idefics3 / SmolVLM: image splitting into tiles + a global view, pixel-shuffle connector, row/col tags
+
+IDEFICS_SPECIALS = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
+                    "end_of_utterance_token": "<end_of_utterance>", "global_image_token": "<global-img>",
+                    **{f"row{i}{j}": f"<row_{i}_col_{j}>" for i in range(1, 4) for j in range(1, 4)}}
+IDEFICS_IMAGE = token_id(IDEFICS_SPECIALS, "image_token")
+IDEFICS_FAKE = token_id(IDEFICS_SPECIALS, "fake_image_token")
+IDEFICS_GLOBAL = token_id(IDEFICS_SPECIALS, "global_image_token")
+
+
+def tiny_idefics3(num_layers=4, attn="sdpa", seed=0, smolvlm=False):
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration)
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4)
+    text = LlamaConfig(**_text(num_hidden_layers=num_layers))
+    config_cls, model_cls = ((SmolVLMConfig, SmolVLMForConditionalGeneration) if smolvlm
+                             else (Idefics3Config, Idefics3ForConditionalGeneration))
+    config = config_cls(vision_config=vision, text_config=text, image_token_id=IDEFICS_IMAGE, scale_factor=2)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), [IDEFICS_IMAGE, IDEFICS_FAKE, IDEFICS_GLOBAL])
+
+
+def idefics3_processor():
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 32}, max_image_size={"longest_edge": 16},
+                                       do_image_splitting=True)
+    return Idefics3Processor(image_processor=images, tokenizer=word_tokenizer(IDEFICS_SPECIALS), image_seq_len=4,
+                             chat_template=LLAVA_TEMPLATE)
+
+
+def idefics3_rows(processor):
+    return [("USER: what color <image> the <image> is this ?\nASSISTANT:", [image(40, 20, 1), image(16, 16, 2)]),
+            ("USER: <image>how many ?\nASSISTANT:", [image(20, 44, 3)])]
+
+
+FAMILIES: dict[str, Family] = {
+    "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", tiny_llava_next, llava_next_processor,
+                         llava_rows, lambda config: [config.image_token_id]),
+    "qwen2_vl": Family("Qwen2-VL", "Qwen2VLForConditionalGeneration", tiny_qwen2_vl, qwen_processor, qwen_rows,
+                       lambda config: [config.image_token_id, config.video_token_id]),
+    "qwen2_5_vl": Family("Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration",
+                         lambda n, a="sdpa", s=0: tiny_qwen2_vl(n, a, s, version="2.5"),
+                         lambda: qwen_processor("2.5"), qwen_rows,
+                         lambda config: [config.image_token_id, config.video_token_id]),
+    "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
+                     lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
+    "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,
+                              llava_onevision_processor, llava_rows,
+                              lambda config: [config.image_token_id, config.video_token_id]),
+    "mistral3": Family("Mistral3", "Mistral3ForConditionalGeneration", tiny_mistral3, mistral3_processor,
+                       mistral3_rows, lambda config: [config.image_token_id]),
+    "internvl": Family("InternVL", "InternVLForConditionalGeneration", tiny_internvl, internvl_processor,
+                       internvl_rows, lambda config: [config.image_token_id]),
+    "idefics3": Family("Idefics3", "Idefics3ForConditionalGeneration", tiny_idefics3, idefics3_processor,
+                       idefics3_rows, lambda config: [config.image_token_id]),
+    "smolvlm": Family("SmolVLM", "SmolVLMForConditionalGeneration",
+                      lambda n, a="sdpa", s=0: tiny_idefics3(n, a, s, smolvlm=True), idefics3_processor,
+                      idefics3_rows, lambda config: [config.image_token_id]),
+}
+
+
+def family_batch(family: Family, processor=None):
+    """(batched left-padded inputs, [per-row unpadded inputs]) from the family's processor."""
+    processor = processor or family.processor()
+    rows = family.rows(processor)
+    batch = processor(text=[t for t, _ in rows], images=[imgs for _, imgs in rows], padding=True, return_tensors="pt")
+    singles = [processor(text=[t], images=[imgs], return_tensors="pt") for t, imgs in rows]
+    return dict(batch), [dict(s) for s in singles]
+
+
+def save_family(family: Family, directory, num_layers: int = 4, attn: str = "sdpa"):
+    """A tiny model + its processor saved with save_pretrained, as a user's local model directory.
+
+    Returns (directory, shim): shim is the stand-in processor where the real one cannot be built (no
+    torchvision), for the caller to serve in place of AutoProcessor.from_pretrained; else None."""
+    model = family.build(num_layers, attn, 0)
+    model.config.architectures = [family.architecture]
+    model.save_pretrained(directory)
+    processor = family.processor()
+    if isinstance(processor, ShimProcessor):
+        processor.tokenizer.save_pretrained(directory)
+        return str(directory), processor
+    processor.save_pretrained(directory)
+    return str(directory), None
