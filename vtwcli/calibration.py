@@ -24,12 +24,12 @@ import torch
 from transformers import DynamicCache
 
 from vtwcli.adapters import adapter_for
+from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
-DEFAULT_THRESHOLD = 0.003  # the reference implementation's eta for LLaVA-1.5-7B
 
 
 @dataclass
