@@ -8,11 +8,12 @@ model) is looked up here. Supporting a new family means adding an entry, not edi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from vtwcli.errors import UnsupportedError
+
+if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
