@@ -95,7 +95,7 @@ def test_bad_options_are_one_line_errors_with_exit_2(tiny_model_dir, tmp_path, c
 
 def test_interrupted_run_resumes_to_the_same_profile(tiny_model_dir, tmp_path):
     args = ["calibrate", "--model", tiny_model_dir, "--dataset", "photo_vqa", "--dataset", "photo_mc",
-            "--batch-size", "1", "--threshold", "1e9"]
+            "--samples", "10", "--batch-size", "1", "--threshold", "1e9"]
     reference = tmp_path / "reference.yaml"
     assert run_cli(args + ["--output", str(reference)]) == 0
 
@@ -106,7 +106,7 @@ def test_interrupted_run_resumes_to_the_same_profile(tiny_model_dir, tmp_path):
                                env=dict(os.environ, HF_HUB_OFFLINE="1"))
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if checkpoint.exists() and len(checkpoint.read_text().splitlines()) >= 4:  # header + 3 batches
+        if checkpoint.exists() and len(checkpoint.read_text().splitlines()) >= 2:  # header + a finished batch
             break
         time.sleep(0.01)
     assert process.poll() is None, "the run finished before it could be interrupted"
