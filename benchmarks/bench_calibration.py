@@ -9,6 +9,11 @@ with wall times (median of alternating repeats) and FLOPs counted by torch's Flo
 Targets: (a)/(b) <= 3 and (c)/(a) >= 5.
 
     python benchmarks/bench_calibration.py [--model DIR] [--samples 20] [--repeats 5]
+    python benchmarks/bench_calibration.py --shape small    # random LLaVA-1.5 layout, 256 image tokens
+
+The ratio (c)/(a) grows with the share of vision tokens in the prompt and with the depth: the naive search
+re-runs the vision tower and every layer below K on every token once per K. The bundled demo model is
+tiny and shallow with 16 image tokens, so `--shape` adds a random model with a real LLaVA-1.5 layout.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import argparse
 import platform
 import statistics
 import time
+
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,19 +43,36 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", default=None, help="random LLaVA-layout model of bench_speedup.py's SHAPES "
+                        "with synthetic prompts, instead of --model")
+    parser.add_argument("--text-tokens", type=int, default=24, help="with --shape: text tokens after the image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    loaded = load_model(args.model, device="cpu", dtype="float32")
-    model, processor = loaded.model, loaded.processor
+    if args.shape:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_speedup import build_model, synthetic_inputs
+
+        model = build_model(args.shape)
+        name = f"random LLaVA, shape '{args.shape}'"
+        prompts = [synthetic_inputs(model, args.text_tokens, seed=i)[0] for i in range(args.samples)]
+        batches = [{key: torch.cat([p[key] for p in prompts[i:i + args.batch_size]]) for key in prompts[0]}
+                   for i in range(0, len(prompts), args.batch_size)]
+        for inputs in batches:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        count = len(prompts)
+    else:
+        loaded = load_model(args.model, device="cpu", dtype="float32")
+        model, processor, name = loaded.model, loaded.processor, loaded.name_or_path
+        samples = []
+        for dataset_name in default_datasets(loaded.is_bundled):
+            data = load_dataset(dataset_name)
+            samples += sample_dataset(data, min(args.samples, len(data.samples)), seed=0)
+        batches = [dict(make_batch(processor, samples[i:i + args.batch_size]))
+                   for i in range(0, len(samples), args.batch_size)]
+        count = len(samples)
     num_layers = num_decoder_layers(model)
     layers = list(range(1, num_layers))
-    samples = []
-    for name in default_datasets(loaded.is_bundled):
-        data = load_dataset(name)
-        samples += sample_dataset(data, min(args.samples, len(data.samples)), seed=0)
-    batches = [dict(make_batch(processor, samples[i:i + args.batch_size]))
-               for i in range(0, len(samples), args.batch_size)]
     for inputs in batches:  # generate()'s positions, as calibration uses them
         inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
 
@@ -85,7 +110,9 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
 
     a, b, c = variants
-    print(f"model: {loaded.name_or_path} ({num_layers} decoder layers), {len(samples)} samples, "
+    vision = int(torch.isin(batches[0]["input_ids"][0], torch.tensor([model.config.image_token_id])).sum())
+    print(f"model: {name} ({num_layers} decoder layers, {vision} image tokens in the first prompt of "
+          f"{batches[0]['input_ids'].shape[1]}), {count} samples, "
           f"batch {args.batch_size}, {len(layers)} candidate layers, {args.threads} threads")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
     print(f"{'variant':34} {'median s':>9} {'GFLOPs':>10}")
