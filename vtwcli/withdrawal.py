@@ -69,7 +69,7 @@ class _CallState:
 class _WithdrawnInputs:
     """The inputs every layer >= K receives in place of the full-length ones (built once per call)."""
 
-    kept_index: torch.Tensor  # (B, q') original in-call index of each kept slot
+    kept_index: torch.Tensor | None  # (B, q') original in-call index of each kept slot; None = all kept, in order
     attention_masks: dict  # layer type -> mask of the short sequence (None where the layer builds its own)
     position_ids: torch.Tensor | None
 
@@ -321,6 +321,8 @@ class WithdrawalHandle:
         keep = ~vision
         if call.padding_mask is not None:
             keep &= call.padding_mask[:, -length:].to(device)
+        # Decode steps keep every token: no gathers then, only the mask of the shorter cache.
+        everything_kept = bool(keep.all())
         index, validity = kept_slots(keep)
         if index.shape[1] == 0:
             raise UnsupportedError(
@@ -338,13 +340,15 @@ class WithdrawalHandle:
         if cache is not None:
             self._cache_validity[cache] = validity
 
-        kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        kept_hidden = hidden
         position_ids = kwargs.get("position_ids")
-        if position_ids is not None:
-            position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
+        if not everything_kept:
+            kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            if position_ids is not None:
+                position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
         masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden, validity,
                                 cache)
-        self._withdrawn = _WithdrawnInputs(index, masks, position_ids)
+        self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
@@ -375,7 +379,7 @@ class WithdrawalHandle:
         kwargs = dict(kwargs)
         kind = self.layer_types[self._layer_index[id(module)]]
         kwargs["attention_mask"] = inputs.attention_masks[kind]
-        if kwargs.get("position_embeddings") is not None:
+        if kwargs.get("position_embeddings") is not None and inputs.kept_index is not None:
             kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], inputs.kept_index)
         if "position_ids" in kwargs:
             kwargs["position_ids"] = inputs.position_ids
