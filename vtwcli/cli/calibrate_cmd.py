@@ -23,6 +23,14 @@ def default_datasets(is_bundled: bool) -> list[str]:
     return [name for name in names if name.startswith(prefix)]
 
 
+def _check_output(output: Path) -> None:
+    if output.is_dir():
+        raise VtwError(f"--output {output} is a directory; pass a file name (e.g. {output / 'vtw-calibration.yaml'})")
+    if not output.parent.is_dir():
+        raise VtwError(f"--output {output}: directory {output.parent} does not exist; create it or choose another "
+                       "--output")
+
+
 @app.command("calibrate")
 def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
@@ -72,6 +80,7 @@ def calibrate_command(
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
                                  max_new_tokens=max_new_tokens)
+    _check_output(output)  # before minutes of loading and calibrating, not when writing the result
     if not resume:
         output = output_path_for(output, force)
     loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
@@ -118,7 +127,8 @@ def calibrate_command(
         console.print(kl_table(result))
         console.print(kl_chart(result))
         for entry in result.per_dataset:
-            console.print(f"  {entry['name']}: first layer under the threshold = {entry['layer']}")
+            own = entry["layer"] if entry["layer"] is not None else "none"
+            console.print(f"  {entry['name']}: first layer under the threshold = {own}")
         if result.evaluation:
             ev = result.evaluation
             withdrawn = ev["withdrawn"]["accuracy"]
