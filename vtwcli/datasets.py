@@ -607,7 +607,34 @@ def make_batch(processor: Any, samples: list[Sample]):
         return processor(images=images, text=prompts, return_tensors="pt", padding=True)
     except ValueError as error:
         ids = ", ".join(s.id for s in samples[:5]) + (" ..." if len(samples) > 5 else "")
+        lost = next((s for s, p in zip(samples, prompts) if not _has_image_placeholder(processor, p)), None)
+        if lost is not None:
+            raise VtwError(
+                f"{lost.where()}: the prompt has no vision tokens (the chat template dropped the image placeholder "
+                f"{_image_placeholder(processor)!r}); fix the model's chat template so it renders "
+                "{\"type\": \"image\"} entries"
+            ) from None
         raise VtwError(f"the processor rejected the batch ({ids}): {error}") from None
+
+
+def _placeholders(processor: Any) -> list[str]:
+    """Strings a prompt holds where an image goes: the image token, or a begin-of-image token (Gemma 3)."""
+    found = []
+    for owner in (processor, getattr(processor, "tokenizer", None)):
+        for key in ("image_token", "boi_token", "start_image_token"):
+            value = getattr(owner, key, None)
+            if isinstance(value, str) and value and value not in found:
+                found.append(value)
+    return found
+
+
+def _image_placeholder(processor: Any) -> str:
+    return next(iter(_placeholders(processor)), "<image>")
+
+
+def _has_image_placeholder(processor: Any, prompt: str) -> bool:
+    markers = _placeholders(processor)
+    return not markers or any(marker in prompt for marker in markers)
 
 
 # ----------------------------------------------------------------------------------------------------------

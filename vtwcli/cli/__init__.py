@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from vtwcli import __version__
 from vtwcli.cli import _state
@@ -46,16 +47,49 @@ def root(
 from vtwcli.cli import commands  # noqa: E402,F401  (registers the subcommands on `app`)
 
 
+_OOM_HINT = ("lower --batch-size, use a smaller --dtype (bfloat16 or float16 on GPU) or spread the model with "
+             "--device-map auto")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """MemoryError, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at if already imported."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(oom, type) and isinstance(error, oom)
+
+
+def _fail(message: str, code: int) -> None:
+    _state.err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, exit codes 0 / 1 (check failed) / 2 (bad input)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="vtw")
+        code = app(args=argv, prog_name="vtw", standalone_mode=False)
     except VtwError as error:
         if debug:
             raise
-        _state.err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
+        _fail(str(error), error.exit_code)
+    except typer.TyperException as error:  # click's usage errors: bad option value, unknown option, missing argument
+        if debug:
+            raise
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `vtw`: typer already printed the help
+            sys.exit(error.exit_code)
+        ctx = getattr(error, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        _fail(" ".join(error.format_message().split()).rstrip(".") + hint, error.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
     except KeyboardInterrupt:
         _state.err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
+    except Exception as error:
+        if debug or not _out_of_memory(error):
+            raise
+        detail = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
+        _fail(f"out of memory ({detail}); {_OOM_HINT}", 2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -158,6 +158,11 @@ def profile_command(
     target = output
     if target is None and profile is not None:
         target = profile if force else profile.with_name(f"{profile.stem}.profile.yaml")
+    if target is not None and target.is_dir():  # checked before the measuring, not after
+        raise VtwError(f"--output {target} is a directory; pass a file name (e.g. {target / 'vtw-profile.yaml'})")
+    if target is not None and not target.parent.is_dir():
+        raise VtwError(f"--output {target}: directory {target.parent} does not exist; create it or choose another "
+                       "--output")
 
     if flops_only:
         from vtwcli.loading import bundled_model_path

@@ -1,0 +1,442 @@
+"""The error table (docs/errors.md), one CLI-level test per row.
+
+Every user-facing error goes through the real CLI (``vtwcli.cli.main``) and must be ONE non-empty line
+on stderr (what, where, what to do), exit code 2 for bad input, and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from profile_fixtures import example_profile
+from tiny_models import save_tiny_llava, tiny_processor
+
+from vtwcli.cli import main
+
+torch.set_num_threads(1)
+
+PHOTO = Path(__file__).resolve().parent.parent / "vtwcli" / "data" / "datasets" / "photo_vqa" / "images" / "chelsea.jpg"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """vtwcli.cli.main(args) -> (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(args: list[str], capsys, *, code: int = 2) -> str:
+    """Run the CLI, assert exit ``code``, exactly one non-empty stderr line and no traceback; return it."""
+    got, _, err = run_cli(args, capsys)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, f"exit {got}, stderr: {err}"
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A folder with a small valid image set and helpers to write JSONL files next to it."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "images").mkdir()
+    shutil.copy(PHOTO, folder / "images" / "cat.jpg")
+    return folder
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    return path
+
+
+def row(i: int, **extra) -> dict:
+    base = {"id": f"s{i}", "image": "images/cat.jpg", "question": "What color is the cat?", "answer": "red"}
+    base.update(extra)
+    return base
+
+
+def calibrate(model_dir: str, tmp_path: Path, *extra: str, dataset: str | Path = "photo_vqa") -> list[str]:
+    return ["calibrate", "--model", str(model_dir), "--dataset", str(dataset), "--no-eval", "--samples", "2",
+            "--device", "cpu", "--output", str(tmp_path / "c.yaml"), *extra]
+
+
+def profile_profile(tmp_path: Path, data: dict | str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def test_model_path_that_does_not_exist(tmp_path, capsys):
+    line = one_line_error(["calibrate", "--model", str(tmp_path / "no" / "such-model"), "--no-eval"], capsys)
+    assert "no such directory" in line and "such-model" in line
+
+
+def test_model_path_is_a_file(tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"x")
+    assert "is a file; pass the model directory" in one_line_error(["calibrate", "--model", str(path)], capsys)
+
+
+def test_model_directory_without_config(tmp_path, capsys):
+    line = one_line_error(["calibrate", "--model", str(tmp_path)], capsys)
+    assert "has no config.json" in line
+
+
+def test_model_directory_without_weights(model_dir, tmp_path, capsys):
+    (tmp_path / "weightless").mkdir()
+    shutil.copy(Path(model_dir) / "config.json", tmp_path / "weightless" / "config.json")
+    line = one_line_error(calibrate(tmp_path / "weightless", tmp_path), capsys)
+    assert "no loadable weights" in line and "save_pretrained" in line
+
+
+def test_text_only_model(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    config.architectures = ["LlamaForCausalLM"]
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    line = one_line_error(calibrate(tmp_path, tmp_path), capsys)
+    assert "LlamaForCausalLM is a text-only model" in line and "vtw models" in line
+
+
+def test_architecture_without_an_adapter(tmp_path, capsys):
+    # PaliGemma is multimodal but has no vtwcli adapter; the config alone decides (no weights needed).
+    from transformers import PaliGemmaConfig
+
+    from vtwcli.adapters import supported_architectures
+
+    assert "PaliGemmaForConditionalGeneration" not in supported_architectures()
+    config = PaliGemmaConfig()
+    config.architectures = ["PaliGemmaForConditionalGeneration"]
+    config.save_pretrained(tmp_path)
+    line = one_line_error(calibrate(tmp_path, tmp_path), capsys)
+    assert "PaliGemmaForConditionalGeneration has no vtwcli adapter" in line and "LlavaForConditionalGeneration" in line
+    # vtw profile --flops-only refuses it the same way
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
+    assert "has no vtwcli adapter" in line
+
+
+def test_hub_id_while_offline(monkeypatch, tmp_path, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache: nothing to fall back on
+    monkeypatch.chdir(tmp_path)  # `someorg/somemodel` must not resolve to a local folder
+    line = one_line_error(["calibrate", "--model", "someorg/somemodel", "--no-eval"], capsys)
+    assert "someorg/somemodel" in line and "network" in line and "local directory" in line
+
+
+# ------------------------------------------------------------------------------------- device / dtype / attn
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_device_cuda_without_a_gpu(model_dir, tmp_path, capsys):
+    line = one_line_error(["calibrate", "--model", model_dir, "--device", "cuda"], capsys)
+    assert "no CUDA GPU" in line and "--device cpu" in line
+
+
+def test_device_unknown_name(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1", "--device", "tpu9"], capsys)
+    assert "--device 'tpu9' is not a device name" in line
+
+
+def test_dtype_float16_on_cpu(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--dtype", "float16"), capsys)
+    assert "float16 is not supported on cpu" in line and "bfloat16" in line
+
+
+def test_dtype_unknown(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--dtype", "float8"), capsys)
+    assert "--dtype 'float8' is not supported" in line
+
+
+def test_attn_unknown(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--attn", "flash9"), capsys)
+    assert "--attn 'flash9' is not supported; use sdpa or eager" in line
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1", "--attn", "flash9"], capsys)
+    assert "--attn 'flash9' is not supported" in line
+
+
+# ------------------------------------------------------------------------------------- calibration options
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_threshold_negative_or_nan(model_dir, tmp_path, capsys, value):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--threshold", value), capsys)
+    assert "--threshold must be a number >= 0" in line
+
+
+def test_criterion_unknown(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--criterion", "vibes"), capsys)
+    assert "--criterion 'vibes' is unknown; use last_token or teacher_forced" in line
+
+
+def test_min_layer_out_of_range(model_dir, tmp_path, capsys):
+    assert "--min-layer 4 is out of range" in one_line_error(calibrate(model_dir, tmp_path, "--min-layer", "4"), capsys)
+
+
+@pytest.mark.parametrize("samples,expected", [("0", "sample size must be at least 1"),
+                                              ("999", "asked for 999 samples but dataset 'photo_vqa' has only")])
+def test_samples_zero_or_more_than_the_data(model_dir, tmp_path, capsys, samples, expected):
+    args = calibrate(model_dir, tmp_path)
+    args[args.index("--samples") + 1] = samples
+    assert expected in one_line_error(args, capsys)
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def test_unknown_bundled_dataset(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset="no_such_set"), capsys)
+    assert "unknown dataset 'no_such_set'" in line and "photo_vqa" in line
+
+
+def test_jsonl_not_found(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=tmp_path / "missing.jsonl"), capsys)
+    assert "dataset file not found" in line and "missing.jsonl" in line
+
+
+def test_jsonl_empty(model_dir, data_dir, tmp_path, capsys):
+    path = write_jsonl(data_dir / "empty.jsonl", [])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}: the dataset is empty" in line
+
+
+def test_jsonl_invalid_json_on_line_n(model_dir, data_dir, tmp_path, capsys):
+    path = write_jsonl(data_dir / "broken.jsonl", [row(1), row(2), '{"id": "s3", "question": '])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}:3: invalid JSON" in line
+
+
+def test_jsonl_missing_field_on_line_n(model_dir, data_dir, tmp_path, capsys):
+    bad = row(2)
+    del bad["answer"]
+    path = write_jsonl(data_dir / "noanswer.jsonl", [row(1), bad])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}:2: missing field 'answer'" in line
+
+
+def test_image_file_missing(model_dir, data_dir, tmp_path, capsys):
+    path = write_jsonl(data_dir / "gone.jsonl", [row(1), row(2, image="images/gone.png")])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}:2: image file not found" in line and "gone.png" in line
+
+
+def test_image_file_corrupt(model_dir, data_dir, tmp_path, capsys):
+    (data_dir / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    path = write_jsonl(data_dir / "corrupt.jsonl", [row(1), row(2, image="images/broken.png")])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}:2" in line and "broken.png" in line and "corrupt" in line
+
+
+def test_image_of_an_unsupported_mode(model_dir, data_dir, tmp_path, capsys):
+    Image.new("I;16", (4, 4), 60000).save(data_dir / "images" / "deep.png")
+    path = write_jsonl(data_dir / "deep.jsonl", [row(1), row(2, image="images/deep.png")])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert f"{path}:2" in line and "deep.png" in line and "has mode" in line and "RGB" in line
+
+
+def test_prompt_without_vision_tokens(tmp_path, capsys):
+    # A chat template that drops the image entry: the prompt reaches the model without vision tokens.
+    directory = tmp_path / "no-image-template"
+    save_tiny_llava(directory, num_layers=4)
+    template = ("{% for message in messages %}{{ message['role'].upper() }}: {% for item in message['content'] %}"
+                "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    tiny_processor(chat_template=template).save_pretrained(directory)
+    line = one_line_error(calibrate(directory, tmp_path), capsys)
+    assert "no vision tokens" in line and "chat template" in line
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("layer", ["0", "-1", "5"])
+def test_layer_out_of_range(model_dir, capsys, layer):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", layer, "--flops-only"], capsys)
+    assert f"--layer {layer}: out of range for this model with 4 decoder layers; use 1..4" in line
+
+
+def test_layer_out_of_range_with_weights(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "9", "--device", "cpu"], capsys)
+    assert "--layer 9: out of range" in line
+
+
+def test_layer_not_an_integer_is_a_usage_error(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1.5", "--flops-only"], capsys)
+    assert "Invalid value for '--layer'" in line and "integer" in line and "vtw profile --help" in line
+
+
+def test_unknown_option_and_missing_argument_are_one_line(capsys):
+    line = one_line_error(["calibrate", "--thresold", "0.1"], capsys)
+    assert "No such option: --thresold" in line and "--threshold" in line and "vtw calibrate --help" in line
+    assert "Missing argument 'PROFILE...'" in one_line_error(["check"], capsys)
+
+
+def test_no_layer_at_all(model_dir, capsys):
+    assert "no withdrawal layer: pass --layer K" in one_line_error(["profile", "--model", model_dir], capsys)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def test_output_in_a_missing_directory(model_dir, tmp_path, capsys):
+    args = calibrate(model_dir, tmp_path)
+    args[args.index("--output") + 1] = str(tmp_path / "nope" / "c.yaml")
+    line = one_line_error(args, capsys)
+    assert f"directory {tmp_path / 'nope'} does not exist; create it or choose another --output" in line
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
+                           "--output", str(tmp_path / "nope" / "p.yaml")], capsys)
+    assert f"directory {tmp_path / 'nope'} does not exist" in line
+
+
+def test_output_is_a_directory(model_dir, tmp_path, capsys):
+    args = calibrate(model_dir, tmp_path)
+    args[args.index("--output") + 1] = str(tmp_path)
+    assert "is a directory; pass a file name" in one_line_error(args, capsys)
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
+                           "--output", str(tmp_path)], capsys)
+    assert "is a directory; pass a file name" in line
+
+
+def test_output_in_a_read_only_directory(model_dir, tmp_path, capsys, monkeypatch):
+    # We may run as root, where chmod does not block writes: simulate the refusal the OS would give.
+    import vtwcli.profile as P
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(P.tempfile, "mkstemp", denied)
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
+                           "--output", str(tmp_path / "p.yaml")], capsys)
+    assert "is not writable (Permission denied)" in line and "--output" in line
+    monkeypatch.undo()
+    monkeypatch.setattr(P.os, "replace", denied)
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
+                           "--output", str(tmp_path / "p.yaml")], capsys)
+    assert "cannot write" in line and "Permission denied" in line
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_output_exists_without_force_in_profile(model_dir, tmp_path, capsys):
+    (tmp_path / "p.yaml").write_text("keep\n")
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
+                           "--output", str(tmp_path / "p.yaml")], capsys)
+    assert "exists; pass --force" in line
+    assert (tmp_path / "p.yaml").read_text() == "keep\n"
+
+
+# ----------------------------------------------------------------------------------------------- profiles
+
+
+def _profile_error(path: Path, capsys) -> tuple[str, str]:
+    """The same broken profile through `vtw check` and `vtw profile --profile`."""
+    checked = one_line_error(["check", str(path)], capsys)
+    profiled = one_line_error(["profile", "--profile", str(path), "--flops-only"], capsys)
+    return checked, profiled
+
+
+def test_profile_corrupted_yaml(tmp_path, capsys):
+    path = profile_profile(tmp_path, "schema_version: 1\nmodel: {name: [1, 2\nenvironment: x\n")
+    for line in _profile_error(path, capsys):
+        assert str(path) in line and "corrupted or truncated YAML at line" in line
+
+
+def test_profile_truncated(tmp_path, capsys):
+    text = yaml.safe_dump(example_profile(), sort_keys=False)
+    path = profile_profile(tmp_path, text[: text.index("calibration:")])
+    for line in _profile_error(path, capsys):
+        assert "required key is missing" in line and str(path) in line
+
+
+def test_profile_wrong_type(tmp_path, capsys):
+    data = example_profile()
+    data["calibration"]["threshold"] = "small"
+    path = profile_profile(tmp_path, data)
+    for line in _profile_error(path, capsys):
+        assert "calibration.threshold: expected number, got string" in line
+
+
+def test_profile_missing_key(tmp_path, capsys):
+    data = example_profile()
+    del data["model"]["config_sha256"]
+    path = profile_profile(tmp_path, data)
+    for line in _profile_error(path, capsys):
+        assert "model.config_sha256: required key is missing" in line
+
+
+def test_profile_newer_schema(tmp_path, capsys):
+    data = example_profile()
+    data["schema_version"] = 99
+    path = profile_profile(tmp_path, data)
+    for line in _profile_error(path, capsys):
+        assert "schema_version 99" in line and "newer vtwcli" in line and "pip install -U vtwcli" in line
+
+
+def test_profile_file_missing(tmp_path, capsys):
+    for line in _profile_error(tmp_path / "nope.yaml", capsys):
+        assert "no such profile file" in line
+
+
+def test_profile_without_a_calibrated_layer(tmp_path, capsys):
+    path = profile_profile(tmp_path, example_profile(layer=None))
+    line = one_line_error(["profile", "--profile", str(path), "--flops-only"], capsys)
+    assert "calibration.layer is null" in line and "--layer K" in line
+
+
+# ---------------------------------------------------------------------------------------------- resources
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to "
+                                                                               "allocate 2.00 GiB\nmore text")])
+def test_out_of_memory_is_one_line_with_a_hint(model_dir, tmp_path, capsys, monkeypatch, error):
+    import vtwcli.calibration
+
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vtwcli.calibration, "shared_prefix_kl", exhausted)
+    line = one_line_error(calibrate(model_dir, tmp_path), capsys)
+    assert "out of memory" in line and "--batch-size" in line and "--dtype" in line and "--device-map" in line
+
+
+def test_two_images_are_not_an_error_for_llava(model_dir, data_dir, tmp_path, capsys):
+    """Not an error row: LLaVA takes several images per prompt, so a two-image sample calibrates."""
+    path = write_jsonl(data_dir / "two.jsonl", [row(1, image=None, images=["images/cat.jpg", "images/cat.jpg"]),
+                                               row(2)])
+    code, _, err = run_cli(calibrate(model_dir, tmp_path, "--threshold", "1e9", dataset=path), capsys)
+    assert code == 0, err
+    assert not math.isnan(yaml.safe_load((tmp_path / "c.yaml").read_text())["calibration"]["per_layer"][0]["kl_mean"])
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from vtwcli.errors import VtwError
+
+    with pytest.raises(VtwError, match="no such directory"):
+        main(["--debug", "calibrate", "--model", str(tmp_path / "no" / "such-model")])
