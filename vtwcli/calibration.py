@@ -361,7 +361,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     """
     from vtwcli.datasets import make_batch, score_answer
 
-    store = store or _NoStore()
+    store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     num_layers = len(adapter_for(model).decoder_layers(model))
     options.validate(num_layers)
     layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
