@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw
 # --------------------------------------------------------------------------------------
 
 IMAGE_SIZE = 48
-PATCH_SIZE = 8
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 36 (CLS dropped, strategy "default")
+PATCH_SIZE = 12
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 16 (CLS dropped, strategy "default")
 
 TASKS = ("color", "count", "position", "yesno")
 
@@ -97,6 +97,7 @@ class Sample:
     question: str
     answer: str
     image: Image.Image
+    aux: np.ndarray | None = None  # (NUM_IMAGE_TOKENS, 3): per-patch colour, shape, "has a shape centre"
 
 
 def _jitter_color(rng: random.Random, rgb):
@@ -139,33 +140,57 @@ def _place(rng: random.Random, sizes, tries: int = 200):
     raise RuntimeError("could not place shapes")
 
 
-def _canvas(rng: random.Random):
-    g = rng.randint(225, 255)
-    bg = (g + rng.randint(-6, 0), g + rng.randint(-6, 0), g)
-    bg = tuple(max(0, min(255, c)) for c in bg)
-    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), bg)
-    return img, ImageDraw.Draw(img)
+class _Canvas:
+    """RGB image plus label maps used only for the auxiliary training targets."""
+
+    def __init__(self, rng: random.Random):
+        g = rng.randint(225, 255)
+        bg = (g + rng.randint(-6, 0), g + rng.randint(-6, 0), g)
+        bg = tuple(max(0, min(255, c)) for c in bg)
+        self.img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), bg)
+        self.draw = ImageDraw.Draw(self.img)
+        self.lab_color = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+        self.lab_shape = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+        self.centres = []
+
+    def shape(self, rng, shape, x, y, z, color):
+        _draw_shape(self.draw, shape, x, y, z, _jitter_color(rng, COLORS[color]))
+        _draw_shape(ImageDraw.Draw(self.lab_color), shape, x, y, z, 1 + COLOR_NAMES.index(color))
+        _draw_shape(ImageDraw.Draw(self.lab_shape), shape, x, y, z, 1 + SHAPES.index(shape))
+        self.centres.append((x, y))
+
+    def aux(self) -> np.ndarray:
+        g = IMAGE_SIZE // PATCH_SIZE
+        out = np.zeros((g * g, 3), dtype=np.int64)
+        for j, lab in enumerate((self.lab_color, self.lab_shape)):
+            a = np.asarray(lab).reshape(g, PATCH_SIZE, g, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(g * g, -1)
+            for i in range(g * g):
+                nz = a[i][a[i] > 0]
+                if nz.size >= PATCH_SIZE * PATCH_SIZE // 6:
+                    out[i, j] = np.bincount(nz).argmax()
+        for x, y in self.centres:
+            px = min(g - 1, int(x // PATCH_SIZE))
+            py = min(g - 1, int(y // PATCH_SIZE))
+            out[py * g + px, 2] = 1
+        return out
 
 
-def make_sample(rng: random.Random, task: str) -> Sample:
-    img, draw = _canvas(rng)
+def make_sample(rng: random.Random, task: str, with_aux: bool = False) -> Sample:
+    cv = _Canvas(rng)
     if task == "color":
-        n = rng.choice([2, 3])
-        shapes = rng.sample(SHAPES, n)
-        colors = rng.sample(COLOR_NAMES, n)
-        sizes = [rng.uniform(13, 18) for _ in range(n)]
-        centres = _place(rng, sizes)
-        for s, c, z, (x, y) in zip(shapes, colors, sizes, centres):
-            _draw_shape(draw, s, x, y, z, _jitter_color(rng, COLORS[c]))
-        k = rng.randrange(n)
-        q = QUESTION_TEMPLATES["color"].format(shape=shapes[k])
-        a = colors[k]
+        shape = rng.choice(SHAPES)
+        color = rng.choice(COLOR_NAMES)
+        z = rng.uniform(14, 20)
+        (x, y), = _place(rng, [z])
+        cv.shape(rng, shape, x, y, z, color)
+        q = QUESTION_TEMPLATES["color"].format(shape=shape)
+        a = color
     elif task == "count":
         n = rng.randint(1, 4)
         sizes = [rng.uniform(10, 13) for _ in range(n)]
         centres = _place(rng, sizes)
         for z, (x, y) in zip(sizes, centres):
-            _draw_shape(draw, rng.choice(SHAPES), x, y, z, _jitter_color(rng, COLORS[rng.choice(COLOR_NAMES)]))
+            cv.shape(rng, rng.choice(SHAPES), x, y, z, rng.choice(COLOR_NAMES))
         q = QUESTION_TEMPLATES["count"]
         a = str(n)
     elif task == "position":
@@ -183,48 +208,43 @@ def make_sample(rng: random.Random, task: str) -> Sample:
             x, y = along, edge
         else:
             x, y = along, IMAGE_SIZE - edge
-        _draw_shape(draw, shape, x, y, z, _jitter_color(rng, COLORS[rng.choice(COLOR_NAMES)]))
+        cv.shape(rng, shape, x, y, z, rng.choice(COLOR_NAMES))
         q = QUESTION_TEMPLATES["position"].format(shape=shape)
         a = where
     elif task == "yesno":
         qcolor = rng.choice(COLOR_NAMES)
         qshape = rng.choice(SHAPES)
-        n = rng.randint(1, 3)
         yes = rng.random() < 0.5
-        items = []
         if yes:
-            items.append((qshape, qcolor))
-        while len(items) < n:
+            shape, color = qshape, qcolor
+        else:
             r = rng.random()
-            if r < 0.35:  # hard negative: same shape, other colour
-                it = (qshape, rng.choice([c for c in COLOR_NAMES if c != qcolor]))
-            elif r < 0.7:  # hard negative: same colour, other shape
-                it = (rng.choice([s for s in SHAPES if s != qshape]), qcolor)
+            other_c = rng.choice([c for c in COLOR_NAMES if c != qcolor])
+            other_s = rng.choice([s_ for s_ in SHAPES if s_ != qshape])
+            if r < 1 / 3:  # same shape, other colour
+                shape, color = qshape, other_c
+            elif r < 2 / 3:  # same colour, other shape
+                shape, color = other_s, qcolor
             else:
-                it = (rng.choice(SHAPES), rng.choice(COLOR_NAMES))
-            if it == (qshape, qcolor):
-                continue
-            items.append(it)
-        rng.shuffle(items)
-        sizes = [rng.uniform(12, 16) for _ in items]
-        centres = _place(rng, sizes)
-        for (s, c), z, (x, y) in zip(items, sizes, centres):
-            _draw_shape(draw, s, x, y, z, _jitter_color(rng, COLORS[c]))
+                shape, color = other_s, other_c
+        z = rng.uniform(14, 20)
+        (x, y), = _place(rng, [z])
+        cv.shape(rng, shape, x, y, z, color)
         q = QUESTION_TEMPLATES["yesno"].format(color=qcolor, shape=qshape)
         a = "yes" if yes else "no"
     else:  # pragma: no cover
         raise ValueError(task)
-    return Sample(task=task, question=q, answer=a, image=img)
+    return Sample(task=task, question=q, answer=a, image=cv.img, aux=cv.aux() if with_aux else None)
 
 
-def sample_stream_item(seed: int, index: int) -> Sample:
+def sample_stream_item(seed: int, index: int, with_aux: bool = False) -> Sample:
     """Deterministic sample number ``index`` of the stream with the given seed.
 
     The task cycles through TASKS so every batch is balanced.
     """
     rng = random.Random(seed * 1_000_003 + index)
     task = TASKS[index % len(TASKS)]
-    return make_sample(rng, task)
+    return make_sample(rng, task, with_aux)
 
 
 def sample_key(s: Sample) -> str:
@@ -397,7 +417,7 @@ def _parts(model):
     return m, m.language_model, model.lm_head
 
 
-def embed(model, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+def embed(model, input_ids: torch.Tensor, pixel_values: torch.Tensor, return_feats: bool = False):
     m, lm, _ = _parts(model)
     cfg = model.config
     emb = lm.embed_tokens(input_ids)
@@ -408,7 +428,8 @@ def embed(model, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.T
     ).pooler_output
     feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
     img_mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
-    return emb.masked_scatter(img_mask, feats.to(emb.dtype).reshape(-1).contiguous())
+    emb = emb.masked_scatter(img_mask, feats.to(emb.dtype).reshape(-1).contiguous())
+    return (emb, feats) if return_feats else emb
 
 
 def run_layers(model, h, pos_ids, start: int, end: int):
@@ -426,7 +447,7 @@ def head(model, h):
     return lm_head(lm.norm(h))
 
 
-def forward_with_withdrawal(model, input_ids, pixel_values, ks, positions=(-1,)):
+def forward_with_withdrawal(model, input_ids, pixel_values, ks, positions=(-1,), return_feats=False):
     """Logits at ``positions`` (indices into the FULL sequence, which must be non-vision
     positions) for the full model and for each withdrawal layer in ``ks``.
 
@@ -445,7 +466,7 @@ def forward_with_withdrawal(model, input_ids, pixel_values, ks, positions=(-1,))
     kept_index = {int(k): i for i, k in enumerate(keep.tolist())}
     pos_in_keep = [kept_index[p] for p in positions]
 
-    h = embed(model, input_ids, pixel_values)
+    h, feats = embed(model, input_ids, pixel_values, return_feats=True)
     ks = sorted(set(int(k) for k in ks))
     out = {}
     cur = 0
@@ -461,4 +482,6 @@ def forward_with_withdrawal(model, input_ids, pixel_values, ks, positions=(-1,))
     full = head(model, h[:, positions])
     if L in ks:
         out[L] = full
+    if return_feats:
+        return full, out, feats
     return full, out
