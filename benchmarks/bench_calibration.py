@@ -33,6 +33,7 @@ from vtwcli.calibration import shared_prefix_kl
 from vtwcli.cli.calibrate_cmd import default_datasets
 from vtwcli.datasets import load_dataset, make_batch, sample_dataset
 from vtwcli.loading import load_model
+from vtwcli.profile import environment_section
 from vtwcli.withdrawal import num_decoder_layers, withdraw
 
 
@@ -54,7 +55,7 @@ def main() -> None:
         from bench_speedup import build_model, synthetic_inputs
 
         model = build_model(args.shape)
-        name = f"random LLaVA, shape '{args.shape}'"
+        model_name = f"random LLaVA, shape '{args.shape}'"
         prompts = [synthetic_inputs(model, args.text_tokens, seed=i)[0] for i in range(args.samples)]
         batches = [{key: torch.cat([p[key] for p in prompts[i:i + args.batch_size]]) for key in prompts[0]}
                    for i in range(0, len(prompts), args.batch_size)]
@@ -63,7 +64,7 @@ def main() -> None:
         count = len(prompts)
     else:
         loaded = load_model(args.model, device="cpu", dtype="float32")
-        model, processor, name = loaded.model, loaded.processor, loaded.name_or_path
+        model, processor, model_name = loaded.model, loaded.processor, loaded.name_or_path
         samples = []
         for dataset_name in default_datasets(loaded.is_bundled):
             data = load_dataset(dataset_name)
@@ -111,10 +112,10 @@ def main() -> None:
 
     a, b, c = variants
     vision = int(torch.isin(batches[0]["input_ids"][0], torch.tensor([model.config.image_token_id])).sum())
-    print(f"model: {name} ({num_layers} decoder layers, {vision} image tokens in the first prompt of "
+    print(f"model: {model_name} ({num_layers} decoder layers, {vision} image tokens in the first prompt of "
           f"{batches[0]['input_ids'].shape[1]}), {count} samples, "
           f"batch {args.batch_size}, {len(layers)} candidate layers, {args.threads} threads")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"machine: {environment_section('cpu')['device_name']}, {platform.system()}, torch {torch.__version__}")
     print(f"{'variant':34} {'median s':>9} {'GFLOPs':>10}")
     for name in variants:
         print(f"{name:34} {median[name]:9.3f} {flops[name] / 1e9:10.3f}")
