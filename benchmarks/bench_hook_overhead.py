@@ -17,7 +17,6 @@ end-to-end generate are reported.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_speedup import SHAPES, load_or_build, machine, synthetic_inputs  # noqa: E402
+from bench_speedup import load_or_build, machine, synthetic_inputs, timing_arguments  # noqa: E402
 
 from vtwcli.measure.latency import measure_latency  # noqa: E402
 from vtwcli.withdrawal import num_decoder_layers  # noqa: E402
@@ -46,16 +45,7 @@ def text_only_ids(model, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model directory (default: bundled if trained, else --shape)")
-    parser.add_argument("--shape", default=None, choices=sorted(SHAPES))
-    parser.add_argument("--text-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--min-runs", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = timing_arguments(__doc__).parse_args()
     torch.set_num_threads(args.threads)
 
     model, description = load_or_build(args.model, args.shape)

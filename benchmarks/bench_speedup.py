@@ -102,17 +102,23 @@ def machine() -> str:
            f"{platform.system()}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def timing_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every latency benchmark here shares: which model, prompt size and timing budget."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory (default: bundled if trained, else --shape)")
     parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="build a random LLaVA of this shape")
-    parser.add_argument("--layer", type=int, default=None, help="K (default: half the decoder layers)")
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-runs", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = timing_arguments(__doc__)
+    parser.add_argument("--layer", type=int, default=None, help="K (default: half the decoder layers)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
