@@ -120,3 +120,29 @@ def test_interrupted_run_resumes_to_the_same_profile(tiny_model_dir, tmp_path):
     assert run_cli(args + ["--output", str(output), "--resume"]) == 0
     assert not checkpoint.exists()
     assert comparable(yaml.safe_load(output.read_text())) == comparable(yaml.safe_load(reference.read_text()))
+
+
+def test_diagnose_plot_json_and_teacher_forced(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    output, plot = tmp_path / "calib.yaml", tmp_path / "kl.png"
+    code = run_cli(["calibrate", "--model", tiny_model_dir, "--dataset", "photo_vqa", "--samples", "4",
+                    "--threshold", "1e9", "--no-eval", "--attn", "eager", "--diagnose", "--criterion",
+                    "teacher_forced", "--plot", str(plot), "--json", "--output", str(output)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    profile = yaml.safe_load(output.read_text())
+    assert printed["calibration"]["per_layer"] == profile["calibration"]["per_layer"]
+    assert profile["calibration"]["criterion"] == "teacher_forced"
+    shares = profile["calibration"]["diagnose"]
+    assert [row["layer"] for row in shares] == [0, 1, 2, 3]
+    for row in shares:  # the last token's attention is a distribution over the real tokens
+        assert row["system"] + row["vision"] + row["text"] == pytest.approx(1.0, abs=1e-4)
+        assert min(row["system"], row["vision"], row["text"]) >= 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnose_needs_eager_attention(tiny_model_dir, tmp_path, capsys):
+    code = run_cli(["calibrate", "--model", tiny_model_dir, "--dataset", "photo_vqa", "--samples", "2",
+                    "--diagnose", "--output", str(tmp_path / "c.yaml")])
+    assert code == 2 and "--attn eager" in capsys.readouterr().err

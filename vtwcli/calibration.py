@@ -310,7 +310,7 @@ def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]
     rows, masks, scored = [], [], []
     for i, sample in enumerate(samples):
         prompt = inputs["input_ids"][i][inputs["attention_mask"][i].bool()]
-        answer = torch.tensor(tokenizer(sample.answer_text(), add_special_tokens=False)["input_ids"],
+        answer = torch.tensor(tokenizer(sample.answer_text, add_special_tokens=False)["input_ids"],
                               dtype=prompt.dtype, device=prompt.device)
         if answer.numel() == 0:
             raise VtwError(f"{sample.where()}: the answer tokenizes to nothing; give a non-empty answer")
