@@ -336,8 +336,8 @@ def test_teacher_forced_inputs_keep_per_token_types_aligned(name):
     model = model_of(name, "sdpa", layers=6)
     batch, _ = batch_of(name)
     processor = FAMILIES[name].processor()
-    samples = [SimpleNamespace(answer_text=lambda: "red blue", where=lambda: "s0"),
-               SimpleNamespace(answer_text=lambda: "green", where=lambda: "s1")]
+    samples = [SimpleNamespace(answer_text="red blue", where=lambda: "s0"),
+               SimpleNamespace(answer_text="green", where=lambda: "s1")]
     extended, score = _with_answers(processor, batch, samples)
     key = "mm_token_type_ids" if "mm_token_type_ids" in batch else "token_type_ids"
     vision = torch.isin(extended["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
