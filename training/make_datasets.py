@@ -33,9 +33,8 @@ DESCRIPTIONS = {
              "(uniform; chance 25%).",
     "position": "A single shape near the left, right, top or bottom edge; the question asks where it is. "
                 "Answers: left, right, top, bottom (uniform; chance 25%).",
-    "yesno": "One coloured shape; the question asks whether a given colour+shape combination is present "
-             "(negatives: right shape/wrong colour, right colour/wrong shape, or both wrong, in equal parts). "
-             "Answers: yes, no (balanced; chance 50%).",
+    "shape": "One shape (circle / square / triangle) of a random colour; the question asks which shape it is. "
+             "Answers: circle, square, triangle (uniform; chance 33.3%).",
 }
 
 
