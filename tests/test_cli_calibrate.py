@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny_models import save_tiny_llava
 
@@ -103,7 +104,8 @@ def test_interrupted_run_resumes_to_the_same_profile(tiny_model_dir, tmp_path):
     checkpoint = tmp_path / "interrupted.yaml.partial.jsonl"
     command = [sys.executable, "-c", "from vtwcli.cli import main; main()", *args, "--output", str(output)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                               # same thread count as this process, so both halves compute bit-identically
+                               env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(torch.get_num_threads())))
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if checkpoint.exists() and len(checkpoint.read_text().splitlines()) >= 2:  # header + a finished batch
