@@ -327,17 +327,17 @@ def test_output_is_a_directory(model_dir, tmp_path, capsys):
 
 def test_output_in_a_read_only_directory(model_dir, tmp_path, capsys, monkeypatch):
     # We may run as root, where chmod does not block writes: simulate the refusal the OS would give.
-    import vtwcli.profile as P
+    import vtwcli.atomic as atomic
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(P.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
     line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
                            "--output", str(tmp_path / "p.yaml")], capsys)
     assert "is not writable (Permission denied)" in line and "--output" in line
     monkeypatch.undo()
-    monkeypatch.setattr(P.os, "replace", denied)
+    monkeypatch.setattr(atomic.os, "replace", denied)
     line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only",
                            "--output", str(tmp_path / "p.yaml")], capsys)
     assert "cannot write" in line and "Permission denied" in line

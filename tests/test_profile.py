@@ -17,6 +17,7 @@ from profile_fixtures import example_profile
 from tiny_models import tiny_llava
 
 import vtwcli
+from vtwcli import atomic
 from vtwcli import profile as P
 from vtwcli.cli import main
 from vtwcli.errors import VtwError
@@ -279,7 +280,7 @@ def test_write_missing_or_unwritable_directory(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(P.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
     with pytest.raises(VtwError, match="is not writable") as info:
         P.write_profile(example_profile(), tmp_path / "p.yaml")
     assert "\n" not in str(info.value)
@@ -308,7 +309,7 @@ def test_failure_mid_write_keeps_the_original(tmp_path, monkeypatch, failure):
     def broken_fsync(fd):
         raise failure
 
-    monkeypatch.setattr(P.os, "fsync", broken_fsync)
+    monkeypatch.setattr(atomic.os, "fsync", broken_fsync)
     with pytest.raises(VtwError if isinstance(failure, OSError) else KeyboardInterrupt):
         P.write_profile(changed, path, force=True)
     assert path.read_bytes() == before
@@ -323,7 +324,7 @@ def test_failed_rename_keeps_the_original(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(P.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(VtwError, match="No space left on device"):
         P.write_profile(example_profile(layer=None), path, force=True)
     assert path.read_bytes() == before and leftovers(tmp_path) == []
@@ -331,7 +332,7 @@ def test_failed_rename_keeps_the_original(tmp_path, monkeypatch):
 
 def test_written_file_mode_follows_umask(tmp_path):
     path = written(tmp_path, example_profile())
-    assert path.stat().st_mode & 0o777 == 0o666 & ~P._umask()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~atomic._umask()
 
 
 # -------------------------------------------------------------------------------------------- typing

@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import types
 import typing
 import warnings
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from vtwcli.atomic import atomic_write_text
 from vtwcli.errors import VtwError
 
 __all__ = [
@@ -349,12 +349,6 @@ def dump_profile_yaml(data: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- writing
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_profile(data: dict, path: Path | str, *, force: bool = False) -> Path:
     """Validate ``data`` and write it as YAML to ``path`` atomically; return the path.
 
@@ -367,41 +361,7 @@ def write_profile(data: dict, path: Path | str, *, force: bool = False) -> Path:
         raise VtwError(f"{path} is a directory; pass a file name for the profile (e.g. {path / 'profile.yaml'})")
     if path.exists() and not force:
         raise VtwError(f"{path} exists; pass --force to overwrite or choose another --output")
-    directory = path.parent
-    if not directory.is_dir():
-        raise VtwError(f"cannot write {path}: directory {directory} does not exist; create it or choose another "
-                       "--output")
-    text = dump_profile_yaml(data)
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise VtwError(f"cannot write {path}: directory {directory} is not writable ({error.strerror or error}); "
-                       "choose another --output") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise VtwError(f"cannot write {path}: {error.strerror or error}; check the disk and permissions") from None
-        raise
-    try:  # make the rename itself durable (best effort; not possible everywhere)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    return atomic_write_text(path, dump_profile_yaml(data))
 
 
 # ------------------------------------------------------------------------------------------- reading

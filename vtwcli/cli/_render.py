@@ -89,4 +89,4 @@ def save_plot(result, path: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue(), option="--plot")
