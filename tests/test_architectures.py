@@ -166,6 +166,40 @@ def test_cached_greedy_generate_equals_no_cache_recompute(name, attn, cache_impl
     assert torch.equal(out.sequences, running["input_ids"])
 
 
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("name", NAMES)
+def test_sampling_generate_equals_no_cache_recompute(name, attn):
+    """Seeded multinomial sampling: generate() with the cache draws what a no-cache recompute draws."""
+    model = model_of(name, attn)
+    batch, _ = batch_of(name)
+    new_tokens = 4
+    with torch.no_grad(), withdraw(model, layer=2):
+        torch.manual_seed(321)
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_k=0,
+                             top_p=1.0, temperature=1.0)
+        torch.manual_seed(321)
+        running = dict(batch)
+        for _ in range(new_tokens):
+            logits = no_cache_logits(model, running)
+            running = _extend(running, torch.multinomial(logits.float().softmax(-1), num_samples=1))
+    assert torch.equal(out, running["input_ids"])
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("name", NAMES)
+def test_beam_search_cached_equals_uncached(name, cache_implementation):
+    """Beam search reorders the (withdrawn, shorter) cache every step: cached == recomputed without a cache."""
+    model = model_of(name, "sdpa")
+    batch, _ = batch_of(name)
+    kwargs = dict(batch, max_new_tokens=4, min_new_tokens=4, num_beams=3, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True)
+    with torch.no_grad(), withdraw(model, layer=2):
+        cached = model.generate(**kwargs, cache_implementation=cache_implementation)
+        uncached = model.generate(**kwargs, use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-4, rtol=0)
+
+
 def independent_kl(p_logits, q_logits):
     p = torch.softmax(p_logits.double(), -1)
     return (p * (torch.log(p) - torch.log_softmax(q_logits.double(), -1))).sum(-1)
@@ -233,6 +267,30 @@ def test_video_tokens_are_withdrawn(name, attn):
     torch.testing.assert_close(both, naive_withdrawn_logits(model, FAMILIES[name], row, 2), atol=1e-4, rtol=0)
     torch.testing.assert_close(images_only, naive_withdrawn_logits(model, ImagesOnly, row, 2), atol=1e-4, rtol=0)
     assert (both - images_only).abs().max() > 1e-3 and (both - videos_only).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+def test_generate_with_video_equals_no_cache_recompute(name, attn):
+    """A prompt with an image and a video: cached greedy generate() (both kinds withdrawn) == no-cache recompute."""
+    model = model_of(name, attn)
+    row = dict(video_row(name))
+    row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
+    new_tokens = 4
+    with torch.no_grad(), withdraw(model, layer=2):
+        out = model.generate(**row, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+        running = dict(row)
+        for step in range(new_tokens):
+            logits = no_cache_logits(model, running)
+            torch.testing.assert_close(out.scores[step], logits, atol=1e-4, rtol=0)
+            running = _extend(running, logits.argmax(-1, keepdim=True))
+    assert torch.equal(out.sequences, running["input_ids"])
+    with torch.no_grad():
+        unwithdrawn = model.generate(**row, max_new_tokens=1, do_sample=False, output_scores=True,
+                                     return_dict_in_generate=True)
+    finite = out.scores[0].isfinite()  # suppressed tokens are -inf in both
+    assert (unwithdrawn.scores[0] - out.scores[0])[finite].abs().max() > 1e-3  # withdrawal changed the answer
 
 
 # ---------------------------------------------------------------------------------------------------------
