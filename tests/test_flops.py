@@ -156,7 +156,7 @@ def test_cli_flops_only_on_config_only_dirs(tmp_path):
     flops = data["flops"]
     assert flops["convention"].startswith("FLOPs = 2 x multiply-accumulates")
     assert "meta" in flops["counter"]
-    assert flops["tokens"] == {"vision": 16, "text": 7}
+    assert flops["tokens"] == {"vision": 16, "text": 7, "images": 1}
     layout = PromptLayout.for_config(config, text_tokens=7)
     expected = analytic_flops(config, layout, 2)
     assert flops["baseline"] == expected["baseline"] and flops["withdrawn"] == expected["withdrawn"]
@@ -167,9 +167,9 @@ def test_cli_flops_only_on_config_only_dirs(tmp_path):
     out7 = tmp_path / "7b.yaml"
     result = run_cli(["profile", "--model", str(LLAVA_7B), "--flops-only", "--layer", "16", "--output", str(out7)])
     assert result.exit_code == 0, result.output
-    assert "576 vision tokens + 64 text tokens" in " ".join(result.output.split())
+    assert "576 vision tokens (1 image(s)) + 64 text tokens" in " ".join(result.output.split())
     seven = read_profile_dict(out7)
-    assert seven["flops"]["tokens"] == {"vision": 576, "text": 64}
+    assert seven["flops"]["tokens"] == {"vision": 576, "text": 64, "images": 1}
     assert seven["withdrawal"] == {"layer": 16}
     assert 0.4 < seven["flops"]["reduction"] < 0.45
     # the meta count of the 7B shapes against the closed form, per component, prefill and decode

@@ -46,6 +46,13 @@ class Adapter:
     # generate() pass mask-cumsum `position_ids`; False where the model derives positions from the mask
     # itself (M-RoPE families compute 3-D positions from input_ids + attention_mask when none are given).
     positions_from_mask: bool = True
+    # Modules whose FLOPs make up each component of the profile's FLOPs breakdown, as paths from the
+    # model's root; a component may span several modules (Qwen2-VL's tower holds the merger = projector).
+    flops_components: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(LLAVA_COMPONENTS))
+    # True where the config alone fixes the vision inputs (one square image -> a fixed token count):
+    # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
+    # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
+    fixed_image_layout: bool = False
     notes: str = ""
 
     def __post_init__(self):
@@ -61,6 +68,10 @@ class Adapter:
             if value is not None:
                 ids.append(int(value))
         return ids
+
+
+LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
+                    "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
 
 
 def _config_layer_types(text_config, num_layers: int) -> list[str]:
@@ -100,6 +111,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         final_norm=_language_model_norm,
         text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
+        fixed_image_layout=True,
         notes="fixed number of image tokens per image (576 for 336px CLIP-L/14)",
     ),
     Adapter(
@@ -120,6 +132,9 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
+        flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
+                          "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
+                          "lm_head": ("lm_head",)},
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
     ),
     Adapter(
@@ -166,6 +181,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         final_norm=_text_model_norm,
         text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
+        flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
+                          "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
         notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
     ),
 )

@@ -568,28 +568,32 @@ def question_text(sample: Sample) -> str:
 
 
 def build_prompt(processor: Any, sample: Sample) -> str:
-    """The text prompt for one sample: the processor's chat template if it has one, else a LLaVA-style fallback.
+    """The text prompt for one sample: the processor's chat template if it has one, else a LLaVA-style fallback."""
+    return chat_prompt(processor, len(sample.images), question_text(sample), where=sample.where())
 
-    With a template: one ``{"type": "image"}`` entry per image, then the question (and choices) as text,
-    rendered with ``add_generation_prompt=True``. Without: ``"USER: <image>\\n{question}\\nASSISTANT:"``,
-    using ``processor.image_token`` (default ``"<image>"``) once per image.
+
+def chat_prompt(processor: Any, images: int, text: str, *, where: str = "prompt") -> str:
+    """A user turn of ``images`` images then ``text``, ready for generation.
+
+    With a chat template: one ``{"type": "image"}`` entry per image, then the text, rendered with
+    ``add_generation_prompt=True``. Without: ``"USER: <image>\n{text}\nASSISTANT:"``, using
+    ``processor.image_token`` (default ``"<image>"``) once per image.
     """
-    text = question_text(sample)
     if getattr(processor, "chat_template", None):
-        content: list[dict[str, str]] = [{"type": "image"} for _ in sample.images]
+        content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         try:
             return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as error:  # jinja2 errors, template raise_exception(...)
             raise VtwError(
-                f"{sample.where()}: the processor's chat template failed ({type(error).__name__}: {error}); "
+                f"{where}: the processor's chat template failed ({type(error).__name__}: {error}); "
                 "check the model's chat template"
             ) from None
     image_token = getattr(processor, "image_token", None)
     if not isinstance(image_token, str) or not image_token:
         image_token = "<image>"
-    return "USER: " + "".join(f"{image_token}\n" for _ in sample.images) + f"{text}\nASSISTANT:"
+    return "USER: " + "".join(f"{image_token}\n" for _ in range(images)) + f"{text}\nASSISTANT:"
 
 
 def make_batch(processor: Any, samples: list[Sample]):

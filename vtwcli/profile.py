@@ -552,6 +552,7 @@ class Withdrawal:
 class TokenCounts:
     vision: int
     text: int
+    images: int | None = None
 
 
 @dataclass(frozen=True)

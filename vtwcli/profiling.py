@@ -16,7 +16,7 @@ import torch
 
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.loading import LoadedModel, config_sha256
-from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptLayout, analytic_flops, count_flops,
+from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
                                   count_flops_meta, flops_section, fvcore_flops, meta_model)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
@@ -24,7 +24,7 @@ from vtwcli.measure.memory import measure_memory
 from vtwcli.withdrawal import num_decoder_layers
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
-           "prompt_inputs"]
+           "prompt_inputs", "processor_prompt", "native_image_size"]
 
 
 def check_layer(layer: int, num_layers: int) -> None:
@@ -33,9 +33,9 @@ def check_layer(layer: int, num_layers: int) -> None:
                        f"1..{num_layers} ({num_layers} = no withdrawal)")
 
 
-def _analytic_or_none(config, layout: PromptLayout, layer: int) -> dict | None:
+def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dict | None:
     try:
-        return analytic_flops(config, layout, layer)
+        return analytic_flops(config, prompt, layer, vision=vision)
     except UnsupportedError:
         return None  # an architecture the closed form does not know: the counted figures stand alone
 
@@ -58,11 +58,30 @@ def flops_only_model_section(name_or_path: str, model, *, attn: str, dtype: str 
     }
 
 
+def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int | None:
+    """--images N on the fixed LLaVA-1.5 layout: N times one image's tokens (or --image-tokens, not both)."""
+    from vtwcli.measure.flops import tokens_per_image
+
+    if images < 1:
+        raise VtwError(f"--images {images}: the prompt needs at least 1 image")
+    if image_tokens is not None and images != 1:
+        raise VtwError("--images and --image-tokens both set the number of images; pass one of them")
+    return image_tokens if image_tokens is not None else images * tokens_per_image(config)
+
+
 def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS, image_tokens: int | None = None,
-                   attn: str = "sdpa", model=None) -> dict:
+                   images: int = 1, attn: str = "sdpa", model=None) -> dict:
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
+    from vtwcli.adapters import adapter_for
+
     model = meta_model(config, attn=attn) if model is None else model
+    adapter = adapter_for(model)
+    if not adapter.fixed_image_layout:
+        raise UnsupportedError(f"--flops-only counts from the config alone, which needs a model whose config fixes "
+                               f"its image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
+                               "--flops-only to count on the loaded model")
     check_layer(layer, num_decoder_layers(model))
+    image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
@@ -100,25 +119,134 @@ def prompt_inputs(loaded: LoadedModel, layout: PromptLayout, *, seed: int = 0) -
             "pixel_values": pixels.to(device=loaded.device, dtype=loaded.dtype)}
 
 
+# Common words, each one token after a space in most tokenizers: the synthetic prompt's filler text.
+FILLER_WORDS = ("the", "what", "is", "this", "and", "image", "color", "of", "in", "a", "how", "many", "shape", "there",
+                "where", "picture", "show", "left", "right", "red", "blue", "green")
+DEFAULT_IMAGE_SIZE = 448  # square side for families whose config names no image size (Qwen2-VL: 256 tokens)
+
+
+def native_image_size(config) -> tuple[int, int]:
+    """(width, height) of the synthetic image: the vision config's image size, else DEFAULT_IMAGE_SIZE."""
+    size = getattr(config.vision_config, "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[1]), int(size[0])  # configs give (height, width)
+    return DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE
+
+
+def _filler_words(tokenizer) -> list[str]:
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    words = []
+    for word in FILLER_WORDS:
+        try:
+            ids = tokenizer.encode(" " + word, add_special_tokens=False)
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot encode it simply does not offer the word
+            continue
+        if len(ids) == 1 and ids[0] not in special:
+            words.append(word)
+    return words or ["the"]
+
+
+def processor_prompt(loaded: LoadedModel, *, images: int = 1, image_size: tuple[int, int] | None = None,
+                     text_tokens: int = DEFAULT_TEXT_TOKENS, seed: int = 0) -> tuple[dict, PromptCounts]:
+    """A batch-1 prompt built the way users build theirs: the chat template around ``images`` seeded random
+    images of ``image_size`` (width, height) and filler words, through the model's own processor.
+
+    Filler words are added until the prompt holds ``text_tokens`` non-vision tokens (template and
+    image-delimiter tokens count as text: withdrawal keeps them). Returns the inputs on the model's device
+    and the token counts read off the ids.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from vtwcli.adapters import adapter_for
+    from vtwcli.datasets import chat_prompt
+
+    model, processor = loaded.model, loaded.processor
+    if processor is None:
+        raise VtwError(f"{loaded.name_or_path}: profiling this architecture builds its prompt with the model's "
+                       "processor, and none could be loaded; save the processor beside the model")
+    if images < 1:
+        raise VtwError(f"--images {images}: the prompt needs at least 1 image")
+    width, height = image_size or native_image_size(model.config)
+    rng = np.random.default_rng(seed)
+    pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    words = _filler_words(tokenizer)
+    order = np.random.default_rng(seed + 1).integers(len(words), size=4 * text_tokens + 64)
+    vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config))
+
+    def build(count: int):
+        text = " ".join(words[i] for i in order[:count])
+        try:
+            inputs = processor(text=[chat_prompt(processor, images, text)], images=[pictures], return_tensors="pt")
+        except (ValueError, TypeError) as error:
+            raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s) "
+                           f"of {width}x{height}): {error}") from None
+        ids = inputs["input_ids"][0]
+        vision = int(torch.isin(ids, vision_ids).sum())
+        return dict(inputs), vision, len(ids) - vision
+
+    inputs, vision, text = build(1)
+    if text > text_tokens:
+        raise VtwError(f"--text-tokens {text_tokens}: the chat template and image delimiters of "
+                       f"{loaded.name_or_path} already take {text} text tokens with a one-word question; use "
+                       f"--text-tokens {text} or more")
+    count = 1
+    for _ in range(4):  # a tokenizer may merge or split words: correct by the difference, a few times
+        if text == text_tokens:
+            break
+        count = max(1, count + text_tokens - text)
+        inputs, vision, text = build(count)
+    if vision == 0:
+        raise VtwError(f"{loaded.name_or_path}: the processor produced no vision tokens for the synthetic prompt; "
+                       "check the model's chat template renders {\"type\": \"image\"} entries")
+    on_device = {k: (v.to(loaded.device, dtype=loaded.dtype) if v.is_floating_point() else v.to(loaded.device))
+                 for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    return on_device, PromptCounts(images=images, vision_tokens=vision, text_tokens=text)
+
+
 def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
-                image_tokens: int | None = None, new_tokens: int = 8, warmup: int = 1, min_runs: int = 5,
-                min_time_s: float = 2.0, threads: int | None = None, fvcore: bool = False,
-                flops_only: bool = False, seed: int = 0) -> dict:
+                image_tokens: int | None = None, images: int = 1, image_size: tuple[int, int] | None = None,
+                new_tokens: int = 8, warmup: int = 1, min_runs: int = 5, min_time_s: float = 2.0,
+                threads: int | None = None, fvcore: bool = False, flops_only: bool = False, seed: int = 0) -> dict:
     """``withdrawal``, ``flops``, ``latency`` and ``memory`` sections for a loaded model at layer K.
 
-    FLOPs are counted on the real model through the real withdrawal hooks; ``flops_only`` stops there.
+    The prompt: on the fixed LLaVA-1.5 layout, random ordinary token ids around ``images`` image blocks
+    (exactly ``text_tokens`` text tokens; the closed form covers every component); for every other family,
+    the model's processor and chat template around seeded random images of ``image_size`` (the closed form
+    covers the language model and lm_head). FLOPs are counted on the real model through the real withdrawal
+    hooks; ``flops_only`` stops there.
     """
+    from vtwcli.adapters import adapter_for
+
     model = loaded.model
+    adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model))
-    layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
-    counted = count_flops(model, layout, layer, seed=seed)
-    analytic = _analytic_or_none(model.config, layout, layer)
+    if fvcore and not adapter.fixed_image_layout:
+        raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "
+                       "other inputs: drop --fvcore")
+    if adapter.fixed_image_layout:
+        if image_size is not None:
+            raise VtwError(f"--image-size: {adapter.family} resizes every image to one size with a fixed token count; "
+                           "drop --image-size (use --images N for more images)")
+        layout = PromptLayout.for_config(model.config, text_tokens=text_tokens,
+                                         image_tokens=_layout_image_tokens(model.config, images, image_tokens))
+        inputs, prompt = prompt_inputs(loaded, layout, seed=seed), layout
+    else:
+        if image_tokens is not None:
+            raise VtwError(f"--image-tokens: {adapter.family} sizes the image tokens from each image; set them with "
+                           "--images N and --image-size WxH instead")
+        inputs, prompt = processor_prompt(loaded, images=images, image_size=image_size, text_tokens=text_tokens,
+                                          seed=seed)
+    counted = count_flops(model, inputs, layer)
+    analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed) if fvcore else None
-    flops = flops_section(counted, layout, analytic=analytic, fvcore=cross_check, counter=COUNTER)
+    flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
     sections = {"withdrawal": {"layer": layer}, "flops": flops}
     if flops_only:
         return sections
-    inputs = prompt_inputs(loaded, layout, seed=seed)
     ratio = flops["baseline"]["total"] / flops["withdrawn"]["total"] if flops["withdrawn"]["total"] else None
     sections["latency"] = measure_latency(model, inputs, layer, new_tokens=new_tokens, warmup=warmup,
                                           min_runs=min_runs, min_time_s=min_time_s, threads=threads,

@@ -119,8 +119,12 @@ def profile_command(
     flops_only: bool = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
                                     "weights, no processor, any model size, seconds."),
     text_tokens: int = typer.Option(DEFAULT_TEXT_TOKENS, "--text-tokens", help="Text tokens of the synthetic prompt."),
-    image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="Vision tokens (a multiple of one image's "
-                                               "count). Default: one image, from the config (576 for LLaVA-1.5)."),
+    image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="LLaVA-1.5 layout: vision tokens (a "
+                                               "multiple of one image's count, 576 for LLaVA-1.5). Default: --images."),
+    images: int = typer.Option(1, "--images", help="Images in the synthetic prompt."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WxH (or N for NxN) of the synthetic images, "
+                                             "for families that size their vision tokens from the image (LLaVA-NeXT, "
+                                             "Qwen2-VL, ...). Default: the vision config's image size, else 448."),
     new_tokens: int = typer.Option(8, "--new-tokens", help="Tokens generated per latency run (min = max)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs of each variant first."),
     min_runs: int = typer.Option(5, "--min-runs", help="Timed runs of each variant, at least."),
@@ -153,6 +157,7 @@ def profile_command(
             model = _model_from_profile(base)
     if layer is None:
         raise VtwError("no withdrawal layer: pass --layer K or --profile CALIBRATION.yaml (K = calibration.layer)")
+    size = _parse_image_size(image_size) if image_size is not None else None
     if fvcore and flops_only:
         raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
     target = output
@@ -172,8 +177,10 @@ def profile_command(
         config = load_config(name)
         architecture_of(config)
         meta = meta_model(config, attn=attn)
-        sections = run_flops_only(config, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens, attn=attn,
-                                  model=meta)
+        if size is not None:
+            raise VtwError("--image-size needs the model's processor; drop --flops-only (or --image-size)")
+        sections = run_flops_only(config, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
+                                  images=images, attn=attn, model=meta)
         section_model = flops_only_model_section("bundled" if model is None else model, meta, attn=attn,
                                                  dtype=None if dtype == "auto" else dtype)
         device_for_env = "cpu"
@@ -183,7 +190,7 @@ def profile_command(
             raise VtwError(f"--threads {threads}: use 1 or more")
         with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
             sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                   new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
+                                   images=images, image_size=size, new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
                                    threads=threads, fvcore=fvcore, seed=seed)
         section_model = model_section(loaded)
         device_for_env = loaded.device
@@ -226,14 +233,30 @@ def profile_command(
         if not peak_rss_per_variant():
             err_console.print("[yellow]peak RSS could not be reset between variants on this OS: both figures are the "
                               "process's peak so far and are not comparable[/]")
-    console.print(f"K = {layer}; synthetic prompt: {sections['flops']['tokens']['vision']} vision tokens + "
-                  f"{sections['flops']['tokens']['text']} text tokens (--text-tokens), batch 1")
+    tokens = sections["flops"]["tokens"]
+    console.print(f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({tokens.get('images', 1)} "
+                  f"image(s)) + {tokens['text']} text tokens (--text-tokens), batch 1")
+    analytic = sections["flops"].get("analytic")
+    if analytic is not None:
+        console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "
+                      f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False)
     if written is not None:
         note = " (beside --profile; --force writes in place)" if output is None and profile is not None \
             and written != profile else ""
         console.print(f"profile written to [bold]{written}[/]{note}")
     else:
         console.print("nothing written (pass --output to keep a profile)", style="dim")
+
+
+def _parse_image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise VtwError(f"--image-size {text!r}: use WxH (e.g. 448x448) or N for NxN, positive integers")
+    return (values[0], values[-1])
 
 
 class _nothing:

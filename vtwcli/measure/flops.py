@@ -40,7 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
 
-__all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "tokens_per_image",
+__all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
+           "tokens_per_image",
            "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_section"]
 
 CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
@@ -51,8 +52,9 @@ COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (co
 COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
-# Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP.
-_GATED_MLP_TEXT_MODELS = ("llama", "mistral", "qwen2")
+# Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP (norms,
+# q/k norms, biases and soft-capping are not matmul work, so Gemma 3 and the Qwen2-VL text models fit).
+_GATED_MLP_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text", "gemma3_text")
 # Vision towers: (patch conv, attention, 2-matrix MLP); whether a CLS token is prepended.
 _VISION_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 
@@ -136,6 +138,19 @@ class PromptLayout:
         return torch.randn(shape, generator=generator).to(dtype=dtype, device=device)
 
 
+@dataclass(frozen=True)
+class PromptCounts:
+    """Token counts of a prompt built by a processor (any family): what the analytic model needs."""
+
+    images: int
+    vision_tokens: int
+    text_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.vision_tokens + self.text_tokens
+
+
 # -- analytic -------------------------------------------------------------------------------------
 def _mm(m: int, k: int, n: int) -> int:
     return 2 * m * k * n
@@ -185,30 +200,55 @@ def _with_total(parts: dict) -> dict:
     return {"total": sum(parts.values()), **parts}
 
 
-def analytic_flops(config, layout: PromptLayout, layer: int) -> dict:
-    """Closed-form FLOPs from the config: {baseline, withdrawn, decode_per_token} like the counted figures.
+def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
+    """Closed-form FLOPs from the config: {baseline, withdrawn, decode_per_token, covers} like the counted figures.
 
-    Withdrawn: layers < K see all N tokens; layers >= K see the text tokens only, attending over them.
-    Decode: one token, keys = cache + 1, where the cache of layers >= K holds only the kept tokens.
+    ``prompt`` gives the token counts (``images``, ``vision_tokens``, ``text_tokens``, ``total``): a
+    :class:`PromptLayout` or :class:`PromptCounts`. Withdrawn: layers < K see all N tokens; layers >= K see
+    the text tokens only, attending over them. Decode: one token, keys = cache + 1, where the cache of
+    layers >= K holds only the kept tokens. The vision tower and projector have a closed form only for
+    the fixed LLaVA-1.5 layout (CLIP / SigLIP, ``vision=True``); otherwise ``covers`` lists the language
+    model and lm_head only and ``total`` is their sum.
     """
     hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
     _check_layer(layer, num_layers)
-    tower, projector = _vision_flops(config, layout.images)
-    n, kept = layout.total, layout.text_tokens
+    n, kept = prompt.total, prompt.text_tokens
     lm_head = _mm(1, hidden, vocab)
     full_layer = _decoder_layer_flops(config, n, n)
-    baseline = _with_total({"vision_tower": tower, "projector": projector,
-                            "language_model": num_layers * full_layer, "lm_head": lm_head})
     withdrawn_lm = layer * full_layer + (num_layers - layer) * _decoder_layer_flops(config, kept, kept)
-    withdrawn = _with_total({"vision_tower": tower, "projector": projector, "language_model": withdrawn_lm,
-                             "lm_head": lm_head})
-    decode_base = num_layers * _decoder_layer_flops(config, 1, n + 1) + lm_head
+    baseline = {"language_model": num_layers * full_layer, "lm_head": lm_head}
+    withdrawn = {"language_model": withdrawn_lm, "lm_head": lm_head}
+    if vision:
+        tower, projector = _vision_flops(config, prompt.images)
+        baseline.update(vision_tower=tower, projector=projector)
+        withdrawn.update(vision_tower=tower, projector=projector)
+    windows = _sliding_windows(config.text_config, num_layers)
+
+    def decode_step(context_of_layer) -> int:  # one new token against each layer's cached context
+        return sum(_decoder_layer_flops(config, 1, _decode_keys(context_of_layer(i), windows[i]))
+                   for i in range(num_layers)) + lm_head
+
     decode_kept = kept if layer < num_layers else n
-    decode_withdrawn = (layer * _decoder_layer_flops(config, 1, n + 1)
-                        + (num_layers - layer) * _decoder_layer_flops(config, 1, decode_kept + 1) + lm_head)
-    return {"baseline": baseline, "withdrawn": withdrawn,
+    decode_base = decode_step(lambda i: n)
+    decode_withdrawn = decode_step(lambda i: n if i < layer else decode_kept)
+    return {"baseline": _with_total(baseline), "withdrawn": _with_total(withdrawn),
+            "covers": [c for c in COMPONENTS if c in baseline],
             "decode_per_token": {"baseline": decode_base, "withdrawn": decode_withdrawn,
                                  "context_tokens": {"baseline": n, "withdrawn": decode_kept}}}
+
+
+def _sliding_windows(text_config, num_layers: int) -> list[int | None]:
+    """Per decoder layer: its sliding window, or None for full attention (as transformers' caches decide)."""
+    types = getattr(text_config, "layer_types", None)
+    window = getattr(text_config, "sliding_window", None)
+    if not types:
+        types = ["sliding_attention" if window is not None else "full_attention"] * num_layers
+    return [window if kind == "sliding_attention" and window is not None else None for kind in types[:num_layers]]
+
+
+def _decode_keys(context: int, window: int | None) -> int:
+    """Keys one decode step attends over: the cache (a sliding layer keeps its last window - 1) + the new token."""
+    return (context if window is None else min(context, window - 1)) + 1
 
 
 def _check_layer(layer: int, num_layers: int) -> None:
@@ -236,24 +276,35 @@ def _counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
 
 
-def _parts(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
-    """Component -> (qualified name, module) on an unmodified LLaVA-style model."""
+def _llava_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """Component -> module on an unmodified LLaVA-1.5-layout model (what the meta-device count drives)."""
     try:
         inner = model.model
-        found = {"vision_tower": ("model.vision_tower", inner.vision_tower),
-                 "projector": ("model.multi_modal_projector", inner.multi_modal_projector),
-                 "language_model": ("model.language_model", inner.language_model),
-                 "lm_head": ("lm_head", model.lm_head)}
+        return {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector,
+                "language_model": inner.language_model, "lm_head": model.lm_head}
     except AttributeError:
-        raise UnsupportedError(f"{type(model).__name__}: FLOPs per component need model.model.vision_tower, "
+        raise UnsupportedError(f"{type(model).__name__}: the meta-device count drives model.model.vision_tower, "
                                ".multi_modal_projector, .language_model and model.lm_head (LLaVA layout)") from None
-    return found
+
+
+def _module_flops(counts: dict, name: str) -> int:
+    """FLOPs of the module at ``name``; a container that is never called itself (a ModuleList of blocks)
+    has no entry of its own, so its direct children's entries are summed instead."""
+    if name in counts:
+        return int(sum(counts[name].values()))
+    prefix = name + "."
+    return int(sum(sum(v.values()) for key, v in counts.items() if key.startswith(prefix)
+                   and "." not in key[len(prefix):]))
 
 
 def _by_component(model: nn.Module, counter: FlopCounterMode) -> dict:
+    """{total, vision_tower, projector, language_model, lm_head} from the counter, by the adapter's paths."""
+    from vtwcli.adapters import adapter_for
+
     counts = counter.get_flop_counts()
     root = type(model).__name__
-    parts = {name: int(sum(counts.get(f"{root}.{path}", {}).values())) for name, (path, _) in _parts(model).items()}
+    parts = {component: sum(_module_flops(counts, f"{root}.{path}") for path in paths)
+             for component, paths in adapter_for(model).flops_components.items()}
     return {"total": int(counter.get_total_flops()), **parts}
 
 
@@ -265,37 +316,50 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _generate_flops(model: nn.Module, inputs: dict, new_tokens: int) -> int:
+    counter = _counter()
+    with counter:
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       num_beams=1)
+    return int(counter.get_total_flops())
+
+
 @torch.no_grad()
-def count_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0) -> dict:
+def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
 
-    Runs the real model and the real withdrawal hooks; a model on the meta device goes to
-    :func:`count_flops_meta`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
+    ``prompt`` is the batch-1 model inputs (a dict, as a processor returns them: any family) or a
+    :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
+    to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
+    what ``generate()`` adds for its second token (so each family prepares its own decode inputs: M-RoPE
+    deltas, cache positions). Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers, withdraw
 
-    if _model_device(model).type == "meta":
-        return count_flops_meta(model, layout, layer)
-    _check_layer(layer, num_decoder_layers(model))
-    device = _model_device(model)
-    ids = layout.input_ids(model.config, seed=seed).to(device)
-    pixels = layout.pixel_values(model.config, seed=seed, dtype=_model_dtype(model), device=device)
-    step = ids[:, -1:]  # a text token: one decode step
-    result: dict = {"decode_per_token": {}}
+    if isinstance(prompt, PromptLayout):
+        if _model_device(model).type == "meta":
+            return count_flops_meta(model, prompt, layer)
+        device = _model_device(model)
+        prompt = {"input_ids": prompt.input_ids(model.config, seed=seed).to(device),
+                  "pixel_values": prompt.pixel_values(model.config, seed=seed, dtype=_model_dtype(model),
+                                                      device=device)}
+    num_layers = num_decoder_layers(model)
+    _check_layer(layer, num_layers)
+    inputs = dict(prompt)
+    inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+    result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
         handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
         try:
             counter = _counter()
             with counter:
-                out = model(input_ids=ids, pixel_values=pixels, use_cache=True, logits_to_keep=1)
+                out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
-            context = int(cache.get_seq_length(num_decoder_layers(model) - 1))
-            counter = _counter()
-            with counter:
-                model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
-            result["decode_per_token"][variant] = int(counter.get_total_flops())
-            result["decode_per_token"].setdefault("context_tokens", {})[variant] = context
+            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
+            del out, cache
+            step = _generate_flops(model, inputs, 2) - _generate_flops(model, inputs, 1)
+            result["decode_per_token"][variant] = step
         finally:
             if handle is not None:
                 handle.remove()
@@ -347,11 +411,18 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
 
     from vtwcli.withdrawal import num_decoder_layers
 
+    from vtwcli.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    if not adapter.fixed_image_layout:
+        raise UnsupportedError(f"config-only FLOPs (--flops-only, meta device) need a model whose config fixes its "
+                               f"image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
+                               "--flops-only to count on the loaded model")
     num_layers = num_decoder_layers(model)
     _check_layer(layer, num_layers)
     config = model.config
     device, dtype = _model_device(model), _model_dtype(model)
-    parts = {name: module for name, (_, module) in _parts(model).items()}
+    parts = _llava_parts(model)
     lm = parts["language_model"]
     ids = layout.input_ids(config).to(device)
     pixels = layout.pixel_values(config, dtype=dtype, device=device)
@@ -460,7 +531,7 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
     section = {
         "convention": CONVENTION,
         "counter": counter,
-        "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens},
+        "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens, "images": layout.images},
         "baseline": {k: int(baseline[k]) for k in ("total", *COMPONENTS)},
         "withdrawn": {k: int(withdrawn[k]) for k in ("total", *COMPONENTS)},
         "reduction": 1 - withdrawn["total"] / baseline["total"] if baseline["total"] else 0.0,
@@ -471,8 +542,10 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
         },
     }
     if analytic is not None:
-        section["analytic"] = {v: {k: int(analytic[v][k]) for k in ("total", *COMPONENTS)}
+        covers = analytic.get("covers", list(COMPONENTS))
+        section["analytic"] = {v: {k: int(analytic[v][k]) for k in ("total", *covers)}
                                for v in ("baseline", "withdrawn")}
+        section["analytic"]["covers"] = list(covers)
         section["analytic"]["decode_per_token"] = {v: int(analytic["decode_per_token"][v])
                                                    for v in ("baseline", "withdrawn")}
     if fvcore is not None:

@@ -103,9 +103,9 @@ def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         steps.append(step.ms)
     del out, cache
-    mask = torch.ones_like(inputs["input_ids"])
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     with _Timer(device) as end_to_end:
-        model.generate(**inputs, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        model.generate(**{**inputs, "attention_mask": mask}, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        do_sample=False)
     return {"prefill_ms": prefill.ms, "decode_ms_per_token": sum(steps) / len(steps), "end_to_end_ms": end_to_end.ms}
 
@@ -122,7 +122,8 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
                     flops_ratio: float | None = None) -> dict:
     """The profile's ``latency`` block: alternating baseline/withdrawn runs of ``inputs`` (batch 1).
 
-    ``inputs`` holds ``input_ids`` and ``pixel_values`` on the model's device. ``threads`` sets
+    ``inputs`` is the batch-1 model inputs on the model's device (``input_ids``, pixels and whatever else the
+    family's processor returns). ``threads`` sets
     ``torch.set_num_threads`` (CPU) for the measurement; the count in use is recorded either way.
     """
     from vtwcli.withdrawal import withdraw

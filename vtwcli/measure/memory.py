@@ -87,8 +87,8 @@ def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
     out = model(**inputs, use_cache=True, logits_to_keep=1)
     kv = kv_cache_bytes(_cache_of(out))
     del out
-    mask = torch.ones_like(inputs["input_ids"])
-    model.generate(**inputs, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+    model.generate(**{**inputs, "attention_mask": mask}, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False)
     if cuda:
         torch.cuda.synchronize(device)

@@ -1,0 +1,130 @@
+"""`vtw profile` on every supported family: counted FLOPs per component, the closed form of the text part,
+decode FLOPs, KV-cache memory, all from the real CLI on saved tiny models (arch_models.py).
+
+References are written here from the definitions, not taken from vtwcli: the decoder-layer matmul count
+of a Llama-style layer (q, k, v, o projections with GQA, QK^T and AV over the full grid, a 3-matrix MLP),
+and the KV cache of layers >= K holding the text tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+from arch_models import FAMILIES, save_family
+
+from vtwcli.cli import main
+
+LAYERS, K, TEXT = 4, 2, 40
+
+
+def decoder_layer_flops(text_config, queries: int, keys: int) -> int:
+    hidden, heads = text_config.hidden_size, text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or hidden // heads
+    kv_heads = text_config.num_key_value_heads
+    q_and_o = 2 * (2 * queries * hidden * heads * head_dim)
+    k_and_v = 2 * (2 * queries * hidden * kv_heads * head_dim)
+    scores_and_mix = heads * 2 * (2 * queries * head_dim * keys)
+    mlp = 3 * (2 * queries * hidden * text_config.intermediate_size)
+    return q_and_o + k_and_v + scores_and_mix + mlp
+
+
+def sliding_windows(text_config) -> list:
+    types = getattr(text_config, "layer_types", None) or [
+        "sliding_attention" if getattr(text_config, "sliding_window", None) else "full_attention"] * LAYERS
+    return [text_config.sliding_window if kind == "sliding_attention" else None for kind in types[:LAYERS]]
+
+
+def cache_length(tokens: int, window) -> int:
+    return tokens if window is None else min(tokens, window - 1)
+
+
+def run_json(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+@pytest.fixture
+def saved(tmp_path, monkeypatch):
+    """name -> (saved tiny model directory, its config); AutoProcessor serves the stand-in where needed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def save(name: str):
+        directory, shim = save_family(FAMILIES[name], tmp_path / name, num_layers=LAYERS)
+        if shim is not None:
+            monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+        return directory, transformers.AutoConfig.from_pretrained(directory)
+
+    return save
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_profile_counts_every_family_per_component(name, saved, capsys):
+    directory, config = saved(name)
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
+                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+    assert code == 0, err
+    flops = data["flops"]
+    vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
+    assert text == TEXT and vision > 0 and flops["tokens"]["images"] == 1
+    n = vision + text
+    text_config = config.text_config
+    expected_full = LAYERS * decoder_layer_flops(text_config, n, n)
+    expected_withdrawn = K * decoder_layer_flops(text_config, n, n) + (LAYERS - K) * decoder_layer_flops(
+        text_config, text, text)
+    head = 2 * text_config.hidden_size * text_config.vocab_size  # last position only (logits_to_keep=1)
+    base, new = flops["baseline"], flops["withdrawn"]
+    assert base["language_model"] == expected_full and new["language_model"] == expected_withdrawn
+    assert base["lm_head"] == new["lm_head"] == head
+    for variant in (base, new):  # every FLOP is attributed to one component
+        assert variant["total"] == variant["vision_tower"] + variant["projector"] + variant["language_model"] + \
+            variant["lm_head"]
+    assert base["vision_tower"] > 0 and base["projector"] > 0
+    assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"])
+    assert flops["reduction"] == pytest.approx(1 - new["total"] / base["total"])
+    # the closed form covers the text part of these families, and agrees exactly
+    assert flops["analytic"]["covers"] == ["language_model", "lm_head"]
+    assert flops["analytic"]["baseline"] == {"total": expected_full + head, "language_model": expected_full,
+                                             "lm_head": head}
+    assert flops["analytic"]["withdrawn"]["language_model"] == expected_withdrawn
+    # what each layer caches after prefill: all n tokens, or the text tokens in layers >= K after withdrawal;
+    # a sliding-window layer (Gemma 3) keeps only its last window - 1
+    windows = sliding_windows(text_config)
+    cached = {"baseline": [cache_length(n, w) for w in windows],
+              "withdrawn": [cache_length(n if i < K else text, w) for i, w in enumerate(windows)]}
+    # one decode step attends over each layer's cache + the new token
+    decode = flops["decode_per_token"]
+    assert decode["context_tokens"] == {"baseline": cached["baseline"][-1], "withdrawn": cached["withdrawn"][-1]}
+    for variant in ("baseline", "withdrawn"):
+        expected = sum(decoder_layer_flops(text_config, 1, keys + 1) for keys in cached[variant]) + head
+        assert decode[variant] == expected, variant
+    assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
+    assert data["latency"]["baseline"]["prefill_ms"]["runs"] >= 1
+
+
+def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
+    directory, _ = saved("qwen2_vl")
+    counts = []
+    for size in ("16x16", "32x24"):  # both within the tiny processor's pixel bounds: not resized
+        code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                    "--image-size", size, "--images", "2", "--new-tokens", "2", "--min-runs", "1",
+                                    "--min-time", "0", "--warmup", "0"], capsys)
+        assert code == 0, err
+        counts.append(data["flops"]["tokens"]["vision"])
+    # Qwen2-VL: (h/4 * w/4) patches merged 2x2 per image, two images
+    assert counts == [2 * (4 * 4) // 4, 2 * (8 * 6) // 4]
+
+
+def test_flops_only_on_a_family_sized_by_its_images_is_refused(saved, capsys):
+    directory, _ = saved("gemma3")
+    code, _, err = run_json(["profile", "--model", directory, "--layer", str(K), "--flops-only"], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Gemma 3" in lines[0] and "drop --flops-only" in lines[0]
