@@ -14,6 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+def _has_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing, or a build that does not match the installed torch
+        return False
+    return True
+
+
+# Qwen2-VL, LLaVA-OneVision and InternVL processors need a video processor, which needs torchvision: with it
+# the real processors are tested; without it (CPU torch here) stand-ins that prepare the same inputs.
+HAS_TORCHVISION = _has_torchvision()
 VOCAB = 128
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 WORDS = ["USER", "ASSISTANT", ":", "?", ".", "what", "color", "is", "the", "red", "blue", "green", "how", "many",
@@ -173,13 +184,15 @@ def qwen_processor(version="2"):
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
     tokenizer = word_tokenizer(QWEN_SPECIALS)
-    try:
-        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
-
-        cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
-        return cls(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
-    except (AttributeError, ImportError, TypeError):  # no torchvision: no video processor class
+    if not HAS_TORCHVISION:  # the real processor needs its video processor, which needs torchvision
         return QwenInputs(images, tokenizer)
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                   size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
+    return cls(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=QWEN_TEMPLATE)
 
 
 class ShimProcessor:
@@ -379,6 +392,14 @@ def llava_onevision_processor():
         LlavaOnevisionImageProcessorPil
 
     images = LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16}, image_grid_pinpoints=PINPOINTS)
+    if HAS_TORCHVISION:
+        from transformers import LlavaOnevisionProcessor
+        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+        return LlavaOnevisionProcessor(image_processor=images, tokenizer=word_tokenizer(OV_SPECIALS),
+                                       video_processor=LlavaOnevisionVideoProcessor(size={"height": 16, "width": 16}),
+                                       num_image_tokens=16, vision_feature_select_strategy="full",
+                                       chat_template=LLAVA_TEMPLATE)
     return FeatureCountInputs(images, word_tokenizer(OV_SPECIALS), tiny_llava_onevision, "<image>", "<video>",
                               chat_template=LLAVA_TEMPLATE)
 
@@ -488,6 +509,13 @@ def internvl_processor():
 
     images = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
                                       max_patches=4)
+    if HAS_TORCHVISION:
+        from transformers import InternVLProcessor
+        from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+        return InternVLProcessor(image_processor=images, tokenizer=word_tokenizer(INTERNVL_SPECIALS),
+                                 video_processor=InternVLVideoProcessor(size={"height": 16, "width": 16}),
+                                 image_seq_length=4, chat_template=INTERNVL_TEMPLATE)
     return InternVLInputs(images, word_tokenizer(INTERNVL_SPECIALS), tiny_internvl, "<IMG_CONTEXT>",
                           wrap=lambda token, count: "<img>" + token * count + "</img>", chat_template=INTERNVL_TEMPLATE)
 

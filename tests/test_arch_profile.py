@@ -120,11 +120,3 @@ def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
         counts.append(data["flops"]["tokens"]["vision"])
     # Qwen2-VL: (h/4 * w/4) patches merged 2x2 per image, two images
     assert counts == [2 * (4 * 4) // 4, 2 * (8 * 6) // 4]
-
-
-def test_flops_only_on_a_family_sized_by_its_images_is_refused(saved, capsys):
-    directory, _ = saved("gemma3")
-    code, _, err = run_json(["profile", "--model", directory, "--layer", str(K), "--flops-only"], capsys)
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Gemma 3" in lines[0] and "drop --flops-only" in lines[0]

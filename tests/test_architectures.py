@@ -230,12 +230,24 @@ def test_shared_prefix_kl_equals_plain_withdrawn_forward(name, attn):
 
 
 def video_row(name: str):
-    from arch_models import QWEN_SPECIALS, QwenInputs, image, llava_onevision_processor, word_tokenizer
+    """One prompt with an image and a video. With torchvision, the family's real processor on 4 frames of
+    16x16; without, the stand-in (its video is random features of the model's video input shape)."""
+    import numpy as np
+    from arch_models import HAS_TORCHVISION, QWEN_SPECIALS, QwenInputs, image, llava_onevision_processor, word_tokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
     if name == "llava_onevision":
         text = "USER: describe <image>\nand <video>\nthis video ?\nASSISTANT:"
+        if HAS_TORCHVISION:
+            return llava_onevision_processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
+                                               return_tensors="pt")
         return llava_onevision_processor()([text], images=[[image(24, 16, 5)]], videos=[1])
+    if HAS_TORCHVISION:
+        image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
+        text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
+        return FAMILIES[name].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
+                                          return_tensors="pt")
     processor = QwenInputs(Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                                     size={"shortest_edge": 64, "longest_edge": 1024}),
                            word_tokenizer(QWEN_SPECIALS))

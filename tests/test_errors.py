@@ -303,6 +303,58 @@ def test_no_layer_at_all(model_dir, capsys):
     assert "no withdrawal layer: pass --layer K" in one_line_error(["profile", "--model", model_dir], capsys)
 
 
+# ------------------------------------------------------------------------- the synthetic prompt of `vtw profile`
+
+
+@pytest.fixture(scope="module")
+def next_dir(tmp_path_factory) -> str:
+    """A saved tiny LLaVA-NeXT with its real processor: a family that sizes vision tokens from the image."""
+    from arch_models import FAMILIES, save_family
+
+    directory, shim = save_family(FAMILIES["llava_next"], tmp_path_factory.mktemp("tiny-next") / "m", num_layers=2)
+    assert shim is None
+    return directory
+
+
+def test_flops_only_on_a_family_sized_by_its_images(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only"], capsys)
+    assert "LLaVA-NeXT sizes them from each image" in line and "drop --flops-only" in line
+
+
+def test_image_tokens_on_a_family_sized_by_its_images(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--image-tokens", "64", "--device", "cpu"],
+                          capsys)
+    assert "--image-tokens: LLaVA-NeXT sizes the image tokens from each image" in line and "--image-size" in line
+
+
+def test_text_tokens_shorter_than_the_chat_template(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--text-tokens", "2", "--device", "cpu"],
+                          capsys)
+    assert line.startswith("error: --text-tokens 2: the chat template") and "use --text-tokens" in line
+
+
+def test_fvcore_on_a_family_sized_by_its_images(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--fvcore", "--device", "cpu"], capsys)
+    assert "--fvcore traces the LLaVA-1.5 forward" in line and "drop --fvcore" in line
+
+
+@pytest.mark.parametrize("value", ["abc", "0x4", "3x", "-2"])
+def test_malformed_image_size(model_dir, value, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1", "--image-size", value], capsys)
+    assert f"--image-size {value!r}: use WxH" in line
+
+
+def test_image_size_on_the_fixed_llava_layout(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1", "--image-size", "64x64", "--device", "cpu"],
+                          capsys)
+    assert "LLaVA-1.5 resizes every image" in line and "drop --image-size" in line
+
+
+def test_no_images(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "1", "--images", "0", "--device", "cpu"], capsys)
+    assert "--images 0: the prompt needs at least 1 image" in line
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 
 
