@@ -195,6 +195,11 @@ def qwen_processor(version="2"):
     return cls(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=QWEN_TEMPLATE)
 
 
+def video_count(videos) -> int:
+    """Stand-ins take ``videos=`` as a count per row (tests) or as the videos themselves (frames; vtwcli)."""
+    return sum(v if isinstance(v, int) else 1 for v in videos)
+
+
 class ShimProcessor:
     """Stands in for a family processor that needs torchvision: a chat template, a tokenizer, and __call__
     returning a BatchFeature like the real one (subclasses prepare the inputs)."""
@@ -232,7 +237,7 @@ class QwenInputs(ShimProcessor):
             texts = [_expand(t, "<|image_pad|>", counts) for t in texts]
         if videos:
             t, h, w = QWEN_VIDEO_GRID
-            total = sum(videos)
+            total = video_count(videos)
             generator = torch.Generator().manual_seed(7)
             out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
             out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
@@ -368,10 +373,10 @@ class FeatureCountInputs(ShimProcessor):
         if videos:
             generator = torch.Generator().manual_seed(7)
             size = self.model.config.vision_config.image_size
-            out["pixel_values_videos"] = torch.randn(sum(videos), 2, 3, size, size, generator=generator)
+            out["pixel_values_videos"] = torch.randn(video_count(videos), 2, 3, size, size, generator=generator)
             features = self.model.model.get_video_features(pixel_values_videos=out["pixel_values_videos"]).pooler_output
             per_video = features.shape[1] if isinstance(features, torch.Tensor) and features.dim() == 3 else \
-                features.shape[0] // sum(videos)
+                features.shape[0] // video_count(videos)
             texts = [_expand_with(t, self.video_token, lambda: self.video_token * per_video) for t in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})

@@ -120,3 +120,44 @@ def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
         counts.append(data["flops"]["tokens"]["vision"])
     # Qwen2-VL: (h/4 * w/4) patches merged 2x2 per image, two images
     assert counts == [2 * (4 * 4) // 4, 2 * (8 * 6) // 4]
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("kinds", ["image", "video", "image,video"])
+def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, capsys):
+    """An image and a video in the prompt; --withdraw picks which are withdrawn. The KV cache of layers >= K
+    loses exactly the withdrawn kind's tokens, counted here from the ids of a plain processor call."""
+    import numpy as np
+    from PIL import Image
+
+    from vtwcli.datasets import chat_prompt
+
+    directory, config = saved(name)
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--images", "1", "--videos", "1", "--image-size", "16x16", "--withdraw", kinds,
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+    assert code == 0, err
+    assert data["withdrawal"] == {"layer": K, "kinds": kinds.split(",")}
+    tokens = data["flops"]["tokens"]
+    assert tokens["images"] == 1 and tokens["videos"] == 1
+    # an independent count of each kind's tokens in the same prompt
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    ids = processor(text=[chat_prompt(processor, 1, "the", videos=1)], images=[[Image.new("RGB", (16, 16))]],
+                    videos=[frames], return_tensors="pt")["input_ids"][0]
+    per_kind = {"image": int((ids == config.image_token_id).sum()), "video": int((ids == config.video_token_id).sum())}
+    assert per_kind["image"] > 0 and per_kind["video"] > 0
+    withdrawn = sum(per_kind[k] for k in kinds.split(","))
+    assert tokens["vision"] == withdrawn
+    n = tokens["vision"] + tokens["text"]
+    assert data["flops"]["decode_per_token"]["context_tokens"] == {"baseline": n, "withdrawn": n - withdrawn}
+    assert data["memory"]["kv_cache_reduction"] == pytest.approx((LAYERS - K) / LAYERS * withdrawn / n)
+
+
+def test_withdraw_video_on_a_family_without_video_is_refused(saved, capsys):
+    directory, _ = saved("gemma3")
+    code, _, err = run_json(["profile", "--model", directory, "--layer", str(K), "--withdraw", "video",
+                             "--device", "cpu"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1
+    assert "--withdraw video: Gemma 3 has no such tokens; its vision tokens are image" in lines[0]

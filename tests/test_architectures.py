@@ -444,3 +444,65 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     for family in FAMILIES.values():
         assert status[family.architecture] == "supported"
     assert status["LlavaForConditionalGeneration"] == "supported"
+
+
+def write_video_dataset(directory, frames: int = 4) -> str:
+    """Two samples, each one image and one video of ``frames`` frames (16x16 PNGs), as a JSONL dataset."""
+    import json
+
+    from arch_models import image
+
+    lines = []
+    for sample in range(2):
+        image(24, 16, 10 + sample).save(directory / f"img{sample}.png")
+        names = []
+        for frame in range(frames):
+            image(16, 16, 100 * sample + frame).save(directory / f"v{sample}_{frame}.png")
+            names.append(f"v{sample}_{frame}.png")
+        lines.append(json.dumps({"id": f"s{sample}", "image": f"img{sample}.png", "video": names,
+                                 "question": "describe this video", "answer": "red"}))
+    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return str(directory / "data.jsonl")
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
+def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_path, monkeypatch):
+    """Samples with an image and a video; `--withdraw image` / `video` / both give three different curves,
+    each equal to the KL of plain `withdraw(..., kinds=...)` forwards on the same batch."""
+    import transformers
+    import yaml
+
+    from vtwcli.cli import main
+    from vtwcli.datasets import load_dataset, make_batch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory, shim = save_family(FAMILIES[name], tmp_path / "model", num_layers=LAYERS)
+    if shim is not None:
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    (tmp_path / "data").mkdir()
+    dataset = write_video_dataset(tmp_path / "data")
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    batch = dict(make_batch(processor, load_dataset(dataset).samples))
+    assert (batch["input_ids"] == model.config.video_token_id).sum() > 0
+    if adapter_for(model).positions_from_mask:
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    curves = {}
+    for kinds in ("image", "video", "image,video"):
+        output = tmp_path / f"{kinds}.yaml"
+        try:
+            main(["calibrate", "--model", directory, "--dataset", dataset, "--withdraw", kinds, "--output", str(output),
+                  "--no-eval", "--device", "cpu", "--threshold", "1e9"])
+        except SystemExit as exit_:
+            assert exit_.code in (0, None)
+        calibration = yaml.safe_load(output.read_text())["calibration"]
+        assert calibration["withdraw"] == kinds.split(",")
+        curves[kinds] = [entry["kl_mean"] for entry in calibration["per_layer"]]
+        with torch.no_grad():
+            full = model(**batch).logits[:, -1]
+            for entry in calibration["per_layer"]:
+                with withdraw(model, layer=entry["layer"], kinds=tuple(kinds.split(","))):
+                    withdrawn = model(**batch).logits[:, -1]
+                expected = independent_kl(withdrawn, full).mean()
+                assert entry["kl_mean"] == pytest.approx(float(expected), abs=1e-5)
+    assert len({tuple(curve) for curve in curves.values()}) == 3

@@ -355,6 +355,54 @@ def test_no_images(model_dir, capsys):
     assert "--images 0: the prompt needs at least 1 image" in line
 
 
+# --------------------------------------------------------------------------------- --withdraw and videos
+
+
+@pytest.mark.parametrize("value", ["audio", "image,,sound", ","])
+def test_unknown_withdraw_kind(model_dir, tmp_path, value, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--withdraw", value), capsys)
+    assert "--withdraw" in line and "use image, video or image,video" in line
+
+
+def test_withdraw_a_kind_the_model_lacks(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--withdraw", "video"), capsys)
+    assert "--withdraw video: LLaVA-1.5 has no such tokens; its vision tokens are image" in line
+
+
+def test_withdraw_a_kind_the_data_lacks(tmp_path, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES, save_family
+
+    directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "qwen", num_layers=2)
+    if shim is not None:
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    line = one_line_error(calibrate(directory, tmp_path, "--withdraw", "video"), capsys)
+    assert "a calibration prompt has no video tokens to withdraw (--withdraw video)" in line
+
+
+def test_withdraw_contradicts_the_profile(model_dir, tmp_path, capsys):
+    data = example_profile()
+    data["calibration"]["withdraw"] = ["image"]
+    path = profile_profile(tmp_path, data)
+    line = one_line_error(["profile", "--profile", str(path), "--model", model_dir, "--withdraw", "video"], capsys)
+    assert "--withdraw video contradicts --profile" in line and "calibration.withdraw = image" in line
+
+
+def test_video_frames_of_different_sizes(model_dir, data_dir, tmp_path, capsys):
+    Image.new("RGB", (16, 16)).save(data_dir / "images" / "f0.png")
+    Image.new("RGB", (20, 16)).save(data_dir / "images" / "f1.png")
+    path = write_jsonl(data_dir / "frames.jsonl", [row(1, video=["images/f0.png", "images/f1.png"]), row(2)])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert "frames.jsonl:1: the frames of a video differ in size (16x16, 20x16)" in line
+
+
+@pytest.mark.parametrize("field, value", [("video", "images/f0.png"), ("video", []), ("videos", ["images/f0.png"])])
+def test_malformed_video_field(data_dir, tmp_path, field, value, capsys):
+    path = write_jsonl(data_dir / "badvideo.jsonl", [row(1, **{field: value})])
+    line = one_line_error(["calibrate", "--dataset", str(path), "--output", str(tmp_path / "c.yaml")], capsys)
+    assert f"badvideo.jsonl:1: field {field!r} must be" in line
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 
 

@@ -100,6 +100,7 @@ INCONSISTENCIES = [
     ("evaluation-null-accuracy", _set("evaluation", "withdrawn", "accuracy", None), {"evaluation.withdrawn.accuracy"}),
     ("withdrawal-layer", _set("withdrawal", "layer", 4), {"withdrawal.layer"}),
     ("withdrawal-out-of-range", _set("withdrawal", "layer", 9), {"withdrawal.layer"}),
+    ("withdrawal-kinds", _set("withdrawal", "kinds", ["video"]), {"withdrawal.kinds"}),
     ("data-sha", _set("data", 0, "sha256", "abc123"), {"data[0].sha256"}),
     ("data-samples", _set("data", 0, "samples", 4), {"data[0].samples"}),
     ("model-sha", _set("model", "config_sha256", "not-a-hash"), {"model.config_sha256"}),

@@ -59,6 +59,16 @@ class Adapter:
         if self.layer_types is None:
             object.__setattr__(self, "layer_types", _config_layer_types)
 
+    def vision_kinds(self, config) -> list[str]:
+        """The kinds of vision tokens this model has ("image", "video")."""
+        return _kinds_of(self, config)
+
+    def check_kinds(self, config, kinds: tuple[str, ...] | None) -> None:
+        """Refuse a --withdraw selection that names no vision token this model has."""
+        if kinds is not None and not self.vision_token_ids(config, kinds):
+            raise UnsupportedError(f"--withdraw {','.join(kinds)}: {self.family} has no such tokens; its vision "
+                                   f"tokens are {', '.join(_kinds_of(self, config)) or 'none'}")
+
     def vision_token_ids(self, config, kinds: tuple[str, ...] | None = None) -> list[int]:
         ids = []
         for key in self.vision_token_id_keys:
@@ -72,6 +82,11 @@ class Adapter:
 
 LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
                     "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
+
+
+def _kinds_of(adapter: "Adapter", config) -> list[str]:
+    return sorted({adapter.vision_token_kinds.get(key, "image") for key in adapter.vision_token_id_keys
+                   if getattr(config, key, None) is not None})
 
 
 def _config_layer_types(text_config, num_layers: int) -> list[str]:

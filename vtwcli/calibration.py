@@ -44,6 +44,8 @@ class CalibrationOptions:
     max_new_tokens: int = 8
     diagnose: bool = False
     evaluate: bool = True
+    # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
+    kinds: tuple[str, ...] | None = None
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
@@ -57,6 +59,27 @@ class CalibrationOptions:
             raise VtwError(f"--direction {self.direction!r} is unknown; use {' or '.join(DIRECTIONS)}")
         if self.batch_size < 1:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.kinds is not None:
+            check_kinds(self.kinds)
+
+
+VISION_KINDS = ("image", "video")
+
+
+def check_kinds(kinds) -> tuple[str, ...]:
+    """Validate a --withdraw selection: a non-empty subset of VISION_KINDS."""
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in VISION_KINDS]
+    if unknown or not kinds:
+        raise VtwError(f"--withdraw {','.join(kinds) or '(empty)'}: use image, video or image,video")
+    return kinds
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...] | None:
+    """``--withdraw image,video`` -> ("image", "video"); None stays None (every vision token)."""
+    if text is None:
+        return None
+    return check_kinds(part.strip() for part in text.split(",") if part.strip())
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -82,11 +105,13 @@ class BatchKL:
 
 @torch.no_grad()
 def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torch.Tensor | None = None,
-                     direction: str = "withdrawn_to_full", diagnose: bool = False) -> BatchKL:
+                     direction: str = "withdrawn_to_full", diagnose: bool = False,
+                     kinds: tuple[str, ...] | None = None) -> BatchKL:
     """KL between the full model and the model withdrawn at each K in ``layers``, for one batch.
 
     ``score_mask`` (B, S) marks the positions whose next-token distributions are compared (default:
-    the last position). Scored positions must be text tokens after the first vision token.
+    the last position). Scored positions must be text tokens after the first vision token. ``kinds``
+    restricts the withdrawn tokens as in :func:`vtwcli.withdraw` (default: every vision token).
     """
     adapter = adapter_for(model)
     decoder_layers = adapter.decoder_layers(model)
@@ -96,8 +121,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     input_ids = inputs["input_ids"]
     batch, length = input_ids.shape
     valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
-    vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config), device=input_ids.device))
+    vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config, kinds), device=input_ids.device))
     if not vision.any(dim=1).all():
+        if kinds is not None:
+            raise VtwError(f"a calibration prompt has no {' or '.join(kinds)} tokens to withdraw (--withdraw "
+                           f"{','.join(kinds)}); use data with that input or another --withdraw")
         raise VtwError("a calibration prompt has no vision tokens (the image placeholder was lost); "
                        "check the processor's chat template and the dataset's images")
     if score_mask is None:
@@ -257,14 +285,14 @@ def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
 
 @torch.no_grad()
 def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens: int,
-                   layer: int | None = None) -> list[str]:
+                   layer: int | None = None, kinds: tuple[str, ...] | None = None) -> list[str]:
     from vtwcli.datasets import make_batch
 
     answers: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         inputs = make_batch(processor, chunk).to(model.device)
-        handle = withdraw(model, layer=layer) if layer is not None else None
+        handle = withdraw(model, layer=layer, kinds=kinds) if layer is not None else None
         try:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
@@ -362,8 +390,10 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     from vtwcli.datasets import make_batch, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
-    num_layers = len(adapter_for(model).decoder_layers(model))
+    adapter = adapter_for(model)
+    num_layers = len(adapter.decoder_layers(model))
     options.validate(num_layers)
+    adapter.check_kinds(model.config, options.kinds)
     layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
     started = time.perf_counter()
 
@@ -378,7 +408,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         if options.criterion == "teacher_forced":
             inputs, score_mask = _with_answers(processor, inputs, chunk)
         result = shared_prefix_kl(model, inputs, layers, score_mask=score_mask, direction=options.direction,
-                                  diagnose=options.diagnose)
+                                  diagnose=options.diagnose, kinds=options.kinds)
         share = None if result.attention_share is None else result.attention_share.tolist()
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
@@ -424,7 +454,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             answers = store.get(key)
             if answers is None:
                 answers = greedy_answers(model, processor, chunk, batch_size=len(chunk),
-                                         max_new_tokens=options.max_new_tokens, layer=layer)
+                                         max_new_tokens=options.max_new_tokens, layer=layer, kinds=options.kinds)
                 store.put(key, answers)
             correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
             if progress:
@@ -458,6 +488,8 @@ def calibration_section(result: CalibrationResult) -> dict:
         "per_sample": result.per_sample,
         "cost": result.cost,
     }
+    if options.kinds is not None:
+        section["withdraw"] = list(options.kinds)
     if result.diagnose is not None:
         section["diagnose"] = result.diagnose
     return section

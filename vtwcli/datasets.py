@@ -62,7 +62,8 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 @dataclass(frozen=True)
 class Sample:
-    """One question about one or more images. ``line`` is the 1-based line in ``file``."""
+    """One question about one or more images and/or videos (a video: its frame images, in order).
+    ``line`` is the 1-based line in ``file``."""
 
     id: str
     task: str
@@ -72,6 +73,7 @@ class Sample:
     choices: list[str] | None = field(default=None, hash=False)
     line: int = 0
     file: Path | None = None
+    videos: list[list[Path]] = field(default_factory=list, hash=False)
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -268,7 +270,7 @@ def _string_field(obj: dict, key: str, where: str, *, required: bool = True, num
     return value.strip()
 
 
-_OPTIONAL_NULLABLE = frozenset({"task", "image", "images", "choices"})
+_OPTIONAL_NULLABLE = frozenset({"task", "image", "images", "video", "videos", "choices"})
 _LETTER_PREFIX = re.compile(r"^\s*\(?([A-Za-z])\s*[.):]\s+")
 
 
@@ -305,27 +307,47 @@ def _canonical_choice_answer(answer: str, choices: list[str], where: str) -> str
     )
 
 
-def _image_paths(obj: dict, base: Path, where: str) -> list[Path]:
-    has_one, has_many = "image" in obj, "images" in obj
-    if has_one and has_many:
-        raise VtwError(f"{where}: give either 'image' or 'images', not both")
-    if not has_one and not has_many:
-        raise VtwError(f"{where}: sample has no image; add \"image\": \"<path>\" (or \"images\": [...])")
-    raw = [obj["image"]] if has_one else obj["images"]
-    if has_many and not isinstance(raw, list):
-        raise VtwError(f"{where}: field 'images' must be a list of paths, got {type(raw).__name__}")
-    if not raw:
-        raise VtwError(f"{where}: sample has no image ('images' is empty); list at least one path")
+def _paths(raw: list, key: str, base: Path, where: str) -> list[Path]:
     paths = []
     for item in raw:
         if not isinstance(item, str) or not item.strip():
-            key = "image" if has_one else "images"
             raise VtwError(f"{where}: field {key!r} must hold non-empty path strings, got {item!r:.60}")
         if "\x00" in item:
             raise VtwError(f"{where}: image path contains a NUL byte")
         path = Path(item.strip())
         paths.append(path if path.is_absolute() else base / path)
     return paths
+
+
+def _video_paths(obj: dict, base: Path, where: str) -> list[list[Path]]:
+    """``"video": [frame, ...]`` or ``"videos": [[frame, ...], ...]``: each video as its frame images."""
+    has_one, has_many = "video" in obj, "videos" in obj
+    if has_one and has_many:
+        raise VtwError(f"{where}: give either 'video' or 'videos', not both")
+    if not has_one and not has_many:
+        return []
+    raw = [obj["video"]] if has_one else obj["videos"]
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, list) and v for v in raw):
+        shape = "a list of frame paths" if has_one else "a list of videos, each a list of frame paths"
+        raise VtwError(f"{where}: field {'video' if has_one else 'videos'!r} must be {shape} (non-empty)")
+    return [_paths(frames, "video" if has_one else "videos", base, where) for frames in raw]
+
+
+def _image_paths(obj: dict, base: Path, where: str, *, has_video: bool = False) -> list[Path]:
+    has_one, has_many = "image" in obj, "images" in obj
+    if has_one and has_many:
+        raise VtwError(f"{where}: give either 'image' or 'images', not both")
+    if not has_one and not has_many:
+        if has_video:
+            return []
+        raise VtwError(f"{where}: sample has no image; add \"image\": \"<path>\" (or \"images\": [...], or a "
+                       "\"video\": [frame paths])")
+    raw = [obj["image"]] if has_one else obj["images"]
+    if has_many and not isinstance(raw, list):
+        raise VtwError(f"{where}: field 'images' must be a list of paths, got {type(raw).__name__}")
+    if not raw:
+        raise VtwError(f"{where}: sample has no image ('images' is empty); list at least one path")
+    return _paths(raw, "image" if has_one else "images", base, where)
 
 
 def _check_image(path: Path, where: str) -> None:
@@ -404,13 +426,14 @@ def _parse_jsonl(path: Path, *, check_images: bool) -> list[Sample]:
         question = _string_field(obj, "question", where)
         answer = _string_field(obj, "answer", where, numbers=True)
         task = _string_field(obj, "task", where, required=False) or DEFAULT_TASK
-        images = _image_paths(obj, base, where)
+        videos = _video_paths(obj, base, where)
+        images = _image_paths(obj, base, where, has_video=bool(videos))
         choices = _parse_choices(obj, where)
         assert question is not None and answer is not None
         if choices:
             answer = _canonical_choice_answer(answer, choices, where)
         if check_images:
-            for image_path in images:
+            for image_path in images + [frame for frames in videos for frame in frames]:
                 _check_image(image_path, where)
         samples.append(
             Sample(
@@ -422,6 +445,7 @@ def _parse_jsonl(path: Path, *, check_images: bool) -> list[Sample]:
                 choices=choices,
                 line=number,
                 file=path,
+                videos=videos,
             )
         )
     if not samples:
@@ -538,11 +562,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_videos(sample: Sample) -> list:
+    """The sample's videos, each a uint8 array (frames, height, width, 3) of its RGB frames."""
+    import numpy as np
+
+    videos = []
+    for frames in sample.videos:
+        pictures = _load_rgb(frames, sample.where())
+        sizes = {p.size for p in pictures}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+            raise VtwError(f"{sample.where()}: the frames of a video differ in size ({listed}); resize them to one size")
+        videos.append(np.stack([np.asarray(p) for p in pictures]))
+    return videos
+
+
 def load_images(sample: Sample) -> list[Image.Image]:
     """The sample's images decoded and converted to RGB (alpha composited on white; first frame only)."""
-    where = sample.where()
+    return _load_rgb(sample.images, sample.where())
+
+
+def _load_rgb(paths: list[Path], where: str) -> list[Image.Image]:
     images = []
-    for path in sample.images:
+    for path in paths:
         try:
             with Image.open(path) as image:
                 _check_mode(image.mode, path, where)
@@ -569,18 +611,20 @@ def question_text(sample: Sample) -> str:
 
 def build_prompt(processor: Any, sample: Sample) -> str:
     """The text prompt for one sample: the processor's chat template if it has one, else a LLaVA-style fallback."""
-    return chat_prompt(processor, len(sample.images), question_text(sample), where=sample.where())
+    return chat_prompt(processor, len(sample.images), question_text(sample), videos=len(sample.videos),
+                       where=sample.where())
 
 
-def chat_prompt(processor: Any, images: int, text: str, *, where: str = "prompt") -> str:
-    """A user turn of ``images`` images then ``text``, ready for generation.
+def chat_prompt(processor: Any, images: int, text: str, *, videos: int = 0, where: str = "prompt") -> str:
+    """A user turn of ``images`` images, ``videos`` videos, then ``text``, ready for generation.
 
-    With a chat template: one ``{"type": "image"}`` entry per image, then the text, rendered with
-    ``add_generation_prompt=True``. Without: ``"USER: <image>\n{text}\nASSISTANT:"``, using
-    ``processor.image_token`` (default ``"<image>"``) once per image.
+    With a chat template: one ``{"type": "image"}`` entry per image and one ``{"type": "video"}`` per video,
+    then the text, rendered with ``add_generation_prompt=True``. Without: ``"USER: <image>\n{text}\nASSISTANT:"``,
+    using ``processor.image_token`` (default ``"<image>"``) once per image and ``video_token`` per video.
     """
     if getattr(processor, "chat_template", None):
         content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
+        content += [{"type": "video"} for _ in range(videos)]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         try:
@@ -593,7 +637,11 @@ def chat_prompt(processor: Any, images: int, text: str, *, where: str = "prompt"
     image_token = getattr(processor, "image_token", None)
     if not isinstance(image_token, str) or not image_token:
         image_token = "<image>"
-    return "USER: " + "".join(f"{image_token}\n" for _ in range(images)) + f"{text}\nASSISTANT:"
+    video_token = getattr(processor, "video_token", None)
+    if not isinstance(video_token, str) or not video_token:
+        video_token = "<video>"
+    return ("USER: " + "".join(f"{image_token}\n" for _ in range(images))
+            + "".join(f"{video_token}\n" for _ in range(videos)) + f"{text}\nASSISTANT:")
 
 
 def make_batch(processor: Any, samples: list[Sample]):
@@ -607,8 +655,12 @@ def make_batch(processor: Any, samples: list[Sample]):
     # One list of images per sample: every processor accepts it, and some (Gemma 3, Idefics3) read a flat
     # list as all images belonging to the first prompt.
     images = [load_images(s) for s in samples]
+    media = {"images": images} if any(images) else {}
+    videos = [video for s in samples for video in load_videos(s)]
+    if videos:  # processors take the batch's videos as one flat list, matched to placeholders in order
+        media["videos"] = videos
     try:
-        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        return processor(text=prompts, return_tensors="pt", padding=True, **media)
     except ValueError as error:
         ids = ", ".join(s.id for s in samples[:5]) + (" ..." if len(samples) > 5 else "")
         lost = next((s for s, p in zip(samples, prompts) if not _has_image_placeholder(processor, p)), None)

@@ -270,6 +270,13 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
                            if withdrawal["layer"] == cal_layer else
                            _fail("withdrawal.layer", f"is {withdrawal['layer']} but calibration.layer is "
                                  f"{cal_layer}", src))
+        calibrated_kinds = (data.get("calibration") or {}).get("withdraw")
+        if calibrated_kinds is not None or withdrawal.get("kinds") is not None:
+            shown = lambda kinds: ",".join(kinds) if kinds else "all"  # noqa: E731
+            same = (calibrated_kinds or None) == (withdrawal.get("kinds") or None) or data.get("calibration") is None
+            results.append(_ok("withdrawal.kinds", f"= calibration.withdraw ({shown(calibrated_kinds)})", src) if same
+                           else _fail("withdrawal.kinds", f"withdraws {shown(withdrawal.get('kinds'))} tokens but the "
+                                      f"calibration withdrew {shown(calibrated_kinds)}", src))
     if data.get("flops") is not None:
         results += _check_flops(data["flops"], src)
     if data.get("latency") is not None:

@@ -515,6 +515,7 @@ class Calibration:
     min_layer: int
     layer: int | None
     per_layer: tuple[LayerKL, ...]
+    withdraw: tuple[str, ...] | None = None
     bootstrap: Bootstrap | None = None
     per_dataset: tuple[DatasetCurve, ...] | None = None
     per_sample: tuple[SampleKL, ...] | None = None
@@ -546,6 +547,7 @@ class Evaluation:
 @dataclass(frozen=True)
 class Withdrawal:
     layer: int
+    kinds: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -553,6 +555,7 @@ class TokenCounts:
     vision: int
     text: int
     images: int | None = None
+    videos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -675,6 +678,15 @@ class Profile:
     memory: Memory | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     source: str = field(default="<profile>", compare=False, repr=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...] | None:
+        """Which vision tokens are withdrawn (``calibration.withdraw``, else ``withdrawal.kinds``); None: all."""
+        if self.calibration is not None and self.calibration.withdraw is not None:
+            return tuple(self.calibration.withdraw)
+        if self.withdrawal is not None and self.withdrawal.kinds is not None:
+            return tuple(self.withdrawal.kinds)
+        return None
 
     @property
     def layer(self) -> int | None:
@@ -809,4 +821,4 @@ def apply_profile(model, profile, *, strict: bool = True):
             raise VtwError(message + "; use the matching model or apply_profile(..., strict=False)")
         warnings.warn(message + "; applying layer " + str(layer) + " anyway (strict=False)", UserWarning,
                       stacklevel=2)
-    return withdraw(model, layer=layer)
+    return withdraw(model, layer=layer, kinds=profile.kinds)

@@ -70,7 +70,7 @@ def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int |
 
 
 def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS, image_tokens: int | None = None,
-                   images: int = 1, attn: str = "sdpa", model=None) -> dict:
+                   images: int = 1, attn: str = "sdpa", model=None, kinds: tuple[str, ...] | None = None) -> dict:
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
     from vtwcli.adapters import adapter_for
 
@@ -81,12 +81,17 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
                                f"its image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
                                "--flops-only to count on the loaded model")
     check_layer(layer, num_decoder_layers(model))
+    adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
-    return {"withdrawal": {"layer": layer},
+    return {"withdrawal": withdrawal_section(layer, kinds),
             "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META)}
+
+
+def withdrawal_section(layer: int, kinds: tuple[str, ...] | None) -> dict:
+    return {"layer": layer} if kinds is None else {"layer": layer, "kinds": list(kinds)}
 
 
 def prompt_inputs(loaded: LoadedModel, layout: PromptLayout, *, seed: int = 0) -> dict:
@@ -148,14 +153,20 @@ def _filler_words(tokenizer) -> list[str]:
     return words or ["the"]
 
 
-def processor_prompt(loaded: LoadedModel, *, images: int = 1, image_size: tuple[int, int] | None = None,
-                     text_tokens: int = DEFAULT_TEXT_TOKENS, seed: int = 0) -> tuple[dict, PromptCounts]:
+VIDEO_FRAMES = 4  # frames of each synthetic video (two temporal patches for Qwen2-VL)
+
+
+def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
+                     image_size: tuple[int, int] | None = None, text_tokens: int = DEFAULT_TEXT_TOKENS,
+                     seed: int = 0, kinds: tuple[str, ...] | None = None) -> tuple[dict, PromptCounts]:
     """A batch-1 prompt built the way users build theirs: the chat template around ``images`` seeded random
-    images of ``image_size`` (width, height) and filler words, through the model's own processor.
+    images of ``image_size`` (width, height), ``videos`` random videos of VIDEO_FRAMES such frames, and
+    filler words, through the model's own processor.
 
     Filler words are added until the prompt holds ``text_tokens`` non-vision tokens (template and
     image-delimiter tokens count as text: withdrawal keeps them). Returns the inputs on the model's device
-    and the token counts read off the ids.
+    and the token counts read off the ids: ``vision_tokens`` are the tokens withdrawal removes (only the
+    ``kinds`` selected, e.g. images but not video), ``text_tokens`` everything it keeps.
     """
     import numpy as np
     from PIL import Image
@@ -167,11 +178,12 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, image_size: tuple[
     if processor is None:
         raise VtwError(f"{loaded.name_or_path}: profiling this architecture builds its prompt with the model's "
                        "processor, and none could be loaded; save the processor beside the model")
-    if images < 1:
-        raise VtwError(f"--images {images}: the prompt needs at least 1 image")
+    if images < 0 or videos < 0 or images + videos < 1:
+        raise VtwError(f"--images {images} --videos {videos}: the prompt needs at least 1 image or video")
     width, height = image_size or native_image_size(model.config)
     rng = np.random.default_rng(seed)
     pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
+    clips = [rng.integers(0, 256, size=(VIDEO_FRAMES, height, width, 3), dtype=np.uint8) for _ in range(videos)]
     tokenizer = getattr(processor, "tokenizer", processor)
     words = _filler_words(tokenizer)
     order = np.random.default_rng(seed + 1).integers(len(words), size=4 * text_tokens + 64)
@@ -179,11 +191,15 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, image_size: tuple[
 
     def build(count: int):
         text = " ".join(words[i] for i in order[:count])
+        media = {"images": [pictures]} if pictures else {}
+        if clips:
+            media["videos"] = clips
         try:
-            inputs = processor(text=[chat_prompt(processor, images, text)], images=[pictures], return_tensors="pt")
-        except (ValueError, TypeError) as error:
-            raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s) "
-                           f"of {width}x{height}): {error}") from None
+            inputs = processor(text=[chat_prompt(processor, images, text, videos=videos)], return_tensors="pt",
+                               **media)
+        except (ValueError, TypeError, ImportError) as error:
+            raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s), "
+                           f"{videos} video(s) of {width}x{height}): {error}") from None
         ids = inputs["input_ids"][0]
         vision = int(torch.isin(ids, vision_ids).sum())
         return dict(inputs), vision, len(ids) - vision
@@ -202,15 +218,20 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, image_size: tuple[
     if vision == 0:
         raise VtwError(f"{loaded.name_or_path}: the processor produced no vision tokens for the synthetic prompt; "
                        "check the model's chat template renders {\"type\": \"image\"} entries")
+    if kinds is not None:  # tokens of a kind that is not withdrawn stay, like text
+        selected = torch.tensor(adapter_for(model).vision_token_ids(model.config, kinds))
+        withdrawn = int(torch.isin(inputs["input_ids"][0], selected).sum())
+        vision, text = withdrawn, text + vision - withdrawn
     on_device = {k: (v.to(loaded.device, dtype=loaded.dtype) if v.is_floating_point() else v.to(loaded.device))
                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    return on_device, PromptCounts(images=images, vision_tokens=vision, text_tokens=text)
+    return on_device, PromptCounts(images=images, vision_tokens=vision, text_tokens=text, videos=videos)
 
 
 def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
-                image_tokens: int | None = None, images: int = 1, image_size: tuple[int, int] | None = None,
-                new_tokens: int = 8, warmup: int = 1, min_runs: int = 5, min_time_s: float = 2.0,
-                threads: int | None = None, fvcore: bool = False, flops_only: bool = False, seed: int = 0) -> dict:
+                image_tokens: int | None = None, images: int = 1, videos: int = 0,
+                image_size: tuple[int, int] | None = None, new_tokens: int = 8, warmup: int = 1, min_runs: int = 5,
+                min_time_s: float = 2.0, threads: int | None = None, fvcore: bool = False, flops_only: bool = False,
+                seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """``withdrawal``, ``flops``, ``latency`` and ``memory`` sections for a loaded model at layer K.
 
     The prompt: on the fixed LLaVA-1.5 layout, random ordinary token ids around ``images`` image blocks
@@ -224,6 +245,9 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     model = loaded.model
     adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model))
+    adapter.check_kinds(model.config, kinds)
+    if videos and "video" not in adapter.vision_kinds(model.config):
+        raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "
                        "other inputs: drop --fvcore")
@@ -238,20 +262,20 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
         if image_tokens is not None:
             raise VtwError(f"--image-tokens: {adapter.family} sizes the image tokens from each image; set them with "
                            "--images N and --image-size WxH instead")
-        inputs, prompt = processor_prompt(loaded, images=images, image_size=image_size, text_tokens=text_tokens,
-                                          seed=seed)
-    counted = count_flops(model, inputs, layer)
+        inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
+                                          text_tokens=text_tokens, seed=seed, kinds=kinds)
+    counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed) if fvcore else None
     flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
-    sections = {"withdrawal": {"layer": layer}, "flops": flops}
+    sections = {"withdrawal": withdrawal_section(layer, kinds), "flops": flops}
     if flops_only:
         return sections
     ratio = flops["baseline"]["total"] / flops["withdrawn"]["total"] if flops["withdrawn"]["total"] else None
     sections["latency"] = measure_latency(model, inputs, layer, new_tokens=new_tokens, warmup=warmup,
                                           min_runs=min_runs, min_time_s=min_time_s, threads=threads,
-                                          flops_ratio=ratio)
-    sections["memory"] = measure_memory(model, inputs, layer, new_tokens=new_tokens)
+                                          flops_ratio=ratio, kinds=kinds)
+    sections["memory"] = measure_memory(model, inputs, layer, new_tokens=new_tokens, kinds=kinds)
     if loaded.device.type == "cuda":
         torch.cuda.empty_cache()
     return sections

@@ -62,12 +62,14 @@ def calibrate_command(
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens generated per answer for the accuracy."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
                                 "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
+    withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
+                                           "image,video (families with video). Default: every vision token."),
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
+    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section, parse_kinds
     from vtwcli.checkpoint import CheckpointStore
     from vtwcli.cli._render import kl_chart, kl_table, output_path_for, save_plot
     from vtwcli.cli._signals import stop_on_signals
@@ -79,7 +81,7 @@ def calibrate_command(
         raise VtwError("--diagnose needs attention weights: add --attn eager")
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
-                                 max_new_tokens=max_new_tokens)
+                                 max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw))
     _check_output(output)  # before minutes of loading and calibrating, not when writing the result
     if not resume:
         output = output_path_for(output, force)

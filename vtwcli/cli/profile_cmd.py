@@ -136,11 +136,17 @@ def profile_command(
     fvcore: bool = typer.Option(False, "--fvcore", help="Cross-check the prefill FLOPs with fvcore (jit trace; needs "
                                 "weights, so not with --flops-only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompt and image."),
+    withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
+                                           "image,video. Default: --profile's calibration.withdraw, else every vision "
+                                           "token."),
+    videos: int = typer.Option(0, "--videos", help="Videos in the synthetic prompt (families with video; the "
+                               "video processor needs torchvision)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.loading import ATTENTION, architecture_of, load_config, load_model, model_section
     from vtwcli.profile import new_profile, read_profile_dict, write_profile
+    from vtwcli.calibration import parse_kinds
     from vtwcli.profiling import flops_only_model_section, run_flops_only, run_profile
 
     if attn not in ATTENTION:
@@ -157,6 +163,13 @@ def profile_command(
             model = _model_from_profile(base)
     if layer is None:
         raise VtwError("no withdrawal layer: pass --layer K or --profile CALIBRATION.yaml (K = calibration.layer)")
+    kinds = parse_kinds(withdraw)
+    calibrated_kinds = (base or {}).get("calibration", {}).get("withdraw")
+    if calibrated_kinds is not None:
+        if kinds is not None and tuple(kinds) != tuple(calibrated_kinds):
+            raise VtwError(f"--withdraw {','.join(kinds)} contradicts --profile {profile} (calibration.withdraw = "
+                           f"{','.join(calibrated_kinds)}); pass one of them")
+        kinds = tuple(calibrated_kinds)
     size = _parse_image_size(image_size) if image_size is not None else None
     if fvcore and flops_only:
         raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
@@ -177,10 +190,11 @@ def profile_command(
         config = load_config(name)
         architecture_of(config)
         meta = meta_model(config, attn=attn)
-        if size is not None:
-            raise VtwError("--image-size needs the model's processor; drop --flops-only (or --image-size)")
+        if size is not None or videos:
+            raise VtwError(f"{'--image-size' if size is not None else '--videos'} needs the model's processor; drop "
+                           "--flops-only")
         sections = run_flops_only(config, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                  images=images, attn=attn, model=meta)
+                                  images=images, attn=attn, model=meta, kinds=kinds)
         section_model = flops_only_model_section("bundled" if model is None else model, meta, attn=attn,
                                                  dtype=None if dtype == "auto" else dtype)
         device_for_env = "cpu"
@@ -190,7 +204,7 @@ def profile_command(
             raise VtwError(f"--threads {threads}: use 1 or more")
         with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
             sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                   images=images, image_size=size, new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
+                                   images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
                                    threads=threads, fvcore=fvcore, seed=seed)
         section_model = model_section(loaded)
         device_for_env = loaded.device
@@ -234,8 +248,10 @@ def profile_command(
             err_console.print("[yellow]peak RSS could not be reset between variants on this OS: both figures are the "
                               "process's peak so far and are not comparable[/]")
     tokens = sections["flops"]["tokens"]
-    console.print(f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({tokens.get('images', 1)} "
-                  f"image(s)) + {tokens['text']} text tokens (--text-tokens), batch 1")
+    media = f"{tokens.get('images', 1)} image(s)" + (f", {tokens['videos']} video(s)" if tokens.get("videos") else "")
+    withdrawn = f" ({', '.join(kinds)} tokens withdrawn)" if kinds is not None else ""
+    console.print(f"K = {layer}{withdrawn}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
+                  f"{tokens['text']} text tokens (--text-tokens), batch 1")
     analytic = sections["flops"].get("analytic")
     if analytic is not None:
         console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "

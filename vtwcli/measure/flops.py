@@ -145,6 +145,7 @@ class PromptCounts:
     images: int
     vision_tokens: int
     text_tokens: int
+    videos: int = 0
 
     @property
     def total(self) -> int:
@@ -325,14 +326,15 @@ def _generate_flops(model: nn.Module, inputs: dict, new_tokens: int) -> int:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0) -> dict:
+def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
 
     ``prompt`` is the batch-1 model inputs (a dict, as a processor returns them: any family) or a
     :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
     to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
     what ``generate()`` adds for its second token (so each family prepares its own decode inputs: M-RoPE
-    deltas, cache positions). Returns {baseline, withdrawn, decode_per_token} (see module doc).
+    deltas, cache positions). ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw`.
+    Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers, withdraw
 
@@ -349,7 +351,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0) -> dict:
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
         try:
             counter = _counter()
             with counter:
@@ -531,7 +533,8 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
     section = {
         "convention": CONVENTION,
         "counter": counter,
-        "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens, "images": layout.images},
+        "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens, "images": layout.images,
+                   **({"videos": layout.videos} if getattr(layout, "videos", 0) else {})},
         "baseline": {k: int(baseline[k]) for k in ("total", *COMPONENTS)},
         "withdrawn": {k: int(withdrawn[k]) for k in ("total", *COMPONENTS)},
         "reduction": 1 - withdrawn["total"] / baseline["total"] if baseline["total"] else 0.0,

@@ -119,8 +119,10 @@ def speedups(baseline: dict, withdrawn: dict) -> dict:
 
 def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8, warmup: int = 1,
                     min_runs: int = 5, min_time_s: float = 2.0, threads: int | None = None,
-                    flops_ratio: float | None = None) -> dict:
+                    flops_ratio: float | None = None, kinds: tuple[str, ...] | None = None) -> dict:
     """The profile's ``latency`` block: alternating baseline/withdrawn runs of ``inputs`` (batch 1).
+
+    ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw` (default: all).
 
     ``inputs`` is the batch-1 model inputs on the model's device (``input_ids``, pixels and whatever else the
     family's processor returns). ``threads`` sets
@@ -143,7 +145,7 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
     samples = {variant: {m: [] for m in METRICS} for variant in ("baseline", "withdrawn")}
 
     def run(variant: str, record: bool) -> None:
-        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
         try:
             timings = _one_run(model, inputs, new_tokens, device)
         finally:

@@ -101,14 +101,17 @@ def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
     return figures
 
 
-def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8) -> dict:
-    """The profile's ``memory`` block: baseline and withdrawn figures and ``kv_cache_reduction``."""
+def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8,
+                   kinds: tuple[str, ...] | None = None) -> dict:
+    """The profile's ``memory`` block: baseline and withdrawn figures and ``kv_cache_reduction``.
+
+    ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw` (default: all)."""
     from vtwcli.withdrawal import withdraw
 
     device = next(model.parameters()).device
     section: dict = {}
     for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
+        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
         try:
             section[variant] = _variant(model, inputs, new_tokens, device)
         finally:
