@@ -152,18 +152,23 @@ def no_cache_logits(model, inputs: dict) -> torch.Tensor:
 @pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_greedy_generate_equals_no_cache_recompute(name, attn, cache_implementation):
-    model = model_of(name, attn)
     batch, _ = batch_of(name)
+    assert_greedy_generate_equals_recompute(model_of(name, attn), batch, cache_implementation=cache_implementation)
+
+
+def assert_greedy_generate_equals_recompute(model, inputs: dict, **generate_kwargs):
+    """Greedy generate() withdrawn at K = 2: every step's scores equal a no-cache recompute; returns the output."""
     new_tokens = 4
     with torch.no_grad(), withdraw(model, layer=2):
-        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             output_scores=True, return_dict_in_generate=True, cache_implementation=cache_implementation)
-        running = dict(batch)
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, **generate_kwargs)
+        running = dict(inputs)
         for step in range(new_tokens):
             logits = no_cache_logits(model, running)
             torch.testing.assert_close(out.scores[step], logits, atol=1e-4, rtol=0)
             running = _extend(running, logits.argmax(-1, keepdim=True))
     assert torch.equal(out.sequences, running["input_ids"])
+    return out
 
 
 @pytest.mark.parametrize("attn", ATTN)
@@ -288,16 +293,7 @@ def test_generate_with_video_equals_no_cache_recompute(name, attn):
     model = model_of(name, attn)
     row = dict(video_row(name))
     row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
-    new_tokens = 4
-    with torch.no_grad(), withdraw(model, layer=2):
-        out = model.generate(**row, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             output_scores=True, return_dict_in_generate=True)
-        running = dict(row)
-        for step in range(new_tokens):
-            logits = no_cache_logits(model, running)
-            torch.testing.assert_close(out.scores[step], logits, atol=1e-4, rtol=0)
-            running = _extend(running, logits.argmax(-1, keepdim=True))
-    assert torch.equal(out.sequences, running["input_ids"])
+    out = assert_greedy_generate_equals_recompute(model, row)
     with torch.no_grad():
         unwithdrawn = model.generate(**row, max_new_tokens=1, do_sample=False, output_scores=True,
                                      return_dict_in_generate=True)
