@@ -584,6 +584,8 @@ class DecodeFlops:
 class AnalyticFlops:
     baseline: dict
     withdrawn: dict
+    covers: tuple[str, ...] | None = None  # components the closed form covers (None: older profiles, all)
+    decode_per_token: dict | None = None
 
 
 @dataclass(frozen=True)
