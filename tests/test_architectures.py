@@ -440,6 +440,12 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     for family in FAMILIES.values():
         assert status[family.architecture] == "supported"
     assert status["LlavaForConditionalGeneration"] == "supported"
+    inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
+    assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"}
+    assert all("image" in kinds for kinds in inputs.values())
+    assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
+        "LlavaForConditionalGeneration"]
 
 
 def write_video_dataset(directory, frames: int = 4) -> str:

@@ -16,20 +16,28 @@ from vtwcli.cli._state import console
 def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the model families and transformers classes that withdrawal supports."""
     rows = [
-        {"family": a.family, "architectures": list(a.architectures), "status": "supported", "notes": a.notes}
+        {"family": a.family, "architectures": list(a.architectures), "status": "supported",
+         "inputs": sorted(set(a.vision_token_kinds.values()) or {"image"}),
+         "flops_only": a.fixed_image_layout, "notes": a.notes}
         for a in ADAPTERS
     ]
     rows += [
-        {"family": family, "architectures": [c.strip() for c in classes.split(",")], "status": "planned", "notes": ""}
+        {"family": family, "architectures": [c.strip() for c in classes.split(",")], "status": "planned",
+         "inputs": [], "flops_only": False, "notes": ""}
         for family, classes in PLANNED.items()
     ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="Architectures")
-    for column in ("family", "transformers class", "status", "notes"):
-        table.add_column(column)
+    table = Table(title="Architectures (`withdraw`, `vtw calibrate` and `vtw profile` work on every supported one)")
+    table.add_column("family")
+    table.add_column("transformers class", no_wrap=True)
+    table.add_column("status")
+    table.add_column("inputs")
+    table.add_column("--flops-only")
+    table.add_column("notes", ratio=1)
     for row in rows:
         style = "green" if row["status"] == "supported" else "dim"
-        table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]", row["notes"])
+        table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
+                      ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     console.print(table)
