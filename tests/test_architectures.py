@@ -474,6 +474,7 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
     import transformers
     import yaml
 
+    from vtwcli import apply_profile
     from vtwcli.cli import main
     from vtwcli.datasets import load_dataset, make_batch
 
@@ -499,6 +500,10 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
             assert exit_.code in (0, None)
         calibration = yaml.safe_load(output.read_text())["calibration"]
         assert calibration["withdraw"] == kinds.split(",")
+        handle = apply_profile(model, output)  # the profile's kinds travel with it
+        ids = {"image": model.config.image_token_id, "video": model.config.video_token_id}
+        assert sorted(handle.vision_token_ids) == sorted(ids[k] for k in kinds.split(","))
+        handle.remove()
         curves[kinds] = [entry["kl_mean"] for entry in calibration["per_layer"]]
         with torch.no_grad():
             full = model(**batch).logits[:, -1]
