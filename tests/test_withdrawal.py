@@ -108,6 +108,37 @@ def test_cached_greedy_generate_equals_no_cache_recompute(attn, cache_implementa
 
 
 @pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+def test_unpadded_decode_steps_skip_the_mask_and_stay_exact(attn, cache_implementation, monkeypatch):
+    """One unpadded row: with a dynamic cache the decode steps build no mask for layers >= K (the model
+    passes none either); with a static cache they must (empty slots). Either way every step's scores equal
+    the naive per-row reference of the whole sequence so far."""
+    import vtwcli.withdrawal as engine
+
+    model = tiny_llava(LAYERS, attn)
+    row = image_prompt([1, 7, 8], 1, [9, 10, 11])
+    ids, pixels = torch.tensor([row]), pixel_values(1)
+    built = []
+    real_builder = engine.withdrawn_masks
+    monkeypatch.setattr(engine, "withdrawn_masks", lambda *a, **k: built.append(1) or real_builder(*a, **k))
+    new_tokens = 5
+    with torch.no_grad(), withdraw(model, layer=2):
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, cache_implementation=cache_implementation)
+    sequence = out.sequences[0].tolist()
+    for step in range(new_tokens):
+        expected = naive_withdrawn_logits(model, sequence[:len(row) + step], pixels, 2)
+        expected[IMAGE_TOKEN_ID] = -float("inf")  # generate() suppresses it (see tiny_models)
+        torch.testing.assert_close(out.scores[step][0], expected, atol=1e-4, rtol=0)
+    decode_masks = len(built) - 1  # the prefill withdraws image tokens: it always builds its mask
+    if cache_implementation == "dynamic" and attn == "sdpa":
+        assert decode_masks == 0
+    if cache_implementation == "static":
+        assert decode_masks == new_tokens - 1
+
+
+@pytest.mark.parametrize("attn", ATTN)
 def test_sampling_generate_equals_no_cache_recompute(attn):
     model = tiny_llava(LAYERS, attn)
     _, ids, mask, pixels = batch()

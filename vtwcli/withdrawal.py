@@ -65,6 +65,9 @@ class _CallState:
     has_pixels: bool  # this call inserts vision features (a prefill, or a chunk carrying an image)
 
 
+_NO_PADDING = object()  # generate() prepared this call from no padding mask at all (every token real)
+
+
 @dataclass
 class _WithdrawnInputs:
     """The inputs every layer >= K receives in place of the full-length ones (built once per call)."""
@@ -187,7 +190,7 @@ class WithdrawalHandle:
         self._withdrawn: _WithdrawnInputs | None = None
         self._device_copies: dict[torch.device, _WithdrawnInputs] = {}
         self._sliced_positions: dict = {}  # id(incoming position tensor) -> (tensor, its kept-slot slice)
-        self._pending_padding_mask: torch.Tensor | None = None
+        self._pending_padding_mask: torch.Tensor | object | None = None
         # Validity (B, entries) of the kept entries in layers >= K of each live cache object.
         self._cache_validity: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._hooks: list = []
@@ -213,7 +216,10 @@ class WithdrawalHandle:
             @functools.wraps(original)
             def prepare_inputs_for_generation(*args, **kwargs):
                 mask = kwargs.get("attention_mask")
-                self._pending_padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+                if mask is None:  # generate() drops an all-ones mask: no padding
+                    self._pending_padding_mask = _NO_PADDING
+                else:
+                    self._pending_padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
                 return original(*args, **kwargs)
 
             self.model.prepare_inputs_for_generation = prepare_inputs_for_generation
@@ -273,7 +279,7 @@ class WithdrawalHandle:
                 raise UnsupportedError(
                     "withdrawal needs the 2-D padding attention_mask (batch, seq); a prepared 4-D mask is not supported"
                 )
-            mask = self._pending_padding_mask
+            mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
@@ -323,7 +329,11 @@ class WithdrawalHandle:
             keep &= call.padding_mask[:, -length:].to(device)
         # Decode steps keep every token: no gathers then, only the mask of the shorter cache.
         everything_kept = bool(keep.all())
-        index, validity = kept_slots(keep)
+        if everything_kept:
+            index = torch.arange(length, device=device).expand(batch, length)
+            validity = torch.ones(batch, length, dtype=torch.bool, device=device)
+        else:
+            index, validity = kept_slots(keep)
         if index.shape[1] == 0:
             raise UnsupportedError(
                 "every token of this call is a vision or padding token, so nothing is left after withdrawal; "
@@ -346,12 +356,35 @@ class WithdrawalHandle:
             kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             if position_ids is not None:
                 position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
-        masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden, validity,
-                                cache)
+        if self._model_mask_suffices(kwargs, cache, everything_kept, past_kept, length, validity):
+            masks = {"full_attention": None}
+        else:
+            masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden,
+                                    validity, cache)
         self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
+
+    def _model_mask_suffices(self, kwargs, cache, everything_kept: bool, past_kept: int, length: int,
+                             validity: torch.Tensor) -> bool:
+        """True where layers >= K need no mask at all, so none is built (the hooks' cost per decode step).
+
+        Only when the model itself passed layer K no mask (no padding, an attention kernel that masks
+        causally by itself), the cache grows with its entries (a static cache's empty slots need a mask
+        even where the full layers' cache happens to be full), every layer >= K is full attention,
+        nothing is filler, and either the call keeps every token of an empty cache (the kept sequence IS
+        the model's sequence) or it is one new token (one query attends to every kept entry).
+        """
+        if kwargs.get("attention_mask", 0) is not None or not everything_kept or self.adapter.build_withdrawn_masks:
+            return False
+        if cache is not None:
+            layers = getattr(cache, "layers", None)
+            if layers is None or any(getattr(layer, "is_compileable", True) for layer in layers[self.layer:]):
+                return False  # static (preallocated) cache layers, or a cache type this check does not know
+        if any(kind != "full_attention" for kind in self.layer_types[self.layer:]):
+            return False
+        return (past_kept == 0 or length == 1) and bool(validity.all())
 
     def _continue_withdrawn(self, module, args, kwargs):
         if self._withdrawn is None:
