@@ -156,6 +156,17 @@ def test_cached_greedy_generate_equals_no_cache_recompute(name, attn, cache_impl
     assert_greedy_generate_equals_recompute(model_of(name, attn), batch, cache_implementation=cache_implementation)
 
 
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("name", NAMES)
+def test_unpadded_row_generate_equals_no_cache_recompute(name, cache_implementation):
+    """One row, no padding: generate() drops the all-ones mask, and with a dynamic cache the decode steps of
+    layers >= K run without a mask (the model's own choice for sdpa); both stay exact."""
+    _, singles = batch_of(name)
+    row = dict(singles[1])
+    row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
+    assert_greedy_generate_equals_recompute(model_of(name, "sdpa"), row, cache_implementation=cache_implementation)
+
+
 def assert_greedy_generate_equals_recompute(model, inputs: dict, **generate_kwargs):
     """Greedy generate() withdrawn at K = 2: every step's scores equal a no-cache recompute; returns the output."""
     new_tokens = 4
