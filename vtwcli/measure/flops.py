@@ -317,14 +317,6 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _generate_flops(model: nn.Module, inputs: dict, new_tokens: int) -> int:
-    counter = _counter()
-    with counter:
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       num_beams=1)
-    return int(counter.get_total_flops())
-
-
 @torch.no_grad()
 def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
@@ -332,8 +324,8 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     ``prompt`` is the batch-1 model inputs (a dict, as a processor returns them: any family) or a
     :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
     to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
-    what ``generate()`` adds for its second token (so each family prepares its own decode inputs: M-RoPE
-    deltas, cache positions). ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw`.
+    one forward of the greedy next token against the prefill's cache, as ``generate()`` makes it (each
+    family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw`.
     Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers, withdraw
@@ -359,9 +351,15 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
             result[variant] = _by_component(model, counter)
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
-            del out, cache
-            step = _generate_flops(model, inputs, 2) - _generate_flops(model, inputs, 1)
-            result["decode_per_token"][variant] = step
+            # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
+            # as generate() passes none for an all-ones one (families derive decode positions from the cache).
+            step = out.logits[:, -1:].argmax(-1)
+            del out
+            counter = _counter()
+            with counter:
+                model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            result["decode_per_token"][variant] = int(counter.get_total_flops())
+            del cache
         finally:
             if handle is not None:
                 handle.remove()
