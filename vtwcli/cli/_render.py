@@ -19,7 +19,9 @@ def output_path_for(path: Path, force: bool) -> Path:
     for n in range(1, 1000):
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         if not candidate.exists():
-            err_console.print(f"[yellow]{path} exists; writing {candidate} instead (--force overwrites)[/]")
+            # soft_wrap: a path must stay one piece to copy
+            err_console.print(f"[yellow]{path} exists; writing {candidate} instead (--force overwrites)[/]",
+                              soft_wrap=True)
             return candidate
     raise VtwError(f"{path} and its numbered siblings exist; pass --force or choose another --output")
 

@@ -259,7 +259,7 @@ def profile_command(
     if written is not None:
         note = " (beside --profile; --force writes in place)" if output is None and profile is not None \
             and written != profile else ""
-        console.print(f"profile written to [bold]{written}[/]{note}")
+        console.print(f"profile written to [bold]{written}[/]{note}", soft_wrap=True)  # a path must stay one piece to copy
     else:
         console.print("nothing written (pass --output to keep a profile)", style="dim")
 
