@@ -249,9 +249,12 @@ def profile_command(
                               "process's peak so far and are not comparable[/]")
     tokens = sections["flops"]["tokens"]
     media = f"{tokens.get('images', 1)} image(s)" + (f", {tokens['videos']} video(s)" if tokens.get("videos") else "")
-    withdrawn = f" ({', '.join(kinds)} tokens withdrawn)" if kinds is not None else ""
-    console.print(f"K = {layer}{withdrawn}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
-                  f"{tokens['text']} text tokens (--text-tokens), batch 1")
+    if kinds is None:
+        console.print(f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
+                      f"{tokens['text']} text tokens (--text-tokens), batch 1")
+    else:  # tokens of a kind that stays count as kept, with the text
+        console.print(f"K = {layer}; synthetic prompt ({media}): {tokens['vision']} {' and '.join(kinds)} tokens "
+                      f"withdrawn, {tokens['text']} tokens kept (text and the other vision kinds), batch 1")
     analytic = sections["flops"].get("analytic")
     if analytic is not None:
         console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "
