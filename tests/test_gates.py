@@ -242,6 +242,17 @@ def test_compare_same_layer(tmp_path):
     assert result.exit_code == 1 and "same-layer: K differs: BASE 5 vs NEW 6" in str(result.exception)
 
 
+def test_compare_same_layer_also_requires_the_same_withdrawn_kinds(tmp_path):
+    base = example_profile()
+    new = example_profile()
+    new["calibration"]["withdraw"] = ["image"]
+    new["withdrawal"]["kinds"] = ["image"]
+    result = invoke("compare", save(tmp_path, base), save(tmp_path, new, "new.yaml"), "--same-layer")
+    assert result.exit_code == 1
+    assert "the withdrawn tokens differ: BASE all vision vs NEW image" in str(result.exception)
+    assert invoke("compare", save(tmp_path, new, "a.yaml"), save(tmp_path, new, "b.yaml"), "--same-layer").exit_code == 0
+
+
 def test_compare_improvements_pass_every_gate(tmp_path):
     new = example_profile()
     new["flops"]["withdrawn"].update(total=500_000, language_model=200_000)

@@ -571,9 +571,17 @@ def _same_layer_gate(base: dict, new: dict, sources) -> CheckResult:
         return _fail(name, f"{side} ({sources[0] if side == 'BASE' else sources[1]}) has no calibration or "
                      "withdrawal section; cannot compare K")
     b, n = _chosen_layer(base), _chosen_layer(new)
-    if b == n:
-        return _ok(name, f"K = {_num(b)} in both")
-    return _fail(name, f"K differs: BASE {_num(b)} vs NEW {_num(n)}")
+    if b != n:
+        return _fail(name, f"K differs: BASE {_num(b)} vs NEW {_num(n)}")
+    kinds_b, kinds_n = _chosen_kinds(base), _chosen_kinds(new)
+    if kinds_b != kinds_n:  # the same K withdrawing other tokens is another configuration
+        return _fail(name, f"K = {_num(b)} in both, but the withdrawn tokens differ: BASE {kinds_b} vs NEW {kinds_n}")
+    return _ok(name, f"K = {_num(b)} in both" + (f", withdrawing {kinds_b}" if kinds_b != "all vision" else ""))
+
+
+def _chosen_kinds(data: dict) -> str:
+    kinds = _get(data, "calibration", "withdraw") or _get(data, "withdrawal", "kinds")
+    return ",".join(sorted(kinds)) if kinds else "all vision"
 
 
 def compare_files(base_path: Path | str, new_path: Path | str, limits: GateLimits = GateLimits()) -> Comparison:
