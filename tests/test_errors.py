@@ -403,6 +403,20 @@ def test_malformed_video_field(data_dir, tmp_path, field, value, capsys):
     assert f"badvideo.jsonl:1: field {field!r} must be" in line
 
 
+def test_processor_that_needs_a_missing_library(model_dir, tmp_path, capsys, monkeypatch):
+    """What a Qwen2-VL user without torchvision meets: transformers raises ImportError from the processor."""
+    import transformers
+
+    def missing(*args, **kwargs):
+        raise ImportError("\nQwen2VLVideoProcessor requires the Torchvision library but it was not found in your "
+                          "environment. Check out the instructions on the\ninstallation page: ...\n")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
+    line = one_line_error(calibrate(model_dir, tmp_path), capsys)
+    assert ("its processor cannot be built here (Qwen2VLVideoProcessor requires the Torchvision library but it was "
+            "not found in your environment); install the torchvision build that matches your torch") in line
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 
 

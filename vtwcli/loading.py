@@ -159,6 +159,14 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
         raise _offline_hint(name_or_path, error) from None
     try:
         processor = AutoProcessor.from_pretrained(source)
+    except ImportError as error:  # e.g. a video processor that needs torchvision
+        text = " ".join(str(error).split())
+        first = text.split(". ")[0].rstrip(".") or type(error).__name__  # transformers' message: its first sentence
+        missing = next((lib for lib in ("torchvision", "timm", "decord", "num2words", "sentencepiece")
+                        if lib in first.lower()), None)
+        fix = ("install the torchvision build that matches your torch" if missing == "torchvision"
+               else f"pip install {missing}" if missing else "install what it names")
+        raise VtwError(f"--model {name_or_path}: its processor cannot be built here ({first}); {fix}") from None
     except (OSError, ValueError) as error:
         raise VtwError(f"--model {name_or_path}: no processor/tokenizer could be loaded ({error.__class__.__name__}); "
                        "save the processor next to the model (processor.save_pretrained)") from None
