@@ -376,6 +376,7 @@ def test_withdraw_a_kind_the_data_lacks(tmp_path, capsys, monkeypatch):
     directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "qwen", num_layers=2)
     if shim is not None:
         monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    capsys.readouterr()  # drop save_pretrained's progress output
     line = one_line_error(calibrate(directory, tmp_path, "--withdraw", "video"), capsys)
     assert "a calibration prompt has no video tokens to withdraw (--withdraw video)" in line
 
@@ -388,11 +389,18 @@ def test_withdraw_contradicts_the_profile(model_dir, tmp_path, capsys):
     assert "--withdraw video contradicts --profile" in line and "calibration.withdraw = image" in line
 
 
-def test_video_frames_of_different_sizes(model_dir, data_dir, tmp_path, capsys):
+def test_video_frames_of_different_sizes(data_dir, tmp_path, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES, save_family
+
+    directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "qwen", num_layers=2)  # a model with video
+    if shim is not None:
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
     Image.new("RGB", (16, 16)).save(data_dir / "images" / "f0.png")
     Image.new("RGB", (20, 16)).save(data_dir / "images" / "f1.png")
     path = write_jsonl(data_dir / "frames.jsonl", [row(1, video=["images/f0.png", "images/f1.png"]), row(2)])
-    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    capsys.readouterr()  # drop save_pretrained's progress output
+    line = one_line_error(calibrate(directory, tmp_path, dataset=path), capsys)
     assert "frames.jsonl:1: the frames of a video differ in size (16x16, 20x16)" in line
 
 
@@ -401,6 +409,13 @@ def test_malformed_video_field(data_dir, tmp_path, field, value, capsys):
     path = write_jsonl(data_dir / "badvideo.jsonl", [row(1, **{field: value})])
     line = one_line_error(["calibrate", "--dataset", str(path), "--output", str(tmp_path / "c.yaml")], capsys)
     assert f"badvideo.jsonl:1: field {field!r} must be" in line
+
+
+def test_video_sample_for_a_model_without_video_input(model_dir, data_dir, tmp_path, capsys):
+    Image.new("RGB", (16, 16)).save(data_dir / "images" / "g0.png")
+    path = write_jsonl(data_dir / "video.jsonl", [row(1, video=["images/g0.png", "images/g0.png"]), row(2)])
+    line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
+    assert "video.jsonl:1: the sample has a video but LLaVA-1.5 takes no video input" in line
 
 
 def test_processor_that_needs_a_missing_library(model_dir, tmp_path, capsys, monkeypatch):
