@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from arch_models import FAMILIES, family_batch, save_family
-from tiny_models import IMAGE_TOKEN_ID, image_prompt, left_padded_batch, pixel_values, tiny_llava
+from tiny_models import image_prompt, left_padded_batch, pixel_values, tiny_llava
 
 from vtwcli import withdraw
 from vtwcli.adapters import ADAPTERS, PLANNED, adapter_for, supported_architectures

@@ -17,7 +17,6 @@ Nothing here downloads anything; all objects are built locally.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from dataclasses import dataclass
 
