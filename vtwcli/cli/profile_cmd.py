@@ -46,10 +46,12 @@ def _scaled(value: float, scale: float) -> str:
     return f"{value / scale:,.3f}"
 
 
-def _flops_table(flops: dict) -> Table:
+def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
     scale, unit = _unit(flops["baseline"]["total"])
-    table = Table(title=f"FLOPs ({unit}; {flops['tokens']['vision']} vision + {flops['tokens']['text']} text tokens, "
-                  "prefill, batch 1)")
+    tokens = flops["tokens"]
+    prompt = (f"{tokens['vision']} vision + {tokens['text']} text tokens" if kinds is None else
+              f"{tokens['vision']} withdrawn ({' and '.join(kinds)}) + {tokens['text']} kept tokens")
+    table = Table(title=f"FLOPs ({unit}; {prompt}, prefill, batch 1)")
     for column in ("component", "baseline", "withdrawn", "reduction"):
         table.add_column(column, justify="right" if column != "component" else "left")
     for key in ("vision_tower", "projector", "language_model", "lm_head", "total"):
@@ -232,7 +234,7 @@ def profile_command(
     if as_json:
         typer.echo(json.dumps({**sections, "output": str(written) if written else None}, indent=2))
         return
-    console.print(_flops_table(sections["flops"]))
+    console.print(_flops_table(sections["flops"], kinds))
     console.print(f"counter: {sections['flops']['counter']}")
     if "fvcore" in sections["flops"]:
         fv = sections["flops"]["fvcore"]
