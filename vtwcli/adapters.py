@@ -10,31 +10,74 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from vtwcli.errors import UnsupportedError
+from vtwcli.errors import UnsupportedError, VtwError
 
 if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
     from torch import nn
+
+
+# The "--withdraw" vocabulary: which kinds of vision token a family can withdraw.
+VISION_KINDS = ("image", "video")
+
+
+def validate_kinds(kinds) -> tuple[str, ...]:
+    """A --withdraw selection as a tuple: a non-empty subset of VISION_KINDS, else VtwError."""
+    kinds = tuple(kinds)
+    if not kinds or any(k not in VISION_KINDS for k in kinds):
+        raise VtwError(f"--withdraw {','.join(kinds) or '(empty)'}: use image, video or image,video")
+    return kinds
+
+
+def parse_kinds(text: str | None) -> tuple[str, ...] | None:
+    """``--withdraw image,video`` -> ("image", "video"); None stays None (every vision token)."""
+    if text is None:
+        return None
+    return validate_kinds(part.strip() for part in text.split(",") if part.strip())
+
+
+# The transformers 5.x layout most families share: <Family>ForConditionalGeneration.model.language_model.
+def _language_model_layers(model: nn.Module) -> nn.ModuleList:
+    return model.model.language_model.layers
+
+
+def _language_model_norm(model: nn.Module) -> nn.Module:
+    return model.model.language_model.norm
+
+
+def _text_config(config):
+    return config.text_config
+
+
+def _config_layer_types(text_config, num_layers: int) -> list[str]:
+    types = getattr(text_config, "layer_types", None)
+    if types:
+        return list(types)[:num_layers]
+    return ["full_attention"] * num_layers
+
+
+LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
+                    "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
 
 
 @dataclass(frozen=True)
 class Adapter:
     family: str
     architectures: tuple[str, ...]
-    # Where the text decoder's layers are, on an unmodified model of this family.
-    decoder_layers: Callable[[nn.Module], nn.ModuleList]
-    # The norm applied after the last decoder layer, before the output head.
-    final_norm: Callable[[nn.Module], nn.Module]
-    # The config that describes the language model (its masks, RoPE and layer count).
-    text_config: Callable[[object], object]
     # Config attributes holding the ids of the tokens that stand for vision features.
     vision_token_id_keys: tuple[str, ...]
+    # Where the text decoder's layers are, on an unmodified model of this family.
+    decoder_layers: Callable[[nn.Module], nn.ModuleList] = _language_model_layers
+    # The norm applied after the last decoder layer, before the output head.
+    final_norm: Callable[[nn.Module], nn.Module] = _language_model_norm
+    # The config that describes the language model (its masks, RoPE and layer count).
+    text_config: Callable[[object], object] = _text_config
     # Which input is "vision" for the user-facing `--withdraw` choice (image, video).
     vision_token_kinds: dict[str, str] = field(default_factory=dict)
     # Forward arguments that carry pixels: a call with one of them inserts vision features.
     pixel_input_keys: tuple[str, ...] = ("pixel_values", "pixel_values_videos", "inputs_embeds")
     # Attention type of each decoder layer ("full_attention", "sliding_attention", ...): layers >= K get
     # the kept-sequence mask of their own type. Default: the text config's `layer_types`, else all full.
-    layer_types: Callable[[object, int], list[str]] = field(default=None)  # type: ignore[assignment]
+    layer_types: Callable[[object, int], list[str]] = _config_layer_types
     # Optional override of how the kept-sequence masks are built (keyword arguments: text_config,
     # first_layer, layer_types, hidden, validity, cache; returns {layer type: mask}).
     build_withdrawn_masks: Callable[..., dict] | None = None
@@ -55,19 +98,17 @@ class Adapter:
     fixed_image_layout: bool = False
     notes: str = ""
 
-    def __post_init__(self):
-        if self.layer_types is None:
-            object.__setattr__(self, "layer_types", _config_layer_types)
-
-    def vision_kinds(self, config) -> list[str]:
-        """The kinds of vision tokens this model has ("image", "video")."""
-        return _kinds_of(self, config)
+    def declared_kinds(self, config=None) -> list[str]:
+        """The kinds of vision tokens ("image", "video") of this family, or of this model's ``config``
+        (only the keys it sets)."""
+        return sorted({self.vision_token_kinds.get(key, "image") for key in self.vision_token_id_keys
+                       if config is None or getattr(config, key, None) is not None})
 
     def check_kinds(self, config, kinds: tuple[str, ...] | None) -> None:
         """Refuse a --withdraw selection that names no vision token this model has."""
         if kinds is not None and not self.vision_token_ids(config, kinds):
             raise UnsupportedError(f"--withdraw {','.join(kinds)}: {self.family} has no such tokens; its vision "
-                                   f"tokens are {', '.join(_kinds_of(self, config)) or 'none'}")
+                                   f"tokens are {', '.join(self.declared_kinds(config)) or 'none'}")
 
     def vision_token_ids(self, config, kinds: tuple[str, ...] | None = None) -> list[int]:
         ids = []
@@ -80,31 +121,6 @@ class Adapter:
         return ids
 
 
-LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
-                    "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
-
-
-def _kinds_of(adapter: "Adapter", config) -> list[str]:
-    return sorted({adapter.vision_token_kinds.get(key, "image") for key in adapter.vision_token_id_keys
-                   if getattr(config, key, None) is not None})
-
-
-def _config_layer_types(text_config, num_layers: int) -> list[str]:
-    types = getattr(text_config, "layer_types", None)
-    if types:
-        return list(types)[:num_layers]
-    return ["full_attention"] * num_layers
-
-
-def _language_model_layers(model: nn.Module) -> nn.ModuleList:
-    # transformers 5.x: <Family>ForConditionalGeneration.model.language_model.layers
-    return model.model.language_model.layers
-
-
-def _language_model_norm(model: nn.Module) -> nn.Module:
-    return model.model.language_model.norm
-
-
 def _text_model_layers(model: nn.Module) -> nn.ModuleList:
     # Idefics3 / SmolVLM: <Family>ForConditionalGeneration.model.text_model.layers
     return model.model.text_model.layers
@@ -114,17 +130,10 @@ def _text_model_norm(model: nn.Module) -> nn.Module:
     return model.model.text_model.norm
 
 
-def _text_config(config):
-    return config.text_config
-
-
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="LLaVA-1.5",
         architectures=("LlavaForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         fixed_image_layout=True,
         notes="fixed number of image tokens per image (576 for 336px CLIP-L/14)",
@@ -132,18 +141,12 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="LLaVA-NeXT",
         architectures=("LlavaNextForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         notes="anyres: variable image tokens per image (image-newline features included)",
     ),
     Adapter(
         family="Qwen2-VL / Qwen2.5-VL",
         architectures=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
@@ -155,18 +158,12 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="Gemma 3",
         architectures=("Gemma3ForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         notes="sliding-window layers: after withdrawal the window counts kept tokens; begin/end-of-image kept",
     ),
     Adapter(
         family="LLaVA-OneVision",
         architectures=("LlavaOnevisionForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
         notes="images (anyres) and video in one model; image and video tokens withdrawn",
@@ -174,18 +171,12 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="Mistral3 / Pixtral",
         architectures=("Mistral3ForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         notes="variable image sizes; [IMG] tokens withdrawn, [IMG_BREAK]/[IMG_END] kept",
     ),
     Adapter(
         family="InternVL",
         architectures=("InternVLForConditionalGeneration",),
-        decoder_layers=_language_model_layers,
-        final_norm=_language_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
@@ -194,7 +185,6 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
         final_norm=_text_model_norm,
-        text_config=_text_config,
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},

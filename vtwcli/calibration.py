@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from vtwcli.adapters import adapter_for
+from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
@@ -60,26 +60,7 @@ class CalibrationOptions:
         if self.batch_size < 1:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.kinds is not None:
-            check_kinds(self.kinds)
-
-
-VISION_KINDS = ("image", "video")
-
-
-def check_kinds(kinds) -> tuple[str, ...]:
-    """Validate a --withdraw selection: a non-empty subset of VISION_KINDS."""
-    kinds = tuple(kinds)
-    unknown = [k for k in kinds if k not in VISION_KINDS]
-    if unknown or not kinds:
-        raise VtwError(f"--withdraw {','.join(kinds) or '(empty)'}: use image, video or image,video")
-    return kinds
-
-
-def parse_kinds(text: str | None) -> tuple[str, ...] | None:
-    """``--withdraw image,video`` -> ("image", "video"); None stays None (every vision token)."""
-    if text is None:
-        return None
-    return check_kinds(part.strip() for part in text.split(",") if part.strip())
+            validate_kinds(self.kinds)
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -136,12 +117,12 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         inputs = dict(inputs, position_ids=(valid.long().cumsum(-1) - 1).clamp_min(0))
     candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
     first = min(candidates, default=num_layers)
-    prefix = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    if any(kind != "full_attention" for kind in layer_types[first:]):
-        # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between
-        # a row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
-        prefix = 0
-    if (score_mask & (vision | ~valid)).any() or score_mask[:, :int(vision.int().argmax(dim=1).min())].any():
+    first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
+    # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
+    # row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
+    windowed = any(kind != "full_attention" for kind in layer_types[first:])
+    prefix = 0 if windowed else first_vision
+    if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
     wanted = set(layers)
@@ -394,7 +375,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     num_layers = len(adapter.decoder_layers(model))
     options.validate(num_layers)
     adapter.check_kinds(model.config, options.kinds)
-    if "video" not in adapter.vision_kinds(model.config):
+    if "video" not in adapter.declared_kinds(model.config):
         with_video = next((s for selection in selections for s in selection.samples if s.videos), None)
         if with_video is not None:  # its chat template and processor would drop the video without a word
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "

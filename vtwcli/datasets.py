@@ -572,7 +572,8 @@ def load_videos(sample: Sample) -> list:
         sizes = {p.size for p in pictures}
         if len(sizes) > 1:
             listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            raise VtwError(f"{sample.where()}: the frames of a video differ in size ({listed}); resize them to one size")
+            raise VtwError(f"{sample.where()}: the frames of a video differ in size ({listed}); resize them to one "
+                           "size")
         videos.append(np.stack([np.asarray(p) for p in pictures]))
     return videos
 
@@ -634,14 +635,14 @@ def chat_prompt(processor: Any, images: int, text: str, *, videos: int = 0, wher
                 f"{where}: the processor's chat template failed ({type(error).__name__}: {error}); "
                 "check the model's chat template"
             ) from None
-    image_token = getattr(processor, "image_token", None)
-    if not isinstance(image_token, str) or not image_token:
-        image_token = "<image>"
-    video_token = getattr(processor, "video_token", None)
-    if not isinstance(video_token, str) or not video_token:
-        video_token = "<video>"
+    image_token, video_token = _token(processor, "image_token", "<image>"), _token(processor, "video_token", "<video>")
     return ("USER: " + "".join(f"{image_token}\n" for _ in range(images))
             + "".join(f"{video_token}\n" for _ in range(videos)) + f"{text}\nASSISTANT:")
+
+
+def _token(processor: Any, name: str, default: str) -> str:
+    value = getattr(processor, name, None)
+    return value if isinstance(value, str) and value else default
 
 
 def make_batch(processor: Any, samples: list[Sample]):

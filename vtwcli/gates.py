@@ -272,11 +272,11 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
                                  f"{cal_layer}", src))
         calibrated_kinds = (data.get("calibration") or {}).get("withdraw")
         if calibrated_kinds is not None or withdrawal.get("kinds") is not None:
-            shown = lambda kinds: ",".join(kinds) if kinds else "all"  # noqa: E731
-            same = (calibrated_kinds or None) == (withdrawal.get("kinds") or None) or data.get("calibration") is None
-            results.append(_ok("withdrawal.kinds", f"= calibration.withdraw ({shown(calibrated_kinds)})", src) if same
-                           else _fail("withdrawal.kinds", f"withdraws {shown(withdrawal.get('kinds'))} tokens but the "
-                                      f"calibration withdrew {shown(calibrated_kinds)}", src))
+            measured, calibrated = _kinds_text(withdrawal.get("kinds")), _kinds_text(calibrated_kinds)
+            same = measured == calibrated or data.get("calibration") is None
+            results.append(_ok("withdrawal.kinds", f"= calibration.withdraw ({calibrated})", src) if same
+                           else _fail("withdrawal.kinds", f"withdraws {measured} tokens but the calibration withdrew "
+                                      f"{calibrated}", src))
     if data.get("flops") is not None:
         results += _check_flops(data["flops"], src)
     if data.get("latency") is not None:
@@ -580,8 +580,12 @@ def _same_layer_gate(base: dict, new: dict, sources) -> CheckResult:
 
 
 def _chosen_kinds(data: dict) -> str:
-    kinds = _get(data, "calibration", "withdraw") or _get(data, "withdrawal", "kinds")
-    return ",".join(sorted(kinds)) if kinds else "all vision"
+    return _kinds_text(sorted(_get(data, "calibration", "withdraw") or _get(data, "withdrawal", "kinds") or []))
+
+
+def _kinds_text(kinds) -> str:
+    """Which vision tokens a profile withdraws, comparable and printable; absent means all of them."""
+    return ",".join(kinds) if kinds else "all vision"
 
 
 def compare_files(base_path: Path | str, new_path: Path | str, limits: GateLimits = GateLimits()) -> Comparison:

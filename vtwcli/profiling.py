@@ -17,7 +17,8 @@ import torch
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.loading import LoadedModel, config_sha256
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
-                                  count_flops_meta, flops_section, fvcore_flops, meta_model)
+                                  count_flops_meta, flops_section, fvcore_flops, meta_model,
+                                  require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
 from vtwcli.measure.memory import measure_memory
@@ -72,14 +73,8 @@ def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int |
 def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS, image_tokens: int | None = None,
                    images: int = 1, attn: str = "sdpa", model=None, kinds: tuple[str, ...] | None = None) -> dict:
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
-    from vtwcli.adapters import adapter_for
-
     model = meta_model(config, attn=attn) if model is None else model
-    adapter = adapter_for(model)
-    if not adapter.fixed_image_layout:
-        raise UnsupportedError(f"--flops-only counts from the config alone, which needs a model whose config fixes "
-                               f"its image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
-                               "--flops-only to count on the loaded model")
+    adapter = require_fixed_image_layout(model)  # before the layout below, which needs it
     check_layer(layer, num_decoder_layers(model))
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
@@ -175,6 +170,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     from vtwcli.datasets import chat_prompt
 
     model, processor = loaded.model, loaded.processor
+    adapter = adapter_for(model)
     if processor is None:
         raise VtwError(f"{loaded.name_or_path}: profiling this architecture builds its prompt with the model's "
                        "processor, and none could be loaded; save the processor beside the model")
@@ -187,7 +183,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     tokenizer = getattr(processor, "tokenizer", processor)
     words = _filler_words(tokenizer)
     order = np.random.default_rng(seed + 1).integers(len(words), size=4 * text_tokens + 64)
-    vision_ids = torch.tensor(adapter_for(model).vision_token_ids(model.config))
+    vision_ids = torch.tensor(adapter.vision_token_ids(model.config))
 
     def build(count: int):
         text = " ".join(words[i] for i in order[:count])
@@ -219,7 +215,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         raise VtwError(f"{loaded.name_or_path}: the processor produced no vision tokens for the synthetic prompt; "
                        "check the model's chat template renders {\"type\": \"image\"} entries")
     if kinds is not None:  # tokens of a kind that is not withdrawn stay, like text
-        selected = torch.tensor(adapter_for(model).vision_token_ids(model.config, kinds))
+        selected = torch.tensor(adapter.vision_token_ids(model.config, kinds))
         withdrawn = int(torch.isin(inputs["input_ids"][0], selected).sum())
         vision, text = withdrawn, text + vision - withdrawn
     on_device = {k: (v.to(loaded.device, dtype=loaded.dtype) if v.is_floating_point() else v.to(loaded.device))
@@ -246,7 +242,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model))
     adapter.check_kinds(model.config, kinds)
-    if videos and "video" not in adapter.vision_kinds(model.config):
+    if videos and "video" not in adapter.declared_kinds(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "

@@ -401,8 +401,8 @@ class WithdrawalHandle:
         if isinstance(value, torch.Tensor):
             seen = self._sliced_positions.get(id(value))
             if seen is None or seen[0] is not value:
-                seen = self._sliced_positions[id(value)] = (
-                    value, take_positions(value, index.to(value.device), seq_dim=self.adapter.position_embeddings_seq_dim))
+                kept = take_positions(value, index.to(value.device), seq_dim=self.adapter.position_embeddings_seq_dim)
+                seen = self._sliced_positions[id(value)] = (value, kept)
             return seen[1]
         if isinstance(value, (tuple, list)):
             return type(value)(self._slice_positions(v, index) for v in value)

@@ -23,14 +23,6 @@ def default_datasets(is_bundled: bool) -> list[str]:
     return [name for name in names if name.startswith(prefix)]
 
 
-def _check_output(output: Path) -> None:
-    if output.is_dir():
-        raise VtwError(f"--output {output} is a directory; pass a file name (e.g. {output / 'vtw-calibration.yaml'})")
-    if not output.parent.is_dir():
-        raise VtwError(f"--output {output}: directory {output.parent} does not exist; create it or choose another "
-                       "--output")
-
-
 @app.command("calibrate")
 def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
@@ -69,9 +61,10 @@ def calibrate_command(
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section, parse_kinds
+    from vtwcli.adapters import parse_kinds
+    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
     from vtwcli.checkpoint import CheckpointStore
-    from vtwcli.cli._render import kl_chart, kl_table, output_path_for, save_plot
+    from vtwcli.cli._render import check_output_path, kl_chart, kl_table, output_path_for, save_plot
     from vtwcli.cli._signals import stop_on_signals
     from vtwcli.datasets import load_dataset, sample_dataset
     from vtwcli.loading import load_model, model_section
@@ -82,7 +75,7 @@ def calibrate_command(
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
                                  max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw))
-    _check_output(output)  # before minutes of loading and calibrating, not when writing the result
+    check_output_path(output, "vtw-calibration.yaml")
     if not resume:
         output = output_path_for(output, force)
     loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)

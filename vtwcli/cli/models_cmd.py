@@ -17,7 +17,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     """List the model families and transformers classes that withdrawal supports."""
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": "supported",
-         "inputs": sorted(set(a.vision_token_kinds.values()) or {"image"}),
+         "inputs": a.declared_kinds(),
          "flops_only": a.fixed_image_layout, "notes": a.notes}
         for a in ADAPTERS
     ]

@@ -148,7 +148,7 @@ def profile_command(
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.loading import ATTENTION, architecture_of, load_config, load_model, model_section
     from vtwcli.profile import new_profile, read_profile_dict, write_profile
-    from vtwcli.calibration import parse_kinds
+    from vtwcli.adapters import parse_kinds
     from vtwcli.profiling import flops_only_model_section, run_flops_only, run_profile
 
     if attn not in ATTENTION:
@@ -178,11 +178,10 @@ def profile_command(
     target = output
     if target is None and profile is not None:
         target = profile if force else profile.with_name(f"{profile.stem}.profile.yaml")
-    if target is not None and target.is_dir():  # checked before the measuring, not after
-        raise VtwError(f"--output {target} is a directory; pass a file name (e.g. {target / 'vtw-profile.yaml'})")
-    if target is not None and not target.parent.is_dir():
-        raise VtwError(f"--output {target}: directory {target.parent} does not exist; create it or choose another "
-                       "--output")
+    if target is not None:
+        from vtwcli.cli._render import check_output_path
+
+        check_output_path(target, "vtw-profile.yaml")
 
     if flops_only:
         from vtwcli.loading import bundled_model_path
@@ -206,8 +205,9 @@ def profile_command(
             raise VtwError(f"--threads {threads}: use 1 or more")
         with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
             sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                   images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
-                                   threads=threads, fvcore=fvcore, seed=seed)
+                                   images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens,
+                                   warmup=warmup, min_runs=min_runs, min_time_s=min_time, threads=threads,
+                                   fvcore=fvcore, seed=seed)
         section_model = model_section(loaded)
         device_for_env = loaded.device
 
@@ -264,7 +264,8 @@ def profile_command(
     if written is not None:
         note = " (beside --profile; --force writes in place)" if output is None and profile is not None \
             and written != profile else ""
-        console.print(f"profile written to [bold]{written}[/]{note}", soft_wrap=True)  # a path must stay one piece to copy
+        # soft_wrap: a path must stay one piece to copy
+        console.print(f"profile written to [bold]{written}[/]{note}", soft_wrap=True)
     else:
         console.print("nothing written (pass --output to keep a profile)", style="dim")
 

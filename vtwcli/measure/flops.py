@@ -42,7 +42,8 @@ from vtwcli.errors import UnsupportedError, VtwError
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
-           "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_section"]
+           "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_section",
+           "require_fixed_image_layout"]
 
 CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
               "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it)")
@@ -325,8 +326,8 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
     to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
     one forward of the greedy next token against the prefill's cache, as ``generate()`` makes it (each
-    family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw`.
-    Returns {baseline, withdrawn, decode_per_token} (see module doc).
+    family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision
+    tokens as in :func:`vtwcli.withdraw`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers, withdraw
 
@@ -400,6 +401,18 @@ def _drive_language_model(model, hidden: torch.Tensor, positions: torch.Tensor, 
     return lm.norm(hidden)
 
 
+def require_fixed_image_layout(model: nn.Module):
+    """The model's adapter, if its config alone fixes the image tokens (what config-only counting needs)."""
+    from vtwcli.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    if not adapter.fixed_image_layout:
+        raise UnsupportedError(f"config-only FLOPs (--flops-only, meta device) need a model whose config fixes its "
+                               f"image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
+                               "--flops-only to count on the loaded model")
+    return adapter
+
+
 @torch.no_grad()
 def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict:
     """FlopCounterMode on shapes only: the components driven one by one (works on meta and real devices).
@@ -411,13 +424,7 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
 
     from vtwcli.withdrawal import num_decoder_layers
 
-    from vtwcli.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    if not adapter.fixed_image_layout:
-        raise UnsupportedError(f"config-only FLOPs (--flops-only, meta device) need a model whose config fixes its "
-                               f"image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
-                               "--flops-only to count on the loaded model")
+    require_fixed_image_layout(model)
     num_layers = num_decoder_layers(model)
     _check_layer(layer, num_layers)
     config = model.config
