@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
+from vtwcli.measure.runs import cache_of
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
@@ -350,7 +351,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
             with counter:
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
-            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            cache = cache_of(out)
             result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
             # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
             # as generate() passes none for an all-ones one (families derive decode positions from the cache).

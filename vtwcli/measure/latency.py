@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vtwcli.errors import VtwError
+from vtwcli.measure.runs import cache_of, generate_exactly
 
 __all__ = ["summarize", "measure_latency", "device_name", "speedups"]
 
@@ -86,15 +87,11 @@ class _Timer:
             self.ms = (time.perf_counter() - self._t0) * 1000.0
 
 
-def _cache_of(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
-
-
 @torch.no_grad()
 def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
     with _Timer(device) as prefill:
         out = model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = _cache_of(out)
+    cache = cache_of(out)
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     steps = []
     for _ in range(new_tokens - 1):
@@ -103,10 +100,8 @@ def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         steps.append(step.ms)
     del out, cache
-    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     with _Timer(device) as end_to_end:
-        model.generate(**{**inputs, "attention_mask": mask}, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False)
+        generate_exactly(model, inputs, new_tokens)
     return {"prefill_ms": prefill.ms, "decode_ms_per_token": sum(steps) / len(steps), "end_to_end_ms": end_to_end.ms}
 
 

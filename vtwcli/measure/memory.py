@@ -22,6 +22,8 @@ import sys
 import torch
 from torch import nn
 
+from vtwcli.measure.runs import cache_of, generate_exactly
+
 __all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "measure_memory"]
 
 
@@ -71,10 +73,6 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _cache_of(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
-
-
 @torch.no_grad()
 def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
     gc.collect()
@@ -85,11 +83,9 @@ def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
     out = model(**inputs, use_cache=True, logits_to_keep=1)
-    kv = kv_cache_bytes(_cache_of(out))
+    kv = kv_cache_bytes(cache_of(out))
     del out
-    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
-    model.generate(**{**inputs, "attention_mask": mask}, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False)
+    generate_exactly(model, inputs, new_tokens)
     if cuda:
         torch.cuda.synchronize(device)
     figures = {
