@@ -621,3 +621,14 @@ def save_family(family: Family, directory, num_layers: int = 4, attn: str = "sdp
         return str(directory), processor
     processor.save_pretrained(directory)
     return str(directory), None
+
+
+def save_and_serve(family: Family, directory, monkeypatch, num_layers: int = 4) -> str:
+    """``save_family``, then (where the real processor cannot be built here) make AutoProcessor serve the
+    stand-in for that directory, so vtwcli loads the saved model by the path a user would pass."""
+    import transformers
+
+    directory, shim = save_family(family, directory, num_layers=num_layers)
+    if shim is not None:
+        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    return directory

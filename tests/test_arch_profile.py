@@ -12,7 +12,7 @@ import json
 
 import pytest
 import transformers
-from arch_models import FAMILIES, save_family
+from arch_models import FAMILIES, save_and_serve
 
 from vtwcli.cli import main
 
@@ -56,9 +56,7 @@ def saved(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     def save(name: str):
-        directory, shim = save_family(FAMILIES[name], tmp_path / name, num_layers=LAYERS)
-        if shim is not None:
-            monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+        directory = save_and_serve(FAMILIES[name], tmp_path / name, monkeypatch, num_layers=LAYERS)
         return directory, transformers.AutoConfig.from_pretrained(directory)
 
     return save

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from arch_models import FAMILIES, family_batch, save_family
+from arch_models import FAMILIES, family_batch, save_and_serve
 from tiny_models import image_prompt, left_padded_batch, pixel_values, tiny_llava
 
 from vtwcli import withdraw
@@ -381,15 +381,12 @@ def test_vtw_calibrate_runs_end_to_end(name, tmp_path, monkeypatch):
     processors need torchvision), AutoProcessor serves arch_models' stand-in that prepares the same inputs;
     everything else (loading the saved model, prompts, batches, the KL search, the profile) is the real path.
     """
-    import transformers
     import yaml
 
     from vtwcli.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    directory, shim = save_family(FAMILIES[name], tmp_path / "model", num_layers=LAYERS)
-    if shim is not None:
-        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    directory = save_and_serve(FAMILIES[name], tmp_path / "model", monkeypatch, num_layers=LAYERS)
     output = tmp_path / "profile.yaml"
     try:
         main(["calibrate", "--model", directory, "--samples", "3", "--dataset", "photo_vqa", "--output", str(output),
@@ -490,9 +487,7 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
     from vtwcli.datasets import load_dataset, make_batch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    directory, shim = save_family(FAMILIES[name], tmp_path / "model", num_layers=LAYERS)
-    if shim is not None:
-        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    directory = save_and_serve(FAMILIES[name], tmp_path / "model", monkeypatch, num_layers=LAYERS)
     (tmp_path / "data").mkdir()
     dataset = write_video_dataset(tmp_path / "data")
     model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()

@@ -370,12 +370,9 @@ def test_withdraw_a_kind_the_model_lacks(model_dir, tmp_path, capsys):
 
 
 def test_withdraw_a_kind_the_data_lacks(tmp_path, capsys, monkeypatch):
-    import transformers
-    from arch_models import FAMILIES, save_family
+    from arch_models import FAMILIES, save_and_serve
 
-    directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "qwen", num_layers=2)
-    if shim is not None:
-        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    directory = save_and_serve(FAMILIES["qwen2_vl"], tmp_path / "qwen", monkeypatch, num_layers=2)
     capsys.readouterr()  # drop save_pretrained's progress output
     line = one_line_error(calibrate(directory, tmp_path, "--withdraw", "video"), capsys)
     assert "a calibration prompt has no video tokens to withdraw (--withdraw video)" in line
@@ -390,12 +387,10 @@ def test_withdraw_contradicts_the_profile(model_dir, tmp_path, capsys):
 
 
 def test_video_frames_of_different_sizes(data_dir, tmp_path, capsys, monkeypatch):
-    import transformers
-    from arch_models import FAMILIES, save_family
+    from arch_models import FAMILIES, save_and_serve
 
-    directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "qwen", num_layers=2)  # a model with video
-    if shim is not None:
-        monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
+    # a model with video input
+    directory = save_and_serve(FAMILIES["qwen2_vl"], tmp_path / "qwen", monkeypatch, num_layers=2)
     Image.new("RGB", (16, 16)).save(data_dir / "images" / "f0.png")
     Image.new("RGB", (20, 16)).save(data_dir / "images" / "f1.png")
     path = write_jsonl(data_dir / "frames.jsonl", [row(1, video=["images/f0.png", "images/f1.png"]), row(2)])
