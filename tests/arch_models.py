@@ -88,6 +88,9 @@ class Family:
     vision_ids: Callable[[object], list[int]]
     # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
     image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    # DeepStack (Qwen3-VL): from the keyword arguments the language model receives in an ordinary forward,
+    # {decoder layer whose input is changed: (positions (B, S) bool, features added there (n, d))}.
+    injections: Callable[[dict], dict] = lambda kwargs: {}
     notes: dict = field(default_factory=dict)
 
 
@@ -185,13 +188,15 @@ def qwen_processor(version="2"):
                                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
     tokenizer = word_tokenizer(QWEN_SPECIALS)
     if not HAS_TORCHVISION:  # the real processor needs its video processor, which needs torchvision
-        return QwenInputs(images, tokenizer)
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+        return Qwen3VLInputs(images, tokenizer) if version == "3" else QwenInputs(images, tokenizer)
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                   size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
+    video_cls = Qwen3VLVideoProcessor if version == "3" else Qwen2VLVideoProcessor
+    videos = video_cls(patch_size=4, merge_size=2, temporal_patch_size=2,
+                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    cls = {"2": Qwen2VLProcessor, "2.5": Qwen2_5_VLProcessor, "3": Qwen3VLProcessor}[version]
     return cls(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=QWEN_TEMPLATE)
 
 
@@ -241,7 +246,7 @@ class QwenInputs(ShimProcessor):
             generator = torch.Generator().manual_seed(7)
             out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
             out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
-            texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
+            texts = [self.expand_videos(x, total) for x in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
         types = torch.zeros_like(ids)
@@ -249,6 +254,22 @@ class QwenInputs(ShimProcessor):
         types[ids == QWEN_VIDEO] = 2
         return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
                           **out})
+
+    def expand_videos(self, text: str, total: int) -> str:
+        t, h, w = QWEN_VIDEO_GRID
+        return _expand(text, "<|video_pad|>", iter([t * h * w // 4] * total))
+
+
+class Qwen3VLInputs(QwenInputs):
+    """Qwen3VLProcessor's video layout: each temporal patch of frames is its own vision block after a
+    timestamp ("<0.5 seconds>", here two words of the tiny vocabulary)."""
+
+    def expand_videos(self, text: str, total: int) -> str:
+        t, h, w = QWEN_VIDEO_GRID
+        block = "<|vision_start|><|video_pad|><|vision_end|>"
+        frames = "".join(f" w{frame} seconds " + "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+                         for frame in range(t))
+        return text.replace(block, frames)
 
 
 def _features(data: dict):
@@ -572,6 +593,40 @@ def idefics3_rows(processor):
             ("USER: <image>how many ?\nASSISTANT:", [image(20, 44, 3)])]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Qwen3-VL / Qwen3-VL-MoE: M-RoPE (interleaved) + DeepStack (vision features of 3 tower layers added to the
+# vision tokens' hidden states after text layers 0, 1, 2); the MoE variant has sparse expert MLPs
+
+
+def tiny_qwen3_vl(num_layers=4, attn="sdpa", seed=0, moe=False):
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
+                              Qwen3VLMoeForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers, head_dim=8,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                  "mrope_interleaved": True})
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1)
+    vision = dict(depth=3, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0, 1, 2])
+    ids = dict(image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_START,
+               vision_end_token_id=QWEN_END)
+    config_cls, model_cls = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe
+                             else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    config = config_cls(text_config=text, vision_config=vision, **ids)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), [QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END])
+
+
+def qwen3_vl_injections(kwargs: dict) -> dict:
+    features = kwargs.get("deepstack_visual_embeds")
+    if features is None:
+        return {}
+    return {i + 1: (kwargs["visual_pos_masks"], entry) for i, entry in enumerate(features)}
+
+
 FAMILIES: dict[str, Family] = {
     "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", tiny_llava_next, llava_next_processor,
                          llava_rows, lambda config: [config.image_token_id]),
@@ -581,6 +636,15 @@ FAMILIES: dict[str, Family] = {
                          lambda n, a="sdpa", s=0: tiny_qwen2_vl(n, a, s, version="2.5"),
                          lambda: qwen_processor("2.5"), qwen_rows,
                          lambda config: [config.image_token_id, config.video_token_id]),
+    "qwen3_vl": Family("Qwen3-VL", "Qwen3VLForConditionalGeneration", tiny_qwen3_vl, lambda: qwen_processor("3"),
+                       qwen_rows,
+                       lambda config: [config.image_token_id, config.video_token_id],
+                       injections=qwen3_vl_injections),
+    "qwen3_vl_moe": Family("Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration",
+                           lambda n, a="sdpa", s=0: tiny_qwen3_vl(n, a, s, moe=True), lambda: qwen_processor("3"),
+                           qwen_rows,
+                           lambda config: [config.image_token_id, config.video_token_id],
+                           injections=qwen3_vl_injections),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

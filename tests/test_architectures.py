@@ -50,6 +50,8 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
         return hook
 
     hooks = [decoder_layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, decoder_layer in enumerate(layers)]
+    hooks.append(text_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.__setitem__("text_model", kwargs), with_kwargs=True))
     try:
         model(**row)
     finally:
@@ -60,8 +62,13 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
     keep = (~vision).nonzero().squeeze(1)
     blocks = family.image_blocks(ids, model.config)
     hidden = seen[0][0]
+    injections = family.injections(seen["text_model"])  # DeepStack: features added inside the decoder
     for i, decoder_layer in enumerate(layers):
         _, (cos, sin), positions = seen[i]
+        if i in injections and i <= layer:  # past K an injection would only touch withdrawn tokens
+            where, features = injections[i]
+            hidden = hidden.clone()
+            hidden[where] += features
         if i >= layer:  # withdrawn: only the kept tokens, at their original positions, plain causal over them
             if i == layer:
                 hidden = hidden[:, keep]
@@ -249,8 +256,7 @@ def video_row(name: str):
     """One prompt with an image and a video. With torchvision, the family's real processor on 4 frames of
     16x16; without, the stand-in (its video is random features of the model's video input shape)."""
     import numpy as np
-    from arch_models import HAS_TORCHVISION, QWEN_SPECIALS, QwenInputs, image, llava_onevision_processor, word_tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from arch_models import HAS_TORCHVISION, image, llava_onevision_processor
 
     frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
     if name == "llava_onevision":
@@ -264,41 +270,73 @@ def video_row(name: str):
         text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
         return FAMILIES[name].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
                                           return_tensors="pt")
-    processor = QwenInputs(Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                                    size={"shortest_edge": 64, "longest_edge": 1024}),
-                           word_tokenizer(QWEN_SPECIALS))
     image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
     text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
+    processor = FAMILIES[name].processor()  # the stand-in of the family's processor
     return processor([text], images=[[image(24, 16, 5)]], videos=[1])
 
 
-class ImagesOnly:
-    """Reference family for kinds=("image",): video tokens stay."""
-    vision_ids = staticmethod(lambda config: [config.image_token_id])
-    image_blocks = staticmethod(lambda ids, config: None)
+def images_only(family):
+    """Reference family for kinds=("image",): video tokens stay (and keep their DeepStack injections)."""
+    from dataclasses import replace
+
+    return replace(family, vision_ids=lambda config: [config.image_token_id])
+
+
+def deepstack_depth(model) -> int:
+    """The deepest decoder layer a DeepStack injection of the tiny model reaches (0: none)."""
+    return len(getattr(model.config.vision_config, "deepstack_visual_indexes", []))
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
 def test_video_tokens_are_withdrawn(name, attn):
     model = model_of(name, attn)
     row = dict(video_row(name))
     ids = row["input_ids"]
     assert (ids == model.config.video_token_id).sum() > 0 and (ids == model.config.image_token_id).sum() > 0
+    # one kind kept: with DeepStack only from the layer its last injection reaches on (see the refusal test)
+    single = max(2, deepstack_depth(model))
     with torch.no_grad():
         with withdraw(model, layer=2):
             both = model(**row).logits[0, -1]
+        with withdraw(model, layer=single, kinds=("image",)):
+            kept_videos = model(**row).logits[0, -1]
+        with withdraw(model, layer=single, kinds=("video",)):
+            kept_images = model(**row).logits[0, -1]
+        with withdraw(model, layer=single):
+            both_at_single = model(**row).logits[0, -1]
+    family = FAMILIES[name]
+    torch.testing.assert_close(both, naive_withdrawn_logits(model, family, row, 2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(kept_videos, naive_withdrawn_logits(model, images_only(family), row, single), atol=1e-4,
+                               rtol=0)
+    assert (both_at_single - kept_videos).abs().max() > 1e-3 and (both_at_single - kept_images).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kinds", [("image",), ("video",)])
+def test_deepstack_into_kept_vision_tokens_is_refused_below_its_depth(kinds):
+    """Qwen3-VL adds DeepStack features to image AND video tokens in layers 1..3: keeping one kind at K = 2
+    would need the injection into layer 3 on the short sequence. One-line error naming the layer that works."""
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("qwen3_vl", "sdpa")
+    row = dict(video_row("qwen3_vl"))
+    with torch.no_grad(), withdraw(model, layer=2, kinds=kinds), pytest.raises(UnsupportedError) as error:
+        model(**row)
+    assert str(error.value) == (
+        "Qwen3-VL / Qwen3-VL-MoE adds DeepStack vision features to every vision token up to decoder layer 3, and "
+        f"this call keeps some (--withdraw {kinds[0]}); withdraw every vision kind of the prompt or use a layer >= 3")
+    batch, _ = batch_of("qwen3_vl")  # images only: --withdraw image keeps no vision token, so it is allowed
+    with torch.no_grad():
         with withdraw(model, layer=2, kinds=("image",)):
-            images_only = model(**row).logits[0, -1]
-        with withdraw(model, layer=2, kinds=("video",)):
-            videos_only = model(**row).logits[0, -1]
-    torch.testing.assert_close(both, naive_withdrawn_logits(model, FAMILIES[name], row, 2), atol=1e-4, rtol=0)
-    torch.testing.assert_close(images_only, naive_withdrawn_logits(model, ImagesOnly, row, 2), atol=1e-4, rtol=0)
-    assert (both - images_only).abs().max() > 1e-3 and (both - videos_only).abs().max() > 1e-3
+            images = model(**batch).logits
+        with withdraw(model, layer=2):
+            every = model(**batch).logits
+    assert torch.equal(images, every)
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
 def test_generate_with_video_equals_no_cache_recompute(name, attn):
     """A prompt with an image and a video: cached greedy generate() (both kinds withdrawn) == no-cache recompute."""
     model = model_of(name, attn)

@@ -55,6 +55,39 @@ def _config_layer_types(text_config, num_layers: int) -> list[str]:
     return ["full_attention"] * num_layers
 
 
+@dataclass(frozen=True)
+class DeepStack:
+    """Vision features a family adds to the hidden states of its vision tokens INSIDE the decoder
+    (DeepStack: Qwen3-VL after each of its first layers, Granite4-Vision before chosen layers).
+
+    Every injection goes to the family's vision tokens only. One that reaches a layer > K would touch only
+    withdrawn tokens, and the short sequence has no room for it: withdrawal hands ``module`` only the
+    injections into layers <= K (made while the sequence is still whole). Where some vision tokens are kept
+    (``--withdraw image`` with a video in the prompt), dropping would change them: refused.
+    """
+
+    # The module whose forward receives the injections, and the keyword argument that carries them.
+    module: Callable[[nn.Module], nn.Module]
+    argument: str
+    # The decoder layer whose INPUT each injection changes, in the order of the entries.
+    target_layers: Callable[[object], list[int]]
+    # The same container with only the entries whose flag is True.
+    select: Callable[[object, list[bool]], object]
+
+
+def _after_each_layer(features) -> list[int]:
+    # Qwen3-VL: entry i is added to the output of layer i, i.e. to the input of layer i + 1.
+    return [i + 1 for i in range(len(features))]
+
+
+def _select_entries(features, keep: list[bool]):
+    return [entry for entry, kept in zip(features, keep) if kept]
+
+
+QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
+                               target_layers=_after_each_layer, select=_select_entries)
+
+
 LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
                     "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
 
@@ -96,6 +129,8 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Vision features injected inside the decoder (DeepStack), or None.
+    deepstack: DeepStack | None = None
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -130,6 +165,12 @@ def _text_model_norm(model: nn.Module) -> nn.Module:
     return model.model.text_model.norm
 
 
+# Qwen2-VL's layout: the vision tower holds the patch merger (= projector); M-RoPE positions come from the model.
+QWEN_VL_COMPONENTS = {"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
+                      "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
+                      "lm_head": ("lm_head",)}
+IMAGE_AND_VIDEO = {"image_token_id": "image", "video_token_id": "video"}
+
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="LLaVA-1.5",
@@ -148,12 +189,22 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="Qwen2-VL / Qwen2.5-VL",
         architectures=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
         vision_token_id_keys=("image_token_id", "video_token_id"),
-        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        vision_token_kinds=IMAGE_AND_VIDEO,
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
-        flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
-                          "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
-                          "lm_head": ("lm_head",)},
+        flops_components=QWEN_VL_COMPONENTS,
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
+    ),
+    Adapter(
+        family="Qwen3-VL / Qwen3-VL-MoE",
+        architectures=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        positions_from_mask=False,
+        flops_components={**QWEN_VL_COMPONENTS,
+                          "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
+        deepstack=QWEN3_VL_DEEPSTACK,
+        notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
+              "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
     Adapter(
         family="Gemma 3",

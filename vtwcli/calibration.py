@@ -26,7 +26,8 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
+from vtwcli.withdrawal import (kept_slots, kept_vision_tokens, repeat_batch, take_positions, withdraw,
+                               withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -109,6 +110,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                            f"{','.join(kinds)}); use data with that input or another --withdraw")
         raise VtwError("a calibration prompt has no vision tokens (the image placeholder was lost); "
                        "check the processor's chat template and the dataset's images")
+    if kept_vision_tokens(adapter, model.config, input_ids, vision | ~valid):
+        # the candidates re-run layers >= K without the DeepStack injections, which would reach kept tokens
+        raise VtwError(f"--withdraw {','.join(kinds or ())}: {adapter.family} adds DeepStack vision features to "
+                       "every vision token of the prompt, so all must be withdrawn; use --withdraw "
+                       f"{','.join(adapter.declared_kinds(model.config))} or data without the other kind")
     if score_mask is None:
         score_mask = torch.zeros_like(valid)
         score_mask[:, -1] = True

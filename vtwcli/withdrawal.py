@@ -63,6 +63,8 @@ class _CallState:
     vision_mask: torch.Tensor  # (B, q) bool, True = vision token of this call's new tokens
     padding_mask: torch.Tensor | None  # (B, past + q) bool, True = real token; None = no padding
     has_pixels: bool  # this call inserts vision features (a prefill, or a chunk carrying an image)
+    # Vision tokens of the family this call keeps (a --withdraw kind left out): DeepStack would inject into them.
+    keeps_vision_tokens: bool = False
 
 
 _NO_PADDING = object()  # generate() prepared this call from no padding mask at all (every token real)
@@ -115,6 +117,15 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
         masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
                               position_ids=None, layer_idx=index)
     return masks
+
+
+def kept_vision_tokens(adapter: Adapter, config, input_ids: torch.Tensor, withdrawn: torch.Tensor) -> bool:
+    """True where a family with DeepStack keeps some of its vision tokens (a --withdraw kind left out):
+    the injections into layers > K would reach those kept tokens, so they cannot be dropped."""
+    if adapter.deepstack is None:
+        return False
+    every = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(config), device=input_ids.device))
+    return bool((every & ~withdrawn).any())
 
 
 def take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
@@ -177,6 +188,7 @@ class WithdrawalHandle:
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
+        self.kinds = kinds or tuple(self.adapter.declared_kinds(model.config))
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         if not self.vision_token_ids and vision_mask is None:
             raise UnsupportedError(
@@ -209,6 +221,9 @@ class WithdrawalHandle:
             self._hooks.append(later.register_forward_pre_hook(self._continue_withdrawn, with_kwargs=True))
         for hook_module in (self.model,):
             self._hooks.append(hook_module.register_forward_hook(self._end_call))
+        if self.adapter.deepstack is not None:
+            self._hooks.append(self.adapter.deepstack.module(self.model).register_forward_pre_hook(
+                self._drop_late_injections, with_kwargs=True))
         if hasattr(self.model, "prepare_inputs_for_generation"):
             original = self.model.prepare_inputs_for_generation
 
@@ -257,9 +272,11 @@ class WithdrawalHandle:
                 "withdrawal does not support training (model is in train mode); call model.eval() for inference"
             )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        keeps_vision_tokens = False
         if input_ids is not None:
             ids = torch.tensor(self.vision_token_ids, device=input_ids.device)
             vision = torch.isin(input_ids, ids)
+            keeps_vision_tokens = kept_vision_tokens(self.adapter, self.model.config, input_ids, vision)
         else:
             embeds = kwargs.get("inputs_embeds")
             if embeds is None or self.explicit_vision_mask is None:
@@ -283,7 +300,7 @@ class WithdrawalHandle:
         self._pending_padding_mask = None
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
-                                has_pixels=has_pixels)
+                                has_pixels=has_pixels, keeps_vision_tokens=keeps_vision_tokens)
         self._withdrawn = None
         self._device_copies.clear()
         self._sliced_positions.clear()
@@ -295,6 +312,24 @@ class WithdrawalHandle:
         self._device_copies.clear()
         self._sliced_positions.clear()
         return None
+
+    def _drop_late_injections(self, module, args, kwargs):
+        """Hand the DeepStack module only the injections into layers <= K (see adapters.DeepStack)."""
+        spec = self.adapter.deepstack
+        features = kwargs.get(spec.argument)
+        if features is None:
+            return None
+        targets = spec.target_layers(features)
+        keep = [target <= self.layer for target in targets]
+        if all(keep):
+            return None
+        if self._call is not None and self._call.keeps_vision_tokens:
+            raise UnsupportedError(
+                f"{self.adapter.family} adds DeepStack vision features to every vision token up to decoder layer "
+                f"{max(targets)}, and this call keeps some (--withdraw {','.join(self.kinds)}); withdraw every "
+                f"vision kind of the prompt or use a layer >= {max(targets)}"
+            )
+        return args, dict(kwargs, **{spec.argument: spec.select(features, keep)})
 
     def _enter_withdrawn(self, module, args, kwargs):
         call = self._call
