@@ -413,6 +413,22 @@ def test_video_sample_for_a_model_without_video_input(model_dir, data_dir, tmp_p
     assert "video.jsonl:1: the sample has a video but LLaVA-1.5 takes no video input" in line
 
 
+def test_withdraw_one_kind_where_deepstack_reaches_both(data_dir, tmp_path, capsys, monkeypatch):
+    """Qwen3-VL adds DeepStack features to image and video tokens: --withdraw image on samples with a video
+    would keep video tokens the candidates' layers >= K must leave without their injections."""
+    from arch_models import FAMILIES, save_and_serve
+    from test_architectures import write_video_dataset
+
+    directory = save_and_serve(FAMILIES["qwen3_vl"], tmp_path / "model", monkeypatch)
+    (tmp_path / "data").mkdir()
+    dataset = write_video_dataset(tmp_path / "data")
+    capsys.readouterr()  # saving the model showed a progress bar
+    line = one_line_error(calibrate(directory, tmp_path, "--withdraw", "image", dataset=dataset), capsys)
+    assert line == ("error: --withdraw image: Qwen3-VL / Qwen3-VL-MoE adds DeepStack vision features to every "
+                    "vision token of the prompt, so all must be withdrawn; use --withdraw image,video or data "
+                    "without the other kind")
+
+
 def test_processor_that_needs_a_missing_library(model_dir, tmp_path, capsys, monkeypatch):
     """What a Qwen2-VL user without torchvision meets: transformers raises ImportError from the processor."""
     import transformers
