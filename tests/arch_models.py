@@ -91,6 +91,9 @@ class Family:
     # DeepStack (Qwen3-VL): from the keyword arguments the language model receives in an ordinary forward,
     # {decoder layer whose input is changed: (positions (B, S) bool, features added there (n, d))}.
     injections: Callable[[dict], dict] = lambda kwargs: {}
+    # Rows for the beam-search tests where upstream beam search cannot take `rows` (None: `rows`), and why.
+    beam_rows: Callable[[object], list[tuple[str, list]]] | None = None
+    beam_rows_reason: str = ""
     notes: dict = field(default_factory=dict)
 
 
@@ -227,6 +230,7 @@ class QwenInputs(ShimProcessor):
     Videos (``videos=`` a count per row) get random patches of grid QWEN_VIDEO_GRID."""
 
     chat_template = QWEN_TEMPLATE
+    image_token, image_id, video_id = "<|image_pad|>", QWEN_IMAGE, QWEN_VIDEO
 
     def __init__(self, image_processor, tokenizer):
         self.image_processor, self.tokenizer = image_processor, tokenizer
@@ -239,7 +243,7 @@ class QwenInputs(ShimProcessor):
             vision = self.image_processor(images=flat, return_tensors="pt")
             out.update(pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"])
             counts = iter((vision["image_grid_thw"].prod(-1) // 4).tolist())
-            texts = [_expand(t, "<|image_pad|>", counts) for t in texts]
+            texts = [_expand(t, self.image_token, counts) for t in texts]
         if videos:
             t, h, w = QWEN_VIDEO_GRID
             total = video_count(videos)
@@ -250,8 +254,8 @@ class QwenInputs(ShimProcessor):
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
         types = torch.zeros_like(ids)
-        types[ids == QWEN_IMAGE] = 1
-        types[ids == QWEN_VIDEO] = 2
+        types[ids == self.image_id] = 1
+        types[ids == self.video_id] = 2
         return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
                           **out})
 
@@ -627,6 +631,88 @@ def qwen3_vl_injections(kwargs: dict) -> dict:
     return {i + 1: (kwargs["visual_pos_masks"], entry) for i, entry in enumerate(features)}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# GLM-4.1V / GLM-4.5V (MoE) / GLM-4.6V: M-RoPE (partial rotary), <|begin_of_image|> <|image|> x n <|end_of_image|>
+
+GLM_SPECIALS = {"image_token": "<|image|>", "video_token": "<|video|>", "image_start": "<|begin_of_image|>",
+                "image_end": "<|end_of_image|>", "video_start": "<|begin_of_video|>", "video_end": "<|end_of_video|>",
+                "user": "<|user|>", "assistant": "<|assistant|>"}
+GLM_IMAGE, GLM_VIDEO = token_id(GLM_SPECIALS, "image_token"), token_id(GLM_SPECIALS, "video_token")
+GLM_MARKERS = [token_id(GLM_SPECIALS, key) for key in ("image_start", "image_end", "video_start", "video_end")]
+GLM_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tiny_glm4v(num_layers=4, attn="sdpa", seed=0, variant="4.1"):
+    from transformers import (Glm4vConfig, Glm4vForConditionalGeneration, Glm4vMoeConfig,
+                              Glm4vMoeForConditionalGeneration, Glm46VConfig, Glm46VForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers, head_dim=8,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 0],
+                                  "partial_rotary_factor": 0.5})
+    if variant == "4.5":  # sparse experts from layer 1 on, one shared expert
+        text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1,
+                    first_k_dense_replace=1)
+    vision = dict(depth=1, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, image_size=16)
+    ids = dict(image_token_id=GLM_IMAGE, video_token_id=GLM_VIDEO, image_start_token_id=GLM_MARKERS[0],
+               image_end_token_id=GLM_MARKERS[1], video_start_token_id=GLM_MARKERS[2], video_end_token_id=GLM_MARKERS[3])
+    config_cls, model_cls = {"4.1": (Glm4vConfig, Glm4vForConditionalGeneration),
+                             "4.5": (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration),
+                             "4.6": (Glm46VConfig, Glm46VForConditionalGeneration)}[variant]
+    if variant == "4.6":
+        text["model_type"] = "glm4v_text"
+        vision["model_type"] = "glm4v_vision"
+    config = config_cls(text_config=text, vision_config=vision, **ids)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), [GLM_IMAGE, GLM_VIDEO, *GLM_MARKERS])
+
+
+class GlmInputs(QwenInputs):
+    """What Glm4vProcessor does for images (it needs torchvision for its video processor): <|image|> expanded
+    per image grid, mm_token_type_ids 1 on image tokens."""
+
+    chat_template = GLM_TEMPLATE
+    image_token, image_id, video_id = "<|image|>", GLM_IMAGE, GLM_VIDEO
+
+
+def glm_processor():
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    images = Glm4vImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                    size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    tokenizer = word_tokenizer(GLM_SPECIALS)
+    if not HAS_TORCHVISION:
+        return GlmInputs(images, tokenizer)
+    from transformers import Glm4vProcessor
+    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+
+    videos = Glm4vVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                 size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    return Glm4vProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos,
+                          chat_template=GLM_TEMPLATE)
+
+
+def glm_rows(processor):
+    pad = "<|begin_of_image|><|image|><|end_of_image|>"
+    return [(f"<|user|>\nwhat color {pad} the {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1), image(16, 16, 2)]),
+            (f"<|user|>\n{pad}how many ?\n<|assistant|>\n", [image(20, 44, 3)])]
+
+
+def glm_one_image_rows(processor):
+    pad = "<|begin_of_image|><|image|><|end_of_image|>"
+    return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
+            (f"<|user|>\n{pad}how many ?\n<|assistant|>\n", [image(20, 44, 3)])]
+
+
+GLM_BEAMS = dict(beam_rows=glm_one_image_rows,
+                 beam_rows_reason="transformers 5.24: GLM-4V beam search splits the vision features of a row with two "
+                                  "images wrongly across beams, without withdrawal too")
+
 FAMILIES: dict[str, Family] = {
     "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", tiny_llava_next, llava_next_processor,
                          llava_rows, lambda config: [config.image_token_id]),
@@ -645,6 +731,14 @@ FAMILIES: dict[str, Family] = {
                            qwen_rows,
                            lambda config: [config.image_token_id, config.video_token_id],
                            injections=qwen3_vl_injections),
+    "glm4v": Family("GLM-4.1V", "Glm4vForConditionalGeneration", tiny_glm4v, glm_processor, glm_rows,
+                    lambda config: [config.image_token_id], **GLM_BEAMS),
+    "glm4v_moe": Family("GLM-4.5V", "Glm4vMoeForConditionalGeneration",
+                        lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.5"), glm_processor, glm_rows,
+                        lambda config: [config.image_token_id], **GLM_BEAMS),
+    "glm46v": Family("GLM-4.6V", "Glm46VForConditionalGeneration",
+                     lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.6"), glm_processor, glm_rows,
+                     lambda config: [config.image_token_id], **GLM_BEAMS),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

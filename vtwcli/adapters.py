@@ -207,6 +207,21 @@ ADAPTERS: tuple[Adapter, ...] = (
               "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
     Adapter(
+        family="GLM-4.1V / GLM-4.5V / GLM-4.6V",
+        architectures=("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration",
+                       "Glm46VForConditionalGeneration"),
+        # Video frames carry the image token too (between <|begin_of_video|> / <|end_of_video|>): one kind.
+        vision_token_id_keys=("image_token_id",),
+        positions_from_mask=False,
+        flops_components={"vision_tower": ("model.visual.embeddings", "model.visual.patch_embed",
+                                           "model.visual.post_conv_layernorm", "model.visual.blocks", "model.visual.post_layernorm",
+                                           "model.visual.downsample"),
+                          "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
+                          "lm_head": ("lm_head",)},
+        notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
+              "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
+    ),
+    Adapter(
         family="Gemma 3",
         architectures=("Gemma3ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
