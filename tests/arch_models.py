@@ -703,6 +703,166 @@ def glm_rows(processor):
             (f"<|user|>\n{pad}how many ?\n<|assistant|>\n", [image(20, 44, 3)])]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Aya Vision / Cohere2 Vision (Cohere2 LM: sliding + full layers, the full ones without RoPE): image tiles +
+# a global view, pixel-shuffle projector; VipLLaVA (multi-layer CLIP features); LLaVA-NeXT-Video and
+# Video-LLaVA (images + videos; Video-LLaVA's pixels arrive as `pixel_values_images`)
+
+AYA_SPECIALS = {"image_token": "<image>", "start": "<|START_OF_IMG|>", "end": "<|END_OF_IMG|>",
+                "patch": "<|IMG_PATCH|>", "line_break": "<|IMG_LINE_BREAK|>", "tile": "TILE",
+                "tile_global": "TILE_GLOBAL"}
+AYA_PATCH = token_id(AYA_SPECIALS, "patch")
+AYA_MARKERS = [token_id(AYA_SPECIALS, key) for key in ("start", "end", "line_break", "tile", "tile_global")]
+COHERE_WINDOW = 6
+
+
+def _cohere2_text(num_layers: int) -> dict:
+    types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    return dict(_text(num_hidden_layers=num_layers, head_dim=8, sliding_window=COHERE_WINDOW, layer_types=types),
+                model_type="cohere2")
+
+
+def _siglip_dict(image_size=16) -> dict:
+    return dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, image_size=image_size, patch_size=4)
+
+
+def tiny_aya_vision(num_layers=4, attn="sdpa", seed=0, cohere2_vision=False):
+    from transformers import (AyaVisionConfig, AyaVisionForConditionalGeneration, Cohere2VisionConfig,
+                              Cohere2VisionForConditionalGeneration)
+
+    text, vision = _cohere2_text(num_layers), _siglip_dict()
+    if cohere2_vision:
+        config = Cohere2VisionConfig(vision_config=vision, text_config=text, downsample_factor=2,
+                                     image_token_id=AYA_PATCH, alignment_intermediate_size=64)
+        cls = Cohere2VisionForConditionalGeneration
+    else:
+        config = AyaVisionConfig(vision_config=vision, text_config=text, downsample_factor=2,
+                                 image_token_index=AYA_PATCH)
+        cls = AyaVisionForConditionalGeneration
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(cls(config), [AYA_PATCH, *AYA_MARKERS])
+
+
+def _tiles_processor():
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
+                                    max_patches=4)
+
+
+def aya_vision_processor():
+    from transformers import AyaVisionProcessor
+
+    return AyaVisionProcessor(image_processor=_tiles_processor(), tokenizer=word_tokenizer(AYA_SPECIALS), patch_size=4,
+                              img_size=16, downsample_factor=2, chat_template=LLAVA_TEMPLATE)
+
+
+class Cohere2VisionInputs(ShimProcessor):
+    """What Cohere2VisionProcessor does (its image processor needs torchvision): per image,
+    <|START_OF_IMG|> + (<|IMG_PATCH|> x 4 + <|IMG_LINE_BREAK|>) per tile + <|END_OF_IMG|>; the tiles come
+    from the GOT-OCR2 tiler here (the model takes any number of 16x16 tiles)."""
+
+    chat_template = LLAVA_TEMPLATE
+
+    def __init__(self):
+        self.image_processor, self.tokenizer = _tiles_processor(), word_tokenizer(AYA_SPECIALS)
+
+    def __call__(self, text, images=None, padding=True, return_tensors="pt", **kwargs):
+        flat = [img for row in images or [] for img in row]
+        out, texts = {}, list(text)
+        if flat:
+            vision = self.image_processor(images=flat, return_tensors="pt")
+            out["pixel_values"] = vision["pixel_values"]
+            tiles = iter(vision["num_patches"].tolist())
+            texts = [_expand_with(t, "<image>", lambda: "<|START_OF_IMG|>" + (
+                "<|IMG_PATCH|>" * 4 + "<|IMG_LINE_BREAK|>") * next(tiles) + "<|END_OF_IMG|>") for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
+VIDEO_SPECIALS = {"image_token": "<image>", "video_token": "<video>"}
+VIDEO_IMAGE, VIDEO_VIDEO = token_id(VIDEO_SPECIALS, "image_token"), token_id(VIDEO_SPECIALS, "video_token")
+
+
+def tiny_vipllava(num_layers=4, attn="sdpa", seed=0):
+    from transformers import CLIPVisionConfig, LlamaConfig, VipLlavaConfig, VipLlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=16, patch_size=4, projection_dim=32)
+    config = VipLlavaConfig(vision_config=vision, text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                            image_token_index=LLAVA_IMAGE, vision_feature_layers=[-2, -1], image_seq_length=16)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(VipLlavaForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def vipllava_processor():
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    images = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return LlavaProcessor(image_processor=images, tokenizer=word_tokenizer(LLAVA_SPECIALS), patch_size=4,
+                          vision_feature_select_strategy="full", num_additional_image_tokens=0,
+                          chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_llava_next_video(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    config = LlavaNextVideoConfig(vision_config=_clip(), text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                                  image_token_index=VIDEO_IMAGE, video_token_index=VIDEO_VIDEO,
+                                  image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
+                                  vision_feature_layer=-1, spatial_pool_stride=2)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LlavaNextVideoForConditionalGeneration(config), [VIDEO_IMAGE, VIDEO_VIDEO])
+
+
+def llava_next_video_processor():
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                        image_grid_pinpoints=PINPOINTS)
+    return FeatureCountInputs(images, word_tokenizer(VIDEO_SPECIALS), tiny_llava_next_video, "<image>", "<video>",
+                              chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_video_llava(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    config = VideoLlavaConfig(vision_config=_clip(), text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                              image_token_index=VIDEO_IMAGE, video_token_index=VIDEO_VIDEO,
+                              vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=16,
+                              video_seq_length=2 * 16)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(VideoLlavaForConditionalGeneration(config), [VIDEO_IMAGE, VIDEO_VIDEO])
+
+
+class VideoLlavaInputs(ShimProcessor):
+    """What VideoLlavaProcessor does for images (it needs torchvision for its video processor): its own
+    image processor, which returns the pixels as `pixel_values_images`; 16 tokens per 16x16 image."""
+
+    chat_template = LLAVA_TEMPLATE
+
+    def __init__(self):
+        from transformers import VideoLlavaImageProcessor
+
+        self.image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+        self.tokenizer = word_tokenizer(VIDEO_SPECIALS)
+
+    def __call__(self, text, images=None, padding=True, return_tensors="pt", **kwargs):
+        flat = [img for row in images or [] for img in row]
+        out, texts = {}, list(text)
+        if flat:
+            out["pixel_values_images"] = self.image_processor(images=flat, return_tensors="pt")["pixel_values_images"]
+            texts = [_expand_with(t, "<image>", lambda: "<image>" * 16) for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -739,6 +899,18 @@ FAMILIES: dict[str, Family] = {
     "glm46v": Family("GLM-4.6V", "Glm46VForConditionalGeneration",
                      lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.6"), glm_processor, glm_rows,
                      lambda config: [config.image_token_id], **GLM_BEAMS),
+    "aya_vision": Family("Aya Vision", "AyaVisionForConditionalGeneration", tiny_aya_vision, aya_vision_processor,
+                         llava_rows, lambda config: [config.image_token_id]),
+    "cohere2_vision": Family("Cohere2 Vision", "Cohere2VisionForConditionalGeneration",
+                             lambda n, a="sdpa", s=0: tiny_aya_vision(n, a, s, cohere2_vision=True), Cohere2VisionInputs,
+                             llava_rows, lambda config: [config.image_token_id]),
+    "vipllava": Family("VipLLaVA", "VipLlavaForConditionalGeneration", tiny_vipllava, vipllava_processor, llava_rows,
+                       lambda config: [config.image_token_id]),
+    "llava_next_video": Family("LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration", tiny_llava_next_video,
+                               llava_next_video_processor, llava_rows,
+                               lambda config: [config.image_token_id, config.video_token_id]),
+    "video_llava": Family("Video-LLaVA", "VideoLlavaForConditionalGeneration", tiny_video_llava, VideoLlavaInputs,
+                          llava_rows, lambda config: [config.image_token_id, config.video_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

@@ -247,6 +247,37 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
+        family="Aya Vision / Cohere2 Vision",
+        architectures=("AyaVisionForConditionalGeneration", "Cohere2VisionForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id",),
+        notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
+              "<|IMG_PATCH|> withdrawn (every tile), tile / line-break / start / end markers kept",
+    ),
+    Adapter(
+        family="VipLLaVA",
+        architectures=("VipLlavaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        notes="CLIP features of several layers, fixed number of image tokens per image",
+    ),
+    Adapter(
+        family="LLaVA-NeXT-Video",
+        architectures=("LlavaNextVideoForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        flops_components={**LLAVA_COMPONENTS, "projector": ("model.multi_modal_projector", "model.vision_resampler")},
+        notes="anyres images and pooled video frames; image and video tokens withdrawn",
+    ),
+    Adapter(
+        family="Video-LLaVA",
+        architectures=("VideoLlavaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        # its processor hands the images over as `pixel_values_images` (the name before transformers 5.23)
+        pixel_input_keys=("pixel_values", "pixel_values_images", "pixel_values_videos", "inputs_embeds"),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.image_tower", "model.video_tower")},
+        notes="separate image and video towers; image and video tokens withdrawn",
+    ),
+    Adapter(
         family="Idefics3 / SmolVLM",
         architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
