@@ -13,7 +13,7 @@ from arch_models import FAMILIES, family_batch, save_and_serve
 from tiny_models import image_prompt, left_padded_batch, pixel_values, tiny_llava
 
 from vtwcli import withdraw
-from vtwcli.adapters import ADAPTERS, PLANNED, adapter_for, supported_architectures
+from vtwcli.adapters import ADAPTERS, NOT_APPLICABLE, PLANNED, adapter_for, supported_architectures
 from vtwcli.calibration import shared_prefix_kl
 
 ATTN = ["eager", "sdpa"]
@@ -428,9 +428,27 @@ def test_every_tested_family_is_supported_and_listed():
     for family in FAMILIES.values():
         assert family.architecture in supported
         assert adapter_for(model_of(next(k for k, f in FAMILIES.items() if f is family), "sdpa")).family
-    planned = {c.strip() for classes in PLANNED.values() for c in classes.split(",")}
-    assert not planned & supported  # a family is either supported or planned, never both
+    planned = {c for entry in PLANNED.values() for c in entry.architectures}
+    not_applicable = {c for entry in NOT_APPLICABLE.values() for c in entry.architectures}
+    # a family is supported, planned or not applicable, never two of them
+    assert not planned & supported and not not_applicable & supported and not planned & not_applicable
     assert len({a.family for a in ADAPTERS}) == len(ADAPTERS)
+    assert all(entry.reason for entry in [*PLANNED.values(), *NOT_APPLICABLE.values()])
+
+
+def test_every_image_text_to_text_family_has_a_status_in_vtw_models_and_the_docs():
+    """Item 5 of issue 12: every class of transformers' image-text-to-text mapping is supported, planned (with
+    the reason) or not applicable, and docs/architectures.md names each of them."""
+    from pathlib import Path
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    known = set(supported_architectures()) | {c for entries in (PLANNED, NOT_APPLICABLE) for entry in entries.values()
+                                              for c in entry.architectures}
+    mapping = set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
+    assert mapping - known == set()
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "architectures.md").read_text()
+    assert [c for c in sorted(known) if f"`{c}`" not in docs] == []
 
 
 def test_unsupported_model_error_lists_the_supported_families():
@@ -521,8 +539,15 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     assert status["LlavaForConditionalGeneration"] == "supported"
     inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
     assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
-        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"}
-    assert all("image" in kinds for kinds in inputs.values())
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "Qwen3VLForConditionalGeneration",
+        "Qwen3VLMoeForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+        "LlavaNextVideoForConditionalGeneration", "VideoLlavaForConditionalGeneration"}
+    assert all("image" in kinds for arch, kinds in inputs.items() if status[arch] == "supported")
+    notes = {arch: row["notes"] for row in rows for arch in row["architectures"]}
+    assert status["MllamaForConditionalGeneration"] == "not applicable" and "cross-attention" in notes[
+        "MllamaForConditionalGeneration"]
+    assert status["PaliGemmaForConditionalGeneration"] == "planned" and "prefix-LM" in notes[
+        "PaliGemmaForConditionalGeneration"]
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
 

@@ -289,9 +289,114 @@ ADAPTERS: tuple[Adapter, ...] = (
     ),
 )
 
-# Families on the roadmap (family -> comma-separated transformers classes): listed by `vtw models` with
-# status "planned" so users know what is coming. Every family of the roadmap so far is supported.
-PLANNED: dict[str, str] = {}
+@dataclass(frozen=True)
+class Uncovered:
+    """An image-text-to-text family of transformers that withdrawal does not cover, and why."""
+
+    architectures: tuple[str, ...]
+    reason: str
+
+
+# Every image-text-to-text family of the installed transformers (its MODEL_FOR_IMAGE_TEXT_TO_TEXT mapping) is
+# either supported (ADAPTERS), planned or not applicable; `vtw models` and docs/architectures.md list all three
+# and a test checks that no family of the mapping is missing. Planned: withdrawal applies, the work is not done.
+PLANNED: dict[str, Uncovered] = {
+    # Issue 12, done on other branches: drop an entry here when its adapter lands.
+    "Qwen3.5 / Qwen3.5-MoE": Uncovered(("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"),
+                                       "Gated DeltaNet (linear attention) layers: recurrent state past K (issue 12)"),
+    "LFM2-VL": Uncovered(("Lfm2VlForConditionalGeneration",), "short-convolution layers: conv state past K (issue 12)"),
+    "Gemma 4": Uncovered(("Gemma4ForConditionalGeneration",),
+                         "per-layer inputs and KV sharing across layers (issue 12)"),
+    "Llama 4": Uncovered(("Llama4ForConditionalGeneration",), "chunked attention + NoPE layers (issue 12)"),
+    # Read, not done: what withdrawal needs beyond an adapter entry.
+    "PaliGemma": Uncovered(("PaliGemmaForConditionalGeneration",),
+                           "prefix-LM: the text prompt attends bidirectionally too, so layers >= K need a kept-sequence "
+                           "prefix mask, not a causal one (an adapter build_withdrawn_masks)"),
+    "Gemma 3n": Uncovered(("Gemma3nForConditionalGeneration",),
+                          "per-layer inputs (PLE) to slice with the hidden states, KV sharing across layers, audio "
+                          "tokens"),
+    "Molmo2": Uncovered(("Molmo2ForConditionalGeneration",),
+                        "bidirectional attention inside image blocks and no single image token id in the config"),
+    "MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR": Uncovered(
+        ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_7ForConditionalGeneration",
+         "MiniCPMOcrForConditionalGeneration"), "no image token id in the config: the slots come from the processor"),
+    "Granite4-Vision": Uncovered(("Granite4VisionForConditionalGeneration",),
+                                 "DeepStack at arbitrary layers (the DeepStack adapter field covers it) with image "
+                                 "positions zeroed before layer 0; no tiny model tested yet"),
+    "Kimi-K2.5": Uncovered(("Kimi_K25ForConditionalGeneration",), "MLA attention + MoE language model; not tested yet"),
+    "Nemotron-H Omni": Uncovered(("NemotronH_Omni_Reasoning_V3",),
+                                 "hybrid Mamba language model: recurrent state past K, like Qwen3.5"),
+    "Qwen2.5-Omni / Qwen3-Omni (thinker)": Uncovered(
+        ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen3OmniMoeThinkerForConditionalGeneration"),
+        "audio tokens interleaved with video (TMRoPE); not tested yet"),
+    "Chameleon / Emu3": Uncovered(("ChameleonForConditionalGeneration", "Emu3ForConditionalGeneration"),
+                                  "early fusion: images are VQ codes of the vocabulary (a range of ids, not one)"),
+    "BLIP-2 / InstructBLIP / InstructBLIP-Video": Uncovered(
+        ("Blip2ForConditionalGeneration", "InstructBlipForConditionalGeneration",
+         "InstructBlipVideoForConditionalGeneration"),
+        "Q-Former query tokens in the language model's input; the Flan-T5 variants are encoder-decoders"),
+    "Kosmos-2 / Kosmos-2.5": Uncovered(("Kosmos2ForConditionalGeneration", "Kosmos2_5ForConditionalGeneration"),
+                                       "image embeddings placed by image_embeds_position_mask, no image token id"),
+    "GIT": Uncovered(("GitForCausalLM",), "image features prepended as embeddings, attended bidirectionally"),
+    "Fuyu": Uncovered(("FuyuForCausalLM",), "image patches projected straight into the sequence; not tested yet"),
+    "Aria": Uncovered(("AriaForConditionalGeneration",), "MoE language model; not tested yet"),
+    "Idefics2": Uncovered(("Idefics2ForConditionalGeneration",), "perceiver resampler; not tested yet"),
+    "DeepSeek-VL / DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
+        ("DeepseekVLForConditionalGeneration", "DeepseekVLHybridForConditionalGeneration",
+         "DeepseekOcr2ForConditionalGeneration", "UnlimitedOcrForConditionalGeneration"), "not tested yet"),
+    "Janus": Uncovered(("JanusForConditionalGeneration",), "also generates images (VQ codes); not tested yet"),
+    "Ovis2": Uncovered(("Ovis2ForConditionalGeneration",), "visual embedding table (probabilistic tokens); not tested yet"),
+    "PerceptionLM": Uncovered(("PerceptionLMForConditionalGeneration",), "not tested yet"),
+    "FastVLM": Uncovered(("FastVlmForConditionalGeneration",), "not tested yet"),
+    "GOT-OCR2 / PP-Chart2Table": Uncovered(("GotOcr2ForConditionalGeneration",), "not tested yet"),
+    "LightOnOCR": Uncovered(("LightOnOcrForConditionalGeneration",), "not tested yet"),
+    "Granite Docling": Uncovered(("GraniteDoclingForConditionalGeneration",), "not tested yet"),
+    "GLM-OCR / GLM-5-Next": Uncovered(("GlmOcrForConditionalGeneration", "Glm5NextForConditionalGeneration"),
+                                      "M-RoPE like GLM-4.1V; not tested yet"),
+    "Mistral Large 4 / Mistral 4": Uncovered(("MistralLarge4ForConditionalGeneration", "Mistral4ForCausalLM"),
+                                             "not tested yet"),
+    "MiniMax-M3-VL": Uncovered(("MiniMaxM3SparseForConditionalGeneration",), "not tested yet"),
+    "ERNIE-4.5-VL-MoE": Uncovered(("Ernie4_5_VLMoeForConditionalGeneration",),
+                                  "modality-specific experts; not tested yet"),
+    "PaddleOCR-VL": Uncovered(("PaddleOCRVLForConditionalGeneration",), "M-RoPE; not tested yet"),
+    "VideoLLaMA3": Uncovered(("VideoLlama3ForConditionalGeneration",), "not tested yet"),
+    "HunYuan-VL / HY-V4-VL": Uncovered(("HunYuanVLForConditionalGeneration", "HYV4VLForConditionalGeneration"),
+                                       "not tested yet"),
+    "HyperCLOVA X Vision V2": Uncovered(("HyperCLOVAXVisionV2ForConditionalGeneration",), "not tested yet"),
+    "Exaone 4.5": Uncovered(("Exaone4_5_ForConditionalGeneration",), "not tested yet"),
+    "Step3p7": Uncovered(("Step3p7ForConditionalGeneration",), "not tested yet"),
+    "Dots3 Note": Uncovered(("Dots3NoteForConditionalGeneration",), "not tested yet"),
+    "Qianfan-OCR": Uncovered(("QianfanOCRForConditionalGeneration",), "not tested yet"),
+    "Apertus 1.5": Uncovered(("Apertus1p5ForConditionalGeneration",), "not tested yet"),
+    "Cohere Compass": Uncovered(("CohereCompassForConditionalGeneration",), "not tested yet"),
+    "Cosmos3 Edge / Omni": Uncovered(("Cosmos3EdgeForConditionalGeneration", "Cosmos3OmniForConditionalGeneration"),
+                                     "not tested yet"),
+    "Inkling / Inkling2 / Inkling2-Loop": Uncovered(
+        ("InklingForConditionalGeneration", "Inkling2ForConditionalGeneration", "Inkling2LoopForConditionalGeneration"),
+        "not tested yet"),
+    "Muse Glimmer / Muse Spark": Uncovered(("MuseGlimmerForConditionalGeneration", "MuseSparkForConditionalGeneration"),
+                                           "not tested yet"),
+    "LFM3-VL": Uncovered(("Lfm3VlForConditionalGeneration",), "not tested yet"),
+    "Qwen4-Exp": Uncovered(("Qwen4ExpForConditionalGeneration",), "not tested yet"),
+    "Gemma 4 Unified": Uncovered(("Gemma4UnifiedForConditionalGeneration",), "see Gemma 4"),
+}
+
+# Families where withdrawing vision tokens from the decoder's sequence does not apply.
+NOT_APPLICABLE: dict[str, Uncovered] = {
+    "Mllama (Llama 3.2 Vision)": Uncovered(("MllamaForConditionalGeneration",),
+                                           "cross-attention: image features never enter the decoder's sequence"),
+    "Idefics (v1)": Uncovered(("IdeficsForVisionText2Text",), "cross-attention: no vision tokens in the sequence"),
+    "Encoder-decoders": Uncovered(
+        ("Florence2ForConditionalGeneration", "Pix2StructForConditionalGeneration", "PPFormulaNetForConditionalGeneration",
+         "T5Gemma2ForConditionalGeneration", "UdopForConditionalGeneration", "VisionEncoderDecoderModel",
+         "BlipForConditionalGeneration"),
+        "the image is read by an encoder (and cross-attention), the decoder has no vision tokens to withdraw"),
+    "Evolla": Uncovered(("EvollaForProteinText2Text",), "protein-text model: no vision tokens"),
+    "PI0": Uncovered(("PI0ForConditionalGeneration",), "vision-language-action policy: actions from a flow-matching "
+                                                         "expert, not next-token decoding"),
+    "Diffusion Gemma": Uncovered(("DiffusionGemmaForBlockDiffusion",),
+                                 "block diffusion: bidirectional denoising, not causal next-token decoding"),
+}
 
 
 def supported_architectures() -> list[str]:

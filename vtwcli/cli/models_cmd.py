@@ -7,14 +7,14 @@ import json
 import typer
 from rich.table import Table
 
-from vtwcli.adapters import ADAPTERS, PLANNED
+from vtwcli.adapters import ADAPTERS, NOT_APPLICABLE, PLANNED
 from vtwcli.cli import app
 from vtwcli.cli._state import console
 
 
 @app.command("models")
 def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List the model families and transformers classes that withdrawal supports."""
+    """List every image-text-to-text family of transformers: supported, planned (and why) or not applicable."""
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": "supported",
          "inputs": a.declared_kinds(),
@@ -22,9 +22,10 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         for a in ADAPTERS
     ]
     rows += [
-        {"family": family, "architectures": [c.strip() for c in classes.split(",")], "status": "planned",
-         "inputs": [], "flops_only": False, "notes": ""}
-        for family, classes in PLANNED.items()
+        {"family": family, "architectures": list(entry.architectures), "status": status, "inputs": [],
+         "flops_only": False, "notes": entry.reason}
+        for status, entries in (("planned", PLANNED), ("not applicable", NOT_APPLICABLE))
+        for family, entry in entries.items()
     ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -37,7 +38,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     table.add_column("--flops-only")
     table.add_column("notes", ratio=1)
     for row in rows:
-        style = "green" if row["status"] == "supported" else "dim"
+        style = {"supported": "green", "planned": "yellow"}.get(row["status"], "dim")
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     console.print(table)
