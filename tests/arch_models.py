@@ -853,12 +853,16 @@ class VideoLlavaInputs(ShimProcessor):
         self.image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
         self.tokenizer = word_tokenizer(VIDEO_SPECIALS)
 
-    def __call__(self, text, images=None, padding=True, return_tensors="pt", **kwargs):
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt", **kwargs):
         flat = [img for row in images or [] for img in row]
         out, texts = {}, list(text)
         if flat:
             out["pixel_values_images"] = self.image_processor(images=flat, return_tensors="pt")["pixel_values_images"]
             texts = [_expand_with(t, "<image>", lambda: "<image>" * 16) for t in texts]
+        if videos:  # 2 frames of 16x16 per video; a frame is 16 patches + CLS, all kept by the video tower
+            generator = torch.Generator().manual_seed(7)
+            out["pixel_values_videos"] = torch.randn(video_count(videos), 2, 3, 16, 16, generator=generator)
+            texts = [_expand_with(t, "<video>", lambda: "<video>" * (2 * 17)) for t in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
 

@@ -285,28 +285,25 @@ def test_shared_prefix_kl_equals_plain_withdrawn_forward(name, attn):
 # Video (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision): video tokens are withdrawn too, or kept with kinds=("image",)
 
 
-def video_row(name: str):
-    """One prompt with an image and a video. With torchvision, the family's real processor on 4 frames of
-    16x16; without, the stand-in (its video is random features of the model's video input shape)."""
-    import numpy as np
-    from arch_models import HAS_TORCHVISION, image, llava_onevision_processor
+VIDEO_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video", "video_llava"]
 
-    frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
-    if name == "llava_onevision":
-        text = "USER: describe <image>\nand <video>\nthis video ?\nASSISTANT:"
-        if HAS_TORCHVISION:
-            return llava_onevision_processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
-                                               return_tensors="pt")
-        return llava_onevision_processor()([text], images=[[image(24, 16, 5)]], videos=[1])
-    if HAS_TORCHVISION:
+
+def video_row(name: str):
+    """One prompt with an image and a video: the family's real processor on 4 frames of 16x16 where it can be
+    built (torchvision), else its stand-in (the video is random features of the model's video input shape)."""
+    import numpy as np
+    from arch_models import ShimProcessor, image
+
+    if name.startswith("qwen"):
         image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
         text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
-        return FAMILIES[name].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
-                                          return_tensors="pt")
-    image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
-    text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
-    processor = FAMILIES[name].processor()  # the stand-in of the family's processor
-    return processor([text], images=[[image(24, 16, 5)]], videos=[1])
+    else:
+        text = "USER: describe <image>\nand <video>\nthis video ?\nASSISTANT:"
+    processor = FAMILIES[name].processor()
+    if isinstance(processor, ShimProcessor):
+        return processor([text], images=[[image(24, 16, 5)]], videos=[1])
+    frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    return processor(text=[text], images=[[image(24, 16, 5)]], videos=[frames], return_tensors="pt")
 
 
 def images_only(family):
@@ -322,7 +319,7 @@ def deepstack_depth(model) -> int:
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_video_tokens_are_withdrawn(name, attn):
     model = model_of(name, attn)
     row = dict(video_row(name))
@@ -369,7 +366,7 @@ def test_deepstack_into_kept_vision_tokens_is_refused_below_its_depth(kinds):
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_generate_with_video_equals_no_cache_recompute(name, attn):
     """A prompt with an image and a video: cached greedy generate() (both kinds withdrawn) == no-cache recompute."""
     model = model_of(name, attn)
