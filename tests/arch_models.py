@@ -867,6 +867,52 @@ class VideoLlavaInputs(ShimProcessor):
         return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Granite4-Vision: anyres LLaVA-NeXT layout whose image features enter ONLY through DeepStack, at arbitrary
+# decoder layers ({layer: features} added to the image positions before that layer; the positions are zeroed
+# in the embeddings); here layers 0 and 2 from two tower layers, and spatial groups at layers 1 and 3
+
+
+def tiny_granite4_vision(num_layers=4, attn="sdpa", seed=0):
+    from transformers import CLIPVisionConfig, Granite4VisionConfig, Granite4VisionForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=16, patch_size=4, projection_dim=32)
+    config = Granite4VisionConfig(vision_config=vision, text_config=_text(num_hidden_layers=num_layers),
+                                  image_token_index=LLAVA_IMAGE, image_grid_pinpoints=PINPOINTS,
+                                  vision_feature_select_strategy="default", vision_feature_layer=-1,
+                                  downsample_rate="1/2", deepstack_layer_map=[[1, 0], [2, 2]], spatial_vision_layer=-1,
+                                  spatial_target_layers=[1, 1, 3, 3], projector_dropout=0.0)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Granite4VisionForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+class Granite4VisionInputs(FeatureCountInputs):
+    """Granite4VisionProcessor's inputs: the LLaVA-NeXT image processor's pixels, <image> expanded to the
+    number of (deepstack) features the model makes per image."""
+
+    def _image_counts(self, vision: dict) -> list[int]:
+        out = self.model.model.get_image_features(pixel_values=vision["pixel_values"], image_sizes=vision["image_sizes"])
+        return [len(features) for features in out.deepstack_features[0][1]]
+
+
+def granite4_vision_processor():
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                        image_grid_pinpoints=PINPOINTS)
+    return Granite4VisionInputs(images, word_tokenizer(LLAVA_SPECIALS), tiny_granite4_vision, "<image>",
+                                chat_template=LLAVA_TEMPLATE)
+
+
+def granite4_vision_injections(kwargs: dict) -> dict:
+    features = kwargs.get("deepstack_features")
+    if features is None:
+        return {}
+    return {layer: (kwargs["vision_mask"][..., 0], entry) for layer, entry in features.items()}
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -915,6 +961,9 @@ FAMILIES: dict[str, Family] = {
                                lambda config: [config.image_token_id, config.video_token_id]),
     "video_llava": Family("Video-LLaVA", "VideoLlavaForConditionalGeneration", tiny_video_llava, VideoLlavaInputs,
                           llava_rows, lambda config: [config.image_token_id, config.video_token_id]),
+    "granite4_vision": Family("Granite4-Vision", "Granite4VisionForConditionalGeneration", tiny_granite4_vision,
+                              granite4_vision_processor, llava_rows, lambda config: [config.image_token_id],
+                              injections=granite4_vision_injections),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

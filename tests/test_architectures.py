@@ -65,7 +65,8 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
     injections = family.injections(seen["text_model"])  # DeepStack: features added inside the decoder
     for i, decoder_layer in enumerate(layers):
         _, (cos, sin), positions = seen[i]
-        if i in injections and i <= layer:  # past K an injection would only touch withdrawn tokens
+        # past K an injection would only touch withdrawn tokens; one into layer 0 is already in seen[0]
+        if i in injections and 0 < i <= layer:
             where, features = injections[i]
             hidden = hidden.clone()
             hidden[where] += features

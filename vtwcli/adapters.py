@@ -84,6 +84,17 @@ def _select_entries(features, keep: list[bool]):
     return [entry for entry, kept in zip(features, keep) if kept]
 
 
+def _dict_keys(features) -> list[int]:
+    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer.
+    return list(features)
+
+
+def _select_items(features, keep: list[bool]):
+    return {layer: entry for (layer, entry), kept in zip(features.items(), keep) if kept}
+
+
+GRANITE4_VISION_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_features",
+                                      target_layers=_dict_keys, select=_select_items)
 QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
                                target_layers=_after_each_layer, select=_select_entries)
 
@@ -278,6 +289,16 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="separate image and video towers; image and video tokens withdrawn",
     ),
     Adapter(
+        family="Granite4-Vision",
+        architectures=("Granite4VisionForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS,
+                          "projector": ("model.layerwise_projectors", "model.spatial_projectors")},
+        deepstack=GRANITE4_VISION_DEEPSTACK,
+        notes="anyres; image features enter only through DeepStack at chosen layers (injections past K dropped, "
+              "they only touch withdrawn tokens)",
+    ),
+    Adapter(
         family="Idefics3 / SmolVLM",
         architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
@@ -320,9 +341,6 @@ PLANNED: dict[str, Uncovered] = {
     "MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR": Uncovered(
         ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_7ForConditionalGeneration",
          "MiniCPMOcrForConditionalGeneration"), "no image token id in the config: the slots come from the processor"),
-    "Granite4-Vision": Uncovered(("Granite4VisionForConditionalGeneration",),
-                                 "DeepStack at arbitrary layers (the DeepStack adapter field covers it) with image "
-                                 "positions zeroed before layer 0; no tiny model tested yet"),
     "Kimi-K2.5": Uncovered(("Kimi_K25ForConditionalGeneration",), "MLA attention + MoE language model; not tested yet"),
     "Nemotron-H Omni": Uncovered(("NemotronH_Omni_Reasoning_V3",),
                                  "hybrid Mamba language model: recurrent state past K, like Qwen3.5"),
