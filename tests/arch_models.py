@@ -88,6 +88,11 @@ class Family:
     vision_ids: Callable[[object], list[int]]
     # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
     image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    # True where those blocks hold text too and stay bidirectional among the kept tokens in layers >= K
+    # (PaliGemma's prefix-LM); False where they are image blocks only (Gemma 3), withdrawn with the images.
+    blocks_after_withdrawal: bool = False
+    # token_type_ids of generated tokens (PaliGemma's generate() marks them 1: the causal suffix)
+    generated_token_type: int = 0
     # DeepStack (Qwen3-VL): from the keyword arguments the language model receives in an ordinary forward,
     # {decoder layer whose input is changed: (positions (B, S) bool, features added there (n, d))}.
     injections: Callable[[dict], dict] = lambda kwargs: {}
@@ -913,6 +918,40 @@ def granite4_vision_injections(kwargs: dict) -> dict:
     return {layer: (kwargs["vision_mask"][..., 0], entry) for layer, entry in features.items()}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# PaliGemma: prefix-LM (the whole prompt, image AND text, attends bidirectionally; token_type_ids 0)
+
+PALIGEMMA_TEMPLATE = ("{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+                      "<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}")
+
+
+def tiny_paligemma(num_layers=4, attn="sdpa", seed=0):
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    config = PaliGemmaConfig(vision_config=_siglip_dict(), text_config=dict(_text(num_hidden_layers=num_layers,
+                                                                                  head_dim=8), model_type="gemma"),
+                             image_token_index=LLAVA_IMAGE, projection_dim=32)
+    config.text_config.num_image_tokens = 16
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(PaliGemmaForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def paligemma_processor():
+    from transformers import PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    images = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+    images.image_seq_length = 16
+    return PaliGemmaProcessor(image_processor=images, tokenizer=word_tokenizer(LLAVA_SPECIALS),
+                              chat_template=PALIGEMMA_TEMPLATE)
+
+
+def paligemma_rows(processor):
+    return [("<image><image>what color is the red ?", [image(40, 20, 1), image(16, 16, 2)]),
+            ("<image>how many ?", [image(20, 44, 3)])]
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -964,6 +1003,10 @@ FAMILIES: dict[str, Family] = {
     "granite4_vision": Family("Granite4-Vision", "Granite4VisionForConditionalGeneration", tiny_granite4_vision,
                               granite4_vision_processor, llava_rows, lambda config: [config.image_token_id],
                               injections=granite4_vision_injections),
+    "paligemma": Family("PaliGemma", "PaliGemmaForConditionalGeneration", tiny_paligemma, paligemma_processor,
+                        paligemma_rows, lambda config: [config.image_token_id],
+                        image_blocks=lambda ids, config: torch.zeros_like(ids), blocks_after_withdrawal=True,
+                        generated_token_type=1),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,
@@ -987,7 +1030,9 @@ def family_batch(family: Family, processor=None):
     rows = family.rows(processor)
     batch = processor(text=[t for t, _ in rows], images=[imgs for _, imgs in rows], padding=True, return_tensors="pt")
     singles = [processor(text=[t], images=[imgs], return_tensors="pt") for t, imgs in rows]
-    return dict(batch), [dict(s) for s in singles]
+    # PaliGemma's processor also returns training labels (all -100 without a suffix): inference takes none
+    return ({k: v for k, v in batch.items() if k != "labels"},
+            [{k: v for k, v in single.items() if k != "labels"} for single in singles])
 
 
 def save_family(family: Family, directory, num_layers: int = 4, attn: str = "sdpa"):

@@ -76,7 +76,8 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
             cos, sin = cos[:, keep], sin[:, keep]
             positions = None if positions is None else positions[..., keep]
         window = text_config.sliding_window if types[i] == "sliding_attention" else None
-        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if i < layer else None)
+        kept_blocks = None if blocks is None or i < layer else blocks[keep] if family.blocks_after_withdrawal else None
+        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if i < layer else kept_blocks)
         hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
     return model.get_output_embeddings()(text_model.norm(hidden))[0, -1]
 
@@ -131,8 +132,10 @@ def test_batched_padded_prefill_matches_naive_per_row(name, attn, layer):
     assert (full - logits).abs().max() > 1e-3  # withdrawal changes the answer: the test is not vacuous
 
 
-def _extend(inputs: dict, new_tokens: torch.Tensor) -> dict:
-    """Append generated tokens: input_ids, the mask, and zeros (text) to every other per-token tensor."""
+def _extend(inputs: dict, new_tokens: torch.Tensor, model) -> dict:
+    """Append generated tokens: input_ids, the mask, and to every other per-token tensor the type of a generated
+    token (zeros = text; PaliGemma's token_type_ids mark them 1, the suffix, as its generate() does)."""
+    generated = next(f.generated_token_type for f in FAMILIES.values() if f.architecture == type(model).__name__)
     out = dict(inputs)
     width = inputs["input_ids"].shape[1]
     for key, value in inputs.items():
@@ -141,7 +144,8 @@ def _extend(inputs: dict, new_tokens: torch.Tensor) -> dict:
         elif key == "attention_mask":
             out[key] = torch.cat([value, torch.ones_like(new_tokens)], dim=1)
         elif isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (new_tokens.shape[0], width):
-            out[key] = torch.cat([value, torch.zeros_like(new_tokens, dtype=value.dtype)], dim=1)
+            fill = generated if key == "token_type_ids" else 0
+            out[key] = torch.cat([value, torch.full_like(new_tokens, fill, dtype=value.dtype)], dim=1)
     return out
 
 
@@ -185,7 +189,7 @@ def assert_greedy_generate_equals_recompute(model, inputs: dict, **generate_kwar
         for step in range(new_tokens):
             logits = no_cache_logits(model, running)
             torch.testing.assert_close(out.scores[step], logits, atol=1e-4, rtol=0)
-            running = _extend(running, logits.argmax(-1, keepdim=True))
+            running = _extend(running, logits.argmax(-1, keepdim=True), model)
     assert torch.equal(out.sequences, running["input_ids"])
     return out
 
@@ -205,7 +209,7 @@ def test_sampling_generate_equals_no_cache_recompute(name, attn):
         running = dict(batch)
         for _ in range(new_tokens):
             logits = no_cache_logits(model, running)
-            running = _extend(running, torch.multinomial(logits.float().softmax(-1), num_samples=1))
+            running = _extend(running, torch.multinomial(logits.float().softmax(-1), num_samples=1), model)
     assert torch.equal(out, running["input_ids"])
 
 
@@ -251,7 +255,7 @@ def test_beam_rows_exemption_is_still_needed(name):
         for step in range(new.shape[1]):
             log_probs = model(**running, use_cache=False).logits[:, -1].float().log_softmax(-1)
             recomputed += log_probs.gather(1, new[:, step:step + 1]).squeeze(1)
-            running = _extend(running, new[:, step:step + 1])
+            running = _extend(running, new[:, step:step + 1], model)
     two_images = int(torch.isin(batch["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
                      .sum(1).argmax())
     assert abs(float(out.sequences_scores[two_images] - recomputed[two_images])) > 1e-3, FAMILIES[name].beam_rows_reason

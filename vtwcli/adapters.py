@@ -84,6 +84,12 @@ def _select_entries(features, keep: list[bool]):
     return [entry for entry, kept in zip(features, keep) if kept]
 
 
+def _prefix_lm_blocks(kwargs: dict):
+    # PaliGemma: token_type_ids 0 = the prompt (image + text prefix, one bidirectional block), 1 = the suffix.
+    token_types = kwargs.get("token_type_ids")
+    return None if token_types is None else -(token_types != 0).long()
+
+
 def _dict_keys(features) -> list[int]:
     # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer.
     return list(features)
@@ -142,6 +148,11 @@ class Adapter:
     fixed_image_layout: bool = False
     # Vision features injected inside the decoder (DeepStack), or None.
     deepstack: DeepStack | None = None
+    # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one
+    # block >= 0 attend to each other both ways, -1 = causal), or None for a call without them. PaliGemma's
+    # prefix-LM makes the whole prompt (image AND text) one block; layers >= K keep the block for the kept
+    # tokens, passed to transformers' mask builders as `block_sequence_ids` on the prompt's forward.
+    prompt_blocks: Callable[[dict], object] | None = None
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -299,6 +310,13 @@ ADAPTERS: tuple[Adapter, ...] = (
               "they only touch withdrawn tokens)",
     ),
     Adapter(
+        family="PaliGemma",
+        architectures=("PaliGemmaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        prompt_blocks=_prefix_lm_blocks,
+        notes="prefix-LM: the kept text prompt still attends bidirectionally in layers >= K; <image> withdrawn",
+    ),
+    Adapter(
         family="Idefics3 / SmolVLM",
         architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
@@ -330,9 +348,6 @@ PLANNED: dict[str, Uncovered] = {
                          "per-layer inputs and KV sharing across layers (issue 12)"),
     "Llama 4": Uncovered(("Llama4ForConditionalGeneration",), "chunked attention + NoPE layers (issue 12)"),
     # Read, not done: what withdrawal needs beyond an adapter entry.
-    "PaliGemma": Uncovered(("PaliGemmaForConditionalGeneration",),
-                           "prefix-LM: the text prompt attends bidirectionally too, so layers >= K need a kept-sequence "
-                           "prefix mask, not a causal one (an adapter build_withdrawn_masks)"),
     "Gemma 3n": Uncovered(("Gemma3nForConditionalGeneration",),
                           "per-layer inputs (PLE) to slice with the hidden states, KV sharing across layers, audio "
                           "tokens"),

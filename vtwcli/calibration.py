@@ -127,7 +127,9 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
     # row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
     windowed = any(kind != "full_attention" for kind in layer_types[first:])
-    prefix = 0 if windowed else first_vision
+    # Bidirectional prompt blocks (PaliGemma's prefix-LM) let text before the image see it: nothing is shared.
+    blocks = adapter.prompt_blocks(inputs) if adapter.prompt_blocks is not None else None
+    prefix = 0 if windowed or blocks is not None else first_vision
     if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
@@ -174,6 +176,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         return seen[1]
 
     validity = torch.cat([valid[:, :prefix], slot_valid], dim=1)
+    kept_blocks = None if blocks is None else blocks[:, prefix:].gather(1, index).masked_fill(~slot_valid, -1)
     cache_key = "cache" if "cache" in layer_kwargs.get(first, {}) else "past_key_values"
     norm = adapter.final_norm(model)
     head = model.get_output_embeddings()
@@ -193,7 +196,8 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
                             cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
         mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
-                               prefix_cache, last_layer=j)[layer_types[j]]
+                               prefix_cache, last_layer=j,
+                               blocks=None if kept_blocks is None else kept_blocks.repeat(in_flight, 1))[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
         if position_embeddings is not None:

@@ -196,6 +196,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         except (ValueError, TypeError, ImportError) as error:
             raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s), "
                            f"{videos} video(s) of {width}x{height}): {error}") from None
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
         ids = inputs["input_ids"][0]
         vision = int(torch.isin(ids, vision_ids).sum())
         return dict(inputs), vision, len(ids) - vision

@@ -65,6 +65,8 @@ class _CallState:
     has_pixels: bool  # this call inserts vision features (a prefill, or a chunk carrying an image)
     # Vision tokens of the family this call keeps (a --withdraw kind left out): DeepStack would inject into them.
     keeps_vision_tokens: bool = False
+    # (B, q) bidirectional block ids of this call's tokens (adapter.prompt_blocks), or None.
+    blocks: torch.Tensor | None = None
 
 
 _NO_PADDING = object()  # generate() prepared this call from no padding mask at all (every token real)
@@ -91,7 +93,8 @@ class _WithdrawnInputs:
 
 
 def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types: list[str], hidden: torch.Tensor,
-                    validity: torch.Tensor, cache, last_layer: int | None = None) -> dict:
+                    validity: torch.Tensor, cache, last_layer: int | None = None,
+                    blocks: torch.Tensor | None = None) -> dict:
     """The attention mask of the kept sequence for every layer type among layers >= ``first_layer``.
 
     Each type's mask is built against the first layer >= ``first_layer`` of that type (its cache decides
@@ -100,6 +103,7 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
     marks the real entries among past kept entries + this call's kept slots. Built with transformers'
     own builders and ``position_ids=None`` on purpose: gapped original positions would read as packed
     sequences (block-diagonal mask). A sliding window therefore counts kept entries, not original positions.
+    ``blocks`` (B, entries): bidirectional block ids of the kept entries (adapter.prompt_blocks), or None.
     """
     last_layer = len(layer_types) - 1 if last_layer is None else last_layer
     if adapter.build_withdrawn_masks is not None:
@@ -114,8 +118,9 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
         if builder is None:
             raise UnsupportedError(f"attention layer type {kind!r} (layer {index}) is not supported by withdrawal; "
                                    f"supported: {', '.join(MASK_BUILDERS)}")
+        extra = {} if blocks is None else {"block_sequence_ids": blocks}
         masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
-                              position_ids=None, layer_idx=index)
+                              position_ids=None, layer_idx=index, **extra)
     return masks
 
 
@@ -299,8 +304,9 @@ class WithdrawalHandle:
             mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
+        blocks = self.adapter.prompt_blocks(kwargs) if self.adapter.prompt_blocks is not None else None
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
-                                has_pixels=has_pixels, keeps_vision_tokens=keeps_vision_tokens)
+                                has_pixels=has_pixels, keeps_vision_tokens=keeps_vision_tokens, blocks=blocks)
         self._withdrawn = None
         self._device_copies.clear()
         self._sliced_positions.clear()
@@ -391,11 +397,14 @@ class WithdrawalHandle:
             kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             if position_ids is not None:
                 position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
-        if self._model_mask_suffices(kwargs, cache, everything_kept, past_kept, length, validity):
+        blocks = None
+        if call.blocks is not None and not past_kept:  # the model, too, applies them to the prompt's forward only
+            blocks = call.blocks.to(device)[:, -length:].gather(1, index).masked_fill(~validity, -1)
+        if blocks is None and self._model_mask_suffices(kwargs, cache, everything_kept, past_kept, length, validity):
             masks = {"full_attention": None}
         else:
             masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden,
-                                    validity, cache)
+                                    validity, cache, blocks=blocks)
         self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
