@@ -132,6 +132,21 @@ def test_batched_padded_prefill_matches_naive_per_row(name, attn, layer):
     assert (full - logits).abs().max() > 1e-3  # withdrawal changes the answer: the test is not vacuous
 
 
+def test_prefix_lm_blocks_stay_bidirectional_after_withdrawal():
+    """PaliGemma: the kept text prompt still attends both ways in layers >= K. A causal-only kept mask gives
+    logits farther from the withdrawn forward than the suite's tolerance: the per-row test would catch it."""
+    from dataclasses import replace
+
+    model = model_of("paligemma", "sdpa")
+    batch, singles = batch_of("paligemma")
+    with torch.no_grad(), withdraw(model, layer=1):
+        logits = model(**batch).logits[0, -1]
+    family = FAMILIES["paligemma"]
+    causal_only = naive_withdrawn_logits(model, replace(family, blocks_after_withdrawal=False), singles[0], 1)
+    torch.testing.assert_close(logits, naive_withdrawn_logits(model, family, singles[0], 1), atol=1e-4, rtol=0)
+    assert (logits - causal_only).abs().max() > 5e-4
+
+
 def _extend(inputs: dict, new_tokens: torch.Tensor, model) -> dict:
     """Append generated tokens: input_ids, the mask, and to every other per-token tensor the type of a generated
     token (zeros = text; PaliGemma's token_type_ids mark them 1, the suffix, as its generate() does)."""
