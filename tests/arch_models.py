@@ -952,6 +952,57 @@ def paligemma_rows(processor):
             ("<image>how many ?", [image(20, 44, 3)])]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# DeepSeek-VL and Janus (SigLIP-style tower + MLP aligner; Janus also carries a VQ image generator):
+# a fixed number of image tokens per image, Janus between <begin_of_image> / <end_of_image>
+
+JANUS_SPECIALS = {"image_token": "<image>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+JANUS_IMAGE = token_id(JANUS_SPECIALS, "image_token")
+JANUS_MARKERS = [token_id(JANUS_SPECIALS, key) for key in ("boi_token", "eoi_token")]
+
+
+def tiny_deepseek_vl(num_layers=4, attn="sdpa", seed=0):
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration
+
+    config = DeepseekVLConfig(vision_config=_siglip_dict(), text_config=dict(_text(num_hidden_layers=num_layers),
+                                                                            model_type="llama"),
+                              image_token_id=LLAVA_IMAGE)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(DeepseekVLForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def deepseek_vl_processor():
+    from transformers import DeepseekVLProcessor
+    from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
+
+    return DeepseekVLProcessor(image_processor=DeepseekVLImageProcessorPil(size={"height": 16, "width": 16}),
+                               tokenizer=word_tokenizer(LLAVA_SPECIALS), num_image_tokens=16,
+                               chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_janus(num_layers=4, attn="sdpa", seed=0):
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4,
+                  projection_dim=32, depth=1, num_image_tokens=16, mlp_ratio=2)
+    vq = dict(embed_dim=8, num_embeddings=16, latent_channels=32, base_channels=32, channel_multiplier=[1, 1],
+              num_res_blocks=1, num_patches=4, projection_dim=32, image_token_embed_dim=32)
+    config = JanusConfig(vision_config=vision, vq_config=vq, image_token_id=JANUS_IMAGE,
+                         text_config=dict(_text(num_hidden_layers=num_layers), model_type="llama"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(JanusForConditionalGeneration(config), [JANUS_IMAGE, *JANUS_MARKERS])
+
+
+def janus_processor():
+    from transformers import JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    return JanusProcessor(image_processor=JanusImageProcessorPil(size={"height": 16, "width": 16}),
+                          tokenizer=word_tokenizer(JANUS_SPECIALS), num_image_tokens=16, chat_template=LLAVA_TEMPLATE)
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -1007,6 +1058,10 @@ FAMILIES: dict[str, Family] = {
                         paligemma_rows, lambda config: [config.image_token_id],
                         image_blocks=lambda ids, config: torch.zeros_like(ids), blocks_after_withdrawal=True,
                         generated_token_type=1),
+    "deepseek_vl": Family("DeepSeek-VL", "DeepseekVLForConditionalGeneration", tiny_deepseek_vl,
+                          deepseek_vl_processor, llava_rows, lambda config: [config.image_token_id]),
+    "janus": Family("Janus", "JanusForConditionalGeneration", tiny_janus, janus_processor, llava_rows,
+                    lambda config: [config.image_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

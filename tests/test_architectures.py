@@ -563,8 +563,8 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     notes = {arch: row["notes"] for row in rows for arch in row["architectures"]}
     assert status["MllamaForConditionalGeneration"] == "not applicable" and "cross-attention" in notes[
         "MllamaForConditionalGeneration"]
-    assert status["PaliGemmaForConditionalGeneration"] == "planned" and "prefix-LM" in notes[
-        "PaliGemmaForConditionalGeneration"]
+    assert status["Gemma3nForConditionalGeneration"] == "planned" and "per-layer inputs" in notes[
+        "Gemma3nForConditionalGeneration"]
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
 

@@ -310,6 +310,14 @@ ADAPTERS: tuple[Adapter, ...] = (
               "they only touch withdrawn tokens)",
     ),
     Adapter(
+        family="DeepSeek-VL / Janus",
+        architectures=("DeepseekVLForConditionalGeneration", "JanusForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_model",), "projector": ("model.aligner",)},
+        notes="fixed number of image tokens per image; Janus: image understanding (its image generator is not "
+              "involved); <begin_of_image>/<end_of_image> kept",
+    ),
+    Adapter(
         family="PaliGemma",
         architectures=("PaliGemmaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
@@ -374,13 +382,14 @@ PLANNED: dict[str, Uncovered] = {
     "Fuyu": Uncovered(("FuyuForCausalLM",), "image patches projected straight into the sequence; not tested yet"),
     "Aria": Uncovered(("AriaForConditionalGeneration",), "MoE language model; not tested yet"),
     "Idefics2": Uncovered(("Idefics2ForConditionalGeneration",), "perceiver resampler; not tested yet"),
-    "DeepSeek-VL / DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
-        ("DeepseekVLForConditionalGeneration", "DeepseekVLHybridForConditionalGeneration",
-         "DeepseekOcr2ForConditionalGeneration", "UnlimitedOcrForConditionalGeneration"), "not tested yet"),
-    "Janus": Uncovered(("JanusForConditionalGeneration",), "also generates images (VQ codes); not tested yet"),
+    "DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
+        ("DeepseekVLHybridForConditionalGeneration", "DeepseekOcr2ForConditionalGeneration",
+         "UnlimitedOcrForConditionalGeneration"), "a second (SAM) high-resolution tower; not tested yet"),
     "Ovis2": Uncovered(("Ovis2ForConditionalGeneration",), "visual embedding table (probabilistic tokens); not tested yet"),
-    "PerceptionLM": Uncovered(("PerceptionLMForConditionalGeneration",), "not tested yet"),
-    "FastVLM": Uncovered(("FastVlmForConditionalGeneration",), "not tested yet"),
+    "PerceptionLM": Uncovered(("PerceptionLMForConditionalGeneration",),
+                              "its vision tower is a timm model: no tiny model without timm; not tested yet"),
+    "FastVLM": Uncovered(("FastVlmForConditionalGeneration",),
+                         "its vision tower (FastViTHD) is a timm model: no tiny model without timm; not tested yet"),
     "GOT-OCR2 / PP-Chart2Table": Uncovered(("GotOcr2ForConditionalGeneration",), "not tested yet"),
     "LightOnOCR": Uncovered(("LightOnOcrForConditionalGeneration",), "not tested yet"),
     "Granite Docling": Uncovered(("GraniteDoclingForConditionalGeneration",), "not tested yet"),
