@@ -1003,6 +1003,38 @@ def janus_processor():
                           tokenizer=word_tokenizer(JANUS_SPECIALS), num_image_tokens=16, chat_template=LLAVA_TEMPLATE)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Idefics2: image splitting + a perceiver resampler (a fixed 4 latents per image / tile here)
+
+IDEFICS2_SPECIALS = {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>",
+                     "end_of_utterance_token": "<end_of_utterance>"}
+IDEFICS2_IMAGE, IDEFICS2_FAKE = token_id(IDEFICS2_SPECIALS, "image_token"), token_id(IDEFICS2_SPECIALS,
+                                                                                      "image_boundary_token")
+
+
+def tiny_idefics2(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4)
+    perceiver = dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                     resampler_head_dim=8, num_key_value_heads=1)
+    config = Idefics2Config(vision_config=vision, perceiver_config=perceiver, image_token_id=IDEFICS2_IMAGE,
+                            text_config=dict(_text(num_hidden_layers=num_layers), model_type="mistral"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Idefics2ForConditionalGeneration(config), [IDEFICS2_IMAGE, IDEFICS2_FAKE])
+
+
+def idefics2_processor():
+    from transformers import Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    images = Idefics2ImageProcessorPil(size={"longest_edge": 16, "shortest_edge": 16}, do_image_splitting=True)
+    return Idefics2Processor(image_processor=images, tokenizer=word_tokenizer(IDEFICS2_SPECIALS), image_seq_len=4,
+                             chat_template=LLAVA_TEMPLATE)
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -1062,6 +1094,8 @@ FAMILIES: dict[str, Family] = {
                           deepseek_vl_processor, llava_rows, lambda config: [config.image_token_id]),
     "janus": Family("Janus", "JanusForConditionalGeneration", tiny_janus, janus_processor, llava_rows,
                     lambda config: [config.image_token_id]),
+    "idefics2": Family("Idefics2", "Idefics2ForConditionalGeneration", tiny_idefics2, idefics2_processor,
+                       idefics3_rows, lambda config: [config.image_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

@@ -325,14 +325,16 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="prefix-LM: the kept text prompt still attends bidirectionally in layers >= K; <image> withdrawn",
     ),
     Adapter(
-        family="Idefics3 / SmolVLM",
-        architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+        family="Idefics2 / Idefics3 / SmolVLM",
+        architectures=("Idefics2ForConditionalGeneration", "Idefics3ForConditionalGeneration",
+                       "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
         final_norm=_text_model_norm,
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
-        notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
+        notes="image splitting + pixel-shuffle connector (Idefics2: perceiver resampler); <image> tokens "
+              "withdrawn, tile/row-col tags kept",
     ),
 )
 
@@ -381,7 +383,6 @@ PLANNED: dict[str, Uncovered] = {
     "GIT": Uncovered(("GitForCausalLM",), "image features prepended as embeddings, attended bidirectionally"),
     "Fuyu": Uncovered(("FuyuForCausalLM",), "image patches projected straight into the sequence; not tested yet"),
     "Aria": Uncovered(("AriaForConditionalGeneration",), "MoE language model; not tested yet"),
-    "Idefics2": Uncovered(("Idefics2ForConditionalGeneration",), "perceiver resampler; not tested yet"),
     "DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
         ("DeepseekVLHybridForConditionalGeneration", "DeepseekOcr2ForConditionalGeneration",
          "UnlimitedOcrForConditionalGeneration"), "a second (SAM) high-resolution tower; not tested yet"),
