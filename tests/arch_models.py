@@ -195,16 +195,16 @@ def qwen_processor(version="2"):
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
     tokenizer = word_tokenizer(QWEN_SPECIALS)
+    if version == "3":  # the real Qwen3VLProcessor is not yet checked against the stand-in: always the stand-in
+        return Qwen3VLInputs(images, tokenizer)
     if not HAS_TORCHVISION:  # the real processor needs its video processor, which needs torchvision
-        return Qwen3VLInputs(images, tokenizer) if version == "3" else QwenInputs(images, tokenizer)
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
+        return QwenInputs(images, tokenizer)
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    video_cls = Qwen3VLVideoProcessor if version == "3" else Qwen2VLVideoProcessor
-    videos = video_cls(patch_size=4, merge_size=2, temporal_patch_size=2,
-                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    cls = {"2": Qwen2VLProcessor, "2.5": Qwen2_5_VLProcessor, "3": Qwen3VLProcessor}[version]
+    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                   size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
     return cls(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=QWEN_TEMPLATE)
 
 
@@ -690,16 +690,8 @@ def glm_processor():
 
     images = Glm4vImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                     size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    tokenizer = word_tokenizer(GLM_SPECIALS)
-    if not HAS_TORCHVISION:
-        return GlmInputs(images, tokenizer)
-    from transformers import Glm4vProcessor
-    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
-
-    videos = Glm4vVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                 size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    return Glm4vProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos,
-                          chat_template=GLM_TEMPLATE)
+    # the real Glm4vProcessor (torchvision) is not yet checked against the stand-in: always the stand-in
+    return GlmInputs(images, word_tokenizer(GLM_SPECIALS))
 
 
 def glm_rows(processor):

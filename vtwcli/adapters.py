@@ -365,8 +365,10 @@ PLANNED: dict[str, Uncovered] = {
                         "bidirectional attention inside image blocks and no single image token id in the config"),
     "MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR": Uncovered(
         ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_7ForConditionalGeneration",
-         "MiniCPMOcrForConditionalGeneration"), "no image token id in the config: the slots come from the processor"),
-    "Kimi-K2.5": Uncovered(("Kimi_K25ForConditionalGeneration",), "MLA attention + MoE language model; not tested yet"),
+         "MiniCPMOcrForConditionalGeneration"),
+        "its language model is Qwen3.5 (Gated DeltaNet layers): follows Qwen3.5's support (issue 12)"),
+    "Kimi-K2.5": Uncovered(("Kimi_K25ForConditionalGeneration",),
+                           "DeepSeek-V3 language model (MLA attention, MoE); not tested yet"),
     "Nemotron-H Omni": Uncovered(("NemotronH_Omni_Reasoning_V3",),
                                  "hybrid Mamba language model: recurrent state past K, like Qwen3.5"),
     "Qwen2.5-Omni / Qwen3-Omni (thinker)": Uncovered(
