@@ -1027,6 +1027,31 @@ def idefics2_processor():
                              chat_template=LLAVA_TEMPLATE)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# LightOnOCR: Pixtral vision encoder (variable image sizes, patch merger) + Qwen3 language model
+
+
+def tiny_lighton_ocr(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LightOnOcrConfig, LightOnOcrForConditionalGeneration
+
+    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, image_size=32, patch_size=4, head_dim=8)
+    config = LightOnOcrConfig(vision_config=vision, image_token_id=PIXTRAL_IMAGE, spatial_merge_size=2,
+                              text_config=dict(_text(num_hidden_layers=num_layers, head_dim=8), model_type="qwen3"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LightOnOcrForConditionalGeneration(config), [PIXTRAL_IMAGE])
+
+
+def lighton_ocr_processor():
+    from transformers import LightOnOcrProcessor
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    images = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size={"height": 4, "width": 4})
+    return LightOnOcrProcessor(image_processor=images, tokenizer=word_tokenizer(PIXTRAL_SPECIALS), patch_size=4,
+                               spatial_merge_size=2, chat_template=PIXTRAL_TEMPLATE)
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -1088,6 +1113,8 @@ FAMILIES: dict[str, Family] = {
                     lambda config: [config.image_token_id]),
     "idefics2": Family("Idefics2", "Idefics2ForConditionalGeneration", tiny_idefics2, idefics2_processor,
                        idefics3_rows, lambda config: [config.image_token_id]),
+    "lighton_ocr": Family("LightOnOCR", "LightOnOcrForConditionalGeneration", tiny_lighton_ocr, lighton_ocr_processor,
+                          mistral3_rows, lambda config: [config.image_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

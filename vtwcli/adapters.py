@@ -318,6 +318,14 @@ ADAPTERS: tuple[Adapter, ...] = (
               "involved); <begin_of_image>/<end_of_image> kept",
     ),
     Adapter(
+        family="LightOnOCR",
+        architectures=("LightOnOcrForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_encoder",),
+                          "projector": ("model.vision_projection",)},
+        notes="Pixtral encoder (variable image sizes) + Qwen3; image tokens withdrawn",
+    ),
+    Adapter(
         family="PaliGemma",
         architectures=("PaliGemmaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
@@ -394,7 +402,6 @@ PLANNED: dict[str, Uncovered] = {
     "FastVLM": Uncovered(("FastVlmForConditionalGeneration",),
                          "its vision tower (FastViTHD) is a timm model: no tiny model without timm; not tested yet"),
     "GOT-OCR2 / PP-Chart2Table": Uncovered(("GotOcr2ForConditionalGeneration",), "not tested yet"),
-    "LightOnOCR": Uncovered(("LightOnOcrForConditionalGeneration",), "not tested yet"),
     "Granite Docling": Uncovered(("GraniteDoclingForConditionalGeneration",), "not tested yet"),
     "GLM-OCR / GLM-5-Next": Uncovered(("GlmOcrForConditionalGeneration", "Glm5NextForConditionalGeneration"),
                                       "M-RoPE like GLM-4.1V; not tested yet"),
