@@ -1052,6 +1052,44 @@ def lighton_ocr_processor():
                                spatial_merge_size=2, chat_template=PIXTRAL_TEMPLATE)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Ovis2: image tiles + a global view; <IMG_ATOM> tokens (withdrawn) and visual indicator tokens (start, grid,
+# col, row, end: kept) whose embeddings come from the visual embedding table
+
+OVIS_SPECIALS = {"image_token": "<image>", "atom": "<IMG_ATOM>", "start": "<IMG_START>", "grid": "<IMG_GRID>",
+                 "col": "<IMG_COL>", "row": "<IMG_ROW>", "end": "<IMG_END>"}
+OVIS_ATOM = token_id(OVIS_SPECIALS, "atom")
+OVIS_INDICATORS = [token_id(OVIS_SPECIALS, key) for key in ("start", "grid", "col", "row", "end")]
+
+
+def tiny_ovis2(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4, vocab_size=64, hidden_stride=2)
+    config = Ovis2Config(vision_config=vision, text_config=dict(_text(num_hidden_layers=num_layers), model_type="qwen2"),
+                         image_token_id=OVIS_ATOM, visual_indicator_token_ids=OVIS_INDICATORS, vocab_size=VOCAB,
+                         hidden_size=32)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Ovis2ForConditionalGeneration(config), [OVIS_ATOM, *OVIS_INDICATORS])
+
+
+def ovis2_processor():
+    from transformers import Ovis2Processor
+    from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
+
+    images = Ovis2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
+                                    max_patches=4)
+    return Ovis2Processor(image_processor=images, tokenizer=word_tokenizer(OVIS_SPECIALS), image_seq_length=4,
+                          chat_template=LLAVA_TEMPLATE)
+
+
+def ovis2_rows(processor):
+    return [("USER: what color <image>\nthe <image>\nis this ? \nASSISTANT:", [image(40, 20, 1), image(16, 16, 2)]),
+            ("USER: <image>\nhow many ?\nASSISTANT:", [image(16, 16, 3)])]
+
+
 def glm_one_image_rows(processor):
     pad = "<|begin_of_image|><|image|><|end_of_image|>"
     return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
@@ -1115,6 +1153,8 @@ FAMILIES: dict[str, Family] = {
                        idefics3_rows, lambda config: [config.image_token_id]),
     "lighton_ocr": Family("LightOnOCR", "LightOnOcrForConditionalGeneration", tiny_lighton_ocr, lighton_ocr_processor,
                           mistral3_rows, lambda config: [config.image_token_id]),
+    "ovis2": Family("Ovis2", "Ovis2ForConditionalGeneration", tiny_ovis2, ovis2_processor, ovis2_rows,
+                    lambda config: [config.image_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,

@@ -326,6 +326,13 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="Pixtral encoder (variable image sizes) + Qwen3; image tokens withdrawn",
     ),
     Adapter(
+        family="Ovis2",
+        architectures=("Ovis2ForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "projector": ("model.visual_embeddings_table",)},
+        notes="tiles + global view; <IMG_ATOM> withdrawn, visual indicator tokens (start, grid, row, col, end) kept",
+    ),
+    Adapter(
         family="PaliGemma",
         architectures=("PaliGemmaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
@@ -396,7 +403,6 @@ PLANNED: dict[str, Uncovered] = {
     "DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
         ("DeepseekVLHybridForConditionalGeneration", "DeepseekOcr2ForConditionalGeneration",
          "UnlimitedOcrForConditionalGeneration"), "a second (SAM) high-resolution tower; not tested yet"),
-    "Ovis2": Uncovered(("Ovis2ForConditionalGeneration",), "visual embedding table (probabilistic tokens); not tested yet"),
     "PerceptionLM": Uncovered(("PerceptionLMForConditionalGeneration",),
                               "its vision tower is a timm model: no tiny model without timm; not tested yet"),
     "FastVLM": Uncovered(("FastVlmForConditionalGeneration",),
