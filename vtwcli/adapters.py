@@ -377,7 +377,8 @@ PLANNED: dict[str, Uncovered] = {
                           "per-layer inputs (PLE) to slice with the hidden states, KV sharing across layers, audio "
                           "tokens"),
     "Molmo2": Uncovered(("Molmo2ForConditionalGeneration",),
-                        "bidirectional attention inside image blocks and no single image token id in the config"),
+                        "image_patch_id tokens, bidirectional inside image blocks (gone past K, as in Gemma 3); its "
+                        "processor needs torchvision and builds pooling indices: no tiny model yet"),
     "MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR": Uncovered(
         ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_7ForConditionalGeneration",
          "MiniCPMOcrForConditionalGeneration"),
