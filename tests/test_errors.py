@@ -125,17 +125,19 @@ def test_text_only_model(tmp_path, capsys):
 
 
 def test_architecture_without_an_adapter(tmp_path, capsys):
-    # PaliGemma is multimodal but has no vtwcli adapter; the config alone decides (no weights needed).
-    from transformers import PaliGemmaConfig
+    # Mllama (Llama 3.2 Vision) is multimodal but cross-attention: no vtwcli adapter; the config alone decides
+    # (no weights needed).
+    from transformers import MllamaConfig
 
     from vtwcli.adapters import supported_architectures
 
-    assert "PaliGemmaForConditionalGeneration" not in supported_architectures()
-    config = PaliGemmaConfig()
-    config.architectures = ["PaliGemmaForConditionalGeneration"]
+    assert "MllamaForConditionalGeneration" not in supported_architectures()
+    config = MllamaConfig()
+    config.architectures = ["MllamaForConditionalGeneration"]
     config.save_pretrained(tmp_path)
     line = one_line_error(calibrate(tmp_path, tmp_path), capsys)
-    assert "PaliGemmaForConditionalGeneration has no vtwcli adapter" in line and "LlavaForConditionalGeneration" in line
+    assert "MllamaForConditionalGeneration has no vtwcli adapter (not applicable: cross-attention" in line
+    assert "LlavaForConditionalGeneration" in line
     # vtw profile --flops-only refuses it the same way
     line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
     assert "has no vtwcli adapter" in line

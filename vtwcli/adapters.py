@@ -466,8 +466,11 @@ def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:
             return adapter
+    why = next((f" ({status}: {entry.reason})" for status, entries in (("planned", PLANNED),
+                                                                         ("not applicable", NOT_APPLICABLE))
+                for entry in entries.values() if architecture in entry.architectures), "")
     raise UnsupportedError(
-        f"architecture {architecture} has no vtwcli adapter; supported: {', '.join(supported_architectures())} "
+        f"architecture {architecture} has no vtwcli adapter{why}; supported: {', '.join(supported_architectures())} "
         "(see `vtw models`)"
     )
 
