@@ -258,11 +258,14 @@ class QwenInputs(ShimProcessor):
             texts = [self.expand_videos(x, total) for x in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"],
+                          "mm_token_type_ids": self.token_types(ids), **out})
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
         types = torch.zeros_like(ids)
         types[ids == self.image_id] = 1
         types[ids == self.video_id] = 2
-        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
-                          **out})
+        return types
 
     def expand_videos(self, text: str, total: int) -> str:
         t, h, w = QWEN_VIDEO_GRID
@@ -646,7 +649,8 @@ GLM_IMAGE, GLM_VIDEO = token_id(GLM_SPECIALS, "image_token"), token_id(GLM_SPECI
 GLM_MARKERS = [token_id(GLM_SPECIALS, key) for key in ("image_start", "image_end", "video_start", "video_end")]
 GLM_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% else %}{{ item['text'] }}"
+    "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% elif item['type'] == 'video' %}"
+    "<|begin_of_video|><|video|><|end_of_video|>{% else %}{{ item['text'] }}"
     "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -683,6 +687,21 @@ class GlmInputs(QwenInputs):
 
     chat_template = GLM_TEMPLATE
     image_token, image_id, video_id = "<|image|>", GLM_IMAGE, GLM_VIDEO
+
+    def expand_videos(self, text: str, total: int) -> str:
+        """Glm4vProcessor's video layout: per frame <|begin_of_image|> <|image|> x n <|end_of_image|> and its
+        timestamp, all between <|begin_of_video|> and <|end_of_video|>."""
+        t, h, w = QWEN_VIDEO_GRID
+        frames = "".join("<|begin_of_image|>" + "<|image|>" * (h * w // 4) + f"<|end_of_image|> w{frame} "
+                         for frame in range(t))
+        return text.replace("<|video|>", frames)
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """1 on image tokens, 2 on the image tokens inside a video segment (what Glm4vProcessor returns)."""
+        starts = (ids == GLM_MARKERS[2]).long().cumsum(-1)
+        ends = (ids == GLM_MARKERS[3]).long().cumsum(-1)
+        image = ids == GLM_IMAGE
+        return torch.where(image, torch.where(starts > ends, 2, 1), 0)
 
 
 def glm_processor():

@@ -363,6 +363,24 @@ def test_video_tokens_are_withdrawn(name, attn):
     assert (both_at_single - kept_videos).abs().max() > 1e-3 and (both_at_single - kept_images).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("attn", ATTN)
+def test_glm_video_frames_are_withdrawn_with_the_images(attn):
+    """GLM-4V's video frames carry the image token (one kind): a video prompt, its frames withdrawn, against the
+    per-row reference; cached greedy generate() against a no-cache recompute. (An image AND a video in one
+    prompt fail in transformers 5.24's GLM-4V itself: its placeholder check counts the frames as images.)"""
+    model = model_of("glm4v", attn)
+    text = "<|user|>\ndescribe <|begin_of_video|><|video|><|end_of_video|> this video ?\n<|assistant|>\n"
+    row = dict(FAMILIES["glm4v"].processor()([text], videos=[1]))
+    assert (row["mm_token_type_ids"] == 2).sum() == (row["input_ids"] == model.config.image_token_id).sum() > 0
+    with torch.no_grad():
+        with withdraw(model, layer=2):
+            logits = model(**row).logits[0, -1]
+        full = model(**row).logits[0, -1]
+    torch.testing.assert_close(logits, naive_withdrawn_logits(model, FAMILIES["glm4v"], row, 2), atol=1e-4, rtol=0)
+    assert (logits - full).abs().max() > 1e-3
+    assert_greedy_generate_equals_recompute(model, row)
+
+
 @pytest.mark.parametrize("kinds", [("image",), ("video",)])
 def test_deepstack_into_kept_vision_tokens_is_refused_below_its_depth(kinds):
     """Qwen3-VL adds DeepStack features to image AND video tokens in layers 1..3: keeping one kind at K = 2

@@ -153,6 +153,9 @@ class Adapter:
     # prefix-LM makes the whole prompt (image AND text) one block; layers >= K keep the block for the kept
     # tokens, passed to transformers' mask builders as `block_sequence_ids` on the prompt's forward.
     prompt_blocks: Callable[[dict], object] | None = None
+    # True where video frames carry the IMAGE token (GLM-4V): the family takes videos, withdrawn as image tokens
+    # (the ids cannot tell the two apart, so `--withdraw` has one kind, image).
+    video_frames_as_images: bool = False
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -160,6 +163,10 @@ class Adapter:
         (only the keys it sets)."""
         return sorted({self.vision_token_kinds.get(key, "image") for key in self.vision_token_id_keys
                        if config is None or getattr(config, key, None) is not None})
+
+    def accepts_video(self, config) -> bool:
+        """Whether this model takes video input (its template and processor would not drop a video)."""
+        return self.video_frames_as_images or "video" in self.declared_kinds(config)
 
     def check_kinds(self, config, kinds: tuple[str, ...] | None) -> None:
         """Refuse a --withdraw selection that names no vision token this model has."""
@@ -232,8 +239,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="GLM-4.1V / GLM-4.5V / GLM-4.6V",
         architectures=("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration",
                        "Glm46VForConditionalGeneration"),
-        # Video frames carry the image token too (between <|begin_of_video|> / <|end_of_video|>): one kind.
         vision_token_id_keys=("image_token_id",),
+        video_frames_as_images=True,  # between <|begin_of_video|> / <|end_of_video|>
         positions_from_mask=False,
         flops_components={"vision_tower": ("model.visual.embeddings", "model.visual.patch_embed",
                                            "model.visual.post_conv_layernorm", "model.visual.blocks", "model.visual.post_layernorm",

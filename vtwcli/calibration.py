@@ -385,7 +385,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     num_layers = len(adapter.decoder_layers(model))
     options.validate(num_layers)
     adapter.check_kinds(model.config, options.kinds)
-    if "video" not in adapter.declared_kinds(model.config):
+    if not adapter.accepts_video(model.config):
         with_video = next((s for selection in selections for s in selection.samples if s.videos), None)
         if with_video is not None:  # its chat template and processor would drop the video without a word
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "

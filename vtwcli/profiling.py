@@ -243,7 +243,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model))
     adapter.check_kinds(model.config, kinds)
-    if videos and "video" not in adapter.declared_kinds(model.config):
+    if videos and not adapter.accepts_video(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "
