@@ -267,7 +267,7 @@ def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
 @torch.no_grad()
 def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens: int,
                    layer: int | None = None, kinds: tuple[str, ...] | None = None) -> list[str]:
-    from vtwcli.datasets import make_batch
+    from vtwcli.prompts import make_batch
 
     answers: list[str] = []
     for start in range(0, len(samples), batch_size):
@@ -368,7 +368,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
     """
-    from vtwcli.datasets import make_batch, score_answer
+    from vtwcli.prompts import make_batch, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     adapter = adapter_for(model)

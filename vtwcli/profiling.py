@@ -15,23 +15,17 @@ from __future__ import annotations
 import torch
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.loading import LoadedModel, config_sha256
+from vtwcli.loading import LoadedModel, model_block
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
                                   count_flops_meta, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
 from vtwcli.measure.memory import measure_memory
-from vtwcli.withdrawal import num_decoder_layers
+from vtwcli.withdrawal import check_layer, num_decoder_layers
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
            "prompt_inputs", "processor_prompt", "native_image_size"]
-
-
-def check_layer(layer: int, num_layers: int) -> None:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
-        raise VtwError(f"--layer {layer}: out of range for this model with {num_layers} decoder layers; use "
-                       f"1..{num_layers} ({num_layers} = no withdrawal)")
 
 
 def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dict | None:
@@ -43,20 +37,10 @@ def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dic
 
 def flops_only_model_section(name_or_path: str, model, *, attn: str, dtype: str | None = None) -> dict:
     """The profile's ``model`` block for a config-only (meta device) model."""
-    from vtwcli.loading import architecture_of
-
     config = model.config
     if dtype is None:
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
-    return {
-        "name_or_path": name_or_path,
-        "architecture": architecture_of(config),
-        "num_layers": num_decoder_layers(model),
-        "dtype": dtype.removeprefix("torch."),
-        "device": "meta",
-        "attn_implementation": attn,
-        "config_sha256": config_sha256(config),
-    }
+    return model_block(name_or_path, model, dtype=dtype, device="meta", attn=attn)
 
 
 def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int | None:
@@ -75,7 +59,7 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
     model = meta_model(config, attn=attn) if model is None else model
     adapter = require_fixed_image_layout(model)  # before the layout below, which needs it
-    check_layer(layer, num_decoder_layers(model))
+    check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
@@ -167,7 +151,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     from PIL import Image
 
     from vtwcli.adapters import adapter_for
-    from vtwcli.datasets import chat_prompt
+    from vtwcli.prompts import chat_prompt
 
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
@@ -240,7 +224,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
 
     model = loaded.model
     adapter = adapter_for(model)
-    check_layer(layer, num_decoder_layers(model))
+    check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     if videos and "video" not in adapter.declared_kinds(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")

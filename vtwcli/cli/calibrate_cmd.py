@@ -14,15 +14,6 @@ from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import CheckFailed, VtwError
 
 
-def default_datasets(is_bundled: bool) -> list[str]:
-    """Synthetic sets for the bundled model (what it was trained on), photographs for real models."""
-    from vtwcli.datasets import bundled_datasets
-
-    names = [info.name for info in bundled_datasets()]
-    prefix = "synthetic_" if is_bundled else "photo_"
-    return [name for name in names if name.startswith(prefix)]
-
-
 @app.command("calibrate")
 def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
@@ -66,7 +57,7 @@ def calibrate_command(
     from vtwcli.checkpoint import CheckpointStore
     from vtwcli.cli._render import check_output_path, kl_chart, kl_table, output_path_for, save_plot
     from vtwcli.cli._signals import stop_on_signals
-    from vtwcli.datasets import load_dataset, sample_dataset
+    from vtwcli.datasets import default_datasets, load_dataset, sample_dataset
     from vtwcli.loading import load_model, model_section
     from vtwcli.profile import new_profile, write_profile
 

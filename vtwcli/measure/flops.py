@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.measure.runs import cache_of
+from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
@@ -214,7 +215,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     model and lm_head only and ``total`` is their sum.
     """
     hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = _mm(1, hidden, vocab)
     full_layer = _decoder_layer_flops(config, n, n)
@@ -254,13 +255,6 @@ def _decode_keys(context: int, window: int | None) -> int:
     return (context if window is None else min(context, window - 1)) + 1
 
 
-def _check_layer(layer: int, num_layers: int) -> None:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
-        raise VtwError(f"withdrawal layer {layer!r} is out of range for this model with {num_layers} decoder layers; "
-                       f"use 1..{num_layers} ({num_layers} = no withdrawal)")
-
-
-# -- counted: FlopCounterMode ---------------------------------------------------------------------
 def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -340,7 +334,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
                   "pixel_values": prompt.pixel_values(model.config, seed=seed, dtype=_model_dtype(model),
                                                       device=device)}
     num_layers = num_decoder_layers(model)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
@@ -427,7 +421,7 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
 
     require_fixed_image_layout(model)
     num_layers = num_decoder_layers(model)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     config = model.config
     device, dtype = _model_device(model), _model_dtype(model)
     parts = _llava_parts(model)

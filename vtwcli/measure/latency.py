@@ -18,7 +18,6 @@ removed after each withdrawn run, outside the timed regions.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.profile.header import device_name
 
 __all__ = ["summarize", "measure_latency", "device_name", "speedups"]
 
@@ -45,21 +45,6 @@ def summarize(samples_ms: list[float]) -> dict:
         p10, p90 = deciles[0], deciles[-1]
     return {"median": round(statistics.median(values), 4), "p10": round(p10, 4), "p90": round(p90, 4),
             "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "runs": len(values)}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return name or platform.processor() or platform.machine()
 
 
 class _Timer:

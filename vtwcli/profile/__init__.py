@@ -1,0 +1,45 @@
+"""The profile: a typed, versioned YAML record of a calibration / measurement (docs/profile-schema.md).
+
+One concern per module:
+
+* :mod:`~vtwcli.profile.schema`: the JSON Schema and its one-line messages (``validate_profile_dict``);
+* :mod:`~vtwcli.profile.yaml_text`: the YAML loader and the writer's layout (``dump_profile_yaml``);
+* :mod:`~vtwcli.profile.files`: atomic writes, reads with version check and migration (``MIGRATIONS``);
+* :mod:`~vtwcli.profile.header`: ``new_profile`` (schema_version, created_at, tool, environment);
+* :mod:`~vtwcli.profile.model`: the typed :class:`Profile`, ``choice_of`` (K, kinds, KL) and the model check.
+
+``apply_profile`` lives beside ``withdraw`` (:mod:`vtwcli.apply`) and is re-exported here.
+"""
+
+from __future__ import annotations
+
+from vtwcli.profile.files import MIGRATIONS, UPGRADE_HINT, read_profile_dict, write_profile
+from vtwcli.profile.header import environment_section, new_profile, now_iso
+from vtwcli.profile.model import (MATCHED_MODEL_KEYS, Accuracy, AnalyticFlops, AttentionShare, Bootstrap, Calibration,
+                                  CalibrationCost, Choice, ContextTokens, DataInfo, DatasetCurve, DecodeFlops,
+                                  Environment, Evaluation, Flops, FlopsBreakdown, LayerKL, Latency, LatencyRun, Memory,
+                                  MemoryRun, ModelInfo, Profile, SampleKL, Speedup, TimingStats, TokenCounts, ToolInfo,
+                                  Withdrawal, WithdrawnAccuracy, as_profile, choice_of, load_profile, model_differences,
+                                  profile_from_dict, profile_to_dict, save_profile, typed_profile)
+from vtwcli.profile.schema import SCHEMA_PATH, SCHEMA_VERSION, schema, validate_profile_dict
+from vtwcli.profile.yaml_text import SECTION_ORDER, dump_profile_yaml
+
+__all__ = [
+    "SCHEMA_VERSION", "SCHEMA_PATH", "MIGRATIONS", "UPGRADE_HINT", "SECTION_ORDER", "schema",
+    "environment_section", "now_iso", "new_profile", "validate_profile_dict", "write_profile",
+    "read_profile_dict", "dump_profile_yaml", "apply_profile",
+    "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
+    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
+    "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
+    "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "choice_of", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
+    "load_profile", "profile_to_dict", "save_profile", "as_profile",
+]
+
+
+def __getattr__(name: str):
+    if name == "apply_profile":  # imported on use: it pulls in the withdrawal engine (torch)
+        from vtwcli.apply import apply_profile
+
+        return apply_profile
+    raise AttributeError(f"module 'vtwcli.profile' has no attribute {name!r}")
