@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
+from vtwcli.profile.model import first_layer_under
 from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
@@ -251,13 +252,6 @@ def layer_statistics(kl: np.ndarray, layers: list[int], *, resamples: int, seed:
     return [{"layer": int(layer), "kl_mean": float(kl[:, i].mean()), "kl_max": float(kl[:, i].max()),
              "kl_p90": float(np.percentile(kl[:, i], 90)), "kl_ci_low": float(min(low[i], kl[:, i].mean())),
              "kl_ci_high": float(max(high[i], kl[:, i].mean()))} for i, layer in enumerate(layers)]
-
-
-def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
-    for entry in per_layer:
-        if entry["kl_mean"] <= threshold:
-            return entry["layer"]
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from vtwcli.profile.model import (MATCHED_MODEL_KEYS, Accuracy, AnalyticFlops, A
                                   CalibrationCost, Choice, ContextTokens, DataInfo, DatasetCurve, DecodeFlops,
                                   Environment, Evaluation, Flops, FlopsBreakdown, LayerKL, Latency, LatencyRun, Memory,
                                   MemoryRun, ModelInfo, Profile, SampleKL, Speedup, TimingStats, TokenCounts, ToolInfo,
-                                  Withdrawal, WithdrawnAccuracy, as_profile, choice_of, load_profile, model_differences,
+                                  Withdrawal, WithdrawnAccuracy, as_profile, choice_of, first_layer_under, load_profile, model_differences,
                                   profile_from_dict, profile_to_dict, save_profile, typed_profile)
 from vtwcli.profile.schema import SCHEMA_PATH, SCHEMA_VERSION, schema, validate_profile_dict
 from vtwcli.profile.yaml_text import SECTION_ORDER, dump_profile_yaml
@@ -32,7 +32,7 @@ __all__ = [
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
-    "choice_of", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
+    "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
 ]
 

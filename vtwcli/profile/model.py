@@ -24,7 +24,7 @@ __all__ = [
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
-    "choice_of", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
+    "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
 ]
 
@@ -308,6 +308,17 @@ def choice_of(profile: Profile) -> Choice:
         withdrawal.kinds if withdrawal is not None else None)
     entry = calibration.kl_at(layer) if calibration is not None and layer is not None else None
     return Choice(layer, None if kinds is None else tuple(kinds), None if entry is None else entry.kl_mean)
+
+
+def first_layer_under(per_layer, threshold: float) -> int | None:
+    """The KL criterion's K: the lowest layer whose ``kl_mean`` is <= ``threshold`` (None: no layer is).
+
+    ``per_layer``: :class:`LayerKL` entries or dicts with ``layer`` and ``kl_mean`` (torch-free: the
+    calibration chooses with it, `vtw check` re-derives the choice with it).
+    """
+    curve = sorted((entry["layer"], entry["kl_mean"]) if isinstance(entry, Mapping) else (entry.layer, entry.kl_mean)
+                   for entry in per_layer)
+    return next((layer for layer, kl_mean in curve if kl_mean <= threshold), None)
 
 
 MATCHED_MODEL_KEYS = ("architecture", "num_layers", "config_sha256")
