@@ -13,8 +13,8 @@ One concern per module:
 
 from __future__ import annotations
 
-from vtwcli.profile.files import MIGRATIONS, UPGRADE_HINT, read_profile_dict, write_profile
-from vtwcli.profile.header import environment_section, new_profile, now_iso
+from vtwcli.profile.files import MIGRATIONS, UPGRADE_HINT, check_output_path, read_profile_dict, write_profile
+from vtwcli.profile.header import MEASURED_SECTIONS, environment_section, extend_profile, new_profile, now_iso
 from vtwcli.profile.model import (MATCHED_MODEL_KEYS, Accuracy, AnalyticFlops, AttentionShare, Bootstrap, Calibration,
                                   CalibrationCost, Choice, ContextTokens, DataInfo, DatasetCurve, DecodeFlops,
                                   Environment, Evaluation, Flops, FlopsBreakdown, LayerKL, Latency, LatencyRun, Memory,
@@ -27,7 +27,8 @@ from vtwcli.profile.yaml_text import SECTION_ORDER, dump_profile_yaml
 __all__ = [
     "SCHEMA_VERSION", "SCHEMA_PATH", "MIGRATIONS", "UPGRADE_HINT", "SECTION_ORDER", "schema",
     "environment_section", "now_iso", "new_profile", "validate_profile_dict", "write_profile",
-    "read_profile_dict", "dump_profile_yaml", "apply_profile",
+    "read_profile_dict", "dump_profile_yaml", "apply_profile", "check_output_path", "extend_profile",
+    "MEASURED_SECTIONS",
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",

@@ -19,13 +19,23 @@ from vtwcli.errors import VtwError
 from vtwcli.profile.schema import SCHEMA_VERSION, json_type, short_repr, validate_profile_dict
 from vtwcli.profile.yaml_text import Loader, dump_profile_yaml, plain
 
-__all__ = ["MIGRATIONS", "UPGRADE_HINT", "write_profile", "read_profile_dict", "parse_profile_text"]
+__all__ = ["MIGRATIONS", "UPGRADE_HINT", "write_profile", "read_profile_dict", "parse_profile_text",
+           "check_output_path"]
 
 UPGRADE_HINT = "pip install -U vtwcli"
 
 # from_version -> function turning a profile dict of that version into one of from_version + 1.
 # There is no older layout yet; a future v2 registers MIGRATIONS[1] here.
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
+def check_output_path(path: Path, example: str) -> None:
+    """Refuse an output that cannot be written, before minutes of work rather than when writing the result."""
+    if path.is_dir():
+        raise VtwError(f"--output {path} is a directory; pass a file name (e.g. {path / example})")
+    if not path.parent.is_dir():
+        raise VtwError(f"--output {path}: directory {path.parent} does not exist; create it or choose another "
+                       "--output")
 
 
 def write_profile(data: dict, path: Path | str, *, force: bool = False) -> Path:

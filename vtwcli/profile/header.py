@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import platform
 import shlex
@@ -10,7 +11,10 @@ from pathlib import Path
 
 from vtwcli.profile.schema import SCHEMA_VERSION
 
-__all__ = ["now_iso", "device_name", "environment_section", "new_profile"]
+__all__ = ["now_iso", "device_name", "environment_section", "new_profile", "MEASURED_SECTIONS", "extend_profile"]
+
+# The sections `vtw profile` measures: a profile it extends loses its old ones (maybe of another K).
+MEASURED_SECTIONS = ("withdrawal", "flops", "latency", "memory")
 
 
 def now_iso() -> str:
@@ -78,3 +82,15 @@ def new_profile(model_section: dict, device, *, command: str | None = None) -> d
         "model": dict(model_section),
         "environment": environment_section(device),
     }
+
+
+def extend_profile(base: dict, device, sections: dict) -> dict:
+    """A copy of the profile dict ``base`` with a fresh header (created_at, tool, environment) and
+    ``sections`` in place of its measured ones: stale figures of an earlier run never survive."""
+    data = copy.deepcopy(base)
+    header = new_profile(data["model"], device)
+    data.update(created_at=header["created_at"], tool=header["tool"], environment=header["environment"])
+    for key in MEASURED_SECTIONS:
+        data.pop(key, None)
+    data.update(sections)
+    return data
