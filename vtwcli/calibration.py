@@ -26,8 +26,9 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
+from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
-from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
+from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -267,13 +268,9 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         inputs = make_batch(processor, chunk).to(model.device)
-        handle = withdraw(model, layer=layer, kinds=kinds) if layer is not None else None
-        try:
+        with withdrawn_at(model, layer, kinds):
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
-        finally:
-            if handle is not None:
-                handle.remove()
         answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return answers
 

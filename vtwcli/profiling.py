@@ -252,7 +252,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
-    cross_check = fvcore_flops(model, layout, layer, seed=seed) if fvcore else None
+    cross_check = fvcore_flops(model, layout, layer, seed=seed, kinds=kinds) if fvcore else None
     flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
     sections = {"withdrawal": withdrawal_section(layer, kinds), "flops": flops}
     if flops_only:

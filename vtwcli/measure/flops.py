@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import cache_of
+from vtwcli.measure.runs import cache_of, variants
 from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
@@ -324,7 +324,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision
     tokens as in :func:`vtwcli.withdraw`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
-    from vtwcli.withdrawal import num_decoder_layers, withdraw
+    from vtwcli.withdrawal import num_decoder_layers
 
     if isinstance(prompt, PromptLayout):
         if _model_device(model).type == "meta":
@@ -338,9 +338,8 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
             counter = _counter()
             with counter:
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
@@ -356,9 +355,6 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
                 model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
             result["decode_per_token"][variant] = int(counter.get_total_flops())
             del cache
-        finally:
-            if handle is not None:
-                handle.remove()
     return result
 
 
@@ -491,13 +487,13 @@ class _Prefill(nn.Module):
 
 
 @torch.no_grad()
-def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0) -> dict:
-    """fvcore's count of the prefill total, baseline and withdrawn, x2 to FLOPs: {baseline_total, withdrawn_total, note}."""
+def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0,
+                 kinds: tuple[str, ...] | None = None) -> dict:
+    """fvcore's count of the prefill total, baseline and withdrawn (``kinds`` as in :func:`vtwcli.withdraw`),
+    x2 to FLOPs: {baseline_total, withdrawn_total, note}."""
     import warnings
 
     from fvcore.nn import FlopCountAnalysis
-
-    from vtwcli.withdrawal import withdraw
 
     if _model_device(model).type == "meta":
         raise VtwError("the fvcore cross-check needs real weights (it traces with jit); drop --fvcore for meta "
@@ -506,9 +502,8 @@ def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: in
     ids = layout.input_ids(model.config, seed=seed).to(device)
     pixels = layout.pixel_values(model.config, seed=seed, dtype=_model_dtype(model), device=device)
     totals = {}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
-        try:
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
             analysis = FlopCountAnalysis(_Prefill(model), (ids, pixels))
             analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _fvcore_sdpa})
             analysis.set_op_handle(**{op: _fvcore_zero for op in ("aten::batch_norm", "aten::group_norm", "aten::layer_norm",
@@ -519,9 +514,6 @@ def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: in
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 totals[variant] = 2 * int(analysis.total())
-        finally:
-            if handle is not None:
-                handle.remove()
     return {"baseline_total": totals["baseline"], "withdrawn_total": totals["withdrawn"], "note": FVCORE_NOTE}
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vtwcli.errors import VtwError
-from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
 from vtwcli.profile.header import device_name
 
 __all__ = ["summarize", "measure_latency", "device_name", "speedups"]
@@ -108,8 +108,6 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
     family's processor returns). ``threads`` sets
     ``torch.set_num_threads`` (CPU) for the measurement; the count in use is recorded either way.
     """
-    from vtwcli.withdrawal import withdraw
-
     if new_tokens < 2:
         raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
     if min_runs < 1 or warmup < 0 or min_time_s < 0:
@@ -122,33 +120,28 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
         if threads < 1:
             raise VtwError(f"--threads {threads}: use 1 or more")
         torch.set_num_threads(threads)
-    samples = {variant: {m: [] for m in METRICS} for variant in ("baseline", "withdrawn")}
+    samples = {variant: {m: [] for m in METRICS} for variant in VARIANTS}
 
-    def run(variant: str, record: bool) -> None:
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
-            timings = _one_run(model, inputs, new_tokens, device)
-        finally:
-            if handle is not None:
-                handle.remove()
-        if record:
-            for metric, value in timings.items():
-                samples[variant][metric].append(value)
+    def run_both(record: bool) -> None:  # alternating, so drift (thermal, other load) hits both alike
+        for variant, withdrawn in variants(model, layer, kinds):
+            with withdrawn:
+                timings = _one_run(model, inputs, new_tokens, device)
+            if record:
+                for metric, value in timings.items():
+                    samples[variant][metric].append(value)
 
     try:
         for _ in range(warmup):
-            run("baseline", False)
-            run("withdrawn", False)
+            run_both(False)
         start = time.perf_counter()
         while (len(samples["withdrawn"]["prefill_ms"]) < min_runs or time.perf_counter() - start < min_time_s):
-            run("baseline", True)
-            run("withdrawn", True)
+            run_both(True)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
     section = {"device": str(device), "device_name": device_name(device), "threads": used_threads,
                "new_tokens": new_tokens}
-    for variant in ("baseline", "withdrawn"):
+    for variant in VARIANTS:
         section[variant] = {metric: summarize(values) for metric, values in samples[variant].items()}
     section["speedup"] = speedups(section["baseline"], section["withdrawn"])
     section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)

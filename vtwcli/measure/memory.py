@@ -22,7 +22,7 @@ import sys
 import torch
 from torch import nn
 
-from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.measure.runs import cache_of, generate_exactly, variants
 
 __all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "measure_memory"]
 
@@ -102,17 +102,11 @@ def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: in
     """The profile's ``memory`` block: baseline and withdrawn figures and ``kv_cache_reduction``.
 
     ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw` (default: all)."""
-    from vtwcli.withdrawal import withdraw
-
     device = next(model.parameters()).device
     section: dict = {}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
             section[variant] = _variant(model, inputs, new_tokens, device)
-        finally:
-            if handle is not None:
-                handle.remove()
     base, withdrawn = section["baseline"]["kv_cache_bytes"], section["withdrawn"]["kv_cache_bytes"]
     section["kv_cache_reduction"] = 1 - withdrawn / base if base else 0.0
     return section
