@@ -15,26 +15,15 @@ from __future__ import annotations
 
 from vtwcli.profile.files import MIGRATIONS, UPGRADE_HINT, check_output_path, read_profile_dict, write_profile
 from vtwcli.profile.header import MEASURED_SECTIONS, environment_section, extend_profile, new_profile, now_iso
-from vtwcli.profile.model import (MATCHED_MODEL_KEYS, Accuracy, AnalyticFlops, AttentionShare, Bootstrap, Calibration,
-                                  CalibrationCost, Choice, ContextTokens, DataInfo, DatasetCurve, DecodeFlops,
-                                  Environment, Evaluation, Flops, FlopsBreakdown, LayerKL, Latency, LatencyRun, Memory,
-                                  MemoryRun, ModelInfo, Profile, SampleKL, Speedup, TimingStats, TokenCounts, ToolInfo,
-                                  Withdrawal, WithdrawnAccuracy, as_profile, choice_of, first_layer_under, load_profile, model_differences,
-                                  profile_from_dict, profile_to_dict, save_profile, typed_profile)
+from vtwcli.profile.model import *  # noqa: F403 - the typed model is this package's face (model.__all__)
+from vtwcli.profile.model import __all__ as _typed_names
 from vtwcli.profile.schema import SCHEMA_PATH, SCHEMA_VERSION, schema, validate_profile_dict
 from vtwcli.profile.yaml_text import SECTION_ORDER, dump_profile_yaml
 
 __all__ = [
-    "SCHEMA_VERSION", "SCHEMA_PATH", "MIGRATIONS", "UPGRADE_HINT", "SECTION_ORDER", "schema",
-    "environment_section", "now_iso", "new_profile", "validate_profile_dict", "write_profile",
-    "read_profile_dict", "dump_profile_yaml", "apply_profile", "check_output_path", "extend_profile",
-    "MEASURED_SECTIONS",
-    "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
-    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
-    "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
-    "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
-    "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
-    "load_profile", "profile_to_dict", "save_profile", "as_profile",
+    "SCHEMA_VERSION", "SCHEMA_PATH", "MIGRATIONS", "UPGRADE_HINT", "SECTION_ORDER", "MEASURED_SECTIONS", "schema",
+    "environment_section", "now_iso", "new_profile", "extend_profile", "validate_profile_dict", "write_profile",
+    "read_profile_dict", "check_output_path", "dump_profile_yaml", "apply_profile", *_typed_names,  # noqa: F405
 ]
 
 
