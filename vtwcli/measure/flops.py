@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import cache_of, variants
+from vtwcli.measure.runs import VARIANTS, cache_of, variants
 from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
@@ -273,15 +273,14 @@ def _counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
 
 
-def _llava_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """Component -> module on an unmodified LLaVA-1.5-layout model (what the meta-device count drives)."""
+def _component_modules(model: nn.Module, adapter) -> dict[str, nn.Module]:
+    """Component -> the one module the adapter entry names for it (what the meta-device count drives)."""
     try:
-        inner = model.model
-        return {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector,
-                "language_model": inner.language_model, "lm_head": model.lm_head}
-    except AttributeError:
-        raise UnsupportedError(f"{type(model).__name__}: the meta-device count drives model.model.vision_tower, "
-                               ".multi_modal_projector, .language_model and model.lm_head (LLaVA layout)") from None
+        return {component: model.get_submodule(path) for component, (path,) in adapter.flops_components.items()}
+    except (AttributeError, ValueError):
+        paths = ", ".join(f"{c}: {', '.join(p)}" for c, p in adapter.flops_components.items())
+        raise UnsupportedError(f"{type(model).__name__}: the meta-device count drives one module per component "
+                               f"and this model does not have them as its adapter names them ({paths})") from None
 
 
 def _module_flops(counts: dict, name: str) -> int:
@@ -377,10 +376,9 @@ def _select_features(config, outputs) -> torch.Tensor:
     return torch.cat(chosen, dim=-1)
 
 
-def _drive_language_model(model, hidden: torch.Tensor, positions: torch.Tensor, cache, layer: int | None,
+def _drive_language_model(lm: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, cache, layer: int | None,
                           kept: torch.Tensor | None) -> torch.Tensor:
-    """The decoder layers one by one; from ``layer`` on only the ``kept`` positions go through."""
-    lm = model.model.language_model
+    """The decoder layers of ``lm`` one by one; from ``layer`` on only the ``kept`` positions go through."""
     cos_sin = lm.rotary_emb(hidden, positions)
     for i, decoder_layer in enumerate(lm.layers):
         if layer is not None and i == layer and kept is not None:
@@ -415,12 +413,12 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
 
     from vtwcli.withdrawal import num_decoder_layers
 
-    require_fixed_image_layout(model)
+    adapter = require_fixed_image_layout(model)
     num_layers = num_decoder_layers(model)
     check_layer(layer, num_layers)
     config = model.config
     device, dtype = _model_device(model), _model_dtype(model)
-    parts = _llava_parts(model)
+    parts = _component_modules(model, adapter)
     lm = parts["language_model"]
     ids = layout.input_ids(config).to(device)
     pixels = layout.pixel_values(config, dtype=dtype, device=device)
@@ -436,12 +434,12 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
         config, parts["vision_tower"](pixels, output_hidden_states=True, return_dict=True)))
     _, projector = counted(lambda: parts["projector"](features))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
-    for variant in ("baseline", "withdrawn"):
+    for variant in VARIANTS:  # withdrawn by definition here: no hooks on a meta model
         withdraw_at = layer if variant == "withdrawn" and layer < num_layers else None
         cache = DynamicCache(config=config.text_config)
         positions = torch.arange(layout.total, device=device)[None]
         hidden, language = counted(lambda: _drive_language_model(
-            model, lm.embed_tokens(ids), positions, cache, withdraw_at, kept))
+            lm, lm.embed_tokens(ids), positions, cache, withdraw_at, kept))
         _, head = counted(lambda: parts["lm_head"](hidden[:, -1:]))
         result[variant] = {"total": tower + projector + language + head, "vision_tower": tower,
                            "projector": projector, "language_model": language, "lm_head": head}
@@ -449,7 +447,7 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
         step_position = torch.full((1, 1), layout.total, device=device)
 
         def decode():
-            out = _drive_language_model(model, lm.embed_tokens(ids[:, -1:]), step_position, cache, None, None)
+            out = _drive_language_model(lm, lm.embed_tokens(ids[:, -1:]), step_position, cache, None, None)
             return parts["lm_head"](out)
 
         _, step = counted(decode)
