@@ -18,6 +18,7 @@ removed after each withdrawn run, outside the timed regions.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -27,14 +28,15 @@ from torch import nn
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
 from vtwcli.profile.header import device_name
+from vtwcli.profile.model import TimingStats
 
-__all__ = ["summarize", "measure_latency", "device_name", "speedups"]
+__all__ = ["timing_stats", "summarize", "LatencyTracker", "measure_latency", "device_name", "speedups"]
 
 METRICS = ("prefill_ms", "decode_ms_per_token", "end_to_end_ms")
 
 
-def summarize(samples_ms: list[float]) -> dict:
-    """{median, p10, p90, stdev, runs} of a list of milliseconds (p10/p90: inclusive deciles; stdev: sample)."""
+def timing_stats(samples_ms: list[float]) -> TimingStats:
+    """The profile's summary of a list of milliseconds (p10/p90: inclusive deciles; stdev: sample)."""
     values = [float(v) for v in samples_ms]
     if not values:
         raise ValueError("no samples to summarize")
@@ -43,8 +45,13 @@ def summarize(samples_ms: list[float]) -> dict:
     else:
         deciles = statistics.quantiles(values, n=10, method="inclusive")
         p10, p90 = deciles[0], deciles[-1]
-    return {"median": round(statistics.median(values), 4), "p10": round(p10, 4), "p90": round(p90, 4),
-            "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "runs": len(values)}
+    return TimingStats(median=round(statistics.median(values), 4), p10=round(p10, 4), p90=round(p90, 4),
+                       stdev=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, runs=len(values))
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    """{median, p10, p90, stdev, runs} of a list of milliseconds, as the profile stores it."""
+    return dataclasses.asdict(timing_stats(samples_ms))
 
 
 class _Timer:
@@ -70,6 +77,29 @@ class _Timer:
             self.ms = self._start.elapsed_time(self._end)
         else:
             self.ms = (time.perf_counter() - self._t0) * 1000.0
+
+
+class LatencyTracker:
+    """The timed runs of one variant (a tracker per quantity, as in optimum-benchmark): :meth:`track` times
+    one run of ``inputs`` (prefill, decode steps, generate()); :meth:`result` summarises the recorded ones."""
+
+    def __init__(self, model: nn.Module, inputs: dict, new_tokens: int, device: torch.device):
+        self.model, self.inputs, self.new_tokens, self.device = model, inputs, new_tokens, device
+        self.samples: dict[str, list[float]] = {metric: [] for metric in METRICS}
+
+    @property
+    def runs(self) -> int:
+        return len(self.samples["prefill_ms"])
+
+    def track(self, *, record: bool = True) -> None:
+        timings = _one_run(self.model, self.inputs, self.new_tokens, self.device)
+        if record:
+            for metric, value in timings.items():
+                self.samples[metric].append(value)
+
+    def result(self) -> dict[str, TimingStats]:
+        """``{metric: TimingStats}`` in the profile's key order."""
+        return {metric: timing_stats(values) for metric, values in self.samples.items()}
 
 
 @torch.no_grad()
@@ -120,29 +150,26 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
         if threads < 1:
             raise VtwError(f"--threads {threads}: use 1 or more")
         torch.set_num_threads(threads)
-    samples = {variant: {m: [] for m in METRICS} for variant in VARIANTS}
+    trackers = {variant: LatencyTracker(model, inputs, new_tokens, device) for variant in VARIANTS}
 
     def run_both(record: bool) -> None:  # alternating, so drift (thermal, other load) hits both alike
         for variant, withdrawn in variants(model, layer, kinds):
             with withdrawn:
-                timings = _one_run(model, inputs, new_tokens, device)
-            if record:
-                for metric, value in timings.items():
-                    samples[variant][metric].append(value)
+                trackers[variant].track(record=record)
 
     try:
         for _ in range(warmup):
             run_both(False)
         start = time.perf_counter()
-        while (len(samples["withdrawn"]["prefill_ms"]) < min_runs or time.perf_counter() - start < min_time_s):
+        while trackers["withdrawn"].runs < min_runs or time.perf_counter() - start < min_time_s:
             run_both(True)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
     section = {"device": str(device), "device_name": device_name(device), "threads": used_threads,
                "new_tokens": new_tokens}
-    for variant in VARIANTS:
-        section[variant] = {metric: summarize(values) for metric, values in samples[variant].items()}
+    for variant, tracker in trackers.items():
+        section[variant] = {metric: dataclasses.asdict(stats) for metric, stats in tracker.result().items()}
     section["speedup"] = speedups(section["baseline"], section["withdrawn"])
     section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)
     return section
