@@ -13,6 +13,7 @@ from vtwcli.cli import app
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
+from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
 
 _UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"), (1, "FLOPs"))
 
@@ -33,7 +34,7 @@ def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
     table = Table(title=f"FLOPs ({unit}; {prompt}, prefill, batch 1)")
     for column in ("component", "baseline", "withdrawn", "reduction"):
         table.add_column(column, justify="right" if column != "component" else "left")
-    for key in ("vision_tower", "projector", "language_model", "lm_head", "total"):
+    for key in (*FLOPS_COMPONENTS, "total"):
         base, new = flops["baseline"][key], flops["withdrawn"][key]
         reduction = f"{1 - new / base:.1%}" if base else "-"
         table.add_row(key, _scaled(base, scale), _scaled(new, scale), reduction, style="bold" if key == "total" else "")
@@ -52,10 +53,9 @@ def _latency_table(latency: dict) -> Table:
                   f"{latency['new_tokens']} new tokens)")
     for column in ("", "baseline", "withdrawn", "speedup"):
         table.add_column(column, justify="right" if column else "left")
-    for key, speed in (("prefill_ms", "prefill"), ("decode_ms_per_token", "decode_per_token"),
-                       ("end_to_end_ms", "end_to_end")):
+    for _, key, speed in LATENCY_FIGURES:
         cells = []
-        for variant in ("baseline", "withdrawn"):
+        for variant in VARIANTS:
             stats = latency[variant][key]
             cells.append(f"{stats['median']:.2f} \\[{stats['p10']:.2f}..{stats['p90']:.2f}] n={stats['runs']}")
         value = latency["speedup"][speed]

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtwcli.errors import VtwError
-from vtwcli.gates.metrics import LATENCY_STATS
 from vtwcli.gates.results import EPS, CheckResult, failed, num, passed
-from vtwcli.profile import (Calibration, Flops, Latency, Memory, Profile, first_layer_under, read_profile_dict,
-                            typed_profile)
+from vtwcli.profile import (FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS, Calibration, Flops, Latency, Memory, Profile,
+                            first_layer_under, read_profile_dict, typed_profile)
 
 __all__ = ["REL_TOL_FLOPS", "REL_TOL_LATENCY", "FileCheck", "check_profile_dict", "check_typed_profile",
            "check_profile", "check_files", "check_failure_message", "kinds_text", "accuracy_drop_detail"]
@@ -19,7 +18,6 @@ __all__ = ["REL_TOL_FLOPS", "REL_TOL_LATENCY", "FileCheck", "check_profile_dict"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 REL_TOL_FLOPS = 1e-6
 REL_TOL_LATENCY = 1e-3
-FLOPS_COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
 
 
 def kinds_text(kinds) -> str:
@@ -120,7 +118,7 @@ def ratio_check(name: str, stated, numerator, denominator, rel_tol: float, what:
 
 def _check_flops(flops: Flops, src: str) -> list[CheckResult]:
     results = []
-    for variant in ("baseline", "withdrawn"):
+    for variant in VARIANTS:
         block = getattr(flops, variant)
         total = sum(getattr(block, part) for part in FLOPS_COMPONENTS)
         name = f"flops.{variant}.total"
@@ -141,7 +139,7 @@ def _median(run, stats: str):
 
 def _check_latency(latency: Latency, flops: Flops | None, src: str) -> list[CheckResult]:
     results = []
-    for _, stats, speedup in LATENCY_STATS:
+    for _, stats, speedup in LATENCY_FIGURES:
         base, new = _median(latency.baseline, stats), _median(latency.withdrawn, stats)
         results.append(ratio_check(f"latency.speedup.{speedup}", getattr(latency.speedup, speedup), base, new,
                                    REL_TOL_LATENCY,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vtwcli.gates.results import num
-from vtwcli.profile import Profile, choice_of
+from vtwcli.profile import LATENCY_FIGURES, VARIANTS, Profile, choice_of
 
-__all__ = ["Gate", "MetricSpec", "METRICS", "LATENCY_STATS", "MEMORY_FIGURES", "metric", "value_of", "MetricRow",
+__all__ = ["Gate", "MetricSpec", "METRICS", "MEMORY_FIGURES", "metric", "value_of", "MetricRow",
            "format_value", "format_delta"]
 
 
@@ -37,16 +37,12 @@ class MetricSpec:
     gate: Gate | None = None
 
 
-# (label, key under latency.<variant>, machine key) of the timed figures
-LATENCY_STATS = (("prefill", "prefill_ms", "prefill"), ("decode per token", "decode_ms_per_token", "decode_per_token"),
-                 ("end to end", "end_to_end_ms", "end_to_end"))
 # (label, key under memory.<variant>) of the memory figures
 MEMORY_FIGURES = (("peak RSS", "peak_rss_bytes"), ("KV cache", "kv_cache_bytes"))
-VARIANTS = ("baseline", "withdrawn")
 
 
 def _latency_specs():
-    for label, stats, key in LATENCY_STATS:
+    for label, stats, key in LATENCY_FIGURES:
         for variant in VARIANTS:
             gate = Gate("max_latency_increase", f"max-latency-increase ({key})", f"withdrawn {label} median",
                         device_bound=True) if variant == "withdrawn" else None

@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.measure.runs import VARIANTS, cache_of, variants
+from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
@@ -52,7 +53,7 @@ CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv,
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config only, no weights; components "
                 "driven one by one, layers >= K on the text positions)")
-COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
+COMPONENTS = FLOPS_COMPONENTS
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
 # Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP (norms,
@@ -537,10 +538,10 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
     if analytic is not None:
         covers = analytic.get("covers", list(COMPONENTS))
         section["analytic"] = {v: {k: int(analytic[v][k]) for k in ("total", *covers)}
-                               for v in ("baseline", "withdrawn")}
+                               for v in VARIANTS}
         section["analytic"]["covers"] = list(covers)
         section["analytic"]["decode_per_token"] = {v: int(analytic["decode_per_token"][v])
-                                                   for v in ("baseline", "withdrawn")}
+                                                   for v in VARIANTS}
     if fvcore is not None:
         section["fvcore"] = dict(fvcore)
     return section

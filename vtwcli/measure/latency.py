@@ -28,11 +28,11 @@ from torch import nn
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
 from vtwcli.profile.header import device_name
-from vtwcli.profile.model import TimingStats
+from vtwcli.profile.model import LATENCY_FIGURES, TimingStats
 
 __all__ = ["timing_stats", "summarize", "LatencyTracker", "measure_latency", "device_name", "speedups"]
 
-METRICS = ("prefill_ms", "decode_ms_per_token", "end_to_end_ms")
+METRICS = tuple(key for _, key, _ in LATENCY_FIGURES)
 
 
 def timing_stats(samples_ms: list[float]) -> TimingStats:
@@ -122,9 +122,8 @@ def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
 
 def speedups(baseline: dict, withdrawn: dict) -> dict:
     """baseline median / withdrawn median per metric."""
-    names = {"prefill_ms": "prefill", "decode_ms_per_token": "decode_per_token", "end_to_end_ms": "end_to_end"}
-    return {names[m]: baseline[m]["median"] / withdrawn[m]["median"] if withdrawn[m]["median"] else None
-            for m in METRICS}
+    return {name: baseline[m]["median"] / withdrawn[m]["median"] if withdrawn[m]["median"] else None
+            for _, m, name in LATENCY_FIGURES}
 
 
 def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8, warmup: int = 1,

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-VARIANTS = ("baseline", "withdrawn")
+from vtwcli.profile.model import VARIANTS
+
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ __all__ = [
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
     "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
 ]
@@ -284,6 +285,14 @@ class Profile:
     def layer(self) -> int | None:
         """The withdrawal layer K (see :func:`choice_of`)."""
         return choice_of(self).layer
+
+
+# Facts of the profile's shape that measurements, checks and renderers share.
+VARIANTS = ("baseline", "withdrawn")
+FLOPS_COMPONENTS = tuple(f.name for f in dataclasses.fields(FlopsBreakdown) if f.name != "total")
+# (label, key under latency.<variant>, key under latency.speedup) of each timed figure
+LATENCY_FIGURES = (("prefill", "prefill_ms", "prefill"), ("decode per token", "decode_ms_per_token", "decode_per_token"),
+                   ("end to end", "end_to_end_ms", "end_to_end"))
 
 
 @dataclass(frozen=True)
