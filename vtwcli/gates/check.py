@@ -25,12 +25,12 @@ def kinds_text(kinds) -> str:
     return ",".join(kinds) if kinds else "all vision"
 
 
-def accuracy_drop_detail(what: str, base: float, new: float, limit: float) -> tuple[bool, str]:
+def accuracy_drop_detail(base: float, new: float, limit: float, *, label: str, new_label: str = "") -> tuple[bool, str]:
     """(within the limit, detail line) of an accuracy drop ``base`` -> ``new`` in percentage points."""
     drop = (base - new) * 100
     ok = drop <= limit + EPS
-    return ok, (f"{what} {base * 100:.2f}% -> {new * 100:.2f}%{' withdrawn' if what == 'accuracy' else ''}: drop "
-                f"{drop:.2f} points {'<=' if ok else '>'} limit {num(limit)}")
+    return ok, (f"{label} {base * 100:.2f}% -> {new * 100:.2f}%{new_label}: drop {drop:.2f} points "
+                f"{'<=' if ok else '>'} limit {num(limit)}")
 
 
 def _layers_text(layers: list) -> str:
@@ -165,7 +165,8 @@ def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResul
                       src)
     if evaluation.withdrawn.accuracy is None:
         return failed(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
-    ok, detail = accuracy_drop_detail("accuracy", evaluation.baseline.accuracy, evaluation.withdrawn.accuracy, limit)
+    ok, detail = accuracy_drop_detail(evaluation.baseline.accuracy, evaluation.withdrawn.accuracy, limit,
+                                      label="accuracy", new_label=" withdrawn")
     return passed(name, detail, src) if ok else failed(name, detail, src)
 
 

@@ -142,7 +142,7 @@ def _accuracy_gate(base: Profile, new: Profile, limit: float, sources) -> CheckR
     absent = _absent((b, n), sources)
     if absent:
         return failed(name, f"evaluation.withdrawn.accuracy is missing or null in {' and '.join(absent)}")
-    ok, detail = accuracy_drop_detail("withdrawn accuracy", b, n, limit)
+    ok, detail = accuracy_drop_detail(b, n, limit, label="withdrawn accuracy")
     return passed(name, detail) if ok else failed(name, detail)
 
 

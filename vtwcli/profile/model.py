@@ -291,7 +291,8 @@ class Profile:
 VARIANTS = ("baseline", "withdrawn")
 FLOPS_COMPONENTS = tuple(f.name for f in dataclasses.fields(FlopsBreakdown) if f.name != "total")
 # (label, key under latency.<variant>, key under latency.speedup) of each timed figure
-LATENCY_FIGURES = (("prefill", "prefill_ms", "prefill"), ("decode per token", "decode_ms_per_token", "decode_per_token"),
+LATENCY_FIGURES = (("prefill", "prefill_ms", "prefill"),
+                   ("decode per token", "decode_ms_per_token", "decode_per_token"),
                    ("end to end", "end_to_end_ms", "end_to_end"))
 
 

@@ -90,7 +90,8 @@ def _describe(error) -> tuple[list, str]:
     if validator == "minLength":
         return path, f"expected a non-empty string, got {short_repr(value)}"
     if validator in ("oneOf", "anyOf"):
-        return path, f"expected {' or '.join(_alt_name(s) for s in expected)}, got {json_type(value)} {short_repr(value)}"
+        alternatives = " or ".join(_alt_name(s) for s in expected)
+        return path, f"expected {alternatives}, got {json_type(value)} {short_repr(value)}"
     return path, error.message
 
 
