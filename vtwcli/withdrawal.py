@@ -17,6 +17,11 @@ How it works, without touching the model's code:
   rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
 
+* families with DeepStack (vision features added inside the decoder: Qwen3-VL, Granite4-Vision) get a
+  pre-hook on the module that receives the injections, which keeps only those into layers <= K (the
+  later ones would touch only withdrawn tokens); families with bidirectional prompt blocks (PaliGemma's
+  prefix-LM) keep the blocks of the kept tokens in the kept-sequence masks.
+
 Nothing here branches on the architecture: where the layers are, which ids are vision tokens, the layer
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
 
