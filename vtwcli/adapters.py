@@ -81,13 +81,8 @@ def _after_each_layer(features) -> list[int]:
 
 
 def _select_entries(features, keep: list[bool]):
+    # Entries are positional (entry i = layer i): the flags of layers <= K only ever drop a suffix.
     return [entry for entry, kept in zip(features, keep) if kept]
-
-
-def _prefix_lm_blocks(kwargs: dict):
-    # PaliGemma: token_type_ids 0 = the prompt (image + text prefix, one bidirectional block), 1 = the suffix.
-    token_types = kwargs.get("token_type_ids")
-    return None if token_types is None else -(token_types != 0).long()
 
 
 def _dict_keys(features) -> list[int]:
@@ -103,6 +98,12 @@ GRANITE4_VISION_DEEPSTACK = DeepStack(module=lambda model: model.model.language_
                                       target_layers=_dict_keys, select=_select_items)
 QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
                                target_layers=_after_each_layer, select=_select_entries)
+
+
+def _prefix_lm_blocks(kwargs: dict):
+    # PaliGemma: token_type_ids 0 = the prompt (image + text prefix, one bidirectional block), 1 = the suffix.
+    token_types = kwargs.get("token_type_ids")
+    return None if token_types is None else -(token_types != 0).long()
 
 
 LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
