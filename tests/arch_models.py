@@ -668,7 +668,8 @@ def tiny_glm4v(num_layers=4, attn="sdpa", seed=0, variant="4.1"):
     vision = dict(depth=1, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
                   spatial_merge_size=2, temporal_patch_size=2, image_size=16)
     ids = dict(image_token_id=GLM_IMAGE, video_token_id=GLM_VIDEO, image_start_token_id=GLM_MARKERS[0],
-               image_end_token_id=GLM_MARKERS[1], video_start_token_id=GLM_MARKERS[2], video_end_token_id=GLM_MARKERS[3])
+               image_end_token_id=GLM_MARKERS[1], video_start_token_id=GLM_MARKERS[2],
+               video_end_token_id=GLM_MARKERS[3])
     config_cls, model_cls = {"4.1": (Glm4vConfig, Glm4vForConditionalGeneration),
                              "4.5": (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration),
                              "4.6": (Glm46VConfig, Glm46VForConditionalGeneration)}[variant]
@@ -866,7 +867,8 @@ class VideoLlavaInputs(ShimProcessor):
     def __init__(self):
         from transformers import VideoLlavaImageProcessor
 
-        self.image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+        self.image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 16},
+                                                        crop_size={"height": 16, "width": 16})
         self.tokenizer = word_tokenizer(VIDEO_SPECIALS)
 
     def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt", **kwargs):
@@ -909,7 +911,8 @@ class Granite4VisionInputs(FeatureCountInputs):
     number of (deepstack) features the model makes per image."""
 
     def _image_counts(self, vision: dict) -> list[int]:
-        out = self.model.model.get_image_features(pixel_values=vision["pixel_values"], image_sizes=vision["image_sizes"])
+        out = self.model.model.get_image_features(pixel_values=vision["pixel_values"],
+                                                  image_sizes=vision["image_sizes"])
         return [len(features) for features in out.deepstack_features[0][1]]
 
 
@@ -932,8 +935,9 @@ def granite4_vision_injections(kwargs: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # PaliGemma: prefix-LM (the whole prompt, image AND text, attends bidirectionally; token_type_ids 0)
 
-PALIGEMMA_TEMPLATE = ("{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'image' %}"
-                      "<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}")
+PALIGEMMA_TEMPLATE = ("{% for message in messages %}{% for item in message['content'] %}"
+                      "{% if item['type'] == 'image' %}<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+                      "{% endfor %}")
 
 
 def tiny_paligemma(num_layers=4, attn="sdpa", seed=0):
@@ -1086,7 +1090,8 @@ def tiny_ovis2(num_layers=4, attn="sdpa", seed=0):
 
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
                   patch_size=4, vocab_size=64, hidden_stride=2)
-    config = Ovis2Config(vision_config=vision, text_config=dict(_text(num_hidden_layers=num_layers), model_type="qwen2"),
+    text = dict(_text(num_hidden_layers=num_layers), model_type="qwen2")
+    config = Ovis2Config(vision_config=vision, text_config=text,
                          image_token_id=OVIS_ATOM, visual_indicator_token_ids=OVIS_INDICATORS, vocab_size=VOCAB,
                          hidden_size=32)
     config._attn_implementation = attn
@@ -1148,8 +1153,8 @@ FAMILIES: dict[str, Family] = {
     "aya_vision": Family("Aya Vision", "AyaVisionForConditionalGeneration", tiny_aya_vision, aya_vision_processor,
                          llava_rows, lambda config: [config.image_token_id]),
     "cohere2_vision": Family("Cohere2 Vision", "Cohere2VisionForConditionalGeneration",
-                             lambda n, a="sdpa", s=0: tiny_aya_vision(n, a, s, cohere2_vision=True), Cohere2VisionInputs,
-                             llava_rows, lambda config: [config.image_token_id]),
+                             lambda n, a="sdpa", s=0: tiny_aya_vision(n, a, s, cohere2_vision=True),
+                             Cohere2VisionInputs, llava_rows, lambda config: [config.image_token_id]),
     "vipllava": Family("VipLLaVA", "VipLlavaForConditionalGeneration", tiny_vipllava, vipllava_processor, llava_rows,
                        lambda config: [config.image_token_id]),
     "llava_next_video": Family("LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration", tiny_llava_next_video,

@@ -121,7 +121,8 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     decode = flops["decode_per_token"]
     assert decode["context_tokens"] == {"baseline": cached["baseline"][-1], "withdrawn": cached["withdrawn"][-1]}
     for variant in ("baseline", "withdrawn"):
-        expected = sum(decoder_layer_flops(text_config, 1, keys + 1, i) for i, keys in enumerate(cached[variant])) + head
+        expected = sum(decoder_layer_flops(text_config, 1, keys + 1, i)
+                       for i, keys in enumerate(cached[variant])) + head
         assert decode[variant] == expected, variant
     assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
     assert data["latency"]["baseline"]["prefill_ms"]["runs"] >= 1

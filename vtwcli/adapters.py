@@ -244,8 +244,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         video_frames_as_images=True,  # between <|begin_of_video|> / <|end_of_video|>
         positions_from_mask=False,
         flops_components={"vision_tower": ("model.visual.embeddings", "model.visual.patch_embed",
-                                           "model.visual.post_conv_layernorm", "model.visual.blocks", "model.visual.post_layernorm",
-                                           "model.visual.downsample"),
+                                           "model.visual.post_conv_layernorm", "model.visual.blocks",
+                                           "model.visual.post_layernorm", "model.visual.downsample"),
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
@@ -454,8 +454,8 @@ NOT_APPLICABLE: dict[str, Uncovered] = {
                                            "cross-attention: image features never enter the decoder's sequence"),
     "Idefics (v1)": Uncovered(("IdeficsForVisionText2Text",), "cross-attention: no vision tokens in the sequence"),
     "Encoder-decoders": Uncovered(
-        ("Florence2ForConditionalGeneration", "Pix2StructForConditionalGeneration", "PPFormulaNetForConditionalGeneration",
-         "T5Gemma2ForConditionalGeneration", "UdopForConditionalGeneration", "VisionEncoderDecoderModel",
+        ("Florence2ForConditionalGeneration", "Pix2StructForConditionalGeneration",
+         "PPFormulaNetForConditionalGeneration", "T5Gemma2ForConditionalGeneration", "UdopForConditionalGeneration", "VisionEncoderDecoderModel",
          "BlipForConditionalGeneration"),
         "the image is read by an encoder (and cross-attention), the decoder has no vision tokens to withdraw"),
     "Evolla": Uncovered(("EvollaForProteinText2Text",), "protein-text model: no vision tokens"),
