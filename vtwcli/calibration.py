@@ -2,7 +2,8 @@
 
 For each sample, P_full is the next-token distribution of the full model and P_K that of the model
 withdrawn at layer K (at the last prompt position, or at every answer position with the teacher-forced
-criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold.
+criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold (the
+default ``mean`` rule; vtwcli.selection has the others, the bootstrap distribution of K and its warnings).
 
 Why it is cheap: layers 0..K-1 of the withdrawn model compute exactly what the full model computes. One
 full forward per batch records the hidden state entering every layer and every layer's keys/values.
@@ -26,6 +27,8 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
+from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, accuracy_interval, k_bootstrap, layer_choice, parse_rule,
+                              samples_auto, selection_warnings)
 from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
@@ -46,6 +49,10 @@ class CalibrationOptions:
     evaluate: bool = True
     # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
     kinds: tuple[str, ...] | None = None
+    # How K is read off the curve (vtwcli.selection.parse_rule): mean, upper or stable=P.
+    select: str = DEFAULT_RULE
+    # --samples auto: draw seeded rounds until K is stable; None: use the selections' samples as given.
+    auto: AutoOptions | None = None
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
@@ -61,6 +68,9 @@ class CalibrationOptions:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.kinds is not None:
             validate_kinds(self.kinds)
+        parse_rule(self.select)
+        if self.auto is not None:
+            self.auto.validate()
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -291,7 +301,7 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
 @dataclass
 class DatasetSelection:
     dataset: object  # vtwcli.datasets.Dataset
-    samples: list
+    samples: list  # in file order; with --samples auto, every sample in its seeded draw order
     seed: int
 
 
@@ -306,6 +316,8 @@ class CalibrationResult:
     diagnose: list[dict] | None = None
     evaluation: dict | None = None
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
+    selection: dict = field(default_factory=dict)  # the profile's calibration.selection
+    selections: list[DatasetSelection] = field(default_factory=list)  # the samples used (file order)
 
     @property
     def found(self) -> bool:
@@ -367,6 +379,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     ``progress(phase, n)`` reports finished samples ("kl", then "eval"). ``store`` (see
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
+    With ``options.auto`` each selection holds every sample in its seeded draw order
+    (:func:`vtwcli.datasets.draw_order`); rounds of ``auto.step`` samples per dataset are measured until the
+    K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
     from vtwcli.datasets import make_batch, score_answer
 
@@ -399,26 +414,58 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    per_sample, kl_rows, shares = [], [], []
-    work_full = work_candidates = 0
-    for selection, start, chunk in batches():
-        key = f"kl/{selection.dataset.name}/{start}"
+    measured: dict[tuple[str, str], list[float]] = {}  # (dataset, sample id) -> KL per candidate layer
+    shares = []
+    work = {"full": 0, "candidates": 0}
+
+    def measure(selection: DatasetSelection, chunk: list, key: str) -> None:
         done = store.get(key)
         if done is None:
             done = kl_of_batch(chunk)
             store.put(key, done)
-        work_full += done["work_full"]
-        work_candidates += done["work_candidates"]
+        work["full"] += done["work_full"]
+        work["candidates"] += done["work_candidates"]
         if done["share"] is not None:
             shares.append(torch.tensor(done["share"]))
         for sample, row in zip(chunk, done["kl"]):
-            kl_rows.append(row)
-            per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
+            measured[(selection.dataset.name, sample.id)] = [float(v) for v in row]
         if progress:
             progress("kl", len(chunk))
-    kl = np.asarray(kl_rows, dtype=np.float64)
+
+    def in_file_order(selection: DatasetSelection, chunk: list) -> list:
+        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
+        return sorted(chunk, key=lambda sample: position[sample.id])
+
+    def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
+        rows = [measured[(s.dataset.name, x.id)] for s in chosen for x in s.samples]
+        return np.asarray(rows, dtype=np.float64), [s.dataset.name for s in chosen for _ in s.samples]
+
+    auto = None
+    if options.auto is None:
+        for selection, start, chunk in batches():
+            measure(selection, chunk, f"kl/{selection.dataset.name}/{start}")
+    else:
+        # Rounds of `step` more samples per dataset, in each dataset's seeded draw order; every round's K
+        # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
+        drawn = [0] * len(selections)
+
+        def distribution_for(counts: list[int]) -> dict[str, float]:
+            for d, selection in enumerate(selections):
+                for start in range(drawn[d], counts[d], options.batch_size):
+                    chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
+                    measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
+                drawn[d] = counts[d]
+            kl_so_far, names = rows_of(_first(selections, counts, in_file_order))
+            return k_bootstrap(kl_so_far, names, layers, options.threshold,
+                               resamples=options.bootstrap_resamples, seed=options.seed)
+
+        auto = samples_auto([len(s.samples) for s in selections], distribution_for, options.auto)
+        selections = _first(selections, auto.counts, in_file_order)
+
+    kl, names = rows_of(selections)
+    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(s.dataset.name, x.id)]}
+                  for s in selections for x in s.samples]
     per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
-    chosen = first_layer_under(per_layer, options.threshold)
 
     per_dataset = []
     for selection in selections:
@@ -427,15 +474,28 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
 
+    rule = parse_rule(options.select)
+    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
+                               seed=options.seed)
+    chosen = layer_choice(rule, per_layer, options.threshold, distribution)
+    selection_section = {"rule": str(rule), "k_bootstrap": distribution,
+                         "warnings": selection_warnings(rule, chosen, per_layer, options.threshold, distribution,
+                                                        per_dataset)}
+    if auto is not None:
+        selection_section["samples_auto"] = {
+            "target": options.auto.target, "step": options.auto.step, "budget": options.auto.budget,
+            "stopped": auto.stopped, "samples": sum(auto.counts),
+            "rounds": [r.to_dict() for r in auto.rounds]}
+
     diagnose = None
     if shares:
         mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
                     for i, s in enumerate(mean_share)]
 
-    def accuracy(layer: int | None) -> float:
+    def accuracy(layer: int | None) -> dict:
         correct = []
-        for selection, start, chunk in batches():
+        for selection, start, chunk in batches():  # `selections` is final here
             key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
             answers = store.get(key)
             if answers is None:
@@ -445,18 +505,26 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
             if progress:
                 progress("eval", len(chunk))
-        return float(np.mean(correct))
+        low, high = accuracy_interval(float(np.mean(correct)), len(correct))
+        return {"accuracy": float(np.mean(correct)), "accuracy_ci": [low, high]}
 
     evaluation = None
     if options.evaluate:
-        evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
-                      "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
+        withdrawn = accuracy(chosen) if chosen is not None else {"accuracy": None, "accuracy_ci": None}
+        evaluation = {"samples": len(kl), "baseline": accuracy(None), "withdrawn": dict(withdrawn, layer=chosen),
+                      "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
-    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
+    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"],
             "seconds": time.perf_counter() - started}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
-                             options=options)
+                             options=options, selection=selection_section, selections=selections)
+
+
+def _first(selections: list[DatasetSelection], counts: list[int], order) -> list[DatasetSelection]:
+    """Each selection cut to its first ``counts[d]`` samples (draw order), put in ``order`` (file order)."""
+    return [DatasetSelection(dataset=s.dataset, samples=order(s, s.samples[:n]), seed=s.seed)
+            for s, n in zip(selections, counts)]
 
 
 def calibration_section(result: CalibrationResult) -> dict:
@@ -474,6 +542,8 @@ def calibration_section(result: CalibrationResult) -> dict:
         "per_sample": result.per_sample,
         "cost": result.cost,
     }
+    if result.selection:
+        section["selection"] = result.selection
     if options.kinds is not None:
         section["withdraw"] = list(options.kinds)
     if result.diagnose is not None:
