@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vtwcli.errors import VtwError
 from vtwcli.profile import read_profile_dict
+from vtwcli.selection import ACCURACY_CONFIDENCE, accuracy_interval, k_bootstrap, layer_choice, parse_rule, stability_line
 
 __all__ = ["CheckResult", "FileCheck", "GateLimits", "MetricRow", "Comparison", "check_profile_dict",
            "check_profile", "check_files", "check_failure_message", "compare_profiles", "compare_files",
@@ -109,15 +110,7 @@ def _check_calibration(cal: dict, num_layers: int, src: str) -> list[CheckResult
                              f"expected layers {min_layer}..{num_layers - 1} ascending and contiguous (min_layer.."
                              f"model.num_layers - 1), got {_layers_text(layers)}", src))
 
-    expected = _first_under(per_layer, threshold)
-    if cal["layer"] == expected:
-        detail = (f"layer {expected} is the first with kl_mean <= {_num(threshold)}" if expected is not None
-                  else f"null: no layer has kl_mean <= {_num(threshold)}")
-        results.append(_ok("calibration.layer", detail, src))
-    else:
-        why = (f"layer {expected} is the first with kl_mean <= threshold {_num(threshold)}" if expected is not None
-               else f"no layer has kl_mean <= threshold {_num(threshold)}, so it must be null")
-        results.append(_fail("calibration.layer", f"profile says {_num(cal['layer'])} but {why}", src))
+    results += _check_selection(cal, src)
 
     bad_ci, bad_max = [], []
     for entry in per_layer:
@@ -150,6 +143,103 @@ def _check_calibration(cal: dict, num_layers: int, src: str) -> list[CheckResult
                              f"per_layer entry): " + "; ".join(wrong[:3]), src) if wrong else
                        _ok("calibration.per_sample", f"{len(samples)} samples x {len(per_layer)} layers", src))
     return results
+
+
+def _check_selection(cal: dict, src: str) -> list[CheckResult]:
+    """calibration.layer recomputed under the recorded rule (mean when there is no selection block), and the
+    recorded K distribution recomputed from the per-sample KL with the recorded bootstrap seed."""
+    selection = cal.get("selection") or {}
+    threshold = cal["threshold"]
+    try:
+        rule = parse_rule(selection.get("rule"))
+    except VtwError:
+        return [_fail("calibration.selection.rule", f"{selection.get('rule')!r} is not mean, upper or stable=P with "
+                      "P in (0, 1]", src)]
+    results = []
+    stored = selection.get("k_bootstrap")
+    if stored is not None:
+        total = sum(stored.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            results.append(_fail("calibration.selection.k_bootstrap", f"fractions sum to {_num(total)}, not 1", src))
+        else:
+            results.append(_recomputed_k_bootstrap(cal, stored, src))
+    if rule.name == "stable" and stored is None:
+        results.append(_fail("calibration.layer", f"rule {rule} needs calibration.selection.k_bootstrap", src))
+        return results
+    expected = layer_choice(rule, cal["per_layer"], threshold, stored)
+    said = f"{rule.describe(threshold)} (rule {rule})"
+    if cal["layer"] == expected:
+        detail = f"layer {expected} is {said}" if expected is not None else f"null: no layer is {said}"
+        results.append(_ok("calibration.layer", detail, src))
+    else:
+        why = f"layer {expected} is {said}" if expected is not None else f"no layer is {said}, so it must be null"
+        results.append(_fail("calibration.layer", f"profile says {_num(cal['layer'])} but {why}", src))
+    return results
+
+
+_MAX_BOOTSTRAP_WORK = 2e9  # samples x resamples x layers that `vtw check` recomputes (seconds of numpy)
+
+
+def _recomputed_k_bootstrap(cal: dict, stored: dict, src: str) -> CheckResult:
+    name = "calibration.selection.k_bootstrap"
+    samples, bootstrap, per_layer = cal.get("per_sample"), cal.get("bootstrap"), cal["per_layer"]
+    if not samples or bootstrap is None:
+        return _na(name, "not recomputed: the profile has no per_sample KL or no bootstrap seed", src)
+    if any(len(s["kl"]) != len(per_layer) for s in samples):
+        return _na(name, "not recomputed: per_sample kl lists do not match per_layer (see calibration.per_sample)",
+                   src)
+    work = len(samples) * bootstrap["resamples"] * len(per_layer)
+    if work > _MAX_BOOTSTRAP_WORK:
+        return _na(name, f"not recomputed: {len(samples)} samples x {bootstrap['resamples']} resamples is too much "
+                   "work for a check", src)
+    layers = [entry["layer"] for entry in per_layer]
+    again = k_bootstrap([s["kl"] for s in samples], [s["dataset"] for s in samples], layers, cal["threshold"],
+                        resamples=bootstrap["resamples"], seed=bootstrap["seed"])
+    keys = sorted(set(again) | set(stored))
+    wrong = [f"K={k}: stored {_num(stored.get(k, 0.0))}, recomputed {_num(again.get(k, 0.0))}" for k in keys
+             if not math.isclose(stored.get(k, 0.0), again.get(k, 0.0), abs_tol=1e-9)]
+    if wrong:
+        return _fail(name, "differs from the stratified bootstrap of per_sample (seed "
+                     f"{bootstrap['seed']}, {bootstrap['resamples']} resamples): " + "; ".join(wrong[:3]), src)
+    return _ok(name, f"{stability_line(stored)}: recomputed from per_sample (seed {bootstrap['seed']})", src)
+
+
+def _check_accuracy_intervals(evaluation: dict, src: str) -> list[CheckResult]:
+    """Each stored accuracy_ci is the Wilson interval of its accuracy on evaluation.samples."""
+    results = []
+    confidence = (evaluation.get("interval") or {}).get("confidence", ACCURACY_CONFIDENCE)
+    for side in ("baseline", "withdrawn"):
+        stated, accuracy = evaluation[side].get("accuracy_ci"), evaluation[side]["accuracy"]
+        name = f"evaluation.{side}.accuracy_ci"
+        if stated is None and accuracy is not None and "accuracy_ci" not in evaluation[side]:
+            continue  # written before accuracy intervals
+        if accuracy is None:
+            if stated is not None:
+                results.append(_fail(name, "is set but the accuracy is null", src))
+            continue
+        low, high = accuracy_interval(accuracy, evaluation["samples"], confidence)
+        if stated is not None and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(stated, (low, high))):
+            results.append(_ok(name, f"Wilson {confidence:.0%} interval of {_num(accuracy)} on "
+                               f"{evaluation['samples']} samples", src))
+        else:
+            results.append(_fail(name, f"is {stated} but the Wilson {confidence:.0%} interval of {_num(accuracy)} on "
+                                 f"{evaluation['samples']} samples is [{_num(low)}, {_num(high)}]", src))
+    return results
+
+
+def _noise_note(base: float, new: float, samples: int | None, limit: float) -> str:
+    """Whether an accuracy drop is within the Wilson interval of the sample size, and whether the limit is."""
+    if not samples:
+        return ""
+    low, high = accuracy_interval(new, samples)
+    within = low <= base <= high
+    note = (f"; {'within' if within else 'outside'} the 95% interval of {samples} samples ({low * 100:.1f}%.."
+            f"{high * 100:.1f}%)" + (": not distinguishable from sampling noise" if within else ""))
+    half = (high - low) / 2 * 100
+    if limit < half:
+        note += (f"; the limit ({_num(limit)} points) is below the interval's half-width ({half:.1f} points), so "
+                 "noise alone can fail this gate: evaluate on more samples")
+    return note
 
 
 def _ratio_check(name: str, stated, numerator, denominator, rel_tol: float, what: str, src: str,
@@ -221,7 +311,8 @@ def _accuracy_drop_check(data: dict, limit: float, src: str) -> CheckResult:
         return _fail(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
     drop = (base - new) * 100
     detail = (f"accuracy {base * 100:.2f}% -> {new * 100:.2f}% withdrawn: drop {drop:.2f} points "
-              f"{'<=' if drop <= limit + _EPS else '>'} limit {_num(limit)}")
+              f"{'<=' if drop <= limit + _EPS else '>'} limit {_num(limit)}"
+              + _noise_note(base, new, evaluation.get("samples"), limit))
     return _ok(name, detail, src) if drop <= limit + _EPS else _fail(name, detail, src)
 
 
@@ -259,6 +350,7 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
         if (withdrawn["layer"] is None) != (withdrawn["accuracy"] is None):
             results.append(_fail("evaluation.withdrawn.accuracy", f"accuracy is {_num(withdrawn['accuracy'])} with "
                                  f"layer {_num(withdrawn['layer'])}: both must be null or neither", src))
+        results += _check_accuracy_intervals(evaluation, src)
     withdrawal = data.get("withdrawal")
     if withdrawal is not None:
         num_layers = data["model"]["num_layers"]
@@ -557,7 +649,7 @@ def _accuracy_gate(base: dict, new: dict, limit: float, sources) -> CheckResult:
     drop = (b - n) * 100
     ok = drop <= limit + _EPS
     detail = (f"withdrawn accuracy {b * 100:.2f}% -> {n * 100:.2f}%: drop {drop:.2f} points "
-              f"{'<=' if ok else '>'} limit {_num(limit)}")
+              f"{'<=' if ok else '>'} limit {_num(limit)}" + _noise_note(b, n, _get(new, "evaluation", "samples"), limit))
     return _ok(name, detail) if ok else _fail(name, detail)
 
 
