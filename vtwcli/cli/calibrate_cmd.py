@@ -158,10 +158,13 @@ def calibrate_command(
     for warning in result.selection["warnings"]:  # on stderr: seen with --json and in CI logs too
         err_console.print(f"[yellow]warning:[/] {escape(warning['message'])}", soft_wrap=True, highlight=False)
     if result.layer is None:
-        raise CheckFailed(f"no layer in {options.min_layer}..{result.layers[-1]} is {rule.describe(threshold)} "
-                          f"(--select {rule}); the curve is in {written}; "
-                          + ("raise --threshold or calibrate on other data" if not rule.conservative else
-                             "calibrate on more samples (--samples auto), raise --threshold or use --select mean"))
+        unmet = (f"has mean KL <= {threshold}" if rule.name == "mean" else
+                 f"has a bootstrap upper bound of the mean KL <= {threshold} (--select upper)" if rule.name == "upper"
+                 else f"is chosen or beaten by {rule.share:.0%} of bootstrap resamples (--select {rule})")
+        raise CheckFailed(f"no layer in {options.min_layer}..{result.layers[-1]} {unmet}; the curve is in "
+                          f"{written}; " + ("raise --threshold or calibrate on other data" if not rule.conservative else
+                                            "calibrate on more samples (--samples auto), raise --threshold or use "
+                                            "--select mean"))
     if not as_json:
         console.print(f"[bold green]K = {result.layer}[/] ({rule.describe(threshold)}"
                       + (", the default threshold" if threshold == DEFAULT_THRESHOLD else "") + ")")
