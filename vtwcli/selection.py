@@ -216,7 +216,7 @@ def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict],
                                f"the threshold {threshold:g}: another draw of samples may choose another K; "
                                "calibrate on more samples (--samples auto) or choose with --select upper"})
     share = chosen_share(rule, layer, k_distribution)
-    if share is not None and share < STABLE_SHARE:
+    if share is not None and share < STABLE_SHARE - _TOL:
         what = f"choose K={layer}" if not rule.conservative else f"choose K={layer} or an earlier layer"
         out.append({"code": "k_share_low",
                     "message": f"only {_percent(share)} of bootstrap resamples {what} ({stability_line(k_distribution)})"
