@@ -18,7 +18,7 @@ from vtwcli import gates as G
 from vtwcli.cli import app
 from vtwcli.errors import VtwError
 from vtwcli.profile import load_profile, write_profile
-from vtwcli.selection import (AutoOptions, Rule, auto_stop_reason, bootstrap_choices, k_bootstrap, layer_choice,
+from vtwcli.selection import (AutoOptions, RoundFigures, Rule, auto_stop_reason, bootstrap_choices, k_bootstrap, layer_choice,
                               parse_rule, samples_auto, selection_warnings, stability_line, wilson_interval)
 
 runner = CliRunner()
@@ -186,30 +186,41 @@ def test_wilson_interval_of_no_samples_is_everything():
 # ------------------------------------------------------------------------------------------ --samples auto
 
 def run_auto(sequence, available, **options):
-    """samples_auto over a hand-built sequence of K distributions; returns (result, counts it asked for)."""
+    """samples_auto over a hand-built sequence of round figures; returns (result, counts it asked for)."""
     asked = []
 
-    def distribution_for(counts):
+    def measure(counts):
         asked.append(counts)
-        return sequence[len(asked) - 1]
+        distribution, straddling = sequence[len(asked) - 1]
+        return RoundFigures(distribution, straddling)
 
-    return samples_auto(available, distribution_for, AutoOptions(**options)), asked
-
-
-SEQUENCE = [{"3": 0.6, "4": 0.4}, {"3": 0.8, "4": 0.2}, {"3": 0.85, "4": 0.15}, {"3": 0.95, "4": 0.05}]
+    return samples_auto(available, measure, AutoOptions(**options)), asked
 
 
-def test_samples_auto_stops_when_the_modal_share_reaches_the_target():
+SEQUENCE = [({"3": 0.6, "4": 0.4}, True), ({"3": 0.8, "4": 0.2}, False), ({"3": 0.92, "4": 0.08}, True),
+            ({"4": 0.95, "5": 0.05}, False), ({"4": 0.97, "5": 0.03}, False)]
+
+
+def test_samples_auto_stops_when_the_modal_share_reaches_the_target_with_a_clear_interval():
     result, asked = run_auto(SEQUENCE, [40, 40], target=0.8, step=5)
     assert asked == [[5, 5], [10, 10]]
     assert result.stopped == "stable" and result.counts == [10, 10]
-    assert [(r.samples, r.modal_k, r.modal_share) for r in result.rounds] == [(10, "3", 0.6), (20, "3", 0.8)]
+    assert [(r.samples, r.modal_k, r.modal_share, r.straddles) for r in result.rounds] == [
+        (10, "3", 0.6, True), (20, "3", 0.8, False)]
+
+
+def test_samples_auto_does_not_stop_while_the_interval_straddles():
+    # round 3 reaches 92% >= 90% but its interval straddles the threshold: one more round
+    result, asked = run_auto(SEQUENCE, [40, 40], target=0.9, step=5)
+    assert asked == [[5, 5], [10, 10], [15, 15], [20, 20]]
+    assert result.stopped == "stable" and result.distribution == SEQUENCE[3][0]
+    assert result.rounds[-1].modal_k == "4"
 
 
 def test_samples_auto_stops_when_the_data_runs_out():
     result, asked = run_auto(SEQUENCE, [12, 7], target=0.99, step=5)
     assert asked == [[5, 5], [10, 7], [12, 7]]
-    assert result.stopped == "data" and result.counts == [12, 7] and result.distribution == SEQUENCE[2]
+    assert result.stopped == "data" and result.counts == [12, 7] and result.distribution == SEQUENCE[2][0]
 
 
 def test_samples_auto_stops_at_the_budget():
@@ -220,10 +231,11 @@ def test_samples_auto_stops_at_the_budget():
 
 def test_auto_stop_reason_order():
     options = AutoOptions(target=0.9, step=5, budget=5)
-    assert auto_stop_reason(0.95, [5], [5], options) == "stable"  # stable wins over data and budget
-    assert auto_stop_reason(0.5, [5], [5], options) == "data"
-    assert auto_stop_reason(0.5, [5], [9], options) == "budget"
-    assert auto_stop_reason(0.5, [4], [9], options) is None
+    assert auto_stop_reason(0.95, False, [5], [5], options) == "stable"  # stable wins over data and budget
+    assert auto_stop_reason(0.95, True, [5], [5], options) == "data"
+    assert auto_stop_reason(0.5, False, [5], [5], options) == "data"
+    assert auto_stop_reason(0.5, False, [5], [9], options) == "budget"
+    assert auto_stop_reason(0.5, False, [4], [9], options) is None
 
 
 @pytest.mark.parametrize("options, message", [

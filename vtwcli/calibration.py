@@ -27,8 +27,8 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
-from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, accuracy_interval, k_bootstrap, layer_choice, parse_rule,
-                              samples_auto, selection_warnings)
+from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, RoundFigures, accuracy_interval,
+                              k_bootstrap, layer_choice, parse_rule, samples_auto, selection_warnings, straddles)
 from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
@@ -449,17 +449,16 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
         drawn = [0] * len(selections)
 
-        def distribution_for(counts: list[int]) -> dict[str, float]:
+        def measure_round(counts: list[int]) -> RoundFigures:
             for d, selection in enumerate(selections):
                 for start in range(drawn[d], counts[d], options.batch_size):
                     chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
                     measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
                 drawn[d] = counts[d]
             kl_so_far, names = rows_of(_first(selections, counts, in_file_order))
-            return k_bootstrap(kl_so_far, names, layers, options.threshold,
-                               resamples=options.bootstrap_resamples, seed=options.seed)
+            return _figures(kl_so_far, names, layers, options)
 
-        auto = samples_auto([len(s.samples) for s in selections], distribution_for, options.auto)
+        auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
         selections = _first(selections, auto.counts, in_file_order)
 
     kl, names = rows_of(selections)
@@ -519,6 +518,15 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
                              options=options, selection=selection_section, selections=selections)
+
+
+def _figures(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions) -> RoundFigures:
+    """One --samples auto round: the K distribution and whether the interval at the rule's K straddles."""
+    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
+                               seed=options.seed)
+    chosen = layer_choice(parse_rule(options.select), per_layer, options.threshold, distribution)
+    return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
 
 
 def _first(selections: list[DatasetSelection], counts: list[int], order) -> list[DatasetSelection]:

@@ -519,6 +519,7 @@ class AutoRoundRecord:
     samples: int
     modal_k: str | None
     modal_share: float
+    straddles: bool
 
 
 @dataclass(frozen=True)

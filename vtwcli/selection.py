@@ -35,7 +35,7 @@ _TOL = 1e-9  # shares are count / resamples: compare sums of them with this slac
 
 __all__ = ["Rule", "parse_rule", "layer_choice", "bootstrap_choices", "k_bootstrap", "stability_line",
            "chosen_share", "selection_warnings", "wilson_interval", "AutoOptions", "AutoRound", "AutoResult",
-           "auto_stop_reason", "samples_auto"]
+           "auto_stop_reason", "samples_auto", "RoundFigures", "straddles"]
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -202,15 +202,25 @@ def chosen_share(rule: Rule, layer: int | None, k_distribution: dict[str, float]
 
 # ------------------------------------------------------------------------------------------------ warnings
 
+def _interval(per_layer: Sequence[dict], layer: int | None) -> tuple[float | None, float | None]:
+    entry = next((e for e in per_layer if e["layer"] == layer), None)
+    return (entry.get("kl_ci_low"), entry.get("kl_ci_high")) if entry else (None, None)
+
+
+def straddles(per_layer: Sequence[dict], layer: int | None, threshold: float) -> bool:
+    """Whether the bootstrap interval of the mean KL at ``layer`` has the threshold inside it."""
+    low, high = _interval(per_layer, layer)
+    return low is not None and high is not None and low <= threshold < high
+
+
 def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict], threshold: float,
                        k_distribution: dict[str, float], per_dataset: Sequence[dict] = ()) -> list[dict]:
     """``[{code, message}]``: reasons not to trust K yet, each saying what to do. None when K is null."""
     if layer is None:
         return []
     out = []
-    entry = next((e for e in per_layer if e["layer"] == layer), None)
-    low, high = (entry.get("kl_ci_low"), entry.get("kl_ci_high")) if entry else (None, None)
-    if low is not None and high is not None and low <= threshold < high:
+    if straddles(per_layer, layer, threshold):
+        low, high = _interval(per_layer, layer)
         out.append({"code": "interval_straddles_threshold",
                     "message": f"the 95% interval of the mean KL at K={layer} ({low:.3g} .. {high:.3g}) straddles "
                                f"the threshold {threshold:g}: another draw of samples may choose another K; "
@@ -256,8 +266,9 @@ def accuracy_interval(accuracy: float, n: int, confidence: float = ACCURACY_CONF
 
 @dataclass(frozen=True)
 class AutoOptions:
-    """``--samples auto``: draw ``step`` more samples per dataset per round until the modal K's bootstrap
-    share is >= ``target``, every dataset is used up, or ``budget`` samples per dataset are drawn."""
+    """``--samples auto``: draw ``step`` more samples per dataset per round until K is stable (the modal K's
+    bootstrap share is >= ``target`` and the interval of the mean KL at the chosen K is clear of the
+    threshold), every dataset is used up, or ``budget`` samples per dataset are drawn."""
 
     target: float = DEFAULT_AUTO_TARGET
     step: int = DEFAULT_AUTO_STEP
@@ -273,13 +284,24 @@ class AutoOptions:
 
 
 @dataclass(frozen=True)
+class RoundFigures:
+    """What one round of ``--samples auto`` measured: the K distribution of the samples drawn so far and
+    whether the interval of the mean KL at the K they choose straddles the threshold."""
+
+    distribution: dict[str, float]
+    straddles: bool = False
+
+
+@dataclass(frozen=True)
 class AutoRound:
     samples: int  # samples drawn so far, all datasets together
     modal_k: str | None
     modal_share: float
+    straddles: bool = False
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "modal_k": self.modal_k, "modal_share": self.modal_share}
+        return {"samples": self.samples, "modal_k": self.modal_k, "modal_share": self.modal_share,
+                "straddles": self.straddles}
 
 
 @dataclass
@@ -290,10 +312,14 @@ class AutoResult:
     distribution: dict[str, float] = field(default_factory=dict)
 
 
-def auto_stop_reason(modal_share: float, counts: Sequence[int], available: Sequence[int], options: AutoOptions
-                     ) -> str | None:
-    """Why to stop drawing after a round (``stable``, ``data``, ``budget``), or None to draw another."""
-    if modal_share >= options.target - _TOL:
+def auto_stop_reason(modal_share: float, straddles: bool, counts: Sequence[int], available: Sequence[int],
+                     options: AutoOptions) -> str | None:
+    """Why to stop drawing after a round (``stable``, ``data``, ``budget``), or None to draw another.
+
+    Stable needs both: the modal K's share alone stops too early when a few samples carry most of the KL
+    (a draw that missed them agrees with itself; docs/calibration.md measures it), and a clear interval
+    alone says nothing about the layers before K."""
+    if modal_share >= options.target - _TOL and not straddles:
         return "stable"
     if all(c >= a for c, a in zip(counts, available)):
         return "data"
@@ -302,19 +328,19 @@ def auto_stop_reason(modal_share: float, counts: Sequence[int], available: Seque
     return None
 
 
-def samples_auto(available: Sequence[int], distribution_for: Callable[[list[int]], dict[str, float]],
+def samples_auto(available: Sequence[int], measure: Callable[[list[int]], RoundFigures],
                  options: AutoOptions) -> AutoResult:
-    """Draw rounds until :func:`auto_stop_reason` says stop. ``distribution_for(counts)`` measures the first
-    ``counts[d]`` samples of each dataset (in its seeded draw order) and returns their K distribution."""
+    """Draw rounds until :func:`auto_stop_reason` says stop. ``measure(counts)`` measures the first
+    ``counts[d]`` samples of each dataset (in its seeded draw order) and returns their figures."""
     options.validate()
     counts = [0] * len(available)
     rounds: list[AutoRound] = []
     while True:
         cap = [a if options.budget is None else min(a, options.budget) for a in available]
         counts = [min(c + options.step, limit) for c, limit in zip(counts, cap)]
-        distribution = distribution_for(list(counts))
-        key, share = modal(distribution)
-        rounds.append(AutoRound(sum(counts), key, share))
-        reason = auto_stop_reason(share, counts, available, options)
+        figures = measure(list(counts))
+        key, share = modal(figures.distribution)
+        rounds.append(AutoRound(sum(counts), key, share, figures.straddles))
+        reason = auto_stop_reason(share, figures.straddles, counts, available, options)
         if reason is not None:
-            return AutoResult(counts=counts, stopped=reason, rounds=rounds, distribution=distribution)
+            return AutoResult(counts=counts, stopped=reason, rounds=rounds, distribution=figures.distribution)

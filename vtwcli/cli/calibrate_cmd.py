@@ -199,7 +199,7 @@ def auto_options(auto: bool, target: float | None, step: int | None, budget: int
 
 
 def auto_line(record: dict, datasets: int) -> str:
-    why = {"stable": f"the modal K's share reached {record['target']:.0%}",
+    why = {"stable": f"the modal K's share reached {record['target']:.0%} with its interval clear of the threshold",
            "data": "the datasets ran out", "budget": f"the budget of {record['budget']} per dataset was reached"}
     last = record["rounds"][-1]
     return (f"--samples auto: {record['samples']} samples over {datasets} dataset(s) in {len(record['rounds'])} "
