@@ -34,7 +34,7 @@ ACCURACY_CONFIDENCE = 0.95
 _TOL = 1e-9  # shares are count / resamples: compare sums of them with this slack
 
 __all__ = ["Rule", "parse_rule", "layer_choice", "bootstrap_choices", "k_bootstrap", "stability_line",
-           "chosen_share", "selection_warnings", "wilson_interval", "AutoOptions", "AutoRound", "AutoResult",
+           "chosen_share", "percent", "selection_warnings", "wilson_interval", "AutoOptions", "AutoRound", "AutoResult",
            "auto_stop_reason", "samples_auto", "RoundFigures", "straddles"]
 
 
@@ -157,7 +157,7 @@ def k_bootstrap(kl: np.ndarray, datasets: Sequence[str], layers: Sequence[int], 
     return _distribution(bootstrap_choices(kl, datasets, layers, threshold, resamples=resamples, seed=seed))
 
 
-def _percent(share: float) -> str:
+def percent(share: float) -> str:
     if 0 < share < 0.005:
         return "<1%"
     if 0.995 <= share < 1:
@@ -176,9 +176,9 @@ def stability_line(k_distribution: dict[str, float]) -> str:
         what = "no layer" if key == NO_LAYER else key
         if index == 0:
             parts.append(f"{'no layer meets the threshold' if key == NO_LAYER else 'K = ' + key} in "
-                         f"{_percent(share)} of resamples")
+                         f"{percent(share)} of resamples")
         else:
-            parts.append(f"{what} in {_percent(share)}")
+            parts.append(f"{what} in {percent(share)}")
     return ", ".join(parts)
 
 
@@ -229,7 +229,7 @@ def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict],
     if share is not None and share < STABLE_SHARE - _TOL:
         what = f"choose K={layer}" if not rule.conservative else f"choose K={layer} or an earlier layer"
         out.append({"code": "k_share_low",
-                    "message": f"only {_percent(share)} of bootstrap resamples {what} ({stability_line(k_distribution)})"
+                    "message": f"only {percent(share)} of bootstrap resamples {what} ({stability_line(k_distribution)})"
                                f": K is not stable at this sample size; calibrate on more samples (--samples auto)"
                                " or choose with --select stable=0.95"})
     for curve in per_dataset:

@@ -149,9 +149,15 @@ def calibrate_command(
             console.print(auto_line(result.selection["samples_auto"], len(result.selections)))
         if result.evaluation:
             ev = result.evaluation
-            withdrawn = ev["withdrawn"]["accuracy"]
-            console.print(f"accuracy on {ev['samples']} samples: full model {ev['baseline']['accuracy']:.1%}"
-                          + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
+
+            def accuracy(side: dict) -> str:
+                low, high = side["accuracy_ci"]
+                return f"{side['accuracy']:.1%} ({low:.1%}..{high:.1%})"
+
+            console.print(f"accuracy on {ev['samples']} samples (95% Wilson interval): full model "
+                          f"{accuracy(ev['baseline'])}" + (f", withdrawn at K={result.layer} {accuracy(ev['withdrawn'])}"
+                                                           if ev["withdrawn"]["accuracy"] is not None else ""),
+                          soft_wrap=True)
         console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
                       f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
         console.print(f"profile written to [bold]{written}[/]", soft_wrap=True)  # a path must stay one piece to copy
