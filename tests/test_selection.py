@@ -19,8 +19,9 @@ from vtwcli import gates as G
 from vtwcli.cli import app
 from vtwcli.errors import VtwError
 from vtwcli.profile import load_profile, write_profile
-from vtwcli.selection import (AutoOptions, RoundFigures, Rule, auto_stop_reason, bootstrap_choices, k_bootstrap, layer_choice,
-                              parse_rule, samples_auto, selection_warnings, stability_line, wilson_interval)
+from vtwcli.selection import (AutoOptions, RoundFigures, Rule, auto_stop_reason, bootstrap_choices, k_bootstrap,
+                              layer_choice, parse_rule, samples_auto, selection_warnings, stability_line,
+                              wilson_interval)
 
 runner = CliRunner()
 

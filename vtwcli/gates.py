@@ -18,7 +18,8 @@ from pathlib import Path
 
 from vtwcli.errors import VtwError
 from vtwcli.profile import read_profile_dict
-from vtwcli.selection import ACCURACY_CONFIDENCE, accuracy_interval, k_bootstrap, layer_choice, parse_rule, stability_line
+from vtwcli.selection import (ACCURACY_CONFIDENCE, accuracy_interval, k_bootstrap, layer_choice, parse_rule,
+                              stability_line)
 
 __all__ = ["CheckResult", "FileCheck", "GateLimits", "MetricRow", "Comparison", "check_profile_dict",
            "check_profile", "check_files", "check_failure_message", "compare_profiles", "compare_files",
@@ -649,7 +650,8 @@ def _accuracy_gate(base: dict, new: dict, limit: float, sources) -> CheckResult:
     drop = (b - n) * 100
     ok = drop <= limit + _EPS
     detail = (f"withdrawn accuracy {b * 100:.2f}% -> {n * 100:.2f}%: drop {drop:.2f} points "
-              f"{'<=' if ok else '>'} limit {_num(limit)}" + _noise_note(b, n, _get(new, "evaluation", "samples"), limit))
+              f"{'<=' if ok else '>'} limit {_num(limit)}"
+              + _noise_note(b, n, _get(new, "evaluation", "samples"), limit))
     return _ok(name, detail) if ok else _fail(name, detail)
 
 

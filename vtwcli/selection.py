@@ -33,9 +33,9 @@ DEFAULT_AUTO_STEP = 5
 ACCURACY_CONFIDENCE = 0.95
 _TOL = 1e-9  # shares are count / resamples: compare sums of them with this slack
 
-__all__ = ["Rule", "parse_rule", "layer_choice", "bootstrap_choices", "k_bootstrap", "stability_line",
-           "chosen_share", "percent", "selection_warnings", "wilson_interval", "AutoOptions", "AutoRound", "AutoResult",
-           "auto_stop_reason", "samples_auto", "RoundFigures", "straddles"]
+__all__ = ["Rule", "parse_rule", "layer_choice", "bootstrap_choices", "k_bootstrap", "stability_line", "modal",
+           "chosen_share", "percent", "straddles", "selection_warnings", "wilson_interval", "accuracy_interval",
+           "AutoOptions", "RoundFigures", "AutoRound", "AutoResult", "auto_stop_reason", "samples_auto"]
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -235,7 +235,8 @@ def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict],
     for curve in per_dataset:
         own = curve.get("layer")
         if own is None or abs(own - layer) > 1:
-            said = "no layer meets the threshold" if own is None else f"its own first layer under the threshold is {own}"
+            said = ("no layer meets the threshold" if own is None
+                    else f"its own first layer under the threshold is {own}")
             out.append({"code": "dataset_disagrees",
                         "message": f"dataset {curve['name']}: {said}, pooled K={layer}: the pooled K does not fit "
                                    f"data like it; check K on it alone (--dataset {curve['name']}) before deploying "

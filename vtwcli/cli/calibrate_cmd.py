@@ -154,10 +154,10 @@ def calibrate_command(
                 low, high = side["accuracy_ci"]
                 return f"{side['accuracy']:.1%} ({low:.1%}..{high:.1%})"
 
+            withdrawn = (f", withdrawn at K={result.layer} {accuracy(ev['withdrawn'])}"
+                         if ev["withdrawn"]["accuracy"] is not None else "")
             console.print(f"accuracy on {ev['samples']} samples (95% Wilson interval): full model "
-                          f"{accuracy(ev['baseline'])}" + (f", withdrawn at K={result.layer} {accuracy(ev['withdrawn'])}"
-                                                           if ev["withdrawn"]["accuracy"] is not None else ""),
-                          soft_wrap=True)
+                          f"{accuracy(ev['baseline'])}{withdrawn}", soft_wrap=True)
         console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
                       f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
         console.print(f"profile written to [bold]{written}[/]", soft_wrap=True)  # a path must stay one piece to copy
