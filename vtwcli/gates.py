@@ -158,7 +158,9 @@ def _check_selection(cal: dict, src: str) -> list[CheckResult]:
                       "P in (0, 1]", src)]
     results = []
     stored = selection.get("k_bootstrap")
-    if stored is not None:
+    if stored == {}:
+        results.append(_na("calibration.selection.k_bootstrap", "empty: calibrated without bootstrap resamples", src))
+    elif stored is not None:
         total = sum(stored.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             results.append(_fail("calibration.selection.k_bootstrap", f"fractions sum to {_num(total)}, not 1", src))
