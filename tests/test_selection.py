@@ -327,3 +327,10 @@ def test_compare_says_when_an_accuracy_drop_is_within_the_interval(tmp_path):
                         )["gates"][0]["detail"]
     assert "outside the 95% interval of 5000 samples" in detail and "half-width" not in detail
 
+
+
+def test_rules_read_typed_profiles_too(tmp_path):
+    calibration = load_profile(save(tmp_path, _upper_profile(7))).calibration  # typed LayerKL entries
+    assert layer_choice(Rule("mean"), calibration.per_layer, calibration.threshold) == 5
+    assert layer_choice(Rule("upper"), calibration.per_layer, calibration.threshold) == 7
+    assert calibration.selection.rule == "upper" and calibration.selection.k_bootstrap == {"5": 1.0}

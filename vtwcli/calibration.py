@@ -432,10 +432,6 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         if progress:
             progress("kl", len(chunk))
 
-    def in_file_order(selection: DatasetSelection, chunk: list) -> list:
-        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
-        return sorted(chunk, key=lambda sample: position[sample.id])
-
     def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
         rows = [measured[(s.dataset.name, x.id)] for s in chosen for x in s.samples]
         return np.asarray(rows, dtype=np.float64), [s.dataset.name for s in chosen for _ in s.samples]
@@ -455,16 +451,16 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
                     chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
                     measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
                 drawn[d] = counts[d]
-            kl_so_far, names = rows_of(_first(selections, counts, in_file_order))
-            return _figures(kl_so_far, names, layers, options)
+            _, distribution, chosen, per_layer = _choose(*rows_of(_first_drawn(selections, counts)), layers, options)
+            return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
 
         auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
-        selections = _first(selections, auto.counts, in_file_order)
+        selections = _first_drawn(selections, auto.counts)
 
     kl, names = rows_of(selections)
     per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(s.dataset.name, x.id)]}
                   for s in selections for x in s.samples]
-    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    rule, distribution, chosen, per_layer = _choose(kl, names, layers, options)
 
     per_dataset = []
     for selection in selections:
@@ -473,10 +469,6 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
 
-    rule = parse_rule(options.select)
-    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
-                               seed=options.seed)
-    chosen = layer_choice(rule, per_layer, options.threshold, distribution)
     selection_section = {"rule": str(rule), "k_bootstrap": distribution,
                          "warnings": selection_warnings(rule, chosen, per_layer, options.threshold, distribution,
                                                         per_dataset)}
@@ -520,19 +512,24 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
                              options=options, selection=selection_section, selections=selections)
 
 
-def _figures(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions) -> RoundFigures:
-    """One --samples auto round: the K distribution and whether the interval at the rule's K straddles."""
+def _choose(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions):
+    """(rule, K distribution, chosen K, per-layer statistics) of a samples x layers KL matrix."""
+    rule = parse_rule(options.select)
     per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
     distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
                                seed=options.seed)
-    chosen = layer_choice(parse_rule(options.select), per_layer, options.threshold, distribution)
-    return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
+    return rule, distribution, layer_choice(rule, per_layer, options.threshold, distribution), per_layer
 
 
-def _first(selections: list[DatasetSelection], counts: list[int], order) -> list[DatasetSelection]:
-    """Each selection cut to its first ``counts[d]`` samples (draw order), put in ``order`` (file order)."""
-    return [DatasetSelection(dataset=s.dataset, samples=order(s, s.samples[:n]), seed=s.seed)
-            for s, n in zip(selections, counts)]
+def _first_drawn(selections: list[DatasetSelection], counts: list[int]) -> list[DatasetSelection]:
+    """Each selection cut to its first ``counts[d]`` samples in draw order, put back in file order (the
+    samples ``sample_dataset(counts[d], seed)`` takes, in its order)."""
+    out = []
+    for selection, n in zip(selections, counts):
+        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
+        drawn = sorted(selection.samples[:n], key=lambda sample: position[sample.id])
+        out.append(DatasetSelection(dataset=selection.dataset, samples=drawn, seed=selection.seed))
+    return out
 
 
 def calibration_section(result: CalibrationResult) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -90,16 +90,21 @@ def _first_under(layers: Sequence[int], values: Sequence[float | None], threshol
     return None
 
 
-def layer_choice(rule: Rule, per_layer: Sequence[dict], threshold: float,
+def _field(entry, key: str):
+    """A per-layer entry's figure, from a dict or a typed record (vtwcli.profile.LayerKL); None if absent."""
+    return entry.get(key) if isinstance(entry, Mapping) else getattr(entry, key, None)
+
+
+def layer_choice(rule: Rule, per_layer: Sequence, threshold: float,
                  k_distribution: dict[str, float] | None = None) -> int | None:
-    """K under ``rule`` from a curve (``per_layer`` entries with ``layer``, ``kl_mean``, ``kl_ci_high``,
-    ascending) and, for ``stable``, the bootstrap K distribution. None: no layer qualifies."""
-    entries = sorted(per_layer, key=lambda entry: entry["layer"])
-    layers = [entry["layer"] for entry in entries]
+    """K under ``rule`` from a curve (``per_layer`` entries, dicts or typed, with ``layer``, ``kl_mean``,
+    ``kl_ci_high``) and, for ``stable``, the bootstrap K distribution. None: no layer qualifies."""
+    entries = sorted(per_layer, key=lambda entry: _field(entry, "layer"))
+    layers = [_field(entry, "layer") for entry in entries]
     if rule.name == "mean":
-        return _first_under(layers, [entry["kl_mean"] for entry in entries], threshold)
+        return _first_under(layers, [_field(entry, "kl_mean") for entry in entries], threshold)
     if rule.name == "upper":
-        return _first_under(layers, [entry.get("kl_ci_high") for entry in entries], threshold)
+        return _first_under(layers, [_field(entry, "kl_ci_high") for entry in entries], threshold)
     if not k_distribution:
         return None
     cumulative = 0.0
@@ -202,19 +207,19 @@ def chosen_share(rule: Rule, layer: int | None, k_distribution: dict[str, float]
 
 # ------------------------------------------------------------------------------------------------ warnings
 
-def _interval(per_layer: Sequence[dict], layer: int | None) -> tuple[float | None, float | None]:
-    entry = next((e for e in per_layer if e["layer"] == layer), None)
-    return (entry.get("kl_ci_low"), entry.get("kl_ci_high")) if entry else (None, None)
+def _interval(per_layer: Sequence, layer: int | None) -> tuple[float | None, float | None]:
+    entry = next((e for e in per_layer if _field(e, "layer") == layer), None)
+    return (_field(entry, "kl_ci_low"), _field(entry, "kl_ci_high")) if entry is not None else (None, None)
 
 
-def straddles(per_layer: Sequence[dict], layer: int | None, threshold: float) -> bool:
+def straddles(per_layer: Sequence, layer: int | None, threshold: float) -> bool:
     """Whether the bootstrap interval of the mean KL at ``layer`` has the threshold inside it."""
     low, high = _interval(per_layer, layer)
     return low is not None and high is not None and low <= threshold < high
 
 
-def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict], threshold: float,
-                       k_distribution: dict[str, float], per_dataset: Sequence[dict] = ()) -> list[dict]:
+def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence, threshold: float,
+                       k_distribution: dict[str, float], per_dataset: Sequence = ()) -> list[dict]:
     """``[{code, message}]``: reasons not to trust K yet, each saying what to do. None when K is null."""
     if layer is None:
         return []
@@ -233,13 +238,13 @@ def selection_warnings(rule: Rule, layer: int | None, per_layer: Sequence[dict],
                                f": K is not stable at this sample size; calibrate on more samples (--samples auto)"
                                " or choose with --select stable=0.95"})
     for curve in per_dataset:
-        own = curve.get("layer")
+        own, name = _field(curve, "layer"), _field(curve, "name")
         if own is None or abs(own - layer) > 1:
             said = ("no layer meets the threshold" if own is None
                     else f"its own first layer under the threshold is {own}")
             out.append({"code": "dataset_disagrees",
-                        "message": f"dataset {curve['name']}: {said}, pooled K={layer}: the pooled K does not fit "
-                                   f"data like it; check K on it alone (--dataset {curve['name']}) before deploying "
+                        "message": f"dataset {name}: {said}, pooled K={layer}: the pooled K does not fit "
+                                   f"data like it; check K on it alone (--dataset {name}) before deploying "
                                    "on such data, or calibrate with more of it"})
     return out
 
