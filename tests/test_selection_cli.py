@@ -135,3 +135,30 @@ def test_samples_auto_draws_rounds_and_stops_on_the_samples_a_fixed_draw_takes(m
     for a, b in zip(fixed["calibration"]["per_sample"], profile["calibration"]["per_sample"]):
         assert a["kl"] == pytest.approx(b["kl"], abs=1e-6)  # other batches, other padding: float32 rounding
     assert not [r for r in G.check_profile(tmp_path / "auto.yaml") if not r.passed]
+
+
+def test_samples_auto_resumes_from_its_checkpoint_without_measuring_again(curve, tmp_path, monkeypatch):
+    import vtwcli.calibration as calibration_module
+    from tiny_models import tiny_llava, tiny_processor
+
+    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate
+    from vtwcli.checkpoint import CheckpointStore
+    from vtwcli.datasets import draw_order
+    from vtwcli.selection import AutoOptions
+
+    _, threshold = curve
+    model, processor = tiny_llava(4, "sdpa"), tiny_processor()
+    sets = [load_dataset(name) for name in SETS]
+    selections = [DatasetSelection(d, draw_order(d, 0), 0) for d in sets]
+    options = CalibrationOptions(threshold=threshold, evaluate=False, batch_size=3,
+                                 auto=AutoOptions(target=1.0, step=2, budget=6))
+    path, settings = tmp_path / "run.partial.jsonl", {"run": "auto"}
+    first = calibrate(model, processor, selections, options, store=CheckpointStore(path, settings, resume=False))
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a batch was measured again instead of read from the checkpoint")
+
+    monkeypatch.setattr(calibration_module, "shared_prefix_kl", measured_again)
+    again = calibrate(model, processor, selections, options, store=CheckpointStore(path, settings, resume=True))
+    assert again.per_sample == first.per_sample and again.selection == first.selection
+    assert again.layer == first.layer
