@@ -24,6 +24,7 @@ from statistics import NormalDist
 import numpy as np
 
 from vtwcli.errors import VtwError
+from vtwcli.profile.model import first_layer_under
 
 DEFAULT_RULE = "mean"
 NO_LAYER = "none"  # k_bootstrap key of the resamples in which no layer meets the threshold
@@ -102,7 +103,7 @@ def layer_choice(rule: Rule, per_layer: Sequence, threshold: float,
     entries = sorted(per_layer, key=lambda entry: _field(entry, "layer"))
     layers = [_field(entry, "layer") for entry in entries]
     if rule.name == "mean":
-        return _first_under(layers, [_field(entry, "kl_mean") for entry in entries], threshold)
+        return first_layer_under(entries, threshold)
     if rule.name == "upper":
         return _first_under(layers, [_field(entry, "kl_ci_high") for entry in entries], threshold)
     if not k_distribution:
