@@ -288,7 +288,7 @@ def test_check_recomputes_the_layer_under_the_recorded_rule(tmp_path):
     stable["calibration"]["per_sample"] = stable["calibration"]["per_sample"][:0]  # nothing to recompute from
     assert failed(G.check_profile(save(tmp_path, stable))) == {
         "calibration.layer": "profile says 5 but layer 7 is the smallest layer that at least 95% of the bootstrap "
-                             "resamples choose or beat (mean KL <= 0.003) (rule stable=0.95)"}
+                             "resamples choose or beat, at mean KL <= 0.003 (rule stable=0.95)"}
 
 
 def test_check_refuses_an_unknown_rule_text(tmp_path):

@@ -63,8 +63,8 @@ class Rule:
             return f"the first layer with mean KL <= {threshold:g}"
         if self.name == "upper":
             return f"the first layer whose bootstrap upper bound of the mean KL is <= {threshold:g}"
-        return (f"the smallest layer that at least {self.share:.0%} of the bootstrap resamples choose or beat "
-                f"(mean KL <= {threshold:g})")
+        return (f"the smallest layer that at least {self.share:.0%} of the bootstrap resamples choose or beat, "
+                f"at mean KL <= {threshold:g}")
 
 
 _STABLE = re.compile(r"^stable=([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
