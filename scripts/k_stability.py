@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate
+from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, layer_statistics
 from vtwcli.datasets import draw_order, load_dataset, sample_dataset
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.loading import load_model
@@ -74,13 +74,7 @@ def main() -> None:
                                            for i, layer in enumerate(layers)], args.threshold)
 
     def curve(kl: np.ndarray) -> list[dict]:
-        """As vtwcli.calibration.layer_statistics computes it (the same seeded percentile bootstrap)."""
-        boot = np.random.default_rng(0).integers(0, len(kl), size=(args.resamples, len(kl)))
-        means = kl[boot].mean(axis=1)
-        high = np.maximum(np.percentile(means, 97.5, axis=0), kl.mean(0))
-        low = np.minimum(np.percentile(means, 2.5, axis=0), kl.mean(0))
-        return [{"layer": layer, "kl_mean": float(kl[:, i].mean()), "kl_ci_low": float(low[i]),
-                 "kl_ci_high": float(high[i])} for i, layer in enumerate(layers)]
+        return layer_statistics(kl, layers, resamples=args.resamples, seed=0)
 
     smallest = min(len(d.samples) for d in sets)
     sizes = [n for n in (int(v) for v in args.sizes.split(",")) if n <= smallest]
