@@ -88,6 +88,9 @@ class Family:
     vision_ids: Callable[[object], list[int]]
     # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
     image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    # The layer types whose attention is bidirectional inside image blocks (Gemma 4: sliding layers only);
+    # None: every layer (Gemma 3).
+    image_block_layer_types: tuple[str, ...] | None = None
     notes: dict = field(default_factory=dict)
 
 
@@ -572,6 +575,75 @@ def idefics3_rows(processor):
             ("USER: <image>how many ?\nASSISTANT:", [image(20, 44, 3)])]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 4: sliding + full layers, bidirectional image blocks on sliding layers only, per-layer inputs (PLE)
+# passed positionally to every layer, KV sharing (the last layer reuses the keys/values of layer 2)
+
+GEMMA4_SPECIALS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                   "video_token": "<|video|>", "start_turn": "<|turn>", "end_turn": "<turn|>"}
+GEMMA4_IMAGE, GEMMA4_BOI = token_id(GEMMA4_SPECIALS, "image_token"), token_id(GEMMA4_SPECIALS, "boi_token")
+GEMMA4_EOI, GEMMA4_VIDEO = token_id(GEMMA4_SPECIALS, "eoi_token"), token_id(GEMMA4_SPECIALS, "video_token")
+GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replace("<start_of_turn>", "<|turn>") \
+    .replace("<end_of_turn>", "<turn|>")
+
+
+def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
+    """Layers S S F .. F (every third full, the last full); the last layer reuses the keys/values of the last
+    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+    types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
+    types[-1] = "full_attention"
+    text = Gemma4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8, layer_types=types,
+                                    sliding_window=GEMMA_WINDOW, hidden_size_per_layer_input=8,
+                                    vocab_size_per_layer_input=VOCAB, num_kv_shared_layers=1,
+                                    use_bidirectional_attention="vision"))
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=2,
+                                position_embedding_size=64)
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None, image_token_id=GEMMA4_IMAGE,
+                          boi_token_id=GEMMA4_BOI, eoi_token_id=GEMMA4_EOI, video_token_id=GEMMA4_VIDEO)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Gemma4ForConditionalGeneration(config), [GEMMA4_IMAGE, GEMMA4_BOI, GEMMA4_EOI, GEMMA4_VIDEO])
+
+
+class Gemma4Inputs(ShimProcessor):
+    """What Gemma4Processor does for images (it needs torchvision for its video processor): each <|image|>
+    becomes <|image> + one <|image|> per soft token of that image + <image|>, and mm_token_type_ids marks them."""
+
+    chat_template = GEMMA4_TEMPLATE
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
+        out, texts = {}, list(text)
+        if images and any(images):
+            vision = self.image_processor(images=[list(row) for row in images], return_tensors="pt")
+            out.update(pixel_values=vision["pixel_values"], image_position_ids=vision["image_position_ids"])
+            counts = iter(vision["num_soft_tokens_per_image"].tolist())
+            texts = [_expand_with(t, "<|image|>", lambda: "<|image>" + "<|image|>" * next(counts) + "<image|>")
+                     for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        ids = encoded["input_ids"]
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"],
+                          "mm_token_type_ids": (ids == GEMMA4_IMAGE).long(), **out})
+
+
+def gemma4_processor():
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    images = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70)
+    return Gemma4Inputs(images, word_tokenizer(GEMMA4_SPECIALS))
+
+
+def gemma4_rows(processor):
+    return [("<|turn>user\nwhat color <|image|> the <|image|> is this ?<turn|>\n<|turn>model\n",
+             [image(40, 20, 1), image(16, 16, 2)]),
+            ("<|turn>user\n<|image|>how many ?<turn|>\n<|turn>model\n", [image(20, 44, 3)])]
+
+
 FAMILIES: dict[str, Family] = {
     "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", tiny_llava_next, llava_next_processor,
                          llava_rows, lambda config: [config.image_token_id]),
@@ -595,6 +667,9 @@ FAMILIES: dict[str, Family] = {
     "smolvlm": Family("SmolVLM", "SmolVLMForConditionalGeneration",
                       lambda n, a="sdpa", s=0: tiny_idefics3(n, a, s, smolvlm=True), idefics3_processor,
                       idefics3_rows, lambda config: [config.image_token_id]),
+    "gemma4": Family("Gemma 4", "Gemma4ForConditionalGeneration", tiny_gemma4, gemma4_processor, gemma4_rows,
+                     lambda config: [config.image_token_id], image_blocks=gemma3_blocks,
+                     image_block_layer_types=("sliding_attention",)),
 }
 
 

@@ -100,14 +100,17 @@ def _check_calibration(cal: dict, num_layers: int, src: str) -> list[CheckResult
     threshold = cal["threshold"]
     min_layer = cal["min_layer"]
     layers = [entry["layer"] for entry in per_layer]
-    # K = L withdraws nothing (KL 0 by definition), so the candidates stop at L - 1.
-    expected_layers = list(range(min_layer, num_layers))
-    if layers == expected_layers:
-        results.append(_ok("calibration.per_layer.layers", f"layers {min_layer}..{num_layers - 1}, ascending", src))
+    # K = L withdraws nothing (KL 0 by definition), so the candidates stop at L - 1, or at max_layer where
+    # withdrawal is not exact beyond it (KV sharing).
+    last = cal.get("max_layer", num_layers - 1)
+    expected_layers = list(range(min_layer, last + 1))
+    if layers == expected_layers and last <= num_layers - 1:
+        results.append(_ok("calibration.per_layer.layers", f"layers {min_layer}..{last}, ascending", src))
     else:
         results.append(_fail("calibration.per_layer.layers",
-                             f"expected layers {min_layer}..{num_layers - 1} ascending and contiguous (min_layer.."
-                             f"model.num_layers - 1), got {_layers_text(layers)}", src))
+                             f"expected layers {min_layer}..{last} ascending and contiguous (min_layer.."
+                             f"{'max_layer' if 'max_layer' in cal else 'model.num_layers - 1'}), got "
+                             f"{_layers_text(layers)}", src))
 
     expected = _first_under(per_layer, threshold)
     if cal["layer"] == expected:

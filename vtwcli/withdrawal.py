@@ -42,7 +42,7 @@ from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
 __all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
-           "withdrawn_masks", "MASK_BUILDERS"]
+           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "format_layers"]
 
 # transformers' mask builder for each attention layer type (the `layer_types` vocabulary of text configs).
 MASK_BUILDERS = {
@@ -54,6 +54,36 @@ MASK_BUILDERS = {
 
 def num_decoder_layers(model: nn.Module) -> int:
     return len(adapter_for(model).decoder_layers(model))
+
+
+def inexact_reason(adapter: Adapter, text_config, num_layers: int, layer: int) -> str | None:
+    """Why withdrawal at ``layer`` cannot be exact on this model, or None. KV sharing: a layer >= K that attends
+    with the keys/values of a layer < K would still see the vision tokens, which layers >= K must not."""
+    if layer >= num_layers:
+        return None
+    readers = {consumer: producer for consumer, producer in adapter.shared_kv_layers(text_config, num_layers).items()
+               if consumer >= layer and producer < layer}
+    if not readers:
+        return None
+    consumer = min(readers)
+    source = f"layer {readers[consumer]}" if readers[consumer] >= 0 else "another model"
+    return f"layer {consumer} reuses the keys/values of {source}, computed with the vision tokens (KV sharing)"
+
+
+def exact_layers(adapter: Adapter, text_config, num_layers: int) -> list[int]:
+    """Every K in 1..L at which withdrawal is exact on this model (all of them without KV sharing)."""
+    return [k for k in range(1, num_layers + 1) if inexact_reason(adapter, text_config, num_layers, k) is None]
+
+
+def format_layers(layers: list[int]) -> str:
+    """[1, 2, 3, 6] -> "1..3, 6": contiguous runs as ranges."""
+    runs: list[list[int]] = []
+    for k in layers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 @dataclass
@@ -75,6 +105,7 @@ class _WithdrawnInputs:
     kept_index: torch.Tensor | None  # (B, q') original in-call index of each kept slot; None = all kept, in order
     attention_masks: dict  # layer type -> mask of the short sequence (None where the layer builds its own)
     position_ids: torch.Tensor | None
+    length: int = 0  # tokens of this call before withdrawal (per-position inputs of that length are sliced)
 
     def on(self, device: torch.device) -> "_WithdrawnInputs":
         # Layers may sit on different devices (device_map): move lazily, never assume one device.
@@ -85,7 +116,8 @@ class _WithdrawnInputs:
                 return {k: move(v) for k, v in value.items()}
             return value
 
-        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_masks, self.position_ids)))
+        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_masks, self.position_ids)),
+                                length=self.length)
 
 
 def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types: list[str], hidden: torch.Tensor,
@@ -173,9 +205,18 @@ class WithdrawalHandle:
                 f"withdrawal layer {layer} is out of range for this model with {self.num_layers} decoder layers; "
                 f"use 1..{self.num_layers} ({self.num_layers} = no withdrawal)"
             )
+        if self.adapter.upstream_defect is not None:
+            defect = self.adapter.upstream_defect(type(model).__name__)
+            if defect:
+                raise UnsupportedError(defect)
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
+        reason = inexact_reason(self.adapter, self.text_config, self.num_layers, layer)
+        if reason is not None:
+            exact = format_layers(exact_layers(self.adapter, self.text_config, self.num_layers))
+            raise UnsupportedError(f"withdrawal at layer {layer} cannot be exact on this model: {reason}; use a layer "
+                                   f"in {exact} ({self.num_layers} = no withdrawal)")
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         if not self.vision_token_ids and vision_mask is None:
@@ -256,6 +297,10 @@ class WithdrawalHandle:
             raise UnsupportedError(
                 "withdrawal does not support training (model is in train mode); call model.eval() for inference"
             )
+        for key, why in self.adapter.refused_inputs.items():
+            if kwargs.get(key) is not None:
+                raise UnsupportedError(f"withdrawal on {self.adapter.family} does not support {key} yet: {why}; "
+                                       "withdraw from prompts without it")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is not None:
             ids = torch.tensor(self.vision_token_ids, device=input_ids.device)
@@ -361,7 +406,7 @@ class WithdrawalHandle:
         else:
             masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden,
                                     validity, cache)
-        self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids)
+        self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids, length)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
@@ -411,16 +456,51 @@ class WithdrawalHandle:
     def _swap_inputs(self, module, args, kwargs, hidden, inputs: _WithdrawnInputs):
         kwargs = dict(kwargs)
         kind = self.layer_types[self._layer_index[id(module)]]
-        kwargs["attention_mask"] = inputs.attention_masks[kind]
-        if kwargs.get("position_embeddings") is not None and inputs.kept_index is not None:
-            kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], inputs.kept_index)
+        index, mask, position_ids = inputs.kept_index, inputs.attention_masks[kind], inputs.position_ids
+        width = index.shape[1] if index is not None else inputs.length
+        queries = hidden.shape[1]
+        if queries < width:
+            # The model itself dropped leading queries (Gemma 4 keeps only the `logits_to_keep` last positions
+            # before its KV-shared layers): its per-position inputs are the call's last `queries` positions.
+            index, mask, position_ids = self._tail(index, mask, position_ids, queries, inputs.length)
+        kwargs["attention_mask"] = mask
+        if kwargs.get("position_embeddings") is not None and index is not None:
+            kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], index)
         if "position_ids" in kwargs:
-            kwargs["position_ids"] = inputs.position_ids
+            kwargs["position_ids"] = position_ids
         if args:
-            args = (hidden, *args[1:])
+            args = list(args)
+            args[0] = hidden
+            if index is not None:
+                for i in self.adapter.per_position_layer_args:
+                    if i < len(args) and isinstance(args[i], torch.Tensor) and args[i].shape[1] == inputs.length:
+                        args[i] = args[i].gather(1, _along_seq(index.to(args[i].device), args[i]))
+            args = tuple(args)
         else:
             kwargs["hidden_states"] = hidden
         return args, kwargs
+
+    @staticmethod
+    def _tail(index, mask, position_ids, queries: int, length: int):
+        """The last ``queries`` kept slots, where they are the call's last ``queries`` positions (then the
+        model's own tail-sliced per-position inputs are already the kept ones: no index is returned)."""
+        if index is not None:
+            expected = torch.arange(length - queries, length, device=index.device)
+            if not bool((index[:, -queries:] == expected).all()):
+                raise UnsupportedError(
+                    f"the model kept only its last {queries} queries, which are not the last kept tokens (a vision "
+                    "token is among the last prompt tokens); end the prompt with text"
+                )
+        if isinstance(mask, torch.Tensor):
+            mask = mask[..., -queries:, :]
+        if isinstance(position_ids, torch.Tensor):
+            position_ids = position_ids[..., -queries:]
+        return None, mask, position_ids
+
+
+def _along_seq(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``index`` (B, q') shaped to gather dim 1 of a (B, S, ...) tensor."""
+    return index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(*index.shape, *tensor.shape[2:])
 
 
 def withdraw(model: nn.Module, layer: int, *, vision_mask: torch.Tensor | None = None,
