@@ -37,6 +37,8 @@ def explicit_mask(n: int, dtype, *, window: int | None = None, blocks: torch.Ten
 @torch.no_grad()
 def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor:
     """Next-token logits of one unpadded row withdrawn at ``layer``, written out layer by layer."""
+    import inspect
+
     text_model = getattr(model.model, "language_model", None) or model.model.text_model
     layers = text_model.layers
     text_config = model.config.text_config
@@ -45,8 +47,9 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
 
     def capture(i):
         def hook(module, args, kwargs):
+            # args[1:]: positional per-position inputs (Gemma 4's per-layer inputs), sliced like the hidden states
             seen[i] = (args[0] if args else kwargs["hidden_states"], kwargs.get("position_embeddings"),
-                       kwargs.get("position_ids"))
+                       kwargs.get("position_ids"), tuple(args[1:]))
         return hook
 
     hooks = [decoder_layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, decoder_layer in enumerate(layers)]
@@ -60,17 +63,46 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
     keep = (~vision).nonzero().squeeze(1)
     blocks = family.image_blocks(ids, model.config)
     hidden = seen[0][0]
+    # KV sharing (Gemma 4): layers store / reuse keys and values through one dict per forward
+    shared = {}
     for i, decoder_layer in enumerate(layers):
-        _, (cos, sin), positions = seen[i]
+        _, (cos, sin), positions, extra = seen[i]
         if i >= layer:  # withdrawn: only the kept tokens, at their original positions, plain causal over them
             if i == layer:
                 hidden = hidden[:, keep]
             cos, sin = cos[:, keep], sin[:, keep]
             positions = None if positions is None else positions[..., keep]
+            extra = tuple(a[:, keep] if isinstance(a, torch.Tensor) and a.shape[1] == len(ids) else a for a in extra)
         window = text_config.sliding_window if types[i] == "sliding_attention" else None
-        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if i < layer else None)
-        hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+        bidirectional = i < layer and (family.image_block_layer_types is None or types[i] in family.image_block_layer_types)
+        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if bidirectional else None)
+        kwargs = dict(attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+        if "shared_kv_states" in inspect.signature(decoder_layer.forward).parameters:
+            kwargs["shared_kv_states"] = shared
+        hidden = decoder_layer(hidden, *extra, **kwargs)
     return model.get_output_embeddings()(text_model.norm(hidden))[0, -1]
+
+
+def exact_withdrawal_layers(text_config, num_layers: int) -> list[int]:
+    """K in 1..L at which withdrawal can be exact, from the config's KV sharing: a layer that reuses keys/values
+    reads the last earlier non-reusing layer of its type; K is exact unless such a reader >= K reads a layer < K."""
+    modes = list(getattr(text_config, "kv_sharing_modes", None) or [None] * num_layers)
+    types = getattr(text_config, "layer_types", None) or ["full_attention"] * num_layers
+    source = {i: max(j for j in range(i) if modes[j] != "reuse" and types[j] == types[i])
+              for i in range(num_layers) if modes[i] == "reuse"}
+    return [k for k in range(1, num_layers + 1) if all(source[i] >= k for i in source if i >= k)]
+
+
+def assert_refused_as_inexact(model, layer: int):
+    """Withdrawal at an inexact K is a one-line error that names every K that is exact."""
+    from vtwcli.errors import UnsupportedError
+
+    exact = exact_withdrawal_layers(model.config.text_config, LAYERS)
+    with pytest.raises(UnsupportedError) as error:
+        withdraw(model, layer=layer)
+    message = str(error.value)
+    assert "\n" not in message and "KV sharing" in message
+    assert message.endswith(f"use a layer in {exact[0]}..{exact[-2]}, {LAYERS} ({LAYERS} = no withdrawal)")
 
 
 _MODELS: dict = {}
@@ -109,6 +141,8 @@ def test_layer_L_is_bit_identical(name, attn):
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_padded_prefill_matches_naive_per_row(name, attn, layer):
     model = model_of(name, attn)
+    if layer not in exact_withdrawal_layers(model.config.text_config, LAYERS):
+        return assert_refused_as_inexact(model, layer)  # Gemma 4: layer 3 reuses layer 2's keys/values
     batch, singles = batch_of(name)
     vision = torch.isin(batch["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
     counts = vision.sum(1)
@@ -226,7 +260,7 @@ def independent_kl(p_logits, q_logits):
 def test_shared_prefix_kl_equals_plain_withdrawn_forward(name, attn):
     model = model_of(name, attn, layers=6)
     batch, _ = batch_of(name)
-    layers = list(range(1, 7))
+    layers = exact_withdrawal_layers(model.config.text_config, 6)  # every K but where KV sharing forbids it
     fast = shared_prefix_kl(model, batch, layers).kl
     plain = dict(batch)
     if adapter_for(model).positions_from_mask:  # what shared_prefix_kl does: positions as generate() numbers them
@@ -396,8 +430,60 @@ def test_vtw_calibrate_runs_end_to_end(name, tmp_path, monkeypatch):
         code = exit_.code
     assert code in (0, 1, None)  # 1: no layer met the threshold (random weights)
     profile = yaml.safe_load(output.read_text())
-    assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == list(range(1, LAYERS))
+    config = transformers_config(directory)
+    candidates = [k for k in exact_withdrawal_layers(config.text_config, LAYERS) if k < LAYERS]
+    assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == candidates
     assert profile["model"]["architecture"] == FAMILIES[name].architecture
+
+
+def transformers_config(directory):
+    import transformers
+
+    return transformers.AutoConfig.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("name", ["gemma4"])
+def test_vtw_calibrate_with_kv_sharing_stops_at_the_last_exact_layer(name, tmp_path, monkeypatch, capsys):
+    """Gemma 4 with KV sharing: the search covers exactly the K that can be exact, the profile and the screen
+    say where and why it stops, `vtw check` accepts the profile, and every KL equals that of plain withdraw()
+    forwards on the same batch (<= 1e-5)."""
+    import transformers
+    import yaml
+
+    from vtwcli.cli import main
+    from vtwcli.datasets import load_dataset, make_batch, sample_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES[name], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--samples", "3", "--dataset", "photo_vqa", "--output", str(output),
+              "--no-eval", "--device", "cpu", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    out = capsys.readouterr().out
+    calibration = yaml.safe_load(output.read_text())["calibration"]
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()
+    candidates = [k for k in exact_withdrawal_layers(model.config.text_config, LAYERS) if k < LAYERS]
+    assert candidates == [1, 2]  # layer 3 reuses the keys/values of layer 2
+    assert [entry["layer"] for entry in calibration["per_layer"]] == candidates
+    assert calibration["max_layer"] == 2 and "layer 3 reuses the keys/values of layer 2" in calibration["max_layer_reason"]
+    assert "candidates stop at layer 2" in " ".join(out.split())
+    try:
+        main(["check", str(output)])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    data = load_dataset("photo_vqa")
+    batch = dict(make_batch(processor, sample_dataset(data, 3, 0)))
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # as generate() numbers them
+    with torch.no_grad():
+        full = model(**batch).logits[:, -1]
+        for entry in calibration["per_layer"]:
+            with withdraw(model, layer=entry["layer"]):
+                withdrawn = model(**batch).logits[:, -1]
+            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+        assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
 
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "gemma3"])

@@ -188,6 +188,8 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     hidden = None
     in_flight = 0
     prefix_cache = DynamicCache(config=text_config)
+    shared_kv = adapter.shared_kv_layers(text_config, num_layers)
+    masks_of: dict[int, torch.Tensor] = {}
     for j in range(first, num_layers):
         if j in wanted:  # candidate K = j joins with the full model's state entering layer j
             joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
@@ -198,8 +200,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         if getattr(cache.layers[j], "keys", None) is not None:
             prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
                                 cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
-        mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
-                               prefix_cache, last_layer=j)[layer_types[j]]
+        if j in shared_kv:  # attends with its producer's keys/values: the producer's mask (no candidate joined since)
+            mask = masks_of[shared_kv[j]]
+        else:
+            mask = masks_of[j] = withdrawn_masks(adapter, text_config, j, layer_types, hidden,
+                                                 validity.repeat(in_flight, 1), prefix_cache, last_layer=j)[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
         if position_embeddings is not None:
