@@ -707,3 +707,64 @@ def save_and_serve(family: Family, directory, monkeypatch, num_layers: int = 4) 
     if shim is not None:
         monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
     return directory
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Llama 4: chunked-attention layers + a NoPE full-attention layer (attention temperature tuning), MoE every
+# other layer. transformers 5.24's Llama4ForConditionalGeneration.forward fails on every call (upstream bug),
+# so withdrawal runs on its language model (Llama4ForCausalLM) with inputs_embeds + vision_mask.
+
+LLAMA4_IMAGE, LLAMA4_BOI, LLAMA4_EOI = 4, 5, 6
+LLAMA4_CHUNK = 8
+
+
+def tiny_llama4(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Llama4Config, Llama4ForConditionalGeneration, Llama4TextConfig, Llama4VisionConfig
+
+    text = Llama4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, intermediate_size_mlp=64,
+                                    attention_chunk_size=LLAMA4_CHUNK,
+                                    no_rope_layers=[1] * (num_layers - 1) + [0],  # the last layer: NoPE, full
+                                    num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2))
+    vision = Llama4VisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=16, patch_size=4, vision_output_dim=32, projector_input_dim=32,
+                                projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    config = Llama4Config(vision_config=vision, text_config=text, image_token_index=LLAMA4_IMAGE,
+                          boi_token_index=LLAMA4_BOI, eoi_token_index=LLAMA4_EOI)
+    config._attn_implementation = attn
+    config.text_config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = Llama4ForConditionalGeneration(config).eval()
+    _finish(model.language_model, [LLAMA4_IMAGE, LLAMA4_BOI, LLAMA4_EOI])
+    return model
+
+
+@torch.no_grad()
+def llama4_embeds(model, rows: list[tuple[list[int], int]]):
+    """What Llama4ForConditionalGeneration.forward would hand its language model: per row (token ids with one
+    <|image|> per image, images), each image as <|image_start|> + 4 image tokens + <|image_end|>, the image
+    tokens replaced by the projected vision features. Left-padded: (inputs_embeds, attention_mask, vision_mask)."""
+    ids_rows, pixels = [], []
+    for ids, _ in rows:
+        expanded = []
+        for token in ids:
+            expanded += [LLAMA4_BOI] + [LLAMA4_IMAGE] * 4 + [LLAMA4_EOI] if token == LLAMA4_IMAGE else [token]
+        ids_rows.append(expanded)
+    width = max(len(r) for r in ids_rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(ids_rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    images = sum(int((torch.tensor(r) == LLAMA4_IMAGE).sum()) // 4 for r in ids_rows)
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randn(images, 3, 16, 16, generator=generator)
+    features = model.get_image_features(pixel_values=pixels, return_dict=True).last_hidden_state
+    projected = model.multi_modal_projector(features.reshape(-1, features.shape[-1]))
+    embeds = model.language_model.get_input_embeddings()(ids)
+    vision = ids == LLAMA4_IMAGE
+    embeds[vision] = projected.to(embeds.dtype)
+    return embeds, mask, vision
+
+
+LLAMA4_ROWS = [([BOS, 7, 8, LLAMA4_IMAGE, 9, 10, LLAMA4_IMAGE, 11, 12, 13, 14, 15], 2),
+               ([BOS, LLAMA4_IMAGE, 16, 17, 18], 1)]

@@ -174,21 +174,30 @@ def _own_config(config):
 
 def _reads_missing_image_outputs(architecture: str) -> str | None:
     """transformers 5.24's Llama4ForConditionalGeneration.forward ends with `image_outputs=outputs.image_outputs`
-    on its language model's output, which has no such field: every call raises AttributeError, text-only too."""
-    import inspect
+    on its language model's output (MoeCausalLMOutputWithPast), which has no such field: every call raises
+    AttributeError, text-only too. Read from the installed source files, so that `vtw models` needs no torch."""
+    import importlib.metadata
+    import importlib.util
+    import re
+    from pathlib import Path
 
-    import transformers
-    from transformers.modeling_outputs import MoeCausalLMOutputWithPast
-
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent
     try:
-        source = inspect.getsource(getattr(transformers, architecture).forward)
-    except (AttributeError, OSError, TypeError):
+        modeling = (root / "models" / "llama4" / "modeling_llama4.py").read_text()
+        outputs = (root / "modeling_outputs.py").read_text()
+    except OSError:
         return None
-    if "outputs.image_outputs" not in source or "image_outputs" in MoeCausalLMOutputWithPast.__dataclass_fields__:
+    output_class = re.search(r"class MoeCausalLMOutputWithPast\(.*?(?=\n(?:class |@))", outputs, re.S)
+    if "image_outputs=outputs.image_outputs" not in modeling or output_class is None or \
+            "image_outputs" in output_class.group(0):
         return None
-    return (f"{architecture}.forward fails on every call in transformers {transformers.__version__} (upstream bug: "
-            "it reads outputs.image_outputs, which its language model does not return); withdraw from the language "
-            "model with inputs_embeds instead: withdraw(model.language_model, layer=K, vision_mask=...), see "
+    version = importlib.metadata.version("transformers")
+    return (f"{architecture}.forward fails on every call in transformers {version} (upstream bug: it reads "
+            "outputs.image_outputs, which its language model does not return); withdraw from the language model "
+            "with inputs_embeds instead: withdraw(model.language_model, layer=K, vision_mask=...), see "
             "docs/architectures.md, or use a transformers release that fixes it")
 
 

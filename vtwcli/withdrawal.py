@@ -313,6 +313,10 @@ class WithdrawalHandle:
                     "withdraw(model, layer=K, vision_mask=<bool tensor (batch, seq)>)"
                 )
             vision = self.explicit_vision_mask.to(embeds.device).bool()
+            batch = embeds.shape[0]
+            if vision.dim() == 2 and vision.shape[1] == embeds.shape[1] and batch % vision.shape[0] == 0:
+                # generate() repeats each row num_beams / num_return_sequences times (repeat_interleave)
+                vision = vision.repeat_interleave(batch // vision.shape[0], dim=0)
             if vision.shape != embeds.shape[:2]:
                 raise UnsupportedError(
                     f"vision_mask has shape {tuple(vision.shape)} but inputs_embeds has (batch, seq) = "
