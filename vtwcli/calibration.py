@@ -415,8 +415,10 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     if max_layer < num_layers - 1:
         limit = inexact_reason(adapter, text_config, num_layers, max_layer + 1)
         if max_layer < options.min_layer:
+            below = [k for k in exact if k < num_layers]
+            hint = f"use --min-layer in {format_layers(below)}" if below else "no layer < L can be withdrawn exactly"
             raise VtwError(f"--min-layer {options.min_layer}: withdrawal is exact on this model only at layers "
-                           f"{format_layers(exact)} ({limit}); use --min-layer {exact[0]}")
+                           f"{format_layers(exact)} ({limit}); {hint}")
     layers = list(range(options.min_layer, max_layer + 1))
     started = time.perf_counter()
 

@@ -22,7 +22,7 @@ from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLay
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
 from vtwcli.measure.memory import measure_memory
-from vtwcli.withdrawal import num_decoder_layers
+from vtwcli.withdrawal import num_decoder_layers, withdraw
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
            "prompt_inputs", "processor_prompt", "native_image_size"]
@@ -242,6 +242,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model))
     adapter.check_kinds(model.config, kinds)
+    withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
     if videos and "video" not in adapter.declared_kinds(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
