@@ -310,6 +310,7 @@ class ImagesOnly:
     """Reference family for kinds=("image",): video tokens stay."""
     vision_ids = staticmethod(lambda config: [config.image_token_id])
     image_blocks = staticmethod(lambda ids, config: None)
+    image_block_layer_types = None
 
 
 @pytest.mark.parametrize("attn", ATTN)
