@@ -786,3 +786,21 @@ def test_llama4_sampling_and_beam_search_equal_no_cache_recompute():
             cached = language_model.generate(**beams, cache_implementation=cache_implementation)
         expected = beam_search_by_recompute(language_model, embeds, mask, vision, beams=3, steps=4)
         assert torch.equal(cached.sequences[:, -4:], expected)
+
+
+def test_vtw_models_shows_llama4_as_blocked_upstream_and_its_language_model_as_withdraw_only(capsys):
+    import json
+
+    from vtwcli.adapters import adapter_for_architecture
+    from vtwcli.cli import main
+
+    try:
+        main(["models", "--json"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    rows = {arch: row for row in json.loads(capsys.readouterr().out) for arch in row["architectures"]}
+    broken = adapter_for_architecture("Llama4ForConditionalGeneration").upstream_defect(
+        "Llama4ForConditionalGeneration") is not None
+    assert rows["Llama4ForConditionalGeneration"]["status"] == ("blocked upstream" if broken else "supported")
+    assert rows["Llama4ForCausalLM"]["status"] == "withdraw() only"
+    assert rows["Llama4ForCausalLM"]["inputs"] == ["vision_mask"]
