@@ -383,6 +383,35 @@ def test_dispatched_model_with_offloaded_layers_is_exact():
     assert torch.equal(got_generate, expected_generate)
 
 
+def test_dispatched_gemma4_with_offloaded_layers_is_exact():
+    """Gemma 4 with its KV-producing layer 2 and the KV-sharing layer 3 offloaded (accelerate moves their weights,
+    per-layer inputs and the shared keys/values at call time): same withdrawn logits and generations."""
+    import tempfile
+
+    from accelerate import dispatch_model
+
+    family = FAMILIES["gemma4"]
+    batch, _ = batch_of("gemma4")
+    with torch.no_grad():
+        plain = family.build(LAYERS, "sdpa", 0)
+        with withdraw(plain, layer=2):
+            expected = plain(**batch).logits
+            expected_generate = plain.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        dispatched = family.build(LAYERS, "sdpa", 0)
+        text = dispatched.model.language_model
+        device_map = {"model.vision_tower": "cpu", "model.embed_vision": "cpu", "lm_head": "cpu",
+                      **{f"model.language_model.{name}": "cpu" for name, _ in text.named_children() if name != "layers"},
+                      **{f"model.language_model.layers.{i}": ("cpu" if i < 2 else "disk") for i in range(LAYERS)}}
+        with tempfile.TemporaryDirectory() as offload:
+            dispatch_model(dispatched, device_map=device_map, main_device="cpu", offload_dir=offload)
+            assert hasattr(text.layers[LAYERS - 1], "_hf_hook")
+            with withdraw(dispatched, layer=2):
+                got = dispatched(**batch).logits
+                got_generate = dispatched.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert torch.equal(got_generate, expected_generate)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The family list and `vtw calibrate` end to end on saved tiny models
 
