@@ -718,13 +718,14 @@ LLAMA4_IMAGE, LLAMA4_BOI, LLAMA4_EOI = 4, 5, 6
 LLAMA4_CHUNK = 8
 
 
-def tiny_llama4(num_layers=4, attn="sdpa", seed=0):
+def tiny_llama4(num_layers=4, attn="sdpa", seed=0, floor_scale: int = 8192, attn_scale: float = 0.1):
     from transformers import Llama4Config, Llama4ForConditionalGeneration, Llama4TextConfig, Llama4VisionConfig
 
     text = Llama4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, intermediate_size_mlp=64,
                                     attention_chunk_size=LLAMA4_CHUNK,
                                     no_rope_layers=[1] * (num_layers - 1) + [0],  # the last layer: NoPE, full
-                                    num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2))
+                                    num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                                    floor_scale=floor_scale, attn_scale=attn_scale))
     vision = Llama4VisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                                 image_size=16, patch_size=4, vision_output_dim=32, projector_input_dim=32,
                                 projector_output_dim=32, pixel_shuffle_ratio=0.5)

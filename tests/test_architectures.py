@@ -833,3 +833,24 @@ def test_vtw_models_shows_llama4_as_blocked_upstream_and_its_language_model_as_w
     assert rows["Llama4ForConditionalGeneration"]["status"] == ("blocked upstream" if broken else "supported")
     assert rows["Llama4ForCausalLM"]["status"] == "withdraw() only"
     assert rows["Llama4ForCausalLM"]["inputs"] == ["vision_mask"]
+
+
+@pytest.mark.parametrize("layer", [1, 3])
+def test_llama4_nope_temperature_counts_the_positions_each_layer_sees(layer):
+    """With floor_scale 1 (and a large attn_scale, to make it visible in a random model) the NoPE layer's
+    attention temperature changes with every position (the released models: 1.0 below 8192). transformers computes it from the layer's cache length and the query index, so in
+    layers >= K it counts kept tokens: one unpadded row equals the reference that runs those layers on the kept
+    sequence with its own positions (docs/architectures.md, Llama 4)."""
+    from arch_models import LLAMA4_ROWS, llama4_embeds, tiny_llama4
+
+    model = tiny_llama4(LAYERS, "sdpa", floor_scale=1, attn_scale=20.0)
+    embeds, mask, vision = llama4_embeds(model, LLAMA4_ROWS[:1])
+    language_model = model.language_model
+    with torch.no_grad():
+        with withdraw(language_model, layer=layer, vision_mask=vision):
+            logits = language_model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+        untuned = tiny_llama4(LAYERS, "sdpa")  # same weights, temperature 1
+        with withdraw(untuned.language_model, layer=layer, vision_mask=vision):
+            plain = untuned.language_model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+    torch.testing.assert_close(logits, naive_llama4_logits(language_model, embeds, vision, layer), atol=1e-4, rtol=0)
+    assert (logits - plain).abs().max() > 1e-3  # the temperature is active
