@@ -16,6 +16,9 @@ How it works, without touching the model's code:
 * pre-hooks on layers K..L-1 swap in the mask of their layer type and those positions, and slice the
   rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
+* per-position tensors a layer takes positionally (Gemma 4's per-layer inputs) are sliced at the kept slots
+  too; layers that reuse another layer's keys/values (KV sharing) are exact only where that layer is >= K
+  too, so the other K are refused (``exact_layers``).
 
 Nothing here branches on the architecture: where the layers are, which ids are vision tokens, the layer
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
@@ -478,7 +481,7 @@ class WithdrawalHandle:
             if index is not None:
                 for i in self.adapter.per_position_layer_args:
                     if i < len(args) and isinstance(args[i], torch.Tensor) and args[i].shape[1] == inputs.length:
-                        args[i] = args[i].gather(1, _along_seq(index.to(args[i].device), args[i]))
+                        args[i] = take_positions(args[i], index, seq_dim=1)
             args = tuple(args)
         else:
             kwargs["hidden_states"] = hidden
@@ -500,11 +503,6 @@ class WithdrawalHandle:
         if isinstance(position_ids, torch.Tensor):
             position_ids = position_ids[..., -queries:]
         return None, mask, position_ids
-
-
-def _along_seq(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """``index`` (B, q') shaped to gather dim 1 of a (B, S, ...) tensor."""
-    return index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(*index.shape, *tensor.shape[2:])
 
 
 def withdraw(model: nn.Module, layer: int, *, vision_mask: torch.Tensor | None = None,
