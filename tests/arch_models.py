@@ -584,7 +584,7 @@ GEMMA4_SPECIALS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_tok
 GEMMA4_IMAGE, GEMMA4_BOI = token_id(GEMMA4_SPECIALS, "image_token"), token_id(GEMMA4_SPECIALS, "boi_token")
 GEMMA4_EOI, GEMMA4_VIDEO = token_id(GEMMA4_SPECIALS, "eoi_token"), token_id(GEMMA4_SPECIALS, "video_token")
 GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replace("<start_of_turn>", "<|turn>") \
-    .replace("<end_of_turn>", "<turn|>")
+    .replace("<end_of_turn>", "<turn|>").replace("{% else %}", "{% elif item['type'] == 'video' %}<|video|>{% else %}")
 
 
 def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
@@ -609,8 +609,10 @@ def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
 
 
 class Gemma4Inputs(ShimProcessor):
-    """What Gemma4Processor does for images (it needs torchvision for its video processor): each <|image|>
-    becomes <|image> + one <|image|> per soft token of that image + <image|>, and mm_token_type_ids marks them."""
+    """What Gemma4Processor does (it needs torchvision for its video processor): each <|image|> becomes
+    <|image> + one <|image|> per soft token of that image + <image|>; each <|video|> becomes, per frame,
+    "00:0s <|image>" + one <|video|> per soft token of that frame + "<image|>" (frames through the image
+    processor, as the video processor patchifies them); mm_token_type_ids marks image (1) and video (2) tokens."""
 
     chat_template = GEMMA4_TEMPLATE
 
@@ -625,10 +627,20 @@ class Gemma4Inputs(ShimProcessor):
             counts = iter(vision["num_soft_tokens_per_image"].tolist())
             texts = [_expand_with(t, "<|image|>", lambda: "<|image>" + "<|image|>" * next(counts) + "<image|>")
                      for t in texts]
+        if videos:
+            clips = [[Image.fromarray(np.asarray(frame)) for frame in clip] for clip in videos]
+            frames = self.image_processor(images=[frame for clip in clips for frame in clip], return_tensors="pt")
+            out.update(pixel_values_videos=frames["pixel_values"], video_position_ids=frames["image_position_ids"],
+                       num_frames_per_video=torch.tensor([len(clip) for clip in clips]))
+            per_frame = iter(frames["num_soft_tokens_per_image"].tolist())
+            layouts = iter([" ".join(f"00:0{t} <|image>" + "<|video|>" * next(per_frame) + "<image|>"
+                                     for t in range(len(clip))) for clip in clips])
+            texts = [_expand_with(t, "<|video|>", lambda: next(layouts)) for t in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
-        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"],
-                          "mm_token_type_ids": (ids == GEMMA4_IMAGE).long(), **out})
+        types = (ids == GEMMA4_IMAGE).long() + 2 * (ids == GEMMA4_VIDEO).long()
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
+                          **out})
 
 
 def gemma4_processor():
@@ -636,6 +648,13 @@ def gemma4_processor():
 
     images = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70)
     return Gemma4Inputs(images, word_tokenizer(GEMMA4_SPECIALS))
+
+
+def gemma4_blocks(ids: torch.Tensor, config) -> torch.Tensor:
+    """Block id per token (-1 outside): contiguous runs of image or video soft tokens (one per image / frame)."""
+    vision = (ids == config.image_token_id) | (ids == config.video_token_id)
+    starts = vision & ~torch.cat([torch.zeros_like(vision[..., :1]), vision[..., :-1]], dim=-1)
+    return torch.where(vision, starts.long().cumsum(-1) - 1, torch.full_like(ids, -1))
 
 
 def gemma4_rows(processor):
@@ -668,7 +687,7 @@ FAMILIES: dict[str, Family] = {
                       lambda n, a="sdpa", s=0: tiny_idefics3(n, a, s, smolvlm=True), idefics3_processor,
                       idefics3_rows, lambda config: [config.image_token_id]),
     "gemma4": Family("Gemma 4", "Gemma4ForConditionalGeneration", tiny_gemma4, gemma4_processor, gemma4_rows,
-                     lambda config: [config.image_token_id], image_blocks=gemma3_blocks,
+                     lambda config: [config.image_token_id, config.video_token_id], image_blocks=gemma4_blocks,
                      image_block_layer_types=("sliding_attention",)),
 }
 

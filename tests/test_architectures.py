@@ -567,7 +567,8 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     assert status["LlavaForConditionalGeneration"] == "supported"
     inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
     assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
-        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"}
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+        "Gemma4ForConditionalGeneration"}
     assert all("image" in kinds or kinds == ["vision_mask"] for kinds in inputs.values())
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
@@ -854,3 +855,45 @@ def test_llama4_nope_temperature_counts_the_positions_each_layer_sees(layer):
             plain = untuned.language_model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
     torch.testing.assert_close(logits, naive_llama4_logits(language_model, embeds, vision, layer), atol=1e-4, rtol=0)
     assert (logits - plain).abs().max() > 1e-3  # the temperature is active
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 4 video: frames are blocks of video soft tokens (bidirectional on sliding layers like images); image and
+# video tokens are withdrawn together, and a selection that would keep one kind is refused
+
+
+def gemma4_video_row() -> dict:
+    import numpy as np
+    from arch_models import image
+
+    frames = np.random.default_rng(9).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    text = "<|turn>user\ndescribe <|image|> and <|video|> this video ?<turn|>\n<|turn>model\n"
+    return dict(FAMILIES["gemma4"].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
+                                               return_tensors="pt"))
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_gemma4_video_tokens_are_withdrawn_with_the_images(attn):
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("gemma4", attn)
+    row = gemma4_video_row()
+    ids = row["input_ids"]
+    video = (ids[0] == model.config.video_token_id).int()
+    frames = int(video[0] + (video[1:] > video[:-1]).sum())  # runs of video tokens
+    assert frames == 2 and (ids == model.config.image_token_id).sum() > 0  # two frame blocks and an image
+    with torch.no_grad(), withdraw(model, layer=2):
+        logits = model(**row).logits[0, -1]
+    torch.testing.assert_close(logits, naive_withdrawn_logits(model, FAMILIES["gemma4"], row, 2), atol=1e-4, rtol=0)
+    for kinds, kept in ((("image",), "video"), (("video",), "image")):
+        with withdraw(model, layer=2, kinds=kinds), pytest.raises(UnsupportedError) as error:
+            model(**row)
+        message = str(error.value)
+        assert "\n" not in message and f"the kept {kept} tokens attend bidirectionally" in message
+        assert message.endswith("withdraw image,video (the default)")
+
+
+def test_gemma4_generate_with_video_equals_no_cache_recompute():
+    row = gemma4_video_row()
+    row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
+    assert_greedy_generate_equals_recompute(model_of("gemma4", "sdpa"), row)

@@ -611,3 +611,16 @@ def test_layer_that_cannot_be_exact(gemma4_dir, capsys, monkeypatch):
     line = one_line_error(["profile", "--model", gemma4_dir, "--layer", "3", "--device", "cpu"], capsys)
     assert "withdrawal at layer 3 cannot be exact on this model: layer 3 reuses the keys/values of layer 2" in line
     assert line.endswith("use a layer in 1..2, 4 (4 = no withdrawal)")
+
+
+def test_withdrawing_one_kind_keeps_bidirectional_blocks(gemma4_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: FAMILIES["gemma4"].processor())
+    for frame in range(2):
+        Image.new("RGB", (16, 16), (frame * 90, 20, 40)).save(data_dir / "images" / f"g{frame}.png")
+    path = write_jsonl(data_dir / "gemma4_video.jsonl", [row(i, video=["images/g0.png", "images/g1.png"]) for i in (1, 2)])
+    line = one_line_error(calibrate(gemma4_dir, tmp_path, "--withdraw", "image", dataset=path), capsys)
+    assert "withdrawing only image on Gemma 4 is not supported: the kept video tokens attend bidirectionally inside " \
+           "their blocks, which layers >= K would not rebuild; withdraw image,video (the default)" in line

@@ -116,8 +116,10 @@ class Adapter:
     # A defect of the installed transformers that makes this family's forward unusable: returns a one-line
     # reason (transformers version, what fails, what still works) or None. Checked by withdraw() and the CLI.
     upstream_defect: Callable[[str], str | None] | None = None
-    # Forward arguments withdrawal refuses on this family ({argument: why}), where exactness is not established.
-    refused_inputs: dict[str, str] = field(default_factory=dict)
+    # Kinds whose tokens attend bidirectionally inside their blocks in some layers (Gemma 4: images and video
+    # frames): withdrawing only some kinds would keep such blocks in layers >= K, whose masks are causal, so a
+    # selection that keeps tokens of these kinds is refused.
+    block_bidirectional_kinds: tuple[str, ...] = ()
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -264,14 +266,14 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="Gemma 4",
         architectures=("Gemma4ForConditionalGeneration",),
-        vision_token_id_keys=("image_token_id",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
         per_position_layer_args=(1,),  # per_layer_input (PLE), passed positionally after the hidden states
-        refused_inputs={"pixel_values_videos": "kept video tokens attend bidirectionally inside their blocks, which "
-                                               "layers >= K would not rebuild"},
+        block_bidirectional_kinds=("image", "video"),
         flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
                           "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
         notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
-              "the last producer layer is exact (others refused); video refused",
+              "the last producer layer is exact (others refused); image and video tokens withdrawn together",
     ),
     Adapter(
         family="Llama 4",

@@ -26,8 +26,8 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, repeat_batch, take_positions,
-                               withdraw, withdrawn_masks)
+from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks, repeat_batch,
+                               take_positions, withdraw, withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -104,6 +104,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     batch, length = input_ids.shape
     valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
     vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config, kinds), device=input_ids.device))
+    refuse_kept_blocks(adapter, model.config, kinds, input_ids)
     if not vision.any(dim=1).all():
         if kinds is not None:
             raise VtwError(f"a calibration prompt has no {' or '.join(kinds)} tokens to withdraw (--withdraw "

@@ -45,7 +45,7 @@ from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
 __all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
-           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "format_layers"]
+           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "format_layers", "refuse_kept_blocks"]
 
 # transformers' mask builder for each attention layer type (the `layer_types` vocabulary of text configs).
 MASK_BUILDERS = {
@@ -76,6 +76,18 @@ def inexact_reason(adapter: Adapter, text_config, num_layers: int, layer: int) -
 def exact_layers(adapter: Adapter, text_config, num_layers: int) -> list[int]:
     """Every K in 1..L at which withdrawal is exact on this model (all of them without KV sharing)."""
     return [k for k in range(1, num_layers + 1) if inexact_reason(adapter, text_config, num_layers, k) is None]
+
+
+def refuse_kept_blocks(adapter: Adapter, config, kinds: tuple[str, ...] | None, input_ids: torch.Tensor) -> None:
+    """Refuse a ``kinds`` selection that keeps vision tokens attending bidirectionally inside their blocks (the
+    adapter's ``block_bidirectional_kinds``): the masks of layers >= K are causal, so they would not be exact."""
+    kept = [kind for kind in adapter.block_bidirectional_kinds if kinds is not None and kind not in kinds]
+    ids = adapter.vision_token_ids(config, tuple(kept)) if kept else []
+    if ids and bool(torch.isin(input_ids, torch.tensor(ids, device=input_ids.device)).any()):
+        every = ",".join(k for k in ("image", "video") if k in set(kinds) | set(kept))
+        raise UnsupportedError(f"withdrawing only {','.join(kinds)} on {adapter.family} is not supported: the kept "
+                               f"{' and '.join(kept)} tokens attend bidirectionally inside their blocks, which layers "
+                               f">= K would not rebuild; withdraw {every} (the default)")
 
 
 def format_layers(layers: list[int]) -> str:
@@ -222,6 +234,7 @@ class WithdrawalHandle:
                                    f"in {exact} ({self.num_layers} = no withdrawal)")
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
+        self.kinds = kinds
         if not self.vision_token_ids and vision_mask is None:
             raise UnsupportedError(
                 f"{type(model).__name__} config has no vision token id ({', '.join(self.adapter.vision_token_id_keys)}); "
@@ -300,10 +313,6 @@ class WithdrawalHandle:
             raise UnsupportedError(
                 "withdrawal does not support training (model is in train mode); call model.eval() for inference"
             )
-        for key, why in self.adapter.refused_inputs.items():
-            if kwargs.get(key) is not None:
-                raise UnsupportedError(f"withdrawal on {self.adapter.family} does not support {key} yet: {why}; "
-                                       "withdraw from prompts without it")
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is not None:
             ids = torch.tensor(self.vision_token_ids, device=input_ids.device)
@@ -334,6 +343,8 @@ class WithdrawalHandle:
             mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
+        if has_pixels and input_ids is not None:
+            refuse_kept_blocks(self.adapter, self.model.config, self.kinds, input_ids)
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
                                 has_pixels=has_pixels)
         self._withdrawn = None
