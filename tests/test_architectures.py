@@ -897,3 +897,37 @@ def test_gemma4_generate_with_video_equals_no_cache_recompute():
     row = gemma4_video_row()
     row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
     assert_greedy_generate_equals_recompute(model_of("gemma4", "sdpa"), row)
+
+
+def test_vtw_calibrate_gemma4_on_video_samples_equals_plain_withdrawn_forwards(tmp_path, monkeypatch):
+    """Samples with an image and a 4-frame video on Gemma 4: every KL of `vtw calibrate` equals that of plain
+    withdraw() forwards on the same batch (<= 1e-5)."""
+    import transformers
+    import yaml
+
+    from vtwcli.cli import main
+    from vtwcli.datasets import load_dataset, make_batch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES["gemma4"], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    (tmp_path / "data").mkdir()
+    dataset = write_video_dataset(tmp_path / "data")
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--dataset", dataset, "--output", str(output), "--no-eval",
+              "--device", "cpu", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    calibration = yaml.safe_load(output.read_text())["calibration"]
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()
+    batch = dict(make_batch(transformers.AutoProcessor.from_pretrained(directory), load_dataset(dataset).samples))
+    assert (batch["input_ids"] == model.config.video_token_id).sum() > 0
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    assert [entry["layer"] for entry in calibration["per_layer"]] == [1, 2]
+    with torch.no_grad():
+        full = model(**batch).logits[:, -1]
+        for entry in calibration["per_layer"]:
+            with withdraw(model, layer=entry["layer"]):
+                withdrawn = model(**batch).logits[:, -1]
+            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+    assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
