@@ -201,7 +201,8 @@ def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, caps
         text_config.hidden_size_per_layer_input  # noqa: E731
 
     def prefill(kept_from: int) -> int:
-        # layers < kept_from on all n tokens, layers >= kept_from (< 3) on the text; layer 3: one query over layer 2's keys
+        # layers < kept_from on all n tokens, layers >= kept_from (< 3) on the text;
+        # layer 3: one query over layer 2's keys
         total = ple_projection(n)
         for i in range(3):
             tokens = n if i < kept_from else text

@@ -74,7 +74,8 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
             positions = None if positions is None else positions[..., keep]
             extra = tuple(a[:, keep] if isinstance(a, torch.Tensor) and a.shape[1] == len(ids) else a for a in extra)
         window = text_config.sliding_window if types[i] == "sliding_attention" else None
-        bidirectional = i < layer and (family.image_block_layer_types is None or types[i] in family.image_block_layer_types)
+        block_types = family.image_block_layer_types
+        bidirectional = i < layer and (block_types is None or types[i] in block_types)
         mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if bidirectional else None)
         kwargs = dict(attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
         if "shared_kv_states" in inspect.signature(decoder_layer.forward).parameters:
@@ -400,7 +401,8 @@ def test_dispatched_gemma4_with_offloaded_layers_is_exact():
         dispatched = family.build(LAYERS, "sdpa", 0)
         text = dispatched.model.language_model
         device_map = {"model.vision_tower": "cpu", "model.embed_vision": "cpu", "lm_head": "cpu",
-                      **{f"model.language_model.{name}": "cpu" for name, _ in text.named_children() if name != "layers"},
+                      **{f"model.language_model.{name}": "cpu"
+                         for name, _ in text.named_children() if name != "layers"},
                       **{f"model.language_model.layers.{i}": ("cpu" if i < 2 else "disk") for i in range(LAYERS)}}
         with tempfile.TemporaryDirectory() as offload:
             dispatch_model(dispatched, device_map=device_map, main_device="cpu", offload_dir=offload)
@@ -497,7 +499,8 @@ def test_vtw_calibrate_with_kv_sharing_stops_at_the_last_exact_layer(name, tmp_p
     candidates = [k for k in exact_withdrawal_layers(model.config.text_config, LAYERS) if k < LAYERS]
     assert candidates == [1, 2]  # layer 3 reuses the keys/values of layer 2
     assert [entry["layer"] for entry in calibration["per_layer"]] == candidates
-    assert calibration["max_layer"] == 2 and "layer 3 reuses the keys/values of layer 2" in calibration["max_layer_reason"]
+    assert calibration["max_layer"] == 2
+    assert "layer 3 reuses the keys/values of layer 2" in calibration["max_layer_reason"]
     assert "candidates stop at layer 2" in " ".join(out.split())
     try:
         main(["check", str(output)])
@@ -692,7 +695,8 @@ def test_llama4_forward_is_broken_upstream_and_withdrawal_says_so_in_one_line():
     from vtwcli.errors import UnsupportedError
 
     model, embeds, mask, vision = llama4_of("sdpa")
-    defect = adapter_for_architecture("Llama4ForConditionalGeneration").upstream_defect("Llama4ForConditionalGeneration")
+    architecture = "Llama4ForConditionalGeneration"
+    defect = adapter_for_architecture(architecture).upstream_defect(architecture)
     try:
         with torch.no_grad():
             model(input_ids=torch.tensor([[1, 7, 8]]))
@@ -840,9 +844,10 @@ def test_vtw_models_shows_llama4_as_blocked_upstream_and_its_language_model_as_w
 @pytest.mark.parametrize("layer", [1, 3])
 def test_llama4_nope_temperature_counts_the_positions_each_layer_sees(layer):
     """With floor_scale 1 (and a large attn_scale, to make it visible in a random model) the NoPE layer's
-    attention temperature changes with every position (the released models: 1.0 below 8192). transformers computes it from the layer's cache length and the query index, so in
-    layers >= K it counts kept tokens: one unpadded row equals the reference that runs those layers on the kept
-    sequence with its own positions (docs/architectures.md, Llama 4)."""
+    attention temperature changes with every position (the released models: 1.0 below 8192). transformers
+    computes it from the layer's cache length and the query index, so in layers >= K it counts kept tokens:
+    one unpadded row equals the reference that runs those layers on the kept sequence with its own positions
+    (docs/architectures.md, Llama 4)."""
     from arch_models import LLAMA4_ROWS, llama4_embeds, tiny_llama4
 
     model = tiny_llama4(LAYERS, "sdpa", floor_scale=1, attn_scale=20.0)

@@ -620,7 +620,8 @@ def test_withdrawing_one_kind_keeps_bidirectional_blocks(gemma4_dir, data_dir, t
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: FAMILIES["gemma4"].processor())
     for frame in range(2):
         Image.new("RGB", (16, 16), (frame * 90, 20, 40)).save(data_dir / "images" / f"g{frame}.png")
-    path = write_jsonl(data_dir / "gemma4_video.jsonl", [row(i, video=["images/g0.png", "images/g1.png"]) for i in (1, 2)])
+    frames = ["images/g0.png", "images/g1.png"]
+    path = write_jsonl(data_dir / "gemma4_video.jsonl", [row(i, video=frames) for i in (1, 2)])
     expected = "withdrawing only image on Gemma 4 is not supported: the kept video tokens attend bidirectionally " \
                "inside their blocks, which layers >= K would not rebuild; withdraw image,video (the default)"
     assert expected in one_line_error(calibrate(gemma4_dir, tmp_path, "--withdraw", "image", dataset=path), capsys)

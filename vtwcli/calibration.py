@@ -28,8 +28,8 @@ from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
-from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks, repeat_batch,
-                               take_positions, withdrawn_masks)
+from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks,
+                               repeat_batch, take_positions, withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -206,8 +206,9 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         if j in shared_kv:  # attends with its producer's keys/values: the producer's mask (no candidate joined since)
             mask = masks_of[shared_kv[j]]
         else:
-            mask = masks_of[j] = withdrawn_masks(adapter, text_config, j, layer_types, hidden,
-                                                 validity.repeat(in_flight, 1), prefix_cache, last_layer=j)[layer_types[j]]
+            masks = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
+                                    prefix_cache, last_layer=j)
+            mask = masks_of[j] = masks[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
         if position_embeddings is not None:
