@@ -2,7 +2,8 @@
 
 For each sample, P_full is the next-token distribution of the full model and P_K that of the model
 withdrawn at layer K (at the last prompt position, or at every answer position with the teacher-forced
-criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold.
+criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold (the
+default ``mean`` rule; vtwcli.selection has the others, the bootstrap distribution of K and its warnings).
 
 Why it is cheap: layers 0..K-1 of the withdrawn model compute exactly what the full model computes. One
 full forward per batch records the hidden state entering every layer and every layer's keys/values.
@@ -28,7 +29,10 @@ from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
-from vtwcli.withdrawal import kept_slots, kept_vision_tokens, repeat_batch, take_positions, withdrawn_masks
+from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, RoundFigures, accuracy_interval,
+                              k_bootstrap, layer_choice, parse_rule, samples_auto, selection_warnings, straddles)
+from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, kept_vision_tokens,
+                               refuse_kept_blocks, repeat_batch, take_positions, withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -48,6 +52,10 @@ class CalibrationOptions:
     evaluate: bool = True
     # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
     kinds: tuple[str, ...] | None = None
+    # How K is read off the curve (vtwcli.selection.parse_rule): mean, upper or stable=P.
+    select: str = DEFAULT_RULE
+    # --samples auto: draw seeded rounds until K is stable; None: use the selections' samples as given.
+    auto: AutoOptions | None = None
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
@@ -63,6 +71,9 @@ class CalibrationOptions:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.kinds is not None:
             validate_kinds(self.kinds)
+        parse_rule(self.select)
+        if self.auto is not None:
+            self.auto.validate()
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -105,6 +116,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     batch, length = input_ids.shape
     valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
     vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config, kinds), device=input_ids.device))
+    refuse_kept_blocks(adapter, model.config, kinds, input_ids)
     if not vision.any(dim=1).all():
         if kinds is not None:
             raise VtwError(f"a calibration prompt has no {' or '.join(kinds)} tokens to withdraw (--withdraw "
@@ -123,6 +135,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         # positions as generate() numbers them: padding does not shift a row
         inputs = dict(inputs, position_ids=(valid.long().cumsum(-1) - 1).clamp_min(0))
     candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
+    for k in candidates:
+        reason = inexact_reason(adapter, text_config, num_layers, k)
+        if reason is not None:
+            raise VtwError(f"withdrawal at layer {k} cannot be exact on this model: {reason}; candidates must be in "
+                           f"{format_layers(exact_layers(adapter, text_config, num_layers))}")
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
     # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
@@ -137,6 +154,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     wanted = set(layers)
     layer_inputs: dict[int, torch.Tensor] = {}
     layer_kwargs: dict[int, dict] = {}
+    layer_args: dict[int, tuple] = {}  # positional arguments after the hidden states (per-layer inputs)
 
     def record(index):
         def hook(module, args, kwargs):
@@ -145,6 +163,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                 layer_inputs[index] = hidden[:, prefix:]
             if index >= first:
                 layer_kwargs[index] = kwargs
+                layer_args[index] = tuple(args[1:])
         return hook
 
     rows, cols = score_mask.nonzero(as_tuple=True)
@@ -152,8 +171,10 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(decoder_layers)]
     try:
         cache = DynamicCache(config=text_config)
+        # The positions as a tensor, not a count: a model may drop the other queries from its own layers given
+        # an integer (Gemma 4 before its KV-shared layers), and every layer's inputs must stay full length here.
         output = model(**inputs, cache=cache, use_cache=True, output_attentions=diagnose,
-                       logits_to_keep=logits_to_keep)
+                       logits_to_keep=torch.arange(length - logits_to_keep, length, device=input_ids.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -188,17 +209,25 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     hidden = None
     in_flight = 0
     prefix_cache = DynamicCache(config=text_config)
+    shared_kv = adapter.shared_kv_layers(text_config, num_layers)
+    masks_of: dict[int, torch.Tensor] = {}
     for j in range(first, num_layers):
         if j in wanted:  # candidate K = j joins with the full model's state entering layer j
             joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
             hidden = joining if hidden is None else torch.cat([hidden, joining])
             in_flight += 1
-        # The prefix's keys/values (text before the first vision token) are the same for every K.
-        prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
-                            cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
-        mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
-                               prefix_cache, last_layer=j,
-                               blocks=None if kept_blocks is None else kept_blocks.repeat(in_flight, 1))[layer_types[j]]
+        # The prefix's keys/values (text before the first vision token) are the same for every K. (A layer that
+        # reuses another layer's keys/values has no cache of its own.)
+        if getattr(cache.layers[j], "keys", None) is not None:
+            prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
+                                cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
+        if j in shared_kv:  # attends with its producer's keys/values: the producer's mask (no candidate joined since)
+            mask = masks_of[shared_kv[j]]
+        else:
+            masks = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
+                                    prefix_cache, last_layer=j,
+                                    blocks=None if kept_blocks is None else kept_blocks.repeat(in_flight, 1))
+            mask = masks_of[j] = masks[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
         if position_embeddings is not None:
@@ -212,7 +241,12 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                       **{cache_key: prefix_cache})
         kwargs.pop("hidden_states", None)
         kwargs.pop("output_attentions", None)
-        hidden = decoder_layers[j](hidden, **kwargs)
+        args = list(layer_args[j])
+        for i in adapter.per_position_layer_args:  # per-layer inputs (B, S, ...): the kept slots, like the hidden states
+            if i - 1 < len(args) and isinstance(args[i - 1], torch.Tensor):
+                kept = take_positions(args[i - 1][:, prefix:], index, seq_dim=1)
+                args[i - 1] = repeat_batch(kept, in_flight, 0)
+        hidden = decoder_layers[j](hidden, *args, **kwargs)
 
     counts = torch.zeros(batch).index_add_(0, rows.cpu(), torch.ones(len(rows)))
     if hidden is not None:
@@ -291,7 +325,7 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
 @dataclass
 class DatasetSelection:
     dataset: object  # vtwcli.datasets.Dataset
-    samples: list
+    samples: list  # in file order; with --samples auto, every sample in its seeded draw order
     seed: int
 
 
@@ -306,6 +340,10 @@ class CalibrationResult:
     diagnose: list[dict] | None = None
     evaluation: dict | None = None
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
+    # Why the candidates stop before L - 1 (layers after layers[-1] cannot be withdrawn exactly), or None.
+    limit: str | None = None
+    selection: dict = field(default_factory=dict)  # the profile's calibration.selection
+    selections: list[DatasetSelection] = field(default_factory=list)  # the samples used (file order)
 
     @property
     def found(self) -> bool:
@@ -367,6 +405,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     ``progress(phase, n)`` reports finished samples ("kl", then "eval"). ``store`` (see
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
+    With ``options.auto`` each selection holds every sample in its seeded draw order
+    (:func:`vtwcli.datasets.draw_order`); rounds of ``auto.step`` samples per dataset are measured until the
+    K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
     from vtwcli.prompts import make_batch, score_answer
 
@@ -380,7 +421,22 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         if with_video is not None:  # its chat template and processor would drop the video without a word
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "
                            "drop its video (or calibrate a model with video input)")
-    layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
+    text_config = adapter.text_config(model.config)
+    exact = exact_layers(adapter, text_config, num_layers)
+    # K = L withdraws nothing (KL 0): not a candidate. Where withdrawal is exact only up to some layer (KV
+    # sharing), the search stops there and the profile says why (calibration.max_layer / max_layer_reason).
+    max_layer = num_layers - 1
+    while max_layer >= options.min_layer and max_layer not in exact:
+        max_layer -= 1
+    limit = None
+    if max_layer < num_layers - 1:
+        limit = inexact_reason(adapter, text_config, num_layers, max_layer + 1)
+        if max_layer < options.min_layer:
+            below = [k for k in exact if k < num_layers]
+            hint = f"use --min-layer in {format_layers(below)}" if below else "no layer < L can be withdrawn exactly"
+            raise VtwError(f"--min-layer {options.min_layer}: withdrawal is exact on this model only at layers "
+                           f"{format_layers(exact)} ({limit}); {hint}")
+    layers = list(range(options.min_layer, max_layer + 1))
     started = time.perf_counter()
 
     def batches():
@@ -399,26 +455,53 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    per_sample, kl_rows, shares = [], [], []
-    work_full = work_candidates = 0
-    for selection, start, chunk in batches():
-        key = f"kl/{selection.dataset.name}/{start}"
+    measured: dict[tuple[str, str], list[float]] = {}  # (dataset, sample id) -> KL per candidate layer
+    shares = []
+    work = {"full": 0, "candidates": 0}
+
+    def measure(selection: DatasetSelection, chunk: list, key: str) -> None:
         done = store.get(key)
         if done is None:
             done = kl_of_batch(chunk)
             store.put(key, done)
-        work_full += done["work_full"]
-        work_candidates += done["work_candidates"]
+        work["full"] += done["work_full"]
+        work["candidates"] += done["work_candidates"]
         if done["share"] is not None:
             shares.append(torch.tensor(done["share"]))
         for sample, row in zip(chunk, done["kl"]):
-            kl_rows.append(row)
-            per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
+            measured[(selection.dataset.name, sample.id)] = [float(v) for v in row]
         if progress:
             progress("kl", len(chunk))
-    kl = np.asarray(kl_rows, dtype=np.float64)
-    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
-    chosen = first_layer_under(per_layer, options.threshold)
+
+    def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
+        rows = [measured[(s.dataset.name, x.id)] for s in chosen for x in s.samples]
+        return np.asarray(rows, dtype=np.float64), [s.dataset.name for s in chosen for _ in s.samples]
+
+    auto = None
+    if options.auto is None:
+        for selection, start, chunk in batches():
+            measure(selection, chunk, f"kl/{selection.dataset.name}/{start}")
+    else:
+        # Rounds of `step` more samples per dataset, in each dataset's seeded draw order; every round's K
+        # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
+        drawn = [0] * len(selections)
+
+        def measure_round(counts: list[int]) -> RoundFigures:
+            for d, selection in enumerate(selections):
+                for start in range(drawn[d], counts[d], options.batch_size):
+                    chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
+                    measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
+                drawn[d] = counts[d]
+            _, distribution, chosen, per_layer = _choose(*rows_of(_first_drawn(selections, counts)), layers, options)
+            return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
+
+        auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
+        selections = _first_drawn(selections, auto.counts)
+
+    kl, names = rows_of(selections)
+    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(s.dataset.name, x.id)]}
+                  for s in selections for x in s.samples]
+    rule, distribution, chosen, per_layer = _choose(kl, names, layers, options)
 
     per_dataset = []
     for selection in selections:
@@ -427,15 +510,24 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
 
+    selection_section = {"rule": str(rule), "k_bootstrap": distribution,
+                         "warnings": selection_warnings(rule, chosen, per_layer, options.threshold, distribution,
+                                                        per_dataset)}
+    if auto is not None:
+        selection_section["samples_auto"] = {
+            "target": options.auto.target, "step": options.auto.step, "budget": options.auto.budget,
+            "stopped": auto.stopped, "samples": sum(auto.counts),
+            "rounds": [r.to_dict() for r in auto.rounds]}
+
     diagnose = None
     if shares:
         mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
                     for i, s in enumerate(mean_share)]
 
-    def accuracy(layer: int | None) -> float:
+    def accuracy(layer: int | None) -> dict:
         correct = []
-        for selection, start, chunk in batches():
+        for selection, start, chunk in batches():  # `selections` is final here
             key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
             answers = store.get(key)
             if answers is None:
@@ -445,18 +537,40 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
             if progress:
                 progress("eval", len(chunk))
-        return float(np.mean(correct))
+        low, high = accuracy_interval(float(np.mean(correct)), len(correct))
+        return {"accuracy": float(np.mean(correct)), "accuracy_ci": [low, high]}
 
     evaluation = None
     if options.evaluate:
-        evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
-                      "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
+        withdrawn = accuracy(chosen) if chosen is not None else {"accuracy": None, "accuracy_ci": None}
+        evaluation = {"samples": len(kl), "baseline": accuracy(None), "withdrawn": dict(withdrawn, layer=chosen),
+                      "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
-    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
+    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"],
             "seconds": time.perf_counter() - started}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
-                             options=options)
+                             options=options, limit=limit, selection=selection_section, selections=selections)
+
+
+def _choose(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions):
+    """(rule, K distribution, chosen K, per-layer statistics) of a samples x layers KL matrix."""
+    rule = parse_rule(options.select)
+    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
+                               seed=options.seed)
+    return rule, distribution, layer_choice(rule, per_layer, options.threshold, distribution), per_layer
+
+
+def _first_drawn(selections: list[DatasetSelection], counts: list[int]) -> list[DatasetSelection]:
+    """Each selection cut to its first ``counts[d]`` samples in draw order, put back in file order (the
+    samples ``sample_dataset(counts[d], seed)`` takes, in its order)."""
+    out = []
+    for selection, n in zip(selections, counts):
+        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
+        drawn = sorted(selection.samples[:n], key=lambda sample: position[sample.id])
+        out.append(DatasetSelection(dataset=selection.dataset, samples=drawn, seed=selection.seed))
+    return out
 
 
 def calibration_section(result: CalibrationResult) -> dict:
@@ -474,8 +588,13 @@ def calibration_section(result: CalibrationResult) -> dict:
         "per_sample": result.per_sample,
         "cost": result.cost,
     }
+    if result.selection:
+        section["selection"] = result.selection
     if options.kinds is not None:
         section["withdraw"] = list(options.kinds)
+    if result.limit is not None:
+        section["max_layer"] = result.layers[-1]
+        section["max_layer_reason"] = result.limit
     if result.diagnose is not None:
         section["diagnose"] = result.diagnose
     return section
