@@ -19,6 +19,9 @@ from vtwcli.calibration import shared_prefix_kl
 ATTN = ["eager", "sdpa"]
 LAYERS = 4
 NAMES = list(FAMILIES)
+# Layer types without attention: Gated DeltaNet (Qwen3.5) and short-conv (LFM2) layers mix tokens through a
+# causal conv and a recurrent state. Alone, unpadded, they need no mask: the reference runs them plainly.
+STATE_LAYER_TYPES = {"linear_attention", "conv"}
 
 
 def explicit_mask(n: int, dtype, *, window: int | None = None, blocks: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,8 +72,11 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
             positions = None if positions is None else positions[..., keep]
         window = text_config.sliding_window if types[i] == "sliding_attention" else None
         mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if i < layer else None)
+        if types[i] in STATE_LAYER_TYPES:  # conv + recurrence over this (kept) sequence, from a zero state
+            mask = None
         hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
-    return model.get_output_embeddings()(text_model.norm(hidden))[0, -1]
+    norm = text_model.embedding_norm if hasattr(text_model, "embedding_norm") else text_model.norm  # LFM2's name
+    return model.get_output_embeddings()(norm(hidden))[0, -1]
 
 
 _MODELS: dict = {}

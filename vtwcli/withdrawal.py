@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.masking_utils import (create_causal_mask, create_chunked_causal_mask,
-                                       create_sliding_window_causal_mask)
+                                       create_recurrent_attention_mask, create_sliding_window_causal_mask)
 
 from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
@@ -108,10 +108,16 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
         kind = layer_types[index]
         if kind in masks:
             continue
+        if kind in adapter.state_layer_types:
+            # Conv / recurrent layers: the 2-D validity of this call's slots (None when every slot is real or
+            # the call is one token), which zeroes filler slots before they reach the state.
+            masks[kind] = create_recurrent_attention_mask(config=text_config, inputs_embeds=hidden,
+                                                          attention_mask=validity)
+            continue
         builder = MASK_BUILDERS.get(kind)
         if builder is None:
-            raise UnsupportedError(f"attention layer type {kind!r} (layer {index}) is not supported by withdrawal; "
-                                   f"supported: {', '.join(MASK_BUILDERS)}")
+            raise UnsupportedError(f"decoder layer type {kind!r} (layer {index}) is not supported by withdrawal; "
+                                   f"supported: {', '.join((*MASK_BUILDERS, *adapter.state_layer_types))}")
         masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
                               position_ids=None, layer_idx=index)
     return masks
@@ -176,6 +182,12 @@ class WithdrawalHandle:
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
+        state_types = self.adapter.state_layer_types
+        # Kept entries seen so far are counted by the cache of the first attention layer >= K (a conv /
+        # recurrent cache layer holds a fixed-size state, no sequence); None where layers >= K have no attention.
+        self._counting_layer = next((i for i in range(layer, self.num_layers) if self.layer_types[i] not in state_types),
+                                    None)
+        self._has_state_layers = any(kind in state_types for kind in self.layer_types[layer:])
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         if not self.vision_token_ids and vision_mask is None:
@@ -306,7 +318,7 @@ class WithdrawalHandle:
         batch, length = hidden.shape[:2]
         device = hidden.device
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past_kept = int(cache.get_seq_length(self.layer)) if cache is not None else 0
+        past_kept = self._past_kept(cache)
         vision = call.vision_mask.to(device)
         if vision.shape != (batch, length):
             raise UnsupportedError(
@@ -339,6 +351,12 @@ class WithdrawalHandle:
                 "every token of this call is a vision or padding token, so nothing is left after withdrawal; "
                 "add text to the prompt"
             )
+        if past_kept and self._has_state_layers and not bool(validity.all()):
+            raise UnsupportedError(
+                "padding inside a continuation of a cached call is not supported with withdrawal on a model with "
+                "conv / recurrent layers after the withdrawal layer (filler would reach their state); continue "
+                "without padding in the new tokens or prefill the whole sequence in one forward"
+            )
         if past_kept:
             history = self._cache_validity.get(cache)
             if history is None or history.shape != (batch, past_kept):
@@ -365,6 +383,24 @@ class WithdrawalHandle:
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
+
+    def _past_kept(self, cache) -> int:
+        """How many kept entries layers >= K have seen in ``cache`` before this call."""
+        if cache is None:
+            return 0
+        if self._counting_layer is not None:
+            return int(cache.get_seq_length(self._counting_layer))
+        # Only conv / recurrent layers from K on: they count nothing, so the hooks' own record of this cache
+        # does, once the state was written (a reset cache starts anew).
+        if not cache.has_previous_state(self.layer):
+            return 0
+        history = self._cache_validity.get(cache)
+        if history is None:
+            raise UnsupportedError(
+                "this cache was not filled under the same withdrawal (its conv / recurrent state after layer "
+                f"{self.layer} includes vision tokens); start generation anew"
+            )
+        return history.shape[1]
 
     def _model_mask_suffices(self, kwargs, cache, everything_kept: bool, past_kept: int, length: int,
                              validity: torch.Tensor) -> bool:
