@@ -224,8 +224,11 @@ class QwenInputs(ShimProcessor):
 
     chat_template = QWEN_TEMPLATE
 
-    def __init__(self, image_processor, tokenizer):
+    def __init__(self, image_processor, tokenizer, frames_apart: bool = False):
         self.image_processor, self.tokenizer = image_processor, tokenizer
+        # Qwen3-VL / Qwen3.5 layout: each video frame in its own <|vision_start|> ... <|vision_end|> block
+        # (the real processor also writes a timestamp before each; it is plain text)
+        self.frames_apart = frames_apart
 
     def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
         flat = [img for row in images or [] for img in row]
@@ -242,7 +245,11 @@ class QwenInputs(ShimProcessor):
             generator = torch.Generator().manual_seed(7)
             out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
             out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
-            texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
+            if self.frames_apart:
+                frame = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+                texts = [x.replace("<|vision_start|><|video_pad|><|vision_end|>", frame * t) for x in texts]
+            else:
+                texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
         types = torch.zeros_like(ids)
@@ -740,11 +747,21 @@ def lfm2_vl_processor():
     return Lfm2VlInputs(word_tokenizer(LFM2_SPECIALS))
 
 
+def qwen3_5_processor():
+    """Qwen3.5 uses Qwen3VLProcessor (its video processor needs torchvision): the stand-in in both environments,
+    with images as Qwen2-VL lays them out and video frames apart."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                      size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    return QwenInputs(images, word_tokenizer(QWEN_SPECIALS), frames_apart=True)
+
+
 FAMILIES.update({
-    "qwen3_5": Family("Qwen3.5", "Qwen3_5ForConditionalGeneration", tiny_qwen3_5, qwen_processor, qwen_rows,
+    "qwen3_5": Family("Qwen3.5", "Qwen3_5ForConditionalGeneration", tiny_qwen3_5, qwen3_5_processor, qwen_rows,
                       lambda config: [config.image_token_id, config.video_token_id]),
     "qwen3_5_moe": Family("Qwen3.5-MoE", "Qwen3_5MoeForConditionalGeneration",
-                          lambda n, a="sdpa", s=0: tiny_qwen3_5(n, a, s, moe=True), qwen_processor, qwen_rows,
+                          lambda n, a="sdpa", s=0: tiny_qwen3_5(n, a, s, moe=True), qwen3_5_processor, qwen_rows,
                           lambda config: [config.image_token_id, config.video_token_id]),
     "lfm2_vl": Family("LFM2-VL", "Lfm2VlForConditionalGeneration", tiny_lfm2_vl, lfm2_vl_processor, llava_rows,
                       lambda config: [config.image_token_id]),

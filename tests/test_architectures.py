@@ -255,8 +255,7 @@ def video_row(name: str):
     """One prompt with an image and a video. With torchvision, the family's real processor on 4 frames of
     16x16; without, the stand-in (its video is random features of the model's video input shape)."""
     import numpy as np
-    from arch_models import HAS_TORCHVISION, QWEN_SPECIALS, QwenInputs, image, llava_onevision_processor, word_tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from arch_models import HAS_TORCHVISION, image, llava_onevision_processor
 
     frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
     if name == "llava_onevision":
@@ -270,9 +269,7 @@ def video_row(name: str):
         text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
         return FAMILIES[name].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
                                           return_tensors="pt")
-    processor = QwenInputs(Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                                    size={"shortest_edge": 64, "longest_edge": 1024}),
-                           word_tokenizer(QWEN_SPECIALS))
+    processor = FAMILIES[name].processor()  # QwenInputs; Qwen3.5's lays video frames apart
     image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
     text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
     return processor([text], images=[[image(24, 16, 5)]], videos=[1])
@@ -285,7 +282,7 @@ class ImagesOnly:
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "qwen3_5"])
 def test_video_tokens_are_withdrawn(name, attn):
     model = model_of(name, attn)
     row = dict(video_row(name))
@@ -304,7 +301,7 @@ def test_video_tokens_are_withdrawn(name, attn):
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "qwen3_5"])
 def test_generate_with_video_equals_no_cache_recompute(name, attn):
     """A prompt with an image and a video: cached greedy generate() (both kinds withdrawn) == no-cache recompute."""
     model = model_of(name, attn)
@@ -404,6 +401,10 @@ def test_vtw_calibrate_runs_end_to_end(name, tmp_path, monkeypatch):
     profile = yaml.safe_load(output.read_text())
     assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == list(range(1, LAYERS))
     assert profile["model"]["architecture"] == FAMILIES[name].architecture
+    # Windowed (Gemma 3) and conv / recurrent layers (Qwen3.5, LFM2) recompute the text prefix per K
+    all_full = all(kind == "full_attention" for kind in getattr(model_of(name, "sdpa").config.text_config,
+                                                                "layer_types", None) or ["full_attention"])
+    assert profile["calibration"]["cost"]["shared_prefix"] is all_full
 
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "gemma3"])
@@ -456,7 +457,8 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     assert status["LlavaForConditionalGeneration"] == "supported"
     inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
     assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
-        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"}
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+        "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"}
     assert all("image" in kinds for kinds in inputs.values())
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
@@ -525,3 +527,115 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
                 expected = independent_kl(withdrawn, full).mean()
                 assert entry["kl_mean"] == pytest.approx(float(expected), abs=1e-5)
     assert len({tuple(curve) for curve in curves.values()}) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Families with conv / recurrent layers (Qwen3.5 Gated DeltaNet, LFM2 short conv): what a KV cache does not show
+
+STATE_FAMILIES = ["qwen3_5", "qwen3_5_moe", "lfm2_vl"]
+
+
+def _decode_inputs(model, running: dict, cache, new: torch.Tensor, positions: bool = True) -> dict:
+    """A continuation of ``running`` by the tokens ``new`` (B, n): ids, the grown mask, the cache and (unless
+    ``positions`` is False) the new tokens' original positions, as generate() numbers them (M-RoPE: the text
+    row, then t/h/w shifted by the rope deltas of the prefill; Qwen3.5 itself cannot derive them from the mask
+    in a continuation: transformers 5.24 numbers the whole mask)."""
+    mask = torch.cat([running["attention_mask"], torch.ones_like(new)], dim=1)
+    inputs = dict(input_ids=new, attention_mask=mask, cache=cache, use_cache=True)
+    if positions:
+        text = running["attention_mask"].sum(-1, keepdim=True) + torch.arange(new.shape[1])
+        if not adapter_for(model).positions_from_mask:
+            text = torch.cat([text[None], (text + model.model.rope_deltas)[None].expand(3, -1, -1)])
+        inputs["position_ids"] = text
+    return inputs
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "lfm2_vl"])
+def test_multi_token_continuation_carries_the_state_exactly(name):
+    """Prefill under withdrawal, then two tokens in one call: the conv / recurrent state after layer K holds the
+    kept prompt only and continues from it; equals a no-cache recompute of the whole sequence."""
+    from transformers import DynamicCache
+
+    model = model_of(name, "sdpa")
+    batch, _ = batch_of(name)
+    new = torch.tensor([[30, 31], [32, 33]])
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        prefill = dict(batch)
+        if adapter_for(model).positions_from_mask:
+            prefill["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        model(**prefill, cache=cache, use_cache=True)
+        got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
+        expected = no_cache_logits(model, _extend(batch, new))
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
+
+
+def test_padding_inside_a_continuation_is_refused():
+    """Filler in a continuation would reach a state that already holds the prompt: a one-line refusal."""
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("qwen3_5", "sdpa")
+    batch, _ = batch_of("qwen3_5")
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, cache=cache, use_cache=True)
+        inputs = _decode_inputs(model, batch, cache, torch.tensor([[0, 30], [31, 32]]))
+        inputs["attention_mask"][0, -2] = 0  # row 0's first new token is padding
+        with pytest.raises(UnsupportedError, match="padding inside a continuation") as error:
+            model(**inputs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("layer", [1, 3])  # Qwen3.5 tiny: attention at layer 2; only Gated DeltaNet after K = 3
+def test_cache_filled_without_withdrawal_is_refused(layer):
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("qwen3_5", "sdpa")
+    batch, _ = batch_of("qwen3_5")
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, cache=cache, use_cache=True)
+        with withdraw(model, layer=layer), pytest.raises(UnsupportedError, match="not filled under the same withdrawal"):
+            model(**_decode_inputs(model, batch, cache, torch.tensor([[30], [31]])))
+
+
+def test_continuation_without_positions_is_refused_where_the_model_would_count_kept_tokens():
+    """LFM2 tiny: conv at layer 0, attention at layer 1. Withdrawn at K = 1, transformers would number a
+    continuation from layer 1's cache (kept tokens only): without position_ids that is refused; with them exact."""
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("lfm2_vl", "sdpa")
+    batch, _ = batch_of("lfm2_vl")
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    new = torch.tensor([[30], [31]])
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, position_ids=positions, cache=cache, use_cache=True)
+        with pytest.raises(UnsupportedError, match="needs position_ids=") as error:
+            model(**_decode_inputs(model, batch, cache, new, positions=False))
+        assert "\n" not in str(error.value)
+        got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
+        expected = no_cache_logits(model, _extend(batch, new))
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "lfm2_vl"])
+def test_calibration_recomputes_the_prefix_of_state_layers_and_counts_it(name):
+    """The full forward keeps only the state after the whole prompt, so candidates cannot start from a state
+    after the shared text prefix: each K re-runs every kept token from column 0, and the cost says so."""
+    model = model_of(name, "sdpa", layers=6)
+    batch, _ = batch_of(name)
+    layers = [1, 2, 3, 4, 5]
+    result = shared_prefix_kl(model, batch, layers)
+    vision = torch.isin(batch["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
+    kept_from_column_0 = int((~vision & batch["attention_mask"].bool()).sum())
+    assert result.token_layers_candidates == sum(6 - k for k in layers) * kept_from_column_0
+    assert result.token_layers_full == 6 * int(batch["attention_mask"].sum())

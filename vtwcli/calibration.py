@@ -118,10 +118,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
-    # row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
-    windowed = any(kind != "full_attention" for kind in layer_types[first:])
-    prefix = 0 if windowed else first_vision
+    prefix = first_vision if prefix_is_shared(layer_types, first) else 0
     if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
@@ -183,9 +180,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
             joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
             hidden = joining if hidden is None else torch.cat([hidden, joining])
             in_flight += 1
-        # The prefix's keys/values (text before the first vision token) are the same for every K.
-        prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
-                            cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
+        # The prefix's keys/values (text before the first vision token) are the same for every K. A conv /
+        # recurrent layer starts from a zero state here (its families share no prefix).
+        if layer_types[j] not in adapter.state_layer_types:
+            prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
+                                cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
         mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
                                prefix_cache, last_layer=j)[layer_types[j]]
         own = layer_kwargs[j]
@@ -218,6 +217,18 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         share = _attention_share(output.attentions, vision, valid, prefix)
     return BatchKL(kl=kls, token_layers_full=num_layers * int(valid.sum()),
                    token_layers_candidates=candidate_work, attention_share=share)
+
+
+def prefix_is_shared(layer_types: list[str], first: int) -> bool:
+    """Whether the candidates K >= ``first`` share the text before the first vision token (its keys/values
+    copied from the full forward) or recompute it per K.
+
+    Sharing puts other rows' filler slots between a row's prefix and its kept tokens. A full-attention layer
+    masks them; a windowed layer would count them inside its window, and a conv / recurrent layer would carry
+    them in its state (the full forward keeps only the state after the whole prompt, not after the prefix).
+    Those families recompute the prefix per K: exact, and the extra work is counted in the cost.
+    """
+    return all(kind == "full_attention" for kind in layer_types[first:])
 
 
 def _attention_share(attentions, vision: torch.Tensor, valid: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -452,8 +463,10 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
                       "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
 
+    text_config = adapter.text_config(model.config)
     cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started,
+            "shared_prefix": prefix_is_shared(adapter.layer_types(text_config, num_layers), min(layers))}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
                              options=options)

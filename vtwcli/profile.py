@@ -497,6 +497,9 @@ class SampleKL:
 class CalibrationCost:
     full_forward_equivalents: float
     seconds: float
+    # False where the candidates recompute the text before the first image (windowed or conv / recurrent
+    # layers among them); its work is in full_forward_equivalents either way. None: profiles from before.
+    shared_prefix: bool | None = None
 
 
 @dataclass(frozen=True)

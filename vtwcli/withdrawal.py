@@ -293,6 +293,7 @@ class WithdrawalHandle:
                 )
             mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
+        self._check_positions_are_given(kwargs, mask)
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
                                 has_pixels=has_pixels)
@@ -300,6 +301,29 @@ class WithdrawalHandle:
         self._device_copies.clear()
         self._sliced_positions.clear()
         return None
+
+    def _check_positions_are_given(self, kwargs, padding_mask) -> None:
+        """Refuse a continuation whose positions the model would count from a cache layer >= K.
+
+        transformers counts the tokens a cache has seen from its first attention layer. Where conv / recurrent
+        layers come first, that layer may be >= K and hold only kept tokens: a continuation without
+        ``position_ids`` (or, where the model derives positions from the mask, without a mask) would be numbered
+        from the kept count instead of the original positions. generate() always passes them.
+        """
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None or kwargs.get("position_ids") is not None or not hasattr(cache, "is_linear"):
+            return
+        if not self.adapter.positions_from_mask and padding_mask is not None:
+            return
+        counting = next((i for i, linear in enumerate(cache.is_linear) if not linear), None)
+        if counting is None or counting < self.layer or not cache.get_seq_length():
+            return
+        needs = "position_ids=" if self.adapter.positions_from_mask else "attention_mask= (or position_ids=)"
+        raise UnsupportedError(
+            f"this continuation of a cached call needs {needs}: the model counts seen tokens from layer "
+            f"{counting}, whose cache holds only the kept tokens after withdrawal at layer {self.layer}; pass the "
+            "original positions (generate() does)"
+        )
 
     def _end_call(self, module, args, output):
         self._call = None
