@@ -645,6 +645,8 @@ class MemoryRun:
     kv_cache_bytes: int
     cuda_peak_allocated_bytes: int | None = None
     cuda_peak_reserved_bytes: int | None = None
+    # conv / recurrent states (models with such layers only): fixed size, withdrawal saves nothing there
+    state_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import cache_of
+from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.measure.text_layers import TEXT_MODELS, decoder_layer_flops, text_model_of
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
@@ -47,16 +48,14 @@ __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE"
            "require_fixed_image_layout"]
 
 CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
-              "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it)")
+              "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it); "
+              "mixture of experts: the experts each token is routed to (top-k) and shared experts, not all experts")
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config only, no weights; components "
                 "driven one by one, layers >= K on the text positions)")
 COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
-# Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP (norms,
-# q/k norms, biases and soft-capping are not matmul work, so Gemma 3 and the Qwen2-VL text models fit).
-_GATED_MLP_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text", "gemma3_text")
 # Vision towers: (patch conv, attention, 2-matrix MLP); whether a CLS token is prepended.
 _VISION_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 
@@ -160,23 +159,15 @@ def _mm(m: int, k: int, n: int) -> int:
 
 
 def _text_dims(config):
+    """(hidden, layers, vocab) of a text model the closed form knows (vtwcli.measure.text_layers)."""
     text = config.text_config
-    if text.model_type not in _GATED_MLP_TEXT_MODELS:
-        raise UnsupportedError(f"analytic FLOPs know text models {', '.join(_GATED_MLP_TEXT_MODELS)}, "
-                               f"not {text.model_type}")
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return text.hidden_size, heads, kv_heads, head_dim, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+    if text_model_of(text) is None:
+        raise UnsupportedError(f"analytic FLOPs know text models {', '.join(TEXT_MODELS)}, not {text.model_type}")
+    return text.hidden_size, text.num_hidden_layers, text.vocab_size
 
 
-def _decoder_layer_flops(config, queries: int, keys: int) -> int:
-    """One decoder layer: q,k,v,o projections (GQA: k,v have kv_heads), QK^T and AV, 3-matrix MLP."""
-    hidden, heads, kv_heads, head_dim, inter, _, _ = _text_dims(config)
-    projections = _mm(queries, hidden, heads * head_dim) * 2 + _mm(queries, hidden, kv_heads * head_dim) * 2
-    attention = 2 * _mm(queries, head_dim, keys) * heads  # QK^T and AV, per query head, full grid
-    mlp = 3 * _mm(queries, hidden, inter)
-    return projections + attention + mlp
+def _layer_types(text_config, num_layers: int) -> list[str]:
+    return list(getattr(text_config, "layer_types", None) or ["full_attention"] * num_layers)[:num_layers]
 
 
 def _vision_flops(config, images: int) -> tuple[int, int]:
@@ -213,13 +204,16 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     the fixed LLaVA-1.5 layout (CLIP / SigLIP, ``vision=True``); otherwise ``covers`` lists the language
     model and lm_head only and ``total`` is their sum.
     """
-    hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
+    hidden, num_layers, vocab = _text_dims(config)
     _check_layer(layer, num_layers)
+    text = config.text_config
+    types = _layer_types(text, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = _mm(1, hidden, vocab)
-    full_layer = _decoder_layer_flops(config, n, n)
-    withdrawn_lm = layer * full_layer + (num_layers - layer) * _decoder_layer_flops(config, kept, kept)
-    baseline = {"language_model": num_layers * full_layer, "lm_head": lm_head}
+    full_lm = sum(decoder_layer_flops(text, kind, n, n) for kind in types)
+    withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n) if i < layer else decoder_layer_flops(text, kind, kept, kept)
+                       for i, kind in enumerate(types))
+    baseline = {"language_model": full_lm, "lm_head": lm_head}
     withdrawn = {"language_model": withdrawn_lm, "lm_head": lm_head}
     if vision:
         tower, projector = _vision_flops(config, prompt.images)
@@ -228,7 +222,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     windows = _sliding_windows(config.text_config, num_layers)
 
     def decode_step(context_of_layer) -> int:  # one new token against each layer's cached context
-        return sum(_decoder_layer_flops(config, 1, _decode_keys(context_of_layer(i), windows[i]))
+        return sum(decoder_layer_flops(text, types[i], 1, _decode_keys(context_of_layer(i), windows[i]))
                    for i in range(num_layers)) + lm_head
 
     decode_kept = kept if layer < num_layers else n
@@ -265,13 +259,25 @@ def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _grouped_mm_formula(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """Grouped matmul (mixture-of-experts experts in one call): each row of ``a`` meets the (K x N) matrix of
+    its own group, so 2 x rows x K x N whatever the grouping (groups along K: the K slices add up)."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
 def _custom_mapping() -> dict:
-    """SDPA kernels torch's counter has no formula for (CPU's fused kernel, backend overrides)."""
+    """Kernels torch's counter has no formula for: SDPA (CPU's fused kernel, backend overrides) and the
+    grouped matmul transformers runs mixture-of-experts layers with (it would count 0)."""
     mapping = {}
     for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             mapping[op] = _sdpa_formula
+    op = getattr(torch.ops.aten, "_grouped_mm", None)
+    if op is not None:
+        mapping[op] = _grouped_mm_formula
     return mapping
 
 
@@ -343,6 +349,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     _check_layer(layer, num_layers)
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+    counted_layer = _last_attention_layer(model)
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
         handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
@@ -351,21 +358,51 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
             with counter:
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
-            cache = cache_of(out)
-            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
-            # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
-            # as generate() passes none for an all-ones one (families derive decode positions from the cache).
-            step = out.logits[:, -1:].argmax(-1)
+            # What the last attention layer caches (conv / recurrent layers hold a fixed-size state instead)
+            context = int(cache_of(out).get_seq_length(counted_layer)) if counted_layer is not None else 0
+            result["decode_per_token"]["context_tokens"][variant] = context
             del out
-            counter = _counter()
-            with counter:
-                model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
-            result["decode_per_token"][variant] = int(counter.get_total_flops())
-            del cache
+            result["decode_per_token"][variant] = _decode_step_flops(model, inputs)
         finally:
             if handle is not None:
                 handle.remove()
     return result
+
+
+def _last_attention_layer(model: nn.Module) -> int | None:
+    """Index of the last decoder layer with a KV cache (not a conv / recurrent layer); None if there is none."""
+    from vtwcli.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    types = adapter.layer_types(adapter.text_config(model.config), len(adapter.decoder_layers(model)))
+    return max((i for i, kind in enumerate(types) if kind not in adapter.state_layer_types), default=None)
+
+
+def _decode_step_flops(model: nn.Module, inputs: dict) -> int:
+    """FLOPs of one decode step as ``generate()`` makes it: its second forward (the greedy token against the
+    prefill's cache, with the positions generate() derives for the family, e.g. M-RoPE deltas)."""
+    counter, calls, inside = _counter(), [0], [False]
+
+    def enter(module, args, kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            counter.__enter__()
+            inside[0] = True
+
+    def leave(module, args, output):
+        if inside[0]:
+            counter.__exit__(None, None, None)
+            inside[0] = False
+
+    hooks = [model.register_forward_pre_hook(enter, with_kwargs=True), model.register_forward_hook(leave)]
+    try:
+        generate_exactly(model, inputs, 2)
+    finally:
+        if inside[0]:
+            counter.__exit__(None, None, None)
+        for hook in hooks:
+            hook.remove()
+    return int(counter.get_total_flops())
 
 
 def meta_model(config, *, attn: str = "sdpa") -> nn.Module:
