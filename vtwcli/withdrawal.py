@@ -12,7 +12,10 @@ How it works, without touching the model's code:
   masked slots), slices ``position_ids`` at the kept original positions, and builds the attention mask
   of the short sequence with transformers' own builders, one per attention layer type among layers >= K
   (``create_causal_mask``, ``create_sliding_window_causal_mask``, ...), each against the cache of the
-  first layer >= K of that type (which holds only kept tokens);
+  first layer >= K of that type (which holds only kept tokens); layers that keep a conv / recurrent state
+  instead of a KV cache (the adapter's ``state_layer_types``) get the 2-D validity of the call's slots,
+  which zeroes filler before it reaches the state (filler precedes each row's kept tokens, where the
+  state is still zero, so the state is that of the kept subsequence);
 * pre-hooks on layers K..L-1 swap in the mask of their layer type and those positions, and slice the
   rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
@@ -21,8 +24,10 @@ Nothing here branches on the architecture: where the layers are, which ids are v
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
 
 The KV cache of layers >= K therefore only ever stores kept tokens. Across ``generate()`` steps the
-2-D validity of those cache entries is remembered per cache object. Positions of decode steps come from
-layer 0's cache length / the mask cumsum, i.e. they stay the original positions, as VTW requires.
+2-D validity of those cache entries is remembered per cache object; kept entries are counted at the first
+attention layer >= K. Positions of decode steps come from the cache length transformers reads (its first
+attention layer, < K unless conv / recurrent layers come first: then explicit positions are required, and
+generate() passes them) or the mask cumsum, i.e. they stay the original positions, as VTW requires.
 
 This module does no I/O.
 """
@@ -188,6 +193,10 @@ class WithdrawalHandle:
         self._counting_layer = next((i for i in range(layer, self.num_layers) if self.layer_types[i] not in state_types),
                                     None)
         self._has_state_layers = any(kind in state_types for kind in self.layer_types[layer:])
+        # transformers counts the tokens a cache has seen at the model's first attention layer; with conv /
+        # recurrent layers first, that layer may be >= K, where the cache holds only kept tokens.
+        first_attention = next((i for i, kind in enumerate(self.layer_types) if kind not in state_types), None)
+        self._model_counts_kept = first_attention if first_attention is not None and first_attention >= layer else None
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         if not self.vision_token_ids and vision_mask is None:
@@ -310,19 +319,18 @@ class WithdrawalHandle:
         ``position_ids`` (or, where the model derives positions from the mask, without a mask) would be numbered
         from the kept count instead of the original positions. generate() always passes them.
         """
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is None or kwargs.get("position_ids") is not None or not hasattr(cache, "is_linear"):
+        if self._model_counts_kept is None or kwargs.get("position_ids") is not None:
             return
         if not self.adapter.positions_from_mask and padding_mask is not None:
             return
-        counting = next((i for i, linear in enumerate(cache.is_linear) if not linear), None)
-        if counting is None or counting < self.layer or not cache.get_seq_length():
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None or not cache.get_seq_length(self._model_counts_kept):
             return
         needs = "position_ids=" if self.adapter.positions_from_mask else "attention_mask= (or position_ids=)"
         raise UnsupportedError(
             f"this continuation of a cached call needs {needs}: the model counts seen tokens from layer "
-            f"{counting}, whose cache holds only the kept tokens after withdrawal at layer {self.layer}; pass the "
-            "original positions (generate() does)"
+            f"{self._model_counts_kept}, whose cache holds only the kept tokens after withdrawal at layer "
+            f"{self.layer}; pass the original positions (generate() does)"
         )
 
     def _end_call(self, module, args, output):
