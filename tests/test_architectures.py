@@ -639,3 +639,25 @@ def test_calibration_recomputes_the_prefix_of_state_layers_and_counts_it(name):
     kept_from_column_0 = int((~vision & batch["attention_mask"].bool()).sum())
     assert result.token_layers_candidates == sum(6 - k for k in layers) * kept_from_column_0
     assert result.token_layers_full == 6 * int(batch["attention_mask"].sum())
+
+
+def test_diagnose_labels_the_attention_layers_of_a_model_with_conv_layers(tmp_path, monkeypatch):
+    """--diagnose on LFM2-VL (conv layers 0, 2; attention 1, 3): one attention share per attention layer,
+    labelled with that layer, each the last token's attention split into system / vision / text (sum 1)."""
+    import yaml
+
+    from vtwcli.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES["lfm2_vl"], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--samples", "2", "--dataset", "photo_vqa", "--output", str(output),
+              "--no-eval", "--device", "cpu", "--attn", "eager", "--diagnose", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    diagnose = yaml.safe_load(output.read_text())["calibration"]["diagnose"]
+    assert [entry["layer"] for entry in diagnose] == [1, 3]
+    for entry in diagnose:
+        assert entry["system"] + entry["vision"] + entry["text"] == pytest.approx(1.0, abs=1e-5)
+        assert entry["vision"] > 0

@@ -81,7 +81,9 @@ class BatchKL:
     kl: torch.Tensor  # (B, len(layers)) mean KL over each row's scored positions
     token_layers_full: int  # work done, in (token x decoder layer) units
     token_layers_candidates: int
-    attention_share: torch.Tensor | None = None  # (L, B, 3): system / vision / text share (--diagnose)
+    # (attention layers, B, 3): system / vision / text share (--diagnose); one entry per layer with attention
+    # weights, i.e. every layer but conv / recurrent ones (see attention_layers)
+    attention_share: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -217,6 +219,14 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         share = _attention_share(output.attentions, vision, valid, prefix)
     return BatchKL(kl=kls, token_layers_full=num_layers * int(valid.sum()),
                    token_layers_candidates=candidate_work, attention_share=share)
+
+
+def attention_layers(model) -> list[int]:
+    """Indices of the decoder layers with attention weights (not conv / recurrent layers): what
+    ``output_attentions`` returns one entry for, in order."""
+    adapter = adapter_for(model)
+    types = adapter.layer_types(adapter.text_config(model.config), len(adapter.decoder_layers(model)))
+    return [i for i, kind in enumerate(types) if kind not in adapter.state_layer_types]
 
 
 def prefix_is_shared(layer_types: list[str], first: int) -> bool:
@@ -440,9 +450,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
 
     diagnose = None
     if shares:
-        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
+        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (attention layers, 3)
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
-                    for i, s in enumerate(mean_share)]
+                    for i, s in zip(attention_layers(model), mean_share)]
 
     def accuracy(layer: int | None) -> float:
         correct = []
