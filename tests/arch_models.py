@@ -694,8 +694,10 @@ def tiny_lfm2_vl(num_layers=4, attn="sdpa", seed=0):
     """LFM2-VL: short-conv (gated depthwise conv, fixed conv state) + full attention; SigLIP2 NaFlex vision."""
     from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration
 
+    # initializer_range 0.1 (not 0.02): a filler slot reaching a conv window then moves the last token's logits by
+    # ~1e-2, far above the suite's 1e-4 (at 0.02 by ~5e-6: such a leak would pass unseen)
     text = _text(num_hidden_layers=num_layers, layer_types=_lfm2_layer_types(num_layers), conv_L_cache=3,
-                 block_auto_adjust_ff_dim=False, conv_bias=False)
+                 block_auto_adjust_ff_dim=False, conv_bias=False, initializer_range=0.1)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                   patch_size=LFM2_PATCH, num_patches=16)
     config = Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=LFM2_IMAGE, projector_hidden_size=32,
