@@ -319,6 +319,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _last_cached_layer(cache) -> int:
+    """The last layer that holds keys/values of its own (a KV-sharing layer, e.g. Gemma 4's last ones, has none)."""
+    layers = getattr(cache, "layers", [])
+    return max((i for i, layer in enumerate(layers) if getattr(layer, "keys", None) is not None), default=0)
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
@@ -326,8 +332,9 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     ``prompt`` is the batch-1 model inputs (a dict, as a processor returns them: any family) or a
     :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
     to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
-    one forward of the greedy next token against the prefill's cache, as ``generate()`` makes it (each
-    family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision
+    the second forward of a greedy ``generate()``: the greedy next token against the prefill's cache, with
+    the positions generate() gives each family (e.g. M-RoPE deltas). ``context_tokens``: what the last
+    layer with keys/values of its own caches (conv / recurrent and KV-sharing layers have none). ``kinds`` selects the withdrawn vision
     tokens as in :func:`vtwcli.withdraw`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers
@@ -343,7 +350,6 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     check_layer(layer, num_layers)
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
-    counted_layer = _last_attention_layer(model)
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant, withdrawn in variants(model, layer, kinds):
         with withdrawn:
@@ -351,21 +357,11 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
             with counter:
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
-            # What the last attention layer caches (conv / recurrent layers hold a fixed-size state instead)
-            context = int(cache_of(out).get_seq_length(counted_layer)) if counted_layer is not None else 0
-            result["decode_per_token"]["context_tokens"][variant] = context
-            del out
+            cache = cache_of(out)
+            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(_last_cached_layer(cache)))
+            del out, cache
             result["decode_per_token"][variant] = _decode_step_flops(model, inputs)
     return result
-
-
-def _last_attention_layer(model: nn.Module) -> int | None:
-    """Index of the last decoder layer with a KV cache (not a conv / recurrent layer); None if there is none."""
-    from vtwcli.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    types = adapter.layer_types(adapter.text_config(model.config), len(adapter.decoder_layers(model)))
-    return max((i for i, kind in enumerate(types) if kind not in adapter.state_layer_types), default=None)
 
 
 def _decode_step_flops(model: nn.Module, inputs: dict) -> int:
