@@ -17,7 +17,9 @@ Three counters:
 * :func:`count_flops` runs the real model (any device but meta) under
   :class:`torch.utils.flop_counter.FlopCounterMode` and attributes FLOPs by module; the withdrawn
   figure comes from the real withdrawal hooks. CPU's fused SDPA kernel has no formula in torch, so one
-  is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid).
+  is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid), and
+  so is one for the grouped matmul of MoE experts (one row per token and routed expert: MoE layers count
+  the router and the experts each token is routed to, never all experts).
 * :func:`count_flops_meta` builds nothing but shapes: the model on the ``meta`` device (any size, no
   weights, seconds for 7B), driven component by component and layer by layer (the full LLaVA forward
   cannot run on meta: its placeholder check reads tensor values). Withdrawal is applied as the
@@ -255,24 +257,22 @@ def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **
 
 
 def _grouped_mm_formula(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    """Grouped matmul (mixture-of-experts experts in one call): each row of ``a`` meets the (K x N) matrix of
-    its own group, so 2 x rows x K x N whatever the grouping (groups along K: the K slices add up)."""
-    if len(a_shape) == 2 and len(b_shape) == 2:
-        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    # MoE experts (transformers' grouped_mm experts): each row of `a` is one (token, routed expert) pair, so
+    # 2 x output elements x inner dim counts exactly the experts each token is routed to.
     return 2 * math.prod(out_shape) * a_shape[-1]
 
 
 def _custom_mapping() -> dict:
     """Kernels torch's counter has no formula for: SDPA (CPU's fused kernel, backend overrides) and the
-    grouped matmul transformers runs mixture-of-experts layers with (it would count 0)."""
+    grouped matmul of MoE experts."""
     mapping = {}
     for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             mapping[op] = _sdpa_formula
-    op = getattr(torch.ops.aten, "_grouped_mm", None)
-    if op is not None:
-        mapping[op] = _grouped_mm_formula
+    grouped_mm = getattr(torch.ops.aten, "_grouped_mm", None)
+    if grouped_mm is not None:
+        mapping[grouped_mm] = _grouped_mm_formula
     return mapping
 
 
