@@ -41,6 +41,9 @@ class TextModel:
 TEXT_MODELS: dict[str, TextModel] = {
     "llama": TextModel(), "mistral": TextModel(), "qwen2": TextModel(), "qwen2_vl_text": TextModel(),
     "qwen2_5_vl_text": TextModel(), "gemma3_text": TextModel(),
+    # dense text models of the Qwen3-VL / GLM-4V / Cohere2 / Granite families (same layer shape)
+    "gemma": TextModel(), "qwen3": TextModel(), "qwen3_vl_text": TextModel(), "glm4v_text": TextModel(),
+    "cohere2": TextModel(), "granite4_vision_text": TextModel(),
     "qwen3_5_text": TextModel(gated_query=True),
     "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
     "lfm2": TextModel(mlp="lfm2"),
