@@ -193,7 +193,7 @@ def test_prefix_lm_blocks_stay_bidirectional_after_withdrawal():
 def _extend(inputs: dict, new_tokens: torch.Tensor, model) -> dict:
     """Append generated tokens: input_ids, the mask, and to every other per-token tensor the type of a generated
     token (zeros = text; PaliGemma's token_type_ids mark them 1, the suffix, as its generate() does)."""
-    generated = next(f.generated_token_type for f in FAMILIES.values() if f.architecture == type(model).__name__)
+    generated = next((f.generated_token_type for f in FAMILIES.values() if f.architecture == type(model).__name__), 0)
     out = dict(inputs)
     width = inputs["input_ids"].shape[1]
     for key, value in inputs.items():
@@ -1120,7 +1120,7 @@ def test_multi_token_continuation_carries_the_state_exactly(name):
             prefill["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
         model(**prefill, cache=cache, use_cache=True)
         got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
-        expected = no_cache_logits(model, _extend(batch, new))
+        expected = no_cache_logits(model, _extend(batch, new, model))
     finite = expected.isfinite()
     torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
 
@@ -1176,7 +1176,7 @@ def test_continuation_without_positions_is_refused_where_the_model_would_count_k
             model(**_decode_inputs(model, batch, cache, new, positions=False))
         assert "\n" not in str(error.value)
         got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
-        expected = no_cache_logits(model, _extend(batch, new))
+        expected = no_cache_logits(model, _extend(batch, new, model))
     finite = expected.isfinite()
     torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
 
