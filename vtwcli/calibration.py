@@ -47,20 +47,35 @@ class CalibrationOptions:
     # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
     kinds: tuple[str, ...] | None = None
 
-    def validate(self, num_layers: int) -> None:
-        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
-            raise VtwError(f"--threshold must be a number >= 0, got {self.threshold}")
-        if not 1 <= self.min_layer <= num_layers - 1:
-            raise VtwError(f"--min-layer {self.min_layer} is out of range for {num_layers} decoder layers; "
-                           f"use 1..{num_layers - 1}")
+    def check_values(self) -> None:
+        """Every check that needs no model: run before it loads, so a bad value costs no minutes."""
+        from vtwcli.validate import check_seed
+
+        if (not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool)
+                or not math.isfinite(self.threshold) or self.threshold < 0):
+            raise VtwError(f"--threshold must be a finite number >= 0, got {self.threshold}")
+        if self.min_layer < 1:
+            raise VtwError(f"--min-layer {self.min_layer}: the first candidate layer is 1 or more")
         if self.criterion not in CRITERIA:
             raise VtwError(f"--criterion {self.criterion!r} is unknown; use {' or '.join(CRITERIA)}")
         if self.direction not in DIRECTIONS:
             raise VtwError(f"--direction {self.direction!r} is unknown; use {' or '.join(DIRECTIONS)}")
         if self.batch_size < 1:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.evaluate and self.max_new_tokens < 1:
+            raise VtwError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens} (or pass --no-eval)")
+        check_seed(self.seed)
         if self.kinds is not None:
             validate_kinds(self.kinds)
+
+    def validate(self, num_layers: int) -> None:
+        self.check_values()
+        if num_layers < 2:
+            raise VtwError(f"the model has {num_layers} decoder layer; calibration needs at least 2 (a withdrawal "
+                           "layer K in 1..L-1 with a layer after it); use a model with more layers")
+        if not 1 <= self.min_layer <= num_layers - 1:
+            raise VtwError(f"--min-layer {self.min_layer} is out of range for {num_layers} decoder layers; "
+                           f"use 1..{num_layers - 1}")
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -353,11 +368,74 @@ def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]
 class _NoStore:
     """Stand-in for a checkpoint store: remembers nothing."""
 
-    def get(self, key):
+    def get(self, key, check=None):
         return None
 
     def put(self, key, value) -> None:
         pass
+
+
+def _finite_number(value, minimum: float = 0.0) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= minimum)
+
+
+def _kl_record_problem(value, rows: int, layers: int) -> str | None:
+    """What makes a checkpointed KL batch unfit for this batch (None if it fits)."""
+    if not isinstance(value, dict) or set(value) != {"kl", "work_full", "work_candidates", "share"}:
+        return "not a KL batch"
+    kl = value["kl"]
+    if not isinstance(kl, list) or len(kl) != rows:
+        return f"{len(kl) if isinstance(kl, list) else 'no'} rows for a batch of {rows} samples"
+    if any(not isinstance(row, list) or len(row) != layers or not all(_finite_number(v) for v in row) for row in kl):
+        return f"a row is not {layers} finite KL values >= 0"
+    if not (isinstance(value["work_full"], int) and value["work_full"] > 0
+            and isinstance(value["work_candidates"], int) and value["work_candidates"] >= 0):
+        return "bad work counts"
+    if value["share"] is not None and not isinstance(value["share"], list):
+        return "bad attention shares"
+    return None
+
+
+def _answers_record_problem(value, rows: int) -> str | None:
+    if not isinstance(value, list) or len(value) != rows or not all(isinstance(a, str) for a in value):
+        return f"not {rows} answers"
+    return None
+
+
+def _refuse_non_finite(kl: list, chunk, layers: list[int]) -> None:
+    """NaN or inf KL (a float16 overflow, broken weights) must not decide K silently: NaN <= t is False."""
+    for sample, row in zip(chunk, kl):
+        bad = next((layer for layer, value in zip(layers, row) if not math.isfinite(value)), None)
+        if bad is not None:
+            raise VtwError(f"{sample.where()}: the KL at layer {bad} is not a finite number (the model's outputs "
+                           "overflow or are NaN); use --dtype float32 or check the model's weights")
+
+
+def _check_context(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
+                   adapter) -> None:
+    """Every prompt (with its vision tokens, the answer under teacher forcing and the generated tokens of
+    the accuracy run) fits the model's context: refused before any forward, never silently run past the
+    positions the model was trained for."""
+    from vtwcli.datasets import make_batch
+
+    if adapter.context_limit(model.config) is None:
+        return
+    tokenizer = processor.tokenizer
+    for selection in selections:
+        for start in range(0, len(selection.samples), options.batch_size):
+            chunk = selection.samples[start:start + options.batch_size]
+            lengths = make_batch(processor, chunk)["attention_mask"].sum(dim=1).tolist()
+            for sample, prompt in zip(chunk, lengths):
+                extra, why = 0, ""
+                if options.criterion == "teacher_forced":
+                    extra = len(tokenizer(sample.answer_text, add_special_tokens=False)["input_ids"])
+                    why = f" + {extra} answer tokens"
+                if options.evaluate and options.max_new_tokens > extra:
+                    extra, why = options.max_new_tokens, f" + {options.max_new_tokens} new tokens (--max-new-tokens)"
+                adapter.check_prompt_fits(model.config, int(prompt), extra=extra, why=why,
+                                          what=f"{sample.where()}: the prompt",
+                                          fix="shorten the question or drop the sample")
 
 
 def calibrate(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
@@ -381,12 +459,15 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "
                            "drop its video (or calibrate a model with video input)")
     layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
+    _check_context(model, processor, selections, options, adapter)
     started = time.perf_counter()
 
     def batches():
-        for selection in selections:
+        # The dataset's position is part of each checkpoint key: two files may share a name (a/set.jsonl,
+        # b/set.jsonl) and must never read each other's batches.
+        for index, selection in enumerate(selections):
             for start in range(0, len(selection.samples), options.batch_size):
-                yield selection, start, selection.samples[start:start + options.batch_size]
+                yield index, selection, start, selection.samples[start:start + options.batch_size]
 
     def kl_of_batch(chunk) -> dict:
         inputs = dict(make_batch(processor, chunk).to(model.device))
@@ -399,13 +480,14 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    per_sample, kl_rows, shares = [], [], []
+    per_sample, kl_rows, shares, sample_selection = [], [], [], []
     work_full = work_candidates = 0
-    for selection, start, chunk in batches():
-        key = f"kl/{selection.dataset.name}/{start}"
-        done = store.get(key)
+    for index, selection, start, chunk in batches():
+        key = f"kl/{index}/{selection.dataset.name}/{start}"
+        done = store.get(key, check=lambda value: _kl_record_problem(value, len(chunk), len(layers)))
         if done is None:
             done = kl_of_batch(chunk)
+            _refuse_non_finite(done["kl"], chunk, layers)
             store.put(key, done)
         work_full += done["work_full"]
         work_candidates += done["work_candidates"]
@@ -414,6 +496,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         for sample, row in zip(chunk, done["kl"]):
             kl_rows.append(row)
             per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
+            sample_selection.append(index)
         if progress:
             progress("kl", len(chunk))
     kl = np.asarray(kl_rows, dtype=np.float64)
@@ -421,8 +504,8 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     chosen = first_layer_under(per_layer, options.threshold)
 
     per_dataset = []
-    for selection in selections:
-        rows = np.array([i for i, s in enumerate(per_sample) if s["dataset"] == selection.dataset.name])
+    for index, selection in enumerate(selections):
+        rows = np.array([i for i, owner in enumerate(sample_selection) if owner == index])
         curve = [{"layer": layer, "kl_mean": float(kl[rows, i].mean())} for i, layer in enumerate(layers)]
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
@@ -435,9 +518,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
 
     def accuracy(layer: int | None) -> float:
         correct = []
-        for selection, start, chunk in batches():
-            key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
-            answers = store.get(key)
+        for index, selection, start, chunk in batches():
+            key = f"answers/{'full' if layer is None else layer}/{index}/{selection.dataset.name}/{start}"
+            answers = store.get(key, check=lambda value: _answers_record_problem(value, len(chunk)))
             if answers is None:
                 answers = greedy_answers(model, processor, chunk, batch_size=len(chunk),
                                          max_new_tokens=options.max_new_tokens, layer=layer, kinds=options.kinds)

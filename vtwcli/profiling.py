@@ -79,6 +79,7 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
+    adapter.check_prompt_fits(model.config, layout.total)
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
     return {"withdrawal": withdrawal_section(layer, kinds),
@@ -176,6 +177,8 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
                        "processor, and none could be loaded; save the processor beside the model")
     if images < 0 or videos < 0 or images + videos < 1:
         raise VtwError(f"--images {images} --videos {videos}: the prompt needs at least 1 image or video")
+    # each image or video is at least one token: refuse what cannot fit before building it
+    adapter.check_prompt_fits(model.config, text_tokens + images + videos, why=" at the very least")
     width, height = image_size or native_image_size(model.config)
     rng = np.random.default_rng(seed)
     pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
@@ -253,6 +256,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "drop --image-size (use --images N for more images)")
         layout = PromptLayout.for_config(model.config, text_tokens=text_tokens,
                                          image_tokens=_layout_image_tokens(model.config, images, image_tokens))
+        adapter.check_prompt_fits(model.config, layout.total)  # before building a prompt of that size
         inputs, prompt = prompt_inputs(loaded, layout, seed=seed), layout
     else:
         if image_tokens is not None:
@@ -260,6 +264,8 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "--images N and --image-size WxH instead")
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
+    adapter.check_prompt_fits(model.config, prompt.total, extra=0 if flops_only else new_tokens,
+                              why="" if flops_only else f" + {new_tokens} new tokens (--new-tokens)")
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed) if fvcore else None

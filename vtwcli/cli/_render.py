@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -12,22 +13,42 @@ from vtwcli.cli._state import err_console
 from vtwcli.errors import VtwError
 
 
-def check_output_path(path: Path, example: str) -> None:
-    """Refuse an output that cannot be written, before minutes of work rather than when writing the result."""
-    if path.is_dir():
-        raise VtwError(f"--output {path} is a directory; pass a file name (e.g. {path / example})")
-    if not path.parent.is_dir():
-        raise VtwError(f"--output {path}: directory {path.parent} does not exist; create it or choose another "
-                       "--output")
+def check_output_path(path: Path, example: str, *, option: str = "--output", overwrite: bool = True) -> None:
+    """Refuse an output that cannot be written, before minutes of work rather than when writing the result:
+    a directory, a link or other non-regular file, a missing folder, or (``overwrite=False``) a file."""
+    from vtwcli.atomic import check_output_target
+
+    if path.is_dir() and not path.is_symlink():
+        raise VtwError(f"{option} {path} is a directory; pass a file name (e.g. {path / example})")
+    check_output_target(path, option)
+    if not overwrite and path.exists():
+        raise VtwError(f"{path} exists; pass --force to overwrite or choose another {option}")
+
+
+def check_plot_path(path: Path) -> None:
+    """--plot is checked like --output, and matplotlib's presence too, before the work."""
+    check_output_path(path, "kl.png", option="--plot")
+    _pyplot()
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise VtwError("--plot needs matplotlib: pip install 'vtwcli[plot]'") from None
+    return plt
 
 
 def output_path_for(path: Path, force: bool) -> Path:
     """Never overwrite without --force: an existing file gets a sibling name, said on screen."""
-    if force or not path.exists():
+    if force or not os.path.lexists(path):
         return path
     for n in range(1, 1000):
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             # soft_wrap: a path must stay one piece to copy
             err_console.print(f"[yellow]{path} exists; writing {candidate} instead (--force overwrites)[/]",
                               soft_wrap=True)
@@ -74,13 +95,7 @@ def kl_chart(result, width: int = 40) -> Text:
 
 
 def save_plot(result, path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise VtwError("--plot needs matplotlib: pip install 'vtwcli[plot]'") from None
+    plt = _pyplot()
     from vtwcli.atomic import atomic_write_bytes
 
     layers = [e["layer"] for e in result.per_layer]

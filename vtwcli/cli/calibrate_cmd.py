@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -63,8 +64,9 @@ def calibrate_command(
 
     from vtwcli.adapters import parse_kinds
     from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
-    from vtwcli.checkpoint import CheckpointStore
-    from vtwcli.cli._render import check_output_path, kl_chart, kl_table, output_path_for, save_plot
+    from vtwcli.checkpoint import CheckpointStore, checkpoint_path
+    from vtwcli.cli import _out_of_memory
+    from vtwcli.cli._render import check_output_path, check_plot_path, kl_chart, kl_table, output_path_for, save_plot
     from vtwcli.cli._signals import stop_on_signals
     from vtwcli.datasets import load_dataset, sample_dataset
     from vtwcli.loading import load_model, model_section
@@ -75,22 +77,34 @@ def calibrate_command(
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
                                  max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw))
+    options.check_values()  # every value that needs no model, before it loads
     check_output_path(output, "vtw-calibration.yaml")
-    if not resume:
+    if plot is not None:
+        check_plot_path(plot)
+    if not resume or not os.path.lexists(checkpoint_path(output)):
+        # an interrupted run that wrote beside an existing output (<name>-1.yaml) resumes there too
         output = output_path_for(output, force)
+        check_output_path(output, "vtw-calibration.yaml")
+
+    def selections_of(names: list[str]) -> list:
+        chosen = []
+        for name in names:
+            data = load_dataset(name)
+            chosen.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
+        return chosen
+
+    selections = selections_of(dataset) if dataset else None  # the data is checked before the model loads
     loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
-    names = dataset or default_datasets(loaded.is_bundled)
-    if not names:
-        raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
-                       "(see `vtw datasets`)")
-    selections = []
-    for name in names:
-        data = load_dataset(name)
-        selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
+    if selections is None:
+        names = default_datasets(loaded.is_bundled)
+        if not names:
+            raise VtwError("no bundled calibration datasets were found for this model; pass --dataset "
+                           "NAME_OR_JSONL (see `vtw datasets`)")
+        selections = selections_of(names)
     total = sum(len(s.samples) for s in selections)
     settings = {"model": model_section(loaded), "options": vars(options),
                 "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
-    store = CheckpointStore(output.with_name(output.name + ".partial.jsonl"), settings, resume=resume, force=force)
+    store = CheckpointStore(checkpoint_path(output), settings, resume=resume, force=force)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=as_json) as bar, stop_on_signals():
@@ -103,6 +117,10 @@ def calibrate_command(
         except KeyboardInterrupt:
             raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
                            "same command plus --resume", exit_code=130) from None
+        except BaseException as error:
+            if not _out_of_memory(error):  # a failed run's batches must not block the corrected command
+                store.discard()
+            raise
 
     profile = new_profile(model_section(loaded), loaded.device)
     profile["data"] = [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,

@@ -16,6 +16,7 @@ from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 
 MEASURED_SECTIONS = ("withdrawal", "flops", "latency", "memory")
+MAX_IMAGE_SIDE = 8192
 
 
 def _layer_from_profile(data: dict, source: Path) -> int:
@@ -278,6 +279,9 @@ def _parse_image_size(text: str) -> tuple[int, int]:
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
         raise VtwError(f"--image-size {text!r}: use WxH (e.g. 448x448) or N for NxN, positive integers")
+    if max(values) > MAX_IMAGE_SIDE:
+        raise VtwError(f"--image-size {text!r}: a side of at most {MAX_IMAGE_SIDE} pixels (the synthetic image is "
+                       "held in memory)")
     return (values[0], values[-1])
 
 
