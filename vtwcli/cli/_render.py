@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,21 @@ from rich.text import Text
 
 from vtwcli.cli._state import err_console
 from vtwcli.errors import VtwError
+
+
+def json_text(data) -> str:
+    """``--json`` output that strict parsers accept: a ratio that is not a finite number (a change from
+    0, say) is null, never the NaN / Infinity tokens Python's json writes by default."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
 def check_output_path(path: Path, example: str, *, option: str = "--output", overwrite: bool = True) -> None:

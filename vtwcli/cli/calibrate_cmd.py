@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from vtwcli.cli._render import json_text
 
 from vtwcli.cli import app
 from vtwcli.cli._state import console, err_console
@@ -67,7 +68,6 @@ def calibrate_command(
     from vtwcli.checkpoint import CheckpointStore, checkpoint_path
     from vtwcli.cli import _out_of_memory
     from vtwcli.cli._render import check_output_path, check_plot_path, kl_chart, kl_table, output_path_for, save_plot
-    from vtwcli.cli._signals import stop_on_signals
     from vtwcli.datasets import load_dataset, sample_dataset
     from vtwcli.loading import load_model, model_section
     from vtwcli.profile import new_profile, write_profile
@@ -107,7 +107,7 @@ def calibrate_command(
     store = CheckpointStore(checkpoint_path(output), settings, resume=resume, force=force)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as bar, stop_on_signals():
+                  console=err_console, transient=True, disable=as_json) as bar:  # SIGTERM: see cli.main
         tasks = {"kl": bar.add_task("KL, every layer", total=total)}
         if evaluate:
             tasks["eval"] = bar.add_task("accuracy, full and at K", total=total * 2)
@@ -135,7 +135,7 @@ def calibrate_command(
         save_plot(result, plot)
 
     if as_json:
-        typer.echo(json.dumps(profile, indent=2))
+        typer.echo(json_text(profile))
     else:
         console.print(kl_table(result))
         console.print(kl_chart(result))

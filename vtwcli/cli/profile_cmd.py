@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from vtwcli.cli._render import json_text
 from rich.table import Table
 
 from vtwcli.cli import app
@@ -29,6 +30,15 @@ def _layer_from_profile(data: dict, source: Path) -> int:
         raise VtwError(f"--profile {source}: calibration.layer is null (no layer met the KL threshold); re-calibrate "
                        "with a higher --threshold or pass --layer K")
     return int(layer)
+
+
+def _check_same_model(base: dict, source: Path, section_model: dict) -> None:
+    """Before measuring: the --profile's model is the one loaded."""
+    if base["model"].get("config_sha256") != section_model["config_sha256"]:
+        raise VtwError(f"--profile {source} was calibrated for another model ({base['model'].get('name_or_path')}, "
+                       f"config_sha256 {str(base['model'].get('config_sha256'))[:12]}...) than --model "
+                       f"{section_model['name_or_path']} ({section_model['config_sha256'][:12]}...); profile the "
+                       "calibrated model")
 
 
 def _model_from_profile(data: dict) -> Optional[str]:
@@ -152,8 +162,16 @@ def profile_command(
     from vtwcli.adapters import parse_kinds
     from vtwcli.profiling import flops_only_model_section, run_flops_only, run_profile
 
+    from vtwcli.validate import check_seed
+
     if attn not in ATTENTION:
         raise VtwError(f"--attn {attn!r} is not supported; use {' or '.join(ATTENTION)}")
+    check_seed(seed)
+    if not flops_only:  # every value that needs no model, before it loads
+        from vtwcli.measure.latency import check_timing_options
+
+        check_timing_options(new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time,
+                             threads=threads)
     base: Optional[dict] = None
     if profile is not None:
         base = read_profile_dict(profile)
@@ -182,7 +200,8 @@ def profile_command(
     if target is not None:
         from vtwcli.cli._render import check_output_path
 
-        check_output_path(target, "vtw-profile.yaml")
+        # an existing output is refused now, not after the measurements (--profile itself only with --force)
+        check_output_path(target, "vtw-profile.yaml", overwrite=force or target == profile)
 
     if flops_only:
         from vtwcli.loading import bundled_model_path
@@ -202,8 +221,8 @@ def profile_command(
         device_for_env = "cpu"
     else:
         loaded = load_model(model, device=device, dtype=dtype, attn=attn)
-        if threads is not None and threads < 1:
-            raise VtwError(f"--threads {threads}: use 1 or more")
+        if base is not None:
+            _check_same_model(base, profile, model_section(loaded))
         with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
             sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
                                    images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens,
@@ -213,11 +232,7 @@ def profile_command(
         device_for_env = loaded.device
 
     if base is not None:
-        if base["model"].get("config_sha256") != section_model["config_sha256"]:
-            raise VtwError(f"--profile {profile} was calibrated for another model ({base['model'].get('name_or_path')}, "
-                           f"config_sha256 {str(base['model'].get('config_sha256'))[:12]}...) than --model "
-                           f"{section_model['name_or_path']} ({section_model['config_sha256'][:12]}...); profile the "
-                           "calibrated model")
+        _check_same_model(base, profile, section_model)
         data = copy.deepcopy(base)
         header = new_profile(data["model"], device_for_env)
         data.update(created_at=header["created_at"], tool=header["tool"], environment=header["environment"])
@@ -233,7 +248,7 @@ def profile_command(
         if target is not None else None
 
     if as_json:
-        typer.echo(json.dumps({**sections, "output": str(written) if written else None}, indent=2))
+        typer.echo(json_text({**sections, "output": str(written) if written else None}))
         return
     console.print(_flops_table(sections["flops"], kinds))
     console.print(f"counter: {sections['flops']['counter']}")
