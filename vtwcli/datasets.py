@@ -353,10 +353,7 @@ def _image_paths(obj: dict, base: Path, where: str, *, has_video: bool = False) 
 def _check_image(path: Path, where: str) -> None:
     """Exists, is an image PIL can identify and verify, and in a mode we can turn into RGB."""
     try:
-        if not path.is_file():
-            raise VtwError(
-                f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's folder)"
-            )
+        _require_regular_image(path, where)
         with Image.open(path) as image:
             mode = image.mode
             image.verify()
@@ -367,6 +364,20 @@ def _check_image(path: Path, where: str) -> None:
     except Exception as error:  # PIL raises odd types on hostile files (e.g. struct.error, DecompressionBombError)
         raise VtwError(_corrupt(where, path, error)) from None
     _check_mode(mode, path, where)
+
+
+def _require_regular_image(path: Path, where: str) -> None:
+    """A regular file (or a link to one): a FIFO would block the open, a device would be read forever."""
+    if path.is_file():
+        return
+    from vtwcli.atomic import file_kind
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's "
+                       "folder)") from None
+    raise VtwError(f"{where}: image {path} is {file_kind(mode)}, not a regular file; point at an image file")
 
 
 def _corrupt(where: str, path: Path, error: BaseException) -> str:
@@ -498,6 +509,14 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path, bool]:
         if path.is_file():
             name = path.parent.resolve().name if path.name == DATA_FILE else path.stem
             return name, path, False
+        if path.exists():  # a FIFO or a device: reading it would block or never end
+            from vtwcli.atomic import file_kind
+
+            raise VtwError(f"dataset {path} is {file_kind(path.stat().st_mode)}, not a regular file; give the JSONL "
+                           "file")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise VtwError(f"dataset file {path}: {blocker} is a file, not a directory; check the path")
     except OSError as error:
         raise VtwError(f"cannot access {path}: {error.strerror or error}") from None
     looks_like_path = (
@@ -587,6 +606,7 @@ def _load_rgb(paths: list[Path], where: str) -> list[Image.Image]:
     images = []
     for path in paths:
         try:
+            _require_regular_image(path, where)
             with Image.open(path) as image:
                 _check_mode(image.mode, path, where)
                 image.load()

@@ -87,9 +87,13 @@ def calibrate_command(
         check_output_path(output, "vtw-calibration.yaml")
 
     def selections_of(names: list[str]) -> list:
-        chosen = []
+        chosen, seen = [], {}
         for name in names:
             data = load_dataset(name)
+            same = seen.setdefault(data.path.resolve(), name)
+            if same is not name:  # its samples would count twice in every mean
+                raise VtwError(f"--dataset {name} names the same file as --dataset {same} ({data.path}); pass each "
+                               "dataset once")
             chosen.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
         return chosen
 
