@@ -38,35 +38,39 @@ def _start_over(path: Path) -> str:
     return f"delete {path} or pass --force without --resume to start over"
 
 
+def check_checkpoint(path: Path, *, resume: bool, force: bool) -> bool:
+    """Refuse what the run could not use (called before the model loads, and again by the store): a
+    checkpoint path that is a link or not a regular file, a leftover without --resume / --force, or
+    --resume without one. Returns whether a checkpoint exists."""
+    from vtwcli.atomic import check_output_directory, file_kind
+
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise VtwError(f"checkpoint {path} is {file_kind(mode)}, not a regular file; vtw never writes through it: "
+                       "remove it or choose another --output")
+    check_output_directory(path, "checkpoint")
+    if mode is not None and not resume and not force:
+        raise VtwError(f"an interrupted run left its checkpoint at {path}; pass --resume to continue it, or --force "
+                       "to start over")
+    if resume and mode is None:
+        raise VtwError(f"--resume: no checkpoint at {path}; run the same command without --resume")
+    return mode is not None
+
+
 class CheckpointStore:
     def __init__(self, path: Path, settings: dict, *, resume: bool, force: bool = False):
         self.path = Path(path)
         self.fingerprint = fingerprint(settings)
         self.entries: dict[str, object] = {}
         self.created = False  # this run made the file (so it may remove it again)
-        self._check_target()
-        exists = os.path.lexists(self.path)
-        if exists and not resume and not force:
-            raise VtwError(f"an interrupted run left its checkpoint at {self.path}; pass --resume to continue it, "
-                           "or --force to start over")
+        exists = check_checkpoint(self.path, resume=resume, force=force)
         if resume:
-            if not exists:
-                raise VtwError(f"--resume: no checkpoint at {self.path}; run the same command without --resume")
             self._read()
         elif exists:  # --force: the old run's batches are dropped now, not mixed with the new ones
             self.path.unlink()
-
-    def _check_target(self) -> None:
-        from vtwcli.atomic import check_output_directory, file_kind
-
-        try:
-            mode = os.lstat(self.path).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            raise VtwError(f"checkpoint {self.path} is {file_kind(mode)}, not a regular file; vtw never writes "
-                           "through it: remove it or choose another --output")
-        check_output_directory(self.path, "checkpoint")
 
     def _open(self, flags: int) -> int:
         try:

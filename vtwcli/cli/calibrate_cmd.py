@@ -65,7 +65,7 @@ def calibrate_command(
 
     from vtwcli.adapters import parse_kinds
     from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
-    from vtwcli.checkpoint import CheckpointStore, checkpoint_path
+    from vtwcli.checkpoint import CheckpointStore, check_checkpoint, checkpoint_path
     from vtwcli.cli import _out_of_memory
     from vtwcli.cli._render import check_output_path, check_plot_path, kl_chart, kl_table, output_path_for, save_plot
     from vtwcli.datasets import load_dataset, sample_dataset
@@ -85,6 +85,7 @@ def calibrate_command(
         # an interrupted run that wrote beside an existing output (<name>-1.yaml) resumes there too
         output = output_path_for(output, force)
         check_output_path(output, "vtw-calibration.yaml")
+    check_checkpoint(checkpoint_path(output), resume=resume, force=force)
 
     def selections_of(names: list[str]) -> list:
         chosen, seen = [], {}
