@@ -537,3 +537,21 @@ def test_any_checkpoint_record_is_trusted_only_when_it_fits(tmp_path_factory, re
         assert "\n" not in str(error) and str(path) in str(error)
     else:
         assert value is None or _kl_record_problem(value, 1, 3) is None
+
+
+def test_every_row_names_a_test_that_exists():
+    """docs/errors.md: one row per error, and each row's test exists (in test_errors.py or here)."""
+    import re
+
+    import test_errors
+
+    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    table = doc.split("## The table", 1)[1].split("### Not an error", 1)[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(line.split("|")[1]) for line in rows] == list(range(1, len(rows) + 1))
+    defined = {name for module in (test_errors, __import__(__name__)) for name in dir(module)
+               if name.startswith("test_")}
+    for line in rows:
+        names = re.findall(r"`(test_\w+)`", line.rsplit("|", 2)[-2])
+        assert names, line
+        assert set(names) <= defined, (line, set(names) - defined)
