@@ -208,6 +208,19 @@ def test_pickled_weights_load_safely_or_are_refused(model_dir, data, tmp_path, c
     assert not Path("pwned").exists()
 
 
+@pytest.mark.parametrize("which", ["config.json", "model.safetensors", "tokenizer.json", "the --model path"])
+def test_model_file_that_is_a_fifo(model_dir, data, tmp_path, capsys, which):
+    if which == "the --model path":
+        broken = tmp_path / "model"
+        os.mkfifo(broken)
+    else:
+        broken = _broken_copy(model_dir, tmp_path)
+        (broken / which).unlink()
+        os.mkfifo(broken / which)
+    line = one_line_error(calibrate_args(broken, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "is a FIFO (named pipe)" in line and (which in line or which.startswith("the"))
+
+
 def test_one_layer_model(tmp_path, data, capsys):
     one = save_tiny_llava(tmp_path / "one", num_layers=1)
     line = one_line_error(calibrate_args(one, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)

@@ -90,7 +90,13 @@ def _resolve_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
+            if not path.is_file():
+                from vtwcli.atomic import file_kind
+
+                raise VtwError(f"--model {name_or_path} is {file_kind(path.stat().st_mode)}; pass the model "
+                               "directory (with config.json)")
             raise VtwError(f"--model {name_or_path} is a file; pass the model directory (with config.json)")
+        _refuse_special_files(path, name_or_path)
         if not (path / "config.json").is_file():
             raise VtwError(f"--model {name_or_path}: directory has no config.json; pass a saved model directory "
                            "(save_pretrained output) or a hub id")
@@ -98,6 +104,25 @@ def _resolve_source(name_or_path: str) -> str:
     if _looks_like_path(name_or_path):
         raise VtwError(f"--model {name_or_path}: no such directory; check the path or pass a hub id")
     return name_or_path
+
+
+def _refuse_special_files(directory: Path, name: str) -> None:
+    """A FIFO or device among the model's files would block or never end the read that from_pretrained
+    starts; name it instead."""
+    from vtwcli.atomic import file_kind
+
+    try:
+        entries = list(directory.iterdir())
+    except OSError as error:
+        raise VtwError(f"--model {name}: cannot list the directory ({error.strerror or error})") from None
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue  # a dangling link: from_pretrained reports a missing file as such
+        if not (entry.is_file() or entry.is_dir()):
+            raise VtwError(f"--model {name}: {entry.name} is {file_kind(mode)}, not a regular file; replace it "
+                           "with the saved file")
 
 
 def _offline_hint(name: str, error: Exception) -> VtwError:
