@@ -270,6 +270,12 @@ def test_profile_with_absurd_or_non_finite_values(tmp_path, capsys, old, new, ex
                                        "--json"], capsys)
 
 
+def test_profile_that_is_a_fifo(tmp_path, capsys):
+    os.mkfifo(tmp_path / "p.yaml")
+    line = one_line_error(["check", str(tmp_path / "p.yaml")], capsys)
+    assert f"{tmp_path / 'p.yaml'}: a FIFO (named pipe), not a regular file" in line
+
+
 def test_profile_too_large_to_be_one(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("vtwcli.profile.MAX_PROFILE_BYTES", len(GOOD) - 1)
     line = one_line_error(["check", str(profile_file(tmp_path, GOOD))], capsys)
@@ -316,6 +322,19 @@ def test_profile_options_refused_before_the_model_loads(model_dir, capsys, no_mo
 def test_synthetic_prompt_longer_than_the_context(model_dir, capsys, args):
     line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only", *args], capsys)
     assert "more than the model's context of 256 tokens" in line
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"-?[0-9]{1,6}(x-?[0-9]{1,6})?", fullmatch=True)))
+def test_image_size_parser_gives_a_size_or_one_line(text):
+    from vtwcli.cli.profile_cmd import MAX_IMAGE_SIDE, _parse_image_size
+
+    try:
+        width, height = _parse_image_size(text)
+    except VtwError as error:
+        assert "\n" not in str(error) and str(error).startswith("--image-size")
+    else:
+        assert 1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE
 
 
 def test_image_size_too_large_to_hold(model_dir, capsys, no_model_load):
