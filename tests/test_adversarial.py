@@ -543,13 +543,13 @@ anchored = st.recursive(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(anchored, st.sampled_from(["extra", "calibration", "tool", "model"]), st.integers(1, 6))
 def test_any_anchor_or_alias_in_a_profile_is_refused(value, key, copies):
-    from vtwcli.profile import _parse_profile_text
+    from vtwcli.profile.files import parse_profile_text
 
     aliases = ", ".join(["*a"] * copies)
     text = GOOD.replace(f"\n{key}:", f"\n{key}_anchor: &a {value}\n{key}_alias: [{aliases}]\n{key}:", 1) \
         if f"\n{key}:" in GOOD else GOOD + f"{key}: &a {value}\n{key}2: [{aliases}]\n"
     with pytest.raises(VtwError, match="anchor/alias"):
-        _parse_profile_text(text, "p.yaml")
+        parse_profile_text(text, "p.yaml")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

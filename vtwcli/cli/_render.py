@@ -29,20 +29,10 @@ def json_text(data) -> str:
     return json.dumps(finite(data), indent=2, allow_nan=False)
 
 
-def check_output_path(path: Path, example: str, *, option: str = "--output", overwrite: bool = True) -> None:
-    """Refuse an output that cannot be written, before minutes of work rather than when writing the result:
-    a directory, a link or other non-regular file, a missing folder, or (``overwrite=False``) a file."""
-    from vtwcli.atomic import check_output_target
-
-    if path.is_dir() and not path.is_symlink():
-        raise VtwError(f"{option} {path} is a directory; pass a file name (e.g. {path / example})")
-    check_output_target(path, option)
-    if not overwrite and path.exists():
-        raise VtwError(f"{path} exists; pass --force to overwrite or choose another {option}")
-
-
 def check_plot_path(path: Path) -> None:
     """--plot is checked like --output, and matplotlib's presence too, before the work."""
+    from vtwcli.profile import check_output_path
+
     check_output_path(path, "kl.png", option="--plot")
     _pyplot()
 
