@@ -277,7 +277,7 @@ def test_profile_that_is_a_fifo(tmp_path, capsys):
 
 
 def test_profile_too_large_to_be_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("vtwcli.profile.MAX_PROFILE_BYTES", len(GOOD) - 1)
+    monkeypatch.setattr("vtwcli.profile.files.MAX_PROFILE_BYTES", len(GOOD) - 1)
     line = one_line_error(["check", str(profile_file(tmp_path, GOOD))], capsys)
     assert "is too large for a profile" in line
 
