@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from profile_fixtures import example_profile
-from test_errors import PHOTO, one_line_error, run_cli, write_jsonl
+from test_errors import PHOTO, model_dir, one_line_error, run_cli, write_jsonl  # noqa: F401 (model_dir: a fixture)
 from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
 
 from vtwcli.cli import _debug_first, main
@@ -32,11 +32,6 @@ torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), num_layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +126,9 @@ def test_dataset_path_that_is_not_a_regular_file(model_dir, tmp_path, capsys, ki
         (tmp_path / "file").write_text("x")
         path = tmp_path / "file" / "set.jsonl"
     line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=path), capsys)
-    assert "not found" not in line
-    assert {"fifo": "is a FIFO", "device": "is a character device", "under a file": "is a file, not a directory"}[kind] \
-        in line
+    expected = {"fifo": "is a FIFO", "device": "is a character device",
+                "under a file": "which is a file, not a directory"}
+    assert "not found" not in line and expected[kind] in line
 
 
 # ------------------------------------------------------------------------------------------ model directories
@@ -432,7 +427,8 @@ def test_output_that_is_not_a_regular_file(model_dir, data, tmp_path, capsys, no
     precious = tmp_path / "precious.txt"
     precious.write_text("precious\n")
     output = tmp_path / "out.yaml"
-    {"symlink": lambda: output.symlink_to(precious), "dangling symlink": lambda: output.symlink_to(tmp_path / "nowhere"),
+    {"symlink": lambda: output.symlink_to(precious),
+     "dangling symlink": lambda: output.symlink_to(tmp_path / "nowhere"),
      "link to /dev/null": lambda: output.symlink_to("/dev/null"), "fifo": lambda: os.mkfifo(output)}[kind]()
     for args in (calibrate_args(model_dir, output, "--force", dataset=data / "a" / "set.jsonl"),
                  ["profile", "--model", model_dir, "--layer", "2", "--output", str(output), "--force"],

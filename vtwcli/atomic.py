@@ -29,6 +29,19 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def not_regular(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file though something is in the way ("is a FIFO (named
+    pipe), not a regular file", "is under …/x, which is a file, not a directory"); None when it is a regular
+    file (or a link to one) or simply absent. Opening a FIFO blocks and a device never ends."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.exists():
+        return f"is {file_kind(path.stat().st_mode)}, not a regular file"
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    return None if blocker is None else f"is under {blocker}, which is a file, not a directory"
+
+
 def check_output_target(path: str | Path, option: str = "--output") -> Path:
     """Refuse an output path that cannot take a new regular file: one that exists as anything but a
     regular file (a symbolic link, even a dangling one, a FIFO, a device: writing would follow or replace

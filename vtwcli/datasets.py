@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vtwcli.atomic import not_regular
 from vtwcli.errors import VtwError
 
 __all__ = [
@@ -395,16 +396,12 @@ def _check_image(path: Path, where: str) -> None:
 
 def require_regular_image(path: Path, where: str) -> None:
     """A regular file (or a link to one): a FIFO would block the open, a device would be read forever."""
-    if path.is_file():
-        return
-    from vtwcli.atomic import file_kind
-
-    try:
-        mode = path.stat().st_mode
-    except OSError:
+    why = not_regular(path)
+    if why:
+        raise VtwError(f"{where}: image {path} {why}; point at an image file")
+    if not path.is_file():
         raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's "
-                       "folder)") from None
-    raise VtwError(f"{where}: image {path} is {file_kind(mode)}, not a regular file; point at an image file")
+                       "folder)")
 
 
 def corrupt_image_message(where: str, path: Path, error: BaseException) -> str:
@@ -536,14 +533,9 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path, bool]:
         if path.is_file():
             name = path.parent.resolve().name if path.name == DATA_FILE else path.stem
             return name, path, False
-        if path.exists():  # a FIFO or a device: reading it would block or never end
-            from vtwcli.atomic import file_kind
-
-            raise VtwError(f"dataset {path} is {file_kind(path.stat().st_mode)}, not a regular file; give the JSONL "
-                           "file")
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise VtwError(f"dataset file {path}: {blocker} is a file, not a directory; check the path")
+        why = not_regular(path)  # a FIFO or a device would block or never end; a file used as a folder
+        if why:
+            raise VtwError(f"dataset {path} {why}; give the JSONL file")
     except OSError as error:
         raise VtwError(f"cannot access {path}: {error.strerror or error}") from None
     looks_like_path = (
