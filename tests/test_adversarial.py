@@ -103,6 +103,19 @@ def test_question_longer_than_the_context(model_dir, data, tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # refused before any work: no checkpoint, no profile
 
 
+def test_ids_and_texts_at_the_edges_are_kept_exactly(model_dir, data, tmp_path, capsys):
+    ids = ["x" * 5000, "line\nbreak\u2028sep", "\u202eright-to-left", "emoji \U0001f408 and \x7f", " lead", "0"]
+    jsonl = write_jsonl(data / "a" / "edges.jsonl", [{"id": i, "image": "images/cat.jpg", "question": q, "answer": a}
+                                                     for i, q, a in zip(ids, ["what \u00e9\u00e8 ?", "?", "a\tb",
+                                                                              "\u0000?", "what", "w1"],
+                                                                        ["red", "\u00e9", "1e9", "null", "yes", "0"])])
+    output = tmp_path / "edges.yaml"
+    assert run_cli(calibrate_args(model_dir, output, dataset=jsonl), capsys)[0] == 0
+    recorded = yaml.safe_load(output.read_text(encoding="utf-8"))["calibration"]["per_sample"]
+    assert [row["id"] for row in recorded] == [i.strip() for i in ids]  # the parser strips surrounding blanks
+    assert run_cli(["check", str(output)], capsys)[0] == 0
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
 def test_image_that_is_not_a_regular_file(model_dir, data, tmp_path, capsys, kind, no_model_load):
     target = data / "a" / "images" / f"{kind}.png"
