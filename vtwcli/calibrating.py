@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vtwcli.calibration import CalibrationOptions, CalibrationResult, DatasetSelection, calibrate, calibration_section
-from vtwcli.errors import VtwError
+from vtwcli.errors import VtwError, is_out_of_memory
 
 __all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section"]
 
@@ -67,14 +67,6 @@ def data_section(selections: list[DatasetSelection]) -> list[dict]:
             for s in selections]
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    """MemoryError or torch's out-of-memory error: the run may succeed as is once memory is free, so its
-    checkpoint stays (see docs/errors.md, out of memory)."""
-    import torch
-
-    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
-
-
 def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRun:
     """Calibrate and write the profile; return the result, the profile and its path.
 
@@ -107,7 +99,8 @@ def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRu
             raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
                            "same command plus --resume", exit_code=130) from None
         except BaseException as error:
-            if not _out_of_memory(error):  # a failed run's batches must not block the corrected command
+            # a failed run's batches must not block the corrected command; out of memory may pass as is
+            if not is_out_of_memory(error):
                 store.discard()
             raise
     profile = new_profile(model_section(loaded), loaded.device)

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from vtwcli import __version__
 from vtwcli.cli import _state
-from vtwcli.errors import VtwError
+from vtwcli.errors import VtwError, is_out_of_memory
 
 app = typer.Typer(
     name="vtw",
@@ -49,15 +49,6 @@ from vtwcli.cli import commands  # noqa: E402,F401  (registers the subcommands o
 
 _OOM_HINT = ("lower --batch-size, use a smaller --dtype (bfloat16 or float16 on GPU) or spread the model with "
              "--device-map auto")
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """MemoryError, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at if already imported."""
-    if isinstance(error, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
-    return isinstance(oom, type) and isinstance(error, oom)
 
 
 def _fail(message: str, code: int) -> None:
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"interrupted by {signal_name()} before the command finished; no output was written half-way "
               "(files are written whole or not at all)", 130)
     except Exception as error:
-        if debug or not _out_of_memory(error):
+        if debug or not is_out_of_memory(error):
             raise
         detail = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
         _fail(f"out of memory ({detail}); {_OOM_HINT}", 2)

@@ -9,9 +9,8 @@ from typing import Optional
 
 import typer
 
-from vtwcli.cli._render import json_text
-
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import CheckFailed

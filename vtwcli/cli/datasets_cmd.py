@@ -4,11 +4,10 @@ from __future__ import annotations
 
 
 import typer
-
-from vtwcli.cli._render import json_text
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console
 from vtwcli.datasets import bundled_datasets
 

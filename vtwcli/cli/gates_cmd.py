@@ -6,12 +6,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-
-from vtwcli.cli._render import json_text
 from rich.markup import escape
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console
 from vtwcli.errors import CheckFailed, VtwError
 from vtwcli.gates import (Comparison, FileCheck, GateLimits, check_failure_message, check_files, compare_files,

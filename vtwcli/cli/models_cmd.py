@@ -4,12 +4,11 @@ from __future__ import annotations
 
 
 import typer
-
-from vtwcli.cli._render import json_text
 from rich.table import Table
 
 from vtwcli.adapters import ADAPTERS, PLANNED
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console
 
 

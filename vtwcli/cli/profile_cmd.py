@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from vtwcli.cli._render import json_text
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
