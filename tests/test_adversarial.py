@@ -229,6 +229,13 @@ def test_model_file_that_is_a_fifo(model_dir, data, tmp_path, capsys, which):
     assert "is a FIFO (named pipe)" in line and (which in line or which.startswith("the"))
 
 
+def test_model_path_under_a_file(tmp_path, capsys, no_model_load):
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(["profile", "--model", str(tmp_path / "file" / "model"), "--layer", "1", "--flops-only"],
+                          capsys)
+    assert f"is under {tmp_path / 'file'}, which is a file, not a directory" in line and "no such" not in line
+
+
 def test_one_layer_model(tmp_path, data, capsys):
     one = save_tiny_llava(tmp_path / "one", num_layers=1)
     line = one_line_error(calibrate_args(one, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)

@@ -102,7 +102,11 @@ def _resolve_source(name_or_path: str) -> str:
                            "(save_pretrained output) or a hub id")
         return str(path)
     if _looks_like_path(name_or_path):
-        raise VtwError(f"--model {name_or_path}: no such directory; check the path or pass a hub id")
+        from vtwcli.atomic import not_regular
+
+        why = not_regular(path)  # "is under …/x, which is a file, not a directory"
+        raise VtwError(f"--model {name_or_path} {why}; check the path" if why else
+                       f"--model {name_or_path}: no such directory; check the path or pass a hub id")
     return name_or_path
 
 
