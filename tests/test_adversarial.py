@@ -1,4 +1,4 @@
-"""The adversarial pass of issue 14 (docs/errors.md, rows 58 on and "The adversarial pass"), one test per find.
+"""The adversarial pass of issue 14 (docs/errors.md, rows 62 on and "The adversarial pass"), one test per find.
 
 Every case runs the real CLI (``vtwcli.cli.main``): bad input is ONE line on stderr, exit 2 (1 for a failed
 check, 130 for an interrupt), no traceback, no hang, no silently wrong result and no clobbered file. Checks
