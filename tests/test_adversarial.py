@@ -1,4 +1,4 @@
-"""The adversarial pass of issue 14 (docs/errors.md, rows 62 on and "The adversarial pass"), one test per find.
+"""The adversarial pass of issue 14 (docs/errors.md, rows 66 on and "The adversarial pass"), one test per find.
 
 Every case runs the real CLI (``vtwcli.cli.main``): bad input is ONE line on stderr, exit 2 (1 for a failed
 check, 130 for an interrupt), no traceback, no hang, no silently wrong result and no clobbered file. Checks
@@ -572,7 +572,7 @@ def test_any_anchor_or_alias_in_a_profile_is_refused(value, key, copies):
 @given(st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=40)), max_size=5))
 def test_any_checkpoint_record_is_trusted_only_when_it_fits(tmp_path_factory, records):
     """Whatever follows a valid header: one VtwError line, or entries that passed the record checks."""
-    from vtwcli.calibration import _kl_record_problem
+    from vtwcli.calibration_records import kl_record_problem
     from vtwcli.checkpoint import CheckpointStore, fingerprint
 
     path = tmp_path_factory.mktemp("ckpt") / "c.yaml.partial.jsonl"
@@ -580,11 +580,11 @@ def test_any_checkpoint_record_is_trusted_only_when_it_fits(tmp_path_factory, re
     path.write_text("\n".join([json.dumps({"fingerprint": fingerprint(settings_)}), *records]) + "\n")
     try:
         store = CheckpointStore(path, settings_, resume=True)
-        value = store.get("kl/0/set/0", check=lambda v: _kl_record_problem(v, 1, 3))
+        value = store.get("kl/0/set/0", check=lambda v: kl_record_problem(v, 1, 3))
     except VtwError as error:
         assert "\n" not in str(error) and str(path) in str(error)
     else:
-        assert value is None or _kl_record_problem(value, 1, 3) is None
+        assert value is None or kl_record_problem(value, 1, 3) is None
 
 
 def test_every_row_names_a_test_that_exists():

@@ -2,7 +2,8 @@
 
 For each sample, P_full is the next-token distribution of the full model and P_K that of the model
 withdrawn at layer K (at the last prompt position, or at every answer position with the teacher-forced
-criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold.
+criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold (the
+default ``mean`` rule; vtwcli.selection has the others, the bootstrap distribution of K and its warnings).
 
 Why it is cheap: layers 0..K-1 of the withdrawn model compute exactly what the full model computes. One
 full forward per batch records the hidden state entering every layer and every layer's keys/values.
@@ -14,7 +15,6 @@ keys/values serve every K unchanged. Everything here is exact, checked in the te
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from vtwcli.adapters import adapter_for, validate_kinds
+from vtwcli.adapters import adapter_for
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
+from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, RoundFigures, accuracy_interval,
+                              k_bootstrap, layer_choice, parse_rule, samples_auto, selection_warnings, straddles)
 from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks,
                                repeat_batch, take_positions, withdrawn_masks)
 
@@ -49,27 +51,16 @@ class CalibrationOptions:
     evaluate: bool = True
     # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
     kinds: tuple[str, ...] | None = None
+    # How K is read off the curve (vtwcli.selection.parse_rule): mean, upper or stable=P.
+    select: str = DEFAULT_RULE
+    # --samples auto: draw seeded rounds until K is stable; None: use the selections' samples as given.
+    auto: AutoOptions | None = None
 
     def check_values(self) -> None:
-        """Every check that needs no model: run before it loads, so a bad value costs no minutes."""
-        from vtwcli.validate import check_seed
+        """Every check that needs no model (vtwcli.validate): run before it loads, so a bad value costs none."""
+        from vtwcli.validate import check_calibration_options
 
-        if (not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool)
-                or not math.isfinite(self.threshold) or self.threshold < 0):
-            raise VtwError(f"--threshold must be a finite number >= 0, got {self.threshold}")
-        if self.min_layer < 1:
-            raise VtwError(f"--min-layer {self.min_layer}: the first candidate layer is 1 or more")
-        if self.criterion not in CRITERIA:
-            raise VtwError(f"--criterion {self.criterion!r} is unknown; use {' or '.join(CRITERIA)}")
-        if self.direction not in DIRECTIONS:
-            raise VtwError(f"--direction {self.direction!r} is unknown; use {' or '.join(DIRECTIONS)}")
-        if self.batch_size < 1:
-            raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.evaluate and self.max_new_tokens < 1:
-            raise VtwError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens} (or pass --no-eval)")
-        check_seed(self.seed)
-        if self.kinds is not None:
-            validate_kinds(self.kinds)
+        check_calibration_options(self)
 
     def validate(self, num_layers: int) -> None:
         self.check_values()
@@ -321,7 +312,7 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
 @dataclass
 class DatasetSelection:
     dataset: object  # vtwcli.datasets.Dataset
-    samples: list
+    samples: list  # in file order; with --samples auto, every sample in its seeded draw order
     seed: int
 
 
@@ -338,6 +329,8 @@ class CalibrationResult:
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
     # Why the candidates stop before L - 1 (layers after layers[-1] cannot be withdrawn exactly), or None.
     limit: str | None = None
+    selection: dict = field(default_factory=dict)  # the profile's calibration.selection
+    selections: list[DatasetSelection] = field(default_factory=list)  # the samples used (file order)
 
     @property
     def found(self) -> bool:
@@ -392,69 +385,6 @@ class _NoStore:
         pass
 
 
-def _finite_number(value, minimum: float = 0.0) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and value >= minimum)
-
-
-def _kl_record_problem(value, rows: int, layers: int) -> str | None:
-    """What makes a checkpointed KL batch unfit for this batch (None if it fits)."""
-    if not isinstance(value, dict) or set(value) != {"kl", "work_full", "work_candidates", "share"}:
-        return "not a KL batch"
-    kl = value["kl"]
-    if not isinstance(kl, list) or len(kl) != rows:
-        return f"{len(kl) if isinstance(kl, list) else 'no'} rows for a batch of {rows} samples"
-    if any(not isinstance(row, list) or len(row) != layers or not all(_finite_number(v) for v in row) for row in kl):
-        return f"a row is not {layers} finite KL values >= 0"
-    if not (isinstance(value["work_full"], int) and value["work_full"] > 0
-            and isinstance(value["work_candidates"], int) and value["work_candidates"] >= 0):
-        return "bad work counts"
-    if value["share"] is not None and not isinstance(value["share"], list):
-        return "bad attention shares"
-    return None
-
-
-def _answers_record_problem(value, rows: int) -> str | None:
-    if not isinstance(value, list) or len(value) != rows or not all(isinstance(a, str) for a in value):
-        return f"not {rows} answers"
-    return None
-
-
-def _refuse_non_finite(kl: list, chunk, layers: list[int]) -> None:
-    """NaN or inf KL (a float16 overflow, broken weights) must not decide K silently: NaN <= t is False."""
-    for sample, row in zip(chunk, kl):
-        bad = next((layer for layer, value in zip(layers, row) if not math.isfinite(value)), None)
-        if bad is not None:
-            raise VtwError(f"{sample.where()}: the KL at layer {bad} is not a finite number (the model's outputs "
-                           "overflow or are NaN); use --dtype float32 or check the model's weights")
-
-
-def _check_context(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
-                   adapter) -> None:
-    """Every prompt (with its vision tokens, the answer under teacher forcing and the generated tokens of
-    the accuracy run) fits the model's context: refused before any forward, never silently run past the
-    positions the model was trained for."""
-    from vtwcli.prompts import make_batch
-
-    if adapter.context_limit(model.config) is None:
-        return
-    tokenizer = processor.tokenizer
-    for selection in selections:
-        for start in range(0, len(selection.samples), options.batch_size):
-            chunk = selection.samples[start:start + options.batch_size]
-            lengths = make_batch(processor, chunk)["attention_mask"].sum(dim=1).tolist()
-            for sample, prompt in zip(chunk, lengths):
-                extra, why = 0, ""
-                if options.criterion == "teacher_forced":
-                    extra = len(tokenizer(sample.answer_text, add_special_tokens=False)["input_ids"])
-                    why = f" + {extra} answer tokens"
-                if options.evaluate and options.max_new_tokens > extra:
-                    extra, why = options.max_new_tokens, f" + {options.max_new_tokens} new tokens (--max-new-tokens)"
-                adapter.check_prompt_fits(model.config, int(prompt), extra=extra, why=why,
-                                          what=f"{sample.where()}: the prompt",
-                                          fix="shorten the question or drop the sample")
-
-
 def calibrate(model, processor, selections: list[DatasetSelection], options: CalibrationOptions,
               progress: Callable[[str, int], None] | None = None, store=None) -> CalibrationResult:
     """Run the KL criterion over every selected sample and choose K.
@@ -462,8 +392,12 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     ``progress(phase, n)`` reports finished samples ("kl", then "eval"). ``store`` (see
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
+    With ``options.auto`` each selection holds every sample in its seeded draw order
+    (:func:`vtwcli.datasets.draw_order`); rounds of ``auto.step`` samples per dataset are measured until the
+    K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
-    from vtwcli.prompts import make_batch, score_answer
+    from vtwcli.calibration_records import answers_record_problem, kl_record_problem, refuse_non_finite_kl
+    from vtwcli.prompts import check_prompts_fit, make_batch, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     adapter = adapter_for(model)
@@ -491,7 +425,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             raise VtwError(f"--min-layer {options.min_layer}: withdrawal is exact on this model only at layers "
                            f"{format_layers(exact)} ({limit}); {hint}")
     layers = list(range(options.min_layer, max_layer + 1))
-    _check_context(model, processor, selections, options, adapter)
+    check_prompts_fit(processor, model.config, adapter, [s.samples for s in selections],
+                      batch_size=options.batch_size, answers=options.criterion == "teacher_forced",
+                      new_tokens=options.max_new_tokens if options.evaluate else 0)
     started = time.perf_counter()
 
     def batches():
@@ -512,35 +448,73 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    per_sample, kl_rows, shares, sample_selection = [], [], [], []
-    work_full = work_candidates = 0
-    for index, selection, start, chunk in batches():
-        key = f"kl/{index}/{selection.dataset.name}/{start}"
-        done = store.get(key, check=lambda value: _kl_record_problem(value, len(chunk), len(layers)))
+    # (dataset position, sample id) -> KL per candidate layer: two files may share a name (a/set.jsonl,
+    # b/set.jsonl) and ids, never their rows
+    measured: dict[tuple[int, str], list[float]] = {}
+    shares = []
+    work = {"full": 0, "candidates": 0}
+
+    def measure(index: int, chunk: list, key: str) -> None:
+        done = store.get(key, check=lambda value: kl_record_problem(value, len(chunk), len(layers)))
         if done is None:
             done = kl_of_batch(chunk)
-            _refuse_non_finite(done["kl"], chunk, layers)
+            refuse_non_finite_kl(done["kl"], chunk, layers)
             store.put(key, done)
-        work_full += done["work_full"]
-        work_candidates += done["work_candidates"]
+        work["full"] += done["work_full"]
+        work["candidates"] += done["work_candidates"]
         if done["share"] is not None:
             shares.append(torch.tensor(done["share"]))
         for sample, row in zip(chunk, done["kl"]):
-            kl_rows.append(row)
-            per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
-            sample_selection.append(index)
+            measured[(index, sample.id)] = [float(v) for v in row]
         if progress:
             progress("kl", len(chunk))
-    kl = np.asarray(kl_rows, dtype=np.float64)
-    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
-    chosen = first_layer_under(per_layer, options.threshold)
+
+    def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
+        """KL rows of ``chosen`` (aligned with ``selections``) and each row's dataset position (the strata)."""
+        rows = [measured[(d, x.id)] for d, s in enumerate(chosen) for x in s.samples]
+        return np.asarray(rows, dtype=np.float64), [str(d) for d, s in enumerate(chosen) for _ in s.samples]
+
+    auto = None
+    if options.auto is None:
+        for index, selection, start, chunk in batches():
+            measure(index, chunk, f"kl/{index}/{selection.dataset.name}/{start}")
+    else:
+        # Rounds of `step` more samples per dataset, in each dataset's seeded draw order; every round's K
+        # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
+        drawn = [0] * len(selections)
+
+        def measure_round(counts: list[int]) -> RoundFigures:
+            for d, selection in enumerate(selections):
+                for start in range(drawn[d], counts[d], options.batch_size):
+                    chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
+                    measure(d, chunk, f"kl/{d}/{selection.dataset.name}/auto/{start}")
+                drawn[d] = counts[d]
+            _, distribution, chosen, per_layer = _choose(*rows_of(_first_drawn(selections, counts)), layers, options)
+            return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
+
+        auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
+        selections = _first_drawn(selections, auto.counts)
+
+    kl, owners = rows_of(selections)
+    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(d, x.id)]}
+                  for d, s in enumerate(selections) for x in s.samples]
+    rule, distribution, chosen, per_layer = _choose(kl, owners, layers, options)
 
     per_dataset = []
     for index, selection in enumerate(selections):
-        rows = np.array([i for i, owner in enumerate(sample_selection) if owner == index])
+        rows = np.array([i for i, owner in enumerate(owners) if owner == str(index)])
         curve = [{"layer": layer, "kl_mean": float(kl[rows, i].mean())} for i, layer in enumerate(layers)]
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
+
+    selection_section = {"rule": str(rule), "k_bootstrap": distribution,
+                         "warnings": selection_warnings(rule, chosen, per_layer, options.threshold, distribution,
+                                                        per_dataset)}
+    if auto is not None:
+        selection_section["samples_auto"] = {
+            "target": options.auto.target, "step": options.auto.step, "budget": options.auto.budget,
+            "stopped": auto.stopped, "samples": sum(auto.counts),
+            "rounds": [r.to_dict() for r in auto.rounds]}
 
     diagnose = None
     if shares:
@@ -548,11 +522,11 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
                     for i, s in enumerate(mean_share)]
 
-    def accuracy(layer: int | None) -> float:
+    def accuracy(layer: int | None) -> dict:
         correct = []
-        for index, selection, start, chunk in batches():
+        for index, selection, start, chunk in batches():  # `selections` is final here
             key = f"answers/{'full' if layer is None else layer}/{index}/{selection.dataset.name}/{start}"
-            answers = store.get(key, check=lambda value: _answers_record_problem(value, len(chunk)))
+            answers = store.get(key, check=lambda value: answers_record_problem(value, len(chunk)))
             if answers is None:
                 answers = greedy_answers(model, processor, chunk, batch_size=len(chunk),
                                          max_new_tokens=options.max_new_tokens, layer=layer, kinds=options.kinds)
@@ -560,18 +534,40 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
             if progress:
                 progress("eval", len(chunk))
-        return float(np.mean(correct))
+        low, high = accuracy_interval(float(np.mean(correct)), len(correct))
+        return {"accuracy": float(np.mean(correct)), "accuracy_ci": [low, high]}
 
     evaluation = None
     if options.evaluate:
-        evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
-                      "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
+        withdrawn = accuracy(chosen) if chosen is not None else {"accuracy": None, "accuracy_ci": None}
+        evaluation = {"samples": len(kl), "baseline": accuracy(None), "withdrawn": dict(withdrawn, layer=chosen),
+                      "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
-    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
+    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"],
             "seconds": time.perf_counter() - started}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
-                             options=options, limit=limit)
+                             options=options, limit=limit, selection=selection_section, selections=selections)
+
+
+def _choose(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions):
+    """(rule, K distribution, chosen K, per-layer statistics) of a samples x layers KL matrix."""
+    rule = parse_rule(options.select)
+    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
+                               seed=options.seed)
+    return rule, distribution, layer_choice(rule, per_layer, options.threshold, distribution), per_layer
+
+
+def _first_drawn(selections: list[DatasetSelection], counts: list[int]) -> list[DatasetSelection]:
+    """Each selection cut to its first ``counts[d]`` samples in draw order, put back in file order (the
+    samples ``sample_dataset(counts[d], seed)`` takes, in its order)."""
+    out = []
+    for selection, n in zip(selections, counts):
+        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
+        drawn = sorted(selection.samples[:n], key=lambda sample: position[sample.id])
+        out.append(DatasetSelection(dataset=selection.dataset, samples=drawn, seed=selection.seed))
+    return out
 
 
 def calibration_section(result: CalibrationResult) -> dict:
@@ -589,6 +585,8 @@ def calibration_section(result: CalibrationResult) -> dict:
         "per_sample": result.per_sample,
         "cost": result.cost,
     }
+    if result.selection:
+        section["selection"] = result.selection
     if options.kinds is not None:
         section["withdraw"] = list(options.kinds)
     if result.limit is not None:
