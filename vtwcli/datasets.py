@@ -380,6 +380,8 @@ def _image_paths(obj: dict, base: Path, where: str, *, has_video: bool = False) 
 
 def _check_image(path: Path, where: str) -> None:
     """Exists, is an image PIL can identify and verify, and in a mode we can turn into RGB."""
+    from vtwcli.prompts import require_regular_image  # (prompts imports this module)
+
     try:
         require_regular_image(path, where)
         with Image.open(path) as image:
@@ -392,16 +394,6 @@ def _check_image(path: Path, where: str) -> None:
     except Exception as error:  # PIL raises odd types on hostile files (e.g. struct.error, DecompressionBombError)
         raise VtwError(corrupt_image_message(where, path, error)) from None
     check_image_mode(mode, path, where)
-
-
-def require_regular_image(path: Path, where: str) -> None:
-    """A regular file (or a link to one): a FIFO would block the open, a device would be read forever."""
-    why = not_regular(path)
-    if why:
-        raise VtwError(f"{where}: image {path} {why}; point at an image file")
-    if not path.is_file():
-        raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's "
-                       "folder)")
 
 
 def corrupt_image_message(where: str, path: Path, error: BaseException) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 
 from PIL import Image
 
-from vtwcli.datasets import (LETTERS, Sample, check_image_mode, corrupt_image_message, normalize_answer,
-                             require_regular_image)
+from vtwcli.atomic import not_regular
+from vtwcli.datasets import LETTERS, Sample, check_image_mode, corrupt_image_message, normalize_answer
 from vtwcli.errors import VtwError
 
 __all__ = ["load_images", "load_videos", "question_text", "build_prompt", "chat_prompt", "make_batch",
@@ -49,6 +49,16 @@ def load_videos(sample: Sample) -> list:
 def load_images(sample: Sample) -> list[Image.Image]:
     """The sample's images decoded and converted to RGB (alpha composited on white; first frame only)."""
     return _load_rgb(sample.images, sample.where())
+
+
+def require_regular_image(path: Path, where: str) -> None:
+    """A regular file (or a link to one): a FIFO would block the open, a device would be read forever."""
+    why = not_regular(path)
+    if why:
+        raise VtwError(f"{where}: image {path} {why}; point at an image file")
+    if not path.is_file():
+        raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's "
+                       "folder)")
 
 
 def _load_rgb(paths: list[Path], where: str) -> list[Image.Image]:
