@@ -46,7 +46,7 @@ def _text_config(config):
     return config.text_config
 
 
-def _config_layer_types(text_config, num_layers: int) -> list[str]:
+def config_layer_types(text_config, num_layers: int) -> list[str]:
     types = getattr(text_config, "layer_types", None)
     if types:
         return list(types)[:num_layers]
@@ -77,7 +77,7 @@ def _config_shared_kv(text_config, num_layers: int) -> dict[int, int]:
     """KV sharing from the text config's `kv_sharing_modes` (Gemma 4: "reuse" layers attend with the keys and
     values that the last "store" layer of their attention type computed); {} where the config has none."""
     modes = list(getattr(text_config, "kv_sharing_modes", None) or [])[:num_layers]
-    types = _config_layer_types(text_config, num_layers)
+    types = config_layer_types(text_config, num_layers)
     producers = {types[i]: i for i, mode in enumerate(modes) if mode == "store"}
     # -1: the producer is outside this model (every layer reuses), so no K < L is exact
     return {i: producers.get(types[i], -1) for i, mode in enumerate(modes) if mode == "reuse"}
@@ -105,7 +105,7 @@ class Adapter:
     pixel_input_keys: tuple[str, ...] = ("pixel_values", "pixel_values_videos", "inputs_embeds")
     # Attention type of each decoder layer ("full_attention", "sliding_attention", ...): layers >= K get
     # the kept-sequence mask of their own type. Default: the text config's `layer_types`, else all full.
-    layer_types: Callable[[object, int], list[str]] = _config_layer_types
+    layer_types: Callable[[object, int], list[str]] = config_layer_types
     # Layer types whose layers keep a fixed-size conv / recurrent state instead of a KV cache (Gated DeltaNet
     # "linear_attention", short-conv "conv"). Layers >= K of these types get the 2-D validity of this call's
     # kept slots (transformers' `create_recurrent_attention_mask`), which zeroes filler slots before they reach
