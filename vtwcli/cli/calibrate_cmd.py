@@ -28,6 +28,17 @@ _AUTO_TARGET = typer.Option(None, "--auto-target", help="--samples auto: stop wh
 _AUTO_STEP = typer.Option(None, "--auto-step", help="--samples auto: samples added per dataset per round (default 5).")
 _AUTO_BUDGET = typer.Option(None, "--auto-budget", help="--samples auto: at most this many samples per dataset "
                             "(default: all).")
+# Options whose help runs over several lines, kept out of the signature.
+_CRITERION = typer.Option("last_token", "--criterion", help="last_token: KL of the first answer token's distribution; "
+                          "teacher_forced: mean KL over every reference answer token.")
+_DIRECTION = typer.Option("withdrawn_to_full", "--direction",
+                          help="withdrawn_to_full = KL(P_K || P_full) (the reference's); or full_to_withdrawn.")
+_DIAGNOSE = typer.Option(False, "--diagnose", help="Record the share of the last prompt token's attention on "
+                         "system / vision / text tokens per layer (needs --attn eager).")
+_RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
+                       "(<output>.partial.jsonl); gives the same profile as an uninterrupted run.")
+_WITHDRAW = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or image,video "
+                         "(families with video). Default: every vision token.")
 
 
 @app.command("calibrate")
@@ -41,11 +52,8 @@ def calibrate_command(
                                     help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
                                     "the reference's value for LLaVA-1.5-7B)."),
     min_layer: int = typer.Option(1, "--min-layer", help="First candidate layer (0-based decoder layer index)."),
-    criterion: str = typer.Option("last_token", "--criterion",
-                                  help="last_token: KL of the first answer token's distribution; teacher_forced: "
-                                  "mean KL over every reference answer token."),
-    direction: str = typer.Option("withdrawn_to_full", "--direction",
-                                  help="withdrawn_to_full = KL(P_K || P_full) (the reference's); or full_to_withdrawn."),
+    criterion: str = _CRITERION,
+    direction: str = _DIRECTION,
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (KL is float32 anyway)."),
@@ -55,14 +63,11 @@ def calibrate_command(
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON instead of tables."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a PNG of KL vs layer (needs matplotlib)."),
-    diagnose: bool = typer.Option(False, "--diagnose", help="Record the share of the last prompt token's attention on "
-                                  "system / vision / text tokens per layer (needs --attn eager)."),
+    diagnose: bool = _DIAGNOSE,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Measure greedy-answer accuracy, full and at K."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens generated per answer for the accuracy."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
-                                "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
-    withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
-                                           "image,video (families with video). Default: every vision token."),
+    resume: bool = _RESUME,
+    withdraw: Optional[str] = _WITHDRAW,
     select: str = _SELECT, auto_target: Optional[float] = _AUTO_TARGET,
     auto_step: Optional[int] = _AUTO_STEP, auto_budget: Optional[int] = _AUTO_BUDGET,
 ) -> None:

@@ -72,8 +72,7 @@ def _absent(values, sources) -> list[str]:
 def _increase_gate(spec: MetricSpec, base: Profile, new: Profile, limit: float, sources: tuple[str, str],
                    suffix: str = "") -> CheckResult:
     gate = spec.gate
-    skipped = _missing(gate.name, spec.path[0], base, new)
-    if skipped is not None:
+    if (skipped := _missing(gate.name, spec.path[0], base, new)) is not None:
         return skipped
     b, n = value_of(base, spec.path), value_of(new, spec.path)
     absent = _absent((b, n), sources)
@@ -116,8 +115,7 @@ def _model_note(base: Profile, new: Profile) -> str | None:
 
 def _kl_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
     name = "max-kl"
-    skipped = _missing(name, "calibration", base, new)
-    if skipped is not None:
+    if (skipped := _missing(name, "calibration", base, new)) is not None:
         return skipped
     if new.calibration is None:
         return failed(name, f"NEW ({sources[1]}) has no calibration section; cannot check its KL")
@@ -134,8 +132,7 @@ def _kl_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
 
 def _accuracy_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
     name = "max-accuracy-drop"
-    skipped = _missing(name, "evaluation", base, new)
-    if skipped is not None:
+    if (skipped := _missing(name, "evaluation", base, new)) is not None:
         return skipped
     path = metric("accuracy.withdrawn").path
     b, n = value_of(base, path), value_of(new, path)
