@@ -201,10 +201,17 @@ def supported_architectures() -> list[str]:
     return [arch for adapter in ADAPTERS for arch in adapter.architectures]
 
 
+# Adapters derived at run time for architectures without an entry (`--generic`, vtwcli/generic.py), by class
+# name; only ever filled after `vtw verify` passed on the model.
+DERIVED: dict[str, Adapter] = {}
+
+
 def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:
             return adapter
+    if architecture in DERIVED:
+        return DERIVED[architecture]
     raise UnsupportedError(
         f"architecture {architecture} has no vtwcli adapter; supported: {', '.join(supported_architectures())} "
         "(see `vtw models`)"

@@ -283,8 +283,44 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
         results += _check_latency(data["latency"], data.get("flops"), src)
     if data.get("memory") is not None:
         results += _check_memory(data["memory"], src)
+    if data.get("verification") is not None:
+        results += _check_verification(data["verification"], data["model"], src)
     if max_accuracy_drop is not None:
         results.append(_accuracy_drop_check(data, max_accuracy_drop, src))
+    return results
+
+
+def _installed(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _check_verification(ver: dict, model: dict, src: str) -> list[CheckResult]:
+    """`vtw verify`'s record: a recorded failure fails; so does a verification of another model config."""
+    failed = [check for check in ver["checks"] if not check["passed"]]
+    layers = ", ".join(str(k) for k in ver["layers"])
+    if failed or not ver["passed"]:
+        first = failed[0] if failed else {"name": "passed", "detail": "is false"}
+        inconsistent = " (yet passed is true)" if ver["passed"] else ""
+        results = [_fail("verification", f"withdrawal was NOT exact{inconsistent}: {len(failed)} failed check(s), "
+                         f"first {first['name']}: {first['detail']}", src)]
+    else:
+        installed = _installed("transformers")
+        note = ("" if installed in (None, ver["transformers"]) else
+                f"; transformers {installed} is installed now: re-run vtw verify after an upgrade")
+        results = [_ok("verification", f"exact at K = {layers} ({len(ver['checks'])} checks, {ver['dtype']}, "
+                       f"transformers {ver['transformers']}, vtwcli {ver['vtwcli']}){note}", src)]
+    if ver["config_sha256"] != model["config_sha256"]:
+        results.append(_fail("verification.config_sha256", f"{ver['config_sha256'][:12]}... verified another model "
+                             f"config than model.config_sha256 {model['config_sha256'][:12]}...", src))
+    out_of_range = [k for k in ver["layers"] if k >= model["num_layers"]]
+    if out_of_range:
+        results.append(_fail("verification.layers", f"{out_of_range} not in 1..{model['num_layers'] - 1} for "
+                             f"{model['num_layers']} decoder layers", src))
     return results
 
 

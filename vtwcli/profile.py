@@ -43,13 +43,14 @@ __all__ = [
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment",
+    "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
 ]
 
 SCHEMA_VERSION = 1
 UPGRADE_HINT = "pip install -U vtwcli"
 # Readable order of the top-level keys when writing: header, inputs, results, environment; unknown keys last.
 SECTION_ORDER = ("schema_version", "created_at", "tool", "model", "data", "calibration", "evaluation", "withdrawal",
-                 "flops", "latency", "memory", "environment")
+                 "flops", "latency", "memory", "verification", "environment")
 SCHEMA_PATH = Path(__file__).parent / "schema" / "profile.schema.json"
 
 # from_version -> function turning a profile dict of that version into one of from_version + 1.
@@ -652,6 +653,49 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class VerificationCheck:
+    name: str
+    passed: bool
+    detail: str
+    layer: int | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class VerificationData:
+    name: str
+    sha256: str
+    sample_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DerivedAdapter:
+    derived: bool
+    notes: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """`vtw verify`: whether withdrawal was exact on this model, with which versions, checks and tolerance."""
+
+    passed: bool
+    vtwcli: str
+    transformers: str
+    config_sha256: str
+    dtype: str
+    reference: str
+    relative_tolerance: float
+    layers: tuple[int, ...]
+    checks: tuple[VerificationCheck, ...]
+    torch: str | None = None
+    weights_sha256: str | None = None
+    new_tokens: int | None = None
+    data: tuple[VerificationData, ...] | None = None
+    adapter: DerivedAdapter | None = None
+
+
+@dataclass(frozen=True)
 class Environment:
     vtwcli: str
     python: str
@@ -678,6 +722,7 @@ class Profile:
     flops: Flops | None = None
     latency: Latency | None = None
     memory: Memory | None = None
+    verification: Verification | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     source: str = field(default="<profile>", compare=False, repr=False)
 

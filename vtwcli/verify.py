@@ -39,7 +39,7 @@ from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
 from vtwcli.withdrawal import withdraw
 
-__all__ = ["RELATIVE_TOLERANCE", "ATTENTION_TYPES", "VerifyCheck", "Verification", "default_layers", "tolerance",
+__all__ = ["RELATIVE_TOLERANCE", "ATTENTION_TYPES", "VerifyCheck", "VerifyResult", "default_layers", "tolerance",
            "verify", "verification_section", "weights_sha256", "language_model_of"]
 
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -68,7 +68,7 @@ class VerifyCheck:
 
 
 @dataclass
-class Verification:
+class VerifyResult:
     layers: list[int]
     num_layers: int
     dtype: torch.dtype
@@ -314,10 +314,13 @@ def _error_text(error: BaseException) -> str:
 
 # --------------------------------------------------------------------------------------------- verify
 
-def _row_inputs(processor, sample, device) -> dict:
+def _inputs(processor, samples, device) -> dict:
+    """The processor's batch for inference (some processors, e.g. PaliGemma's, add training ``labels``)."""
     from vtwcli.datasets import make_batch
 
-    return dict(make_batch(processor, [sample]).to(device))
+    batch = dict(make_batch(processor, samples).to(device))
+    batch.pop("labels", None)
+    return batch
 
 
 def _describe_counts(counts: list[int], media: list[int]) -> str:
@@ -325,17 +328,15 @@ def _describe_counts(counts: list[int], media: list[int]) -> str:
     for count, items in zip(counts, media):
         per = f" ({count // items} per image)" if items and count % items == 0 else ""
         parts.append(f"{count}{per}")
-    return "vision tokens per prompt: " + ", ".join(parts)
+    return "per prompt " + ", ".join(parts)
 
 
 @torch.no_grad()
 def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | None = None,
            new_tokens: int = DEFAULT_NEW_TOKENS, batch_size: int = 4,
-           progress: Callable[[int], None] | None = None) -> Verification:
+           progress: Callable[[int], None] | None = None) -> VerifyResult:
     """Run every check of the module docstring on ``samples`` (datasets.Sample) at ``layers`` (default:
     :func:`default_layers`). Returns the checks; raises VtwError only for bad arguments."""
-    from vtwcli.datasets import make_batch
-
     adapter = adapter_for(model)
     decoder_layers = adapter.decoder_layers(model)
     num_layers = len(decoder_layers)
@@ -349,7 +350,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     if not samples:
         raise VtwError("verify needs at least one sample; pass --dataset and --samples N >= 1")
     dtype = next(model.parameters()).dtype
-    result = Verification(layers=layers, num_layers=num_layers, dtype=dtype, reference=reference_kind(model),
+    result = VerifyResult(layers=layers, num_layers=num_layers, dtype=dtype, reference=reference_kind(model),
                           samples=len(samples), new_tokens=new_tokens)
     reference = masked_reference_logits if result.reference == "attention masks" else recompute_reference_logits
     language_model = language_model_of(model, decoder_layers)
@@ -369,10 +370,11 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         worst[(name, layer)] = (max(old_diff, diff), max(old_tol, tol), old_problem or problem)
 
     removal_problems: dict[int, str] = {}
+    effect: dict[int, float] = {}  # K -> max |full - withdrawn logit|: what withdrawal changes (not vacuous)
     vision_problem: str | None = None
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        batch = dict(make_batch(processor, chunk).to(device))
+        batch = _inputs(processor, chunk, device)
         ids = batch["input_ids"]
         padding = batch.get("attention_mask")
         real = padding.bool() if padding is not None else torch.ones_like(ids, dtype=torch.bool)
@@ -409,7 +411,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         tick(1)
 
         keep = ~inserted & real
-        rows = [_row_inputs(processor, sample, device) for sample in chunk]
+        rows = [_inputs(processor, [sample], device) for sample in chunk]
         for k in layers:
             handle = withdraw(model, layer=k)
             entering: dict = {}
@@ -447,6 +449,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
                     note(f"reference at K={k}", k, float("inf"), 0.0, f"the reference raised {_error_text(error)}")
                     continue
                 got = withdrawn[row].to(expected.device)
+                effect[k] = max(effect.get(k, 0.0), float((full[row].to(expected.device) - got).abs().max()))
                 note(f"reference at K={k}", k, float((got - expected).abs().max()), tolerance(dtype, expected))
             tick(1)
             note(f"generate at K={k}", k, *_generate_check(model, batch, k, new_tokens, vision_ids, dtype))
@@ -454,12 +457,11 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
 
     result.checks.append(VerifyCheck(
         "vision tokens", vision_problem is None,
-        vision_problem or f"the adapter's ids {vision_ids} mark exactly where the model put vision features; "
-        + _describe_counts(found, media)))
+        vision_problem or f"ids {vision_ids} = where the model put vision features; " + _describe_counts(found, media)))
     details = {
-        "K = L bit-identical": "withdraw(model, layer=L) gives bit-identical logits",
-        "reference": f"{len(samples)} prompt(s): batched withdrawn logits = the {result.reference} reference of each row",
-        "generate": f"cached greedy generate() = generate(use_cache=False), {new_tokens} token(s) per prompt",
+        "K = L bit-identical": "withdraw(model, layer=L): bit-identical logits",
+        "reference": f"batched withdrawn logits = {result.reference} reference per row",
+        "generate": f"cached greedy generate() = use_cache=False, {new_tokens} token(s) each",
     }
 
     def from_worst(name: str, layer: int, ok_detail: str) -> VerifyCheck:
@@ -470,9 +472,9 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     result.checks.append(from_worst("K = L bit-identical", num_layers, details["K = L bit-identical"]))
     for k in layers:
         result.checks.append(VerifyCheck(f"removed at K={k}", k not in removal_problems,
-                                         removal_problems.get(k, f"layer {k} receives each row's non-vision tokens, "
-                                                                 "bit-identical to the full model's"), layer=k))
-        result.checks.append(from_worst(f"reference at K={k}", k, details["reference"]))
+                                         removal_problems.get(k, f"layer {k} gets exactly the full model's non-vision tokens"), layer=k))
+        result.checks.append(from_worst(f"reference at K={k}", k, details["reference"]
+                                        + f" (withdrawal moves them by {effect.get(k, 0.0):.3g})"))
         if (f"generate at K={k}", k) in worst:
             result.checks.append(from_worst(f"generate at K={k}", k, details["generate"]))
     return result
@@ -515,7 +517,7 @@ def weights_sha256(model: nn.Module) -> str | None:
     return digest.hexdigest()
 
 
-def verification_section(result: Verification, model: nn.Module, data: list[dict]) -> dict:
+def verification_section(result: VerifyResult, model: nn.Module, data: list[dict]) -> dict:
     """The profile's ``verification`` block (docs/profile-keys.md)."""
     import transformers
 
