@@ -26,7 +26,7 @@ from vtwcli import adapters
 from vtwcli.adapters import Adapter
 from vtwcli.errors import CheckFailed, UnsupportedError
 
-__all__ = ["VISION_ID_KEYS", "derive_adapter", "register", "adopt", "forget"]
+__all__ = ["VISION_ID_KEYS", "derive_adapter", "register", "adopt", "adopt_with_section", "forget"]
 
 # Config keys of vision placeholder ids, and the --withdraw kind of each.
 VISION_ID_KEYS = {"image_token_id": "image", "image_token_index": "image", "video_token_id": "video",
@@ -91,7 +91,8 @@ def derive_adapter(model: nn.Module) -> Adapter:
     base = owner.rpartition(".")[0]  # the multimodal model that holds the language model and the vision tower
     components = {
         "vision_tower": _first_child(model, base, ("vision_tower", "visual", "vision_model", "vision_encoder")),
-        "projector": _first_child(model, base, ("multi_modal_projector", "connector", "mm_projector", "projector")),
+        "projector": _first_child(model, base, ("multi_modal_projector", "connector", "mm_projector", "projector",
+                                                "vision_projection")),
         "language_model": (owner,),
         "lm_head": ("lm_head",) if isinstance(getattr(model, "lm_head", None), nn.Module) else (),
     }
@@ -106,7 +107,7 @@ def derive_adapter(model: nn.Module) -> Adapter:
         text_config=_text_config,
         vision_token_kinds={key: VISION_ID_KEYS[key] for key in keys},
         positions_from_mask=not has_rope_index,
-        flops_components={name: paths for name, paths in components.items() if paths},
+        flops_components=components,  # a component not found counts 0 FLOPs (its work lands in the total only)
         notes=f"derived by --generic: layers at {path}, vision ids {', '.join(keys)}",
     )
 
@@ -149,3 +150,29 @@ def adopt(model: nn.Module, processor, samples: list, *, layers: list[int] | Non
 def forget(architecture: str) -> None:
     """Unregister a derived adapter (no-op if none)."""
     adapters.DERIVED.pop(architecture, None)
+
+
+def adopt_with_section(model: nn.Module, processor, samples: list, data: list[dict], **kwargs) -> dict | None:
+    """:func:`adopt`, and the profile's ``verification`` section of the passed verification (None where the
+    architecture has an entry)."""
+    from vtwcli.verify import verification_section
+
+    result = adopt(model, processor, samples, **kwargs)
+    if result is None:
+        return None
+    section = verification_section(result, model, data)
+    section["adapter"] = {"derived": True, "notes": adapters.DERIVED[type(model).__name__].notes}
+    return section
+
+
+def verification_samples(selections=None, count: int = 2) -> tuple[list, list[dict]]:
+    """The prompts `--generic` verifies on before calibrate / profile: the first ``count`` samples of the
+    first calibration dataset, else of the bundled photo_vqa set; and their ``data`` record."""
+    from vtwcli.datasets import load_dataset, sample_dataset
+
+    if selections:
+        dataset, samples = selections[0].dataset, list(selections[0].samples[:count])
+    else:
+        dataset = load_dataset("photo_vqa")
+        samples = sample_dataset(dataset, count, 0)
+    return samples, [{"name": dataset.name, "sha256": dataset.sha256, "sample_ids": [s.id for s in samples]}]

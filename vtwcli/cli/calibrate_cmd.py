@@ -56,6 +56,9 @@ def calibrate_command(
                                 "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
     withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
                                            "image,video (families with video). Default: every vision token."),
+    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                                 "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
+                                 "exact)."),
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
@@ -78,7 +81,7 @@ def calibrate_command(
     check_output_path(output, "vtw-calibration.yaml")
     if not resume:
         output = output_path_for(output, force)
-    loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
+    loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map, generic=generic)
     names = dataset or default_datasets(loaded.is_bundled)
     if not names:
         raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
@@ -87,6 +90,14 @@ def calibrate_command(
     for name in names:
         data = load_dataset(name)
         selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
+    verification = None
+    if generic:
+        from vtwcli.generic import adopt_with_section, verification_samples
+
+        chosen, record = verification_samples(selections)
+        with console.status("--generic: verifying the derived adapter ...", spinner="dots") if not as_json else \
+                _quiet():
+            verification = adopt_with_section(loaded.model, loaded.processor, chosen, record)
     total = sum(len(s.samples) for s in selections)
     settings = {"model": model_section(loaded), "options": vars(options),
                 "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
@@ -111,6 +122,8 @@ def calibrate_command(
     profile["calibration"] = calibration_section(result)
     if result.evaluation is not None:
         profile["evaluation"] = result.evaluation
+    if verification is not None:
+        profile["verification"] = verification
     written = write_profile(profile, output, force=force or resume)
     store.finish()
     if plot is not None:
@@ -138,3 +151,11 @@ def calibrate_command(
     if not as_json:
         console.print(f"[bold green]K = {result.layer}[/] (first layer with mean KL <= {threshold}"
                       + (", the default threshold" if threshold == DEFAULT_THRESHOLD else "") + ")")
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None

@@ -144,6 +144,9 @@ def profile_command(
     videos: int = typer.Option(0, "--videos", help="Videos in the synthetic prompt (families with video; the "
                                "video processor needs torchvision)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
+    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                                 "from the standard layout and run `vtw verify` on 2 bundled photos first (needs "
+                                 "the weights; refused unless exact)."),
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.loading import ATTENTION, architecture_of, load_config, load_model, model_section
@@ -173,6 +176,8 @@ def profile_command(
                            f"{','.join(calibrated_kinds)}); pass one of them")
         kinds = tuple(calibrated_kinds)
     size = _parse_image_size(image_size) if image_size is not None else None
+    if generic and flops_only:
+        raise VtwError("--generic verifies the derived adapter on the model's weights first; drop --flops-only")
     if fvcore and flops_only:
         raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
     target = output
@@ -200,9 +205,14 @@ def profile_command(
                                                  dtype=None if dtype == "auto" else dtype)
         device_for_env = "cpu"
     else:
-        loaded = load_model(model, device=device, dtype=dtype, attn=attn)
+        loaded = load_model(model, device=device, dtype=dtype, attn=attn, generic=generic)
         if threads is not None and threads < 1:
             raise VtwError(f"--threads {threads}: use 1 or more")
+        verification = None
+        if generic:
+            from vtwcli.generic import adopt_with_section, verification_samples
+
+            verification = adopt_with_section(loaded.model, loaded.processor, *verification_samples())
         with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
             sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
                                    images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens,
@@ -210,6 +220,8 @@ def profile_command(
                                    fvcore=fvcore, seed=seed)
         section_model = model_section(loaded)
         device_for_env = loaded.device
+        if verification is not None:
+            sections["verification"] = verification
 
     if base is not None:
         if base["model"].get("config_sha256") != section_model["config_sha256"]:
