@@ -559,6 +559,99 @@ def test_two_images_are_not_an_error_for_llava(model_dir, data_dir, tmp_path, ca
     assert not math.isnan(yaml.safe_load((tmp_path / "c.yaml").read_text())["calibration"]["per_layer"][0]["kl_mean"])
 
 
+# ------------------------------------------------------------------------------------- vtw verify, --generic
+
+
+def verify_args(model_dir: str, *extra: str) -> list[str]:
+    return ["verify", "--model", str(model_dir), "--device", "cpu", "--samples", "2", "--new-tokens", "1", *extra]
+
+
+def test_verify_not_exact(model_dir, capsys, monkeypatch):
+    import dataclasses
+
+    from vtwcli import adapters
+
+    entry = adapters.adapter_for_architecture("LlavaForConditionalGeneration")
+    wrong = dataclasses.replace(entry, vision_token_id_keys=("pad_token_id",))  # an ordinary token's id
+    monkeypatch.setattr(adapters, "ADAPTERS", tuple(wrong if a is entry else a for a in adapters.ADAPTERS))
+    line = one_line_error(verify_args(model_dir, "--layer", "2"), capsys, code=1)
+    assert line.startswith("error: withdrawal is not exact on this model: vision tokens: ")
+    assert "mark 0 tokens, the model put vision features at 16 positions" in line
+
+
+def test_verify_layer_out_of_range(model_dir, capsys):
+    line = one_line_error(verify_args(model_dir, "--layer", "4"), capsys)
+    assert "--layer 4: verify withdraws at K in 1..3" in line
+
+
+def test_verify_new_tokens_zero(model_dir, capsys):
+    assert "--new-tokens 0: generate at least 1 token" in one_line_error(verify_args(model_dir, "--new-tokens", "0"),
+                                                                         capsys)
+
+
+def test_verify_batch_size_zero(model_dir, capsys):
+    assert "--batch-size 0: use 1 or more" in one_line_error(verify_args(model_dir, "--batch-size", "0"), capsys)
+
+
+def test_verify_output_of_another_model(model_dir, tmp_path, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(example_profile()))
+    line = one_line_error(verify_args(model_dir, "--layer", "2", "--output", str(other)), capsys)
+    assert "is a profile of another model" in line and "choose another --output" in line
+
+
+@pytest.fixture()
+def no_derived(monkeypatch):
+    from vtwcli import adapters
+
+    monkeypatch.setattr(adapters, "DERIVED", {})
+
+
+def test_generic_not_exact(tmp_path, capsys, monkeypatch, no_derived):
+    from arch_models import save_and_serve
+    from generic_models import PALIGEMMA
+
+    directory = save_and_serve(PALIGEMMA, tmp_path / "model", monkeypatch)
+    line = one_line_error(verify_args(directory, "--generic", "--layer", "1"), capsys, code=1)
+    assert line.startswith("error: --generic: PaliGemmaForConditionalGeneration cannot be handled exactly with a "
+                           "derived adapter: reference at K=1: max |logit difference|")
+
+
+def _without_llava_entry(monkeypatch, change):
+    """LLaVA as if it had no entry, its loaded model changed by ``change`` (a layout --generic cannot read)."""
+    import transformers
+
+    from vtwcli import adapters
+
+    monkeypatch.setattr(adapters, "ADAPTERS", tuple(a for a in adapters.ADAPTERS
+                                                    if "LlavaForConditionalGeneration" not in a.architectures))
+    original = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def load(*args, **kwargs):
+        model = original(*args, **kwargs)
+        change(model)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", load)
+
+
+def test_generic_without_a_standard_decoder(model_dir, capsys, monkeypatch, no_derived):
+    _without_llava_entry(monkeypatch, lambda model: setattr(model.model.language_model, "norm", None))
+    line = one_line_error(verify_args(model_dir, "--generic"), capsys)
+    assert "--generic: LlavaForConditionalGeneration has no standard text decoder" in line
+
+
+def test_generic_without_vision_token_ids(model_dir, capsys, monkeypatch, no_derived):
+    _without_llava_entry(monkeypatch, lambda model: setattr(model.config, "image_token_id", None))
+    line = one_line_error(verify_args(model_dir, "--generic"), capsys)
+    assert "--generic: LlavaForConditionalGeneration's config names no vision token id" in line
+
+
+def test_generic_with_flops_only(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only", "--generic"], capsys)
+    assert "--generic verifies the derived adapter on the model's weights first; drop --flops-only" in line
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from vtwcli.errors import VtwError
 
