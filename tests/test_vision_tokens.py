@@ -1,0 +1,38 @@
+"""Vision tokens per image from the config files alone (vtwcli.vision_tokens) = what the processor inserts.
+
+The reference is each family's processor (or its stand-in) run on a real image of that size: the number of
+vision-token ids in its input_ids. The rule only sees the model config, the image processor's configuration
+(saved and reloaded from preprocessor_config.json) and the size.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from arch_models import FAMILIES, image
+
+from vtwcli import vision_tokens as rules
+
+RULES = {"llava_next": rules.anyres, "llava_onevision": rules.anyres, "qwen2_vl": rules.merged_patches,
+         "qwen2_5_vl": rules.merged_patches, "gemma3": rules.fixed_per_image, "internvl": rules.tiles,
+         "idefics3": rules.split_tiles, "smolvlm": rules.split_tiles}
+SIZES = [(40, 20), (16, 16), (20, 44), (100, 37), (64, 64), (13, 90)]
+PROMPTS = {"llava_next": "USER: <image>\nwhat ?\nASSISTANT:", "llava_onevision": "USER: <image>\nwhat ?\nASSISTANT:",
+           "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>what ?",
+           "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>what ?",
+           "gemma3": "<start_of_image>what ?", "internvl": "<IMG_CONTEXT>\nwhat ?",
+           "idefics3": "USER: <image>what ?", "smolvlm": "USER: <image>what ?"}
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_rule_equals_the_processors_count(name, tmp_path):
+    family = FAMILIES[name]
+    processor = family.processor()
+    config = family.build(1, "sdpa", 0).config
+    processor.image_processor.save_pretrained(tmp_path)
+    from_files = rules.image_processor_of(str(tmp_path))  # what a config-only directory provides
+    ids = torch.tensor(family.vision_ids(config))
+    for width, height in SIZES:
+        inputs = processor(text=[PROMPTS[name]], images=[[image(width, height, 0)]], return_tensors="pt")
+        expected = int(torch.isin(inputs["input_ids"], ids).sum())
+        assert RULES[name](config, from_files, width, height) == expected, (width, height)
