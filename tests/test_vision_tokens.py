@@ -36,3 +36,15 @@ def test_rule_equals_the_processors_count(name, tmp_path):
         inputs = processor(text=[PROMPTS[name]], images=[[image(width, height, 0)]], return_tensors="pt")
         expected = int(torch.isin(inputs["input_ids"], ids).sum())
         assert RULES[name](config, from_files, width, height) == expected, (width, height)
+
+
+def test_onevision_gives_several_images_their_base_view_only():
+    family = FAMILIES["llava_onevision"]
+    processor = family.processor()
+    config = family.build(1, "sdpa", 0).config
+    inputs = processor(text=["USER: <image>\n<image>\nwhat ?\nASSISTANT:"],
+                       images=[[image(100, 37, 0), image(24, 40, 1)]], return_tensors="pt")
+    expected = int((inputs["input_ids"] == config.image_token_id).sum())
+    assert 2 * rules.anyres(config, processor.image_processor, 100, 37, 2) == expected
+    assert rules.anyres(config, processor.image_processor, 100, 37, 2) < rules.anyres(config, processor.image_processor,
+                                                                                      100, 37, 1)

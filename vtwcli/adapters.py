@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from vtwcli import vision_tokens
 from vtwcli.errors import UnsupportedError, VtwError
 
 if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
@@ -96,6 +97,10 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Vision tokens one image of W x H becomes, from the config files alone: (config, image processor built
+    # from preprocessor_config.json, width, height) -> int, a rule of vtwcli/vision_tokens.py. With it,
+    # `vtw profile --flops-only --image-size WxH` counts this family from its config on the meta device.
+    image_tokens: Callable[..., int] | None = None
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -142,6 +147,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="LLaVA-NeXT",
         architectures=("LlavaNextForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.anyres,
         notes="anyres: variable image tokens per image (image-newline features included)",
     ),
     Adapter(
@@ -153,12 +159,14 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.merged_patches,
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
     ),
     Adapter(
         family="Gemma 3",
         architectures=("Gemma3ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.fixed_per_image,
         notes="sliding-window layers: after withdrawal the window counts kept tokens; begin/end-of-image kept",
     ),
     Adapter(
@@ -166,6 +174,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("LlavaOnevisionForConditionalGeneration",),
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        image_tokens=vision_tokens.anyres,
         notes="images (anyres) and video in one model; image and video tokens withdrawn",
     ),
     Adapter(
@@ -178,6 +187,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="InternVL",
         architectures=("InternVLForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
@@ -188,6 +198,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.split_tiles,
         notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
     ),
 )
