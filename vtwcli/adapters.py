@@ -198,7 +198,6 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
-        image_tokens=vision_tokens.split_tiles,
         notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
     ),
 )

@@ -12,7 +12,8 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
 * :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, LLaVA-1.5's
   patch grid.
 * :func:`tiles` — InternVL: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile.
-* :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile.
+* :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (not
+  named by their adapter yet: their vision tower reads tensor values, so it cannot run on the meta device).
 * :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision: the base view + the best-fitting pinpoint grid, unpadded,
   one newline feature per row (OneVision: pooled down to ``anyres_max_N`` base views).
 """
