@@ -283,3 +283,21 @@ def test_derivation_names_what_is_missing():
     model.model.language_model.norm = None
     with pytest.raises(UnsupportedError, match="has no standard text decoder"):
         derive_adapter(model)
+
+
+@pytest.mark.parametrize("name", ["gemma3", "qwen2_vl"])
+def test_verify_passes_with_eager_attention(name, photos):
+    """Eager attention adds the explicit float masks of the reference itself (sdpa takes them as given)."""
+    family = FAMILIES[name]
+    result = verify(family.build(LAYERS, "eager", 0), family.processor(), photos, layers=[1, 3], new_tokens=1)
+    assert result.passed, result.failure_message()
+
+
+def test_verify_in_bfloat16_uses_the_bfloat16_tolerance_and_still_catches_a_wrong_id(photos, monkeypatch):
+    model, processor = tiny_llava(LAYERS).to(torch.bfloat16), tiny_processor()
+    result = verify(model, processor, photos, layers=[1, 2], new_tokens=1)
+    assert result.passed, result.failure_message()
+    reference = next(c for c in result.checks if c.name == "reference at K=1")
+    assert reference.tolerance >= 5e-2  # bfloat16's floor: 5e-2 x max(1, |logit|)
+    broken(monkeypatch, "LlavaForConditionalGeneration", vision_token_id_keys=("pad_token_id",))
+    assert not verify(model, processor, photos, layers=[1], new_tokens=1).passed
