@@ -41,3 +41,6 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     console.print(table)
+    console.print("Not listed: `vtw verify --generic --model X` derives an adapter from the standard layout and "
+                  "uses it only if withdrawal verifies exact (docs/architectures.md, 'Unlisted architectures').",
+                  style="dim", highlight=False)
