@@ -359,7 +359,6 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     tick = progress or (lambda n: None)
 
     found: list[int] = []
-    inserted_counts: list[int] = []
     media: list[int] = []
     worst: dict = {}  # (check, layer) -> (max diff, tolerance, failure detail or None)
 
@@ -391,14 +390,8 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         marked = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) & real
         for row, sample in enumerate(chunk):
             found.append(int(marked[row].sum()))
-            inserted_counts.append(int(inserted[row].sum()))
             media.append(len(sample.images) + len(sample.videos))
-            if vision_problem is None and not torch.equal(marked[row], inserted[row]):
-                vision_problem = (f"{sample.where()}: the adapter's vision token ids {vision_ids} mark "
-                                  f"{found[-1]} tokens, the model put vision features at {inserted_counts[-1]} "
-                                  f"positions ({int((marked[row] & inserted[row]).sum())} in common)")
-            if vision_problem is None and inserted_counts[-1] == 0:
-                vision_problem = f"{sample.where()}: the prompt holds no vision tokens at all"
+            vision_problem = vision_problem or _vision_problem(sample, vision_ids, marked[row], inserted[row])
         tick(1)
 
         with withdraw(model, layer=num_layers):
@@ -429,19 +422,9 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
             finally:
                 hook.remove()
                 handle.remove()
-            # removed at K: layer K got exactly the full model's hidden states at the kept positions.
-            short = entering["hidden"]
-            counts = keep.sum(1)
-            if short.shape[1] != int(counts.max()):
-                removal_problems.setdefault(k, f"layer {k} received {short.shape[1]} tokens per row, expected "
-                                               f"{int(counts.max())} (the longest row's non-vision tokens)")
-            else:
-                for row in range(len(chunk)):
-                    n = int(counts[row])
-                    expected = capture.hidden[k][row, keep[row].to(capture.hidden[k].device)]
-                    if not torch.equal(short[row, short.shape[1] - n:].to(expected.device), expected):
-                        removal_problems.setdefault(k, f"{chunk[row].where()}: the tokens entering layer {k} are not "
-                                                       "the full model's non-vision tokens")
+            problem = _removal_problem(entering["hidden"], capture.hidden[k], keep, chunk, k)
+            if problem is not None:
+                removal_problems.setdefault(k, problem)
             for row, single in enumerate(rows):
                 try:
                     expected = reference(model, single, k)
@@ -478,6 +461,32 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         if (f"generate at K={k}", k) in worst:
             result.checks.append(from_worst(f"generate at K={k}", k, details["generate"]))
     return result
+
+
+def _vision_problem(sample, vision_ids: list[int], marked: torch.Tensor, inserted: torch.Tensor) -> str | None:
+    """Why the adapter's vision tokens of one row are not where the model put vision features, or None."""
+    if not torch.equal(marked, inserted):
+        return (f"{sample.where()}: the adapter's vision token ids {vision_ids} mark {int(marked.sum())} tokens, the "
+                f"model put vision features at {int(inserted.sum())} positions ({int((marked & inserted).sum())} "
+                "in common)")
+    if not inserted.any():
+        return f"{sample.where()}: the prompt holds no vision tokens at all"
+    return None
+
+
+def _removal_problem(entering: torch.Tensor, full: torch.Tensor, keep: torch.Tensor, chunk: list, layer: int):
+    """Why what entered layer K under withdrawal is not exactly each row's kept tokens of the full forward
+    (right-aligned, filler before them), or None."""
+    counts = keep.sum(1)
+    if entering.shape[1] != int(counts.max()):
+        return (f"layer {layer} received {entering.shape[1]} tokens per row, expected {int(counts.max())} (the "
+                "longest row's non-vision tokens)")
+    for row in range(len(chunk)):
+        n = int(counts[row])
+        expected = full[row, keep[row].to(full.device)]
+        if not torch.equal(entering[row, entering.shape[1] - n:].to(expected.device), expected):
+            return f"{chunk[row].where()}: the tokens entering layer {layer} are not the full model's non-vision tokens"
+    return None
 
 
 def _generate_check(model, batch: dict, layer: int, new_tokens: int, vision_ids: list[int], dtype):
