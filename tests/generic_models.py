@@ -1,4 +1,5 @@
-"""Tiny models of families that no adapter entry lists, for `--generic` (tests/test_verify.py, test_errors.py).
+"""Tiny models of two families for `--generic` (tests/test_verify.py, test_errors.py), used as if no adapter
+entry listed them (``unlisted`` removes an entry that exists).
 
 LightOnOCR follows the standard layout (derived and verified exact); PaliGemma is a prefix-LM (its prompt
 attends bidirectionally), which the layout cannot show: `--generic` must refuse it.
@@ -61,3 +62,11 @@ def paligemma_processor():
 
 PALIGEMMA = Family("PaliGemma", "PaliGemmaForConditionalGeneration", tiny_paligemma, paligemma_processor,
                    mistral3_rows, lambda config: [config.image_token_id])
+
+
+def unlisted(monkeypatch, *architectures: str) -> None:
+    """Make ``architectures`` have no adapter entry for this test (whatever vtwcli/adapters.py lists)."""
+    from vtwcli import adapters
+
+    monkeypatch.setattr(adapters, "ADAPTERS", tuple(a for a in adapters.ADAPTERS
+                                                    if not set(a.architectures) & set(architectures)))

@@ -609,8 +609,9 @@ def no_derived(monkeypatch):
 
 def test_generic_not_exact(tmp_path, capsys, monkeypatch, no_derived):
     from arch_models import save_and_serve
-    from generic_models import PALIGEMMA
+    from generic_models import PALIGEMMA, unlisted
 
+    unlisted(monkeypatch, "PaliGemmaForConditionalGeneration")
     directory = save_and_serve(PALIGEMMA, tmp_path / "model", monkeypatch)
     line = one_line_error(verify_args(directory, "--generic", "--layer", "1"), capsys, code=1)
     assert line.startswith("error: --generic: PaliGemmaForConditionalGeneration cannot be handled exactly with a "
@@ -621,10 +622,9 @@ def _without_llava_entry(monkeypatch, change):
     """LLaVA as if it had no entry, its loaded model changed by ``change`` (a layout --generic cannot read)."""
     import transformers
 
-    from vtwcli import adapters
+    from generic_models import unlisted
 
-    monkeypatch.setattr(adapters, "ADAPTERS", tuple(a for a in adapters.ADAPTERS
-                                                    if "LlavaForConditionalGeneration" not in a.architectures))
+    unlisted(monkeypatch, "LlavaForConditionalGeneration")
     original = transformers.AutoModelForImageTextToText.from_pretrained
 
     def load(*args, **kwargs):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from arch_models import FAMILIES, family_batch, save_and_serve
-from generic_models import LIGHTON, PALIGEMMA, tiny_lighton_ocr
+from generic_models import LIGHTON, PALIGEMMA, tiny_lighton_ocr, unlisted
 from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
 
 from vtwcli import adapters, withdraw
@@ -197,7 +197,7 @@ def json_output(text: str) -> dict:
 # ---------------------------------------------------------------------------------------------- generic
 
 def test_generic_verifies_and_supports_an_unlisted_family(tmp_path, monkeypatch, capsys):
-    assert "LightOnOcrForConditionalGeneration" not in adapters.supported_architectures()
+    unlisted(monkeypatch, "LightOnOcrForConditionalGeneration")
     directory = save_and_serve(LIGHTON, tmp_path / "model", monkeypatch, num_layers=LAYERS)
     code, _, err = run_cli(["verify", "--model", directory, "--device", "cpu", "--samples", "2"], capsys)
     assert code == 2 and "has no vtwcli adapter" in err
@@ -218,6 +218,7 @@ def test_generic_verifies_and_supports_an_unlisted_family(tmp_path, monkeypatch,
 
 
 def test_generic_calibrate_and_profile_verify_first(tmp_path, monkeypatch, capsys):
+    unlisted(monkeypatch, "LightOnOcrForConditionalGeneration")
     directory = save_and_serve(LIGHTON, tmp_path / "model", monkeypatch, num_layers=LAYERS)
     output = tmp_path / "cal.yaml"
     code, _, err = run_cli(["calibrate", "--model", directory, "--device", "cpu", "--samples", "2", "--no-eval",
@@ -239,6 +240,7 @@ def test_generic_calibrate_and_profile_verify_first(tmp_path, monkeypatch, capsy
 
 
 def test_generic_refuses_a_prefix_lm_it_cannot_handle_exactly(tmp_path, monkeypatch, capsys):
+    unlisted(monkeypatch, "PaliGemmaForConditionalGeneration")
     directory = save_and_serve(PALIGEMMA, tmp_path / "model", monkeypatch, num_layers=LAYERS)
     code, out, err = run_cli(["verify", "--model", directory, "--device", "cpu", "--samples", "2", "--generic",
                               "--layer", "1"], capsys)
