@@ -243,3 +243,15 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
         result["decode_per_token"][variant] = step
         result["decode_per_token"]["context_tokens"][variant] = context
     return result, PromptCounts(images=images, vision_tokens=vision, text_tokens=text_tokens)
+
+
+def image_processor_for_flops(source: str, family: str):
+    """The image processor of a config-only directory (or hub id), from its preprocessor_config.json."""
+    from vtwcli.vision_tokens import image_processor_of
+
+    try:
+        return image_processor_of(source)
+    except (OSError, ValueError) as error:
+        raise VtwError(f"--flops-only: {family} sizes its vision tokens from each image, so it needs "
+                       f"preprocessor_config.json beside config.json in {source} ({type(error).__name__}); copy it "
+                       "from the model repository") from None
