@@ -48,3 +48,28 @@ def test_onevision_gives_several_images_their_base_view_only():
     assert 2 * rules.anyres(config, processor.image_processor, 100, 37, 2) == expected
     assert rules.anyres(config, processor.image_processor, 100, 37, 2) < rules.anyres(config, processor.image_processor,
                                                                                       100, 37, 1)
+
+
+@pytest.mark.parametrize("family", ["glm4v", "qwen3_vl"])
+def test_merged_patches_fits_glm4v_and_qwen3_vl(family, tmp_path):
+    """GLM-4.1V/4.5V/4.6V and Qwen3-VL (and Qwen3.5, which uses Qwen3-VL's processor) size images like Qwen2-VL
+    with their own patch sizes: each image becomes grid_t x grid_h x grid_w / merge^2 tokens, the grid being
+    what their image processor makes of the image (their processors expand the placeholder by that count)."""
+    import numpy as np
+    from transformers import Glm4vConfig, Qwen3VLConfig
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if family == "glm4v":
+        config, processor = Glm4vConfig(), Glm4vImageProcessorPil()
+    else:
+        config = Qwen3VLConfig()
+        processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2,
+                                             size={"shortest_edge": 65536, "longest_edge": 16777216})
+    processor.save_pretrained(tmp_path)
+    from_files = rules.image_processor_of(str(tmp_path))
+    merge = config.vision_config.spatial_merge_size
+    for width, height in [(640, 480), (333, 1000), (64, 64), (4000, 3000)]:
+        picture = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        grid = processor(images=[picture], return_tensors="pt")["image_grid_thw"][0]
+        assert rules.merged_patches(config, from_files, width, height) == int(grid.prod()) // merge ** 2
