@@ -128,7 +128,7 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
     import numpy as np
     from PIL import Image
 
-    from vtwcli.datasets import chat_prompt
+    from vtwcli.prompts import chat_prompt
 
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",

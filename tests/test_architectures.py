@@ -484,7 +484,8 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
 
     from vtwcli import apply_profile
     from vtwcli.cli import main
-    from vtwcli.datasets import load_dataset, make_batch
+    from vtwcli.datasets import load_dataset
+    from vtwcli.prompts import make_batch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     directory = save_and_serve(FAMILIES[name], tmp_path / "model", monkeypatch, num_layers=LAYERS)

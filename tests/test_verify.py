@@ -18,7 +18,8 @@ from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
 
 from vtwcli import adapters, withdraw
 from vtwcli.cli import main
-from vtwcli.datasets import load_dataset, make_batch, sample_dataset
+from vtwcli.datasets import load_dataset, sample_dataset
+from vtwcli.prompts import make_batch
 from vtwcli.generic import derive_adapter
 from vtwcli.verify import (masked_reference_logits, recompute_reference_logits, tolerance, verify)
 

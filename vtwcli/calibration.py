@@ -26,7 +26,9 @@ from transformers import DynamicCache
 from vtwcli.adapters import adapter_for, validate_kinds
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdraw, withdrawn_masks
+from vtwcli.measure.runs import withdrawn_at
+from vtwcli.profile.model import first_layer_under
+from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdrawn_masks
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -253,13 +255,6 @@ def layer_statistics(kl: np.ndarray, layers: list[int], *, resamples: int, seed:
              "kl_ci_high": float(max(high[i], kl[:, i].mean()))} for i, layer in enumerate(layers)]
 
 
-def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
-    for entry in per_layer:
-        if entry["kl_mean"] <= threshold:
-            return entry["layer"]
-    return None
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Accuracy of greedy answers
 
@@ -267,19 +262,15 @@ def first_layer_under(per_layer: list[dict], threshold: float) -> int | None:
 @torch.no_grad()
 def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens: int,
                    layer: int | None = None, kinds: tuple[str, ...] | None = None) -> list[str]:
-    from vtwcli.datasets import make_batch
+    from vtwcli.prompts import make_batch
 
     answers: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         inputs = make_batch(processor, chunk).to(model.device)
-        handle = withdraw(model, layer=layer, kinds=kinds) if layer is not None else None
-        try:
+        with withdrawn_at(model, layer, kinds):
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
-        finally:
-            if handle is not None:
-                handle.remove()
         answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return answers
 
@@ -368,7 +359,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
     """
-    from vtwcli.datasets import make_batch, score_answer
+    from vtwcli.prompts import make_batch, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     adapter = adapter_for(model)

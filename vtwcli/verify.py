@@ -316,7 +316,7 @@ def _error_text(error: BaseException) -> str:
 
 def _inputs(processor, samples, device) -> dict:
     """The processor's batch for inference (some processors, e.g. PaliGemma's, add training ``labels``)."""
-    from vtwcli.datasets import make_batch
+    from vtwcli.prompts import make_batch
 
     batch = dict(make_batch(processor, samples).to(device))
     batch.pop("labels", None)

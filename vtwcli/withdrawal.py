@@ -152,6 +152,29 @@ def kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order[:, keep.shape[1] - width:], flags[:, keep.shape[1] - width:].bool()
 
 
+def check_layer(layer, num_layers: int, *, option: str | None = None) -> None:
+    """The one check that ``layer`` is a withdrawal layer K in 1..``num_layers`` (K = L withdraws nothing).
+
+    ``option`` names the command-line option that gave it (``--layer``): the message then quotes it.
+    """
+    valid = not isinstance(layer, bool) and isinstance(layer, int)
+    if option is not None and (not valid or not 1 <= layer <= num_layers):
+        raise UnsupportedError(f"{option} {layer}: out of range for this model with {num_layers} decoder layers; "
+                               f"use 1..{num_layers} ({num_layers} = no withdrawal)")
+    if not valid:
+        raise UnsupportedError(f"withdrawal layer must be an integer in 1..{num_layers}, got {layer!r}")
+    if layer == 0:
+        raise UnsupportedError(
+            "withdrawal at layer 0 is not supported: it equals dropping the image, and transformers reads the "
+            f"sequence length from layer 0's cache; use a layer in 1..{num_layers}"
+        )
+    if not 1 <= layer <= num_layers:
+        raise UnsupportedError(
+            f"withdrawal layer {layer} is out of range for this model with {num_layers} decoder layers; "
+            f"use 1..{num_layers} ({num_layers} = no withdrawal)"
+        )
+
+
 class WithdrawalHandle:
     """Hooks that withdraw vision tokens at ``layer``. Use as a context manager or call ``remove()``."""
 
@@ -161,18 +184,7 @@ class WithdrawalHandle:
         self.adapter: Adapter = adapter_for(model)
         self.layers = self.adapter.decoder_layers(model)
         self.num_layers = len(self.layers)
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise UnsupportedError(f"withdrawal layer must be an integer in 1..{self.num_layers}, got {layer!r}")
-        if layer == 0:
-            raise UnsupportedError(
-                "withdrawal at layer 0 is not supported: it equals dropping the image, and transformers reads the "
-                f"sequence length from layer 0's cache; use a layer in 1..{self.num_layers}"
-            )
-        if not 1 <= layer <= self.num_layers:
-            raise UnsupportedError(
-                f"withdrawal layer {layer} is out of range for this model with {self.num_layers} decoder layers; "
-                f"use 1..{self.num_layers} ({self.num_layers} = no withdrawal)"
-            )
+        check_layer(layer, self.num_layers)
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
