@@ -316,9 +316,45 @@ def next_dir(tmp_path_factory) -> str:
     return directory
 
 
-def test_flops_only_on_a_family_sized_by_its_images(next_dir, capsys):
-    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only"], capsys)
-    assert "LLaVA-NeXT sizes them from each image" in line and "drop --flops-only" in line
+def test_flops_only_on_a_family_sized_by_its_images(tmp_path, capsys):
+    """Mistral3 / Pixtral sizes its tokens from each image and its adapter names no vision-token rule."""
+    from arch_models import FAMILIES
+
+    model = FAMILIES["mistral3"].build(1, "sdpa", 0)
+    model.config.architectures = [FAMILIES["mistral3"].architecture]
+    model.config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
+    assert "Mistral3 / Pixtral sizes them from each image and has no rule yet" in line and "drop --flops-only" in line
+
+
+def test_flops_only_without_preprocessor_config(next_dir, tmp_path, capsys):
+    shutil.copy(Path(next_dir) / "config.json", tmp_path / "config.json")
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
+    assert "--flops-only: LLaVA-NeXT sizes its vision tokens from each image, so it needs preprocessor_config.json " \
+           "beside config.json" in line
+
+
+def test_flops_only_with_videos(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only", "--videos", "1"], capsys)
+    assert "--videos needs the model's video processor; drop --flops-only" in line
+
+
+def test_flops_only_withdrawing_video_only(tmp_path, capsys):
+    from arch_models import FAMILIES
+
+    family = FAMILIES["llava_onevision"]
+    model = family.build(1, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only", "--withdraw", "video"],
+                          capsys)
+    assert "--withdraw video with --flops-only: config-only counting covers image prompts" in line
+
+
+def test_image_tokens_with_flops_only_on_a_sized_family(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only", "--image-tokens", "64"],
+                          capsys)
+    assert "--image-tokens: LLaVA-NeXT sizes the image tokens from each image" in line
 
 
 def test_image_tokens_on_a_family_sized_by_its_images(next_dir, capsys):
