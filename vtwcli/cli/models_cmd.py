@@ -18,7 +18,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": "supported",
          "inputs": a.declared_kinds(),
-         "flops_only": a.fixed_image_layout, "notes": a.notes}
+         "flops_only": a.fixed_image_layout or a.image_tokens is not None, "notes": a.notes}
         for a in ADAPTERS
     ]
     rows += [
