@@ -304,3 +304,20 @@ def test_verify_in_bfloat16_uses_the_bfloat16_tolerance_and_still_catches_a_wron
     assert reference.tolerance >= 5e-2  # bfloat16's floor: 5e-2 x max(1, |logit|)
     broken(monkeypatch, "LlavaForConditionalGeneration", vision_token_id_keys=("pad_token_id",))
     assert not verify(model, processor, photos, layers=[1], new_tokens=1).passed
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
+def test_verify_counts_and_withdraws_video_tokens(name, tmp_path):
+    """Prompts with an image and a video: the video tokens are vision tokens too. One prompt per batch: the
+    stand-in processors draw their random video pixels per call, so a row alone would get other pixels."""
+    from test_architectures import write_video_dataset
+
+    family = FAMILIES[name]
+    samples = load_dataset(write_video_dataset(tmp_path)).samples
+    model, processor = family.build(LAYERS, "sdpa", 0), family.processor()
+    result = verify(model, processor, samples, layers=[1, 3], new_tokens=1, batch_size=1)
+    assert result.passed, result.failure_message()
+    counts = [int(torch.isin(make_batch(processor, [s])["input_ids"], torch.tensor(family.vision_ids(model.config)))
+                  .sum()) for s in samples]
+    assert result.checks[0].detail.endswith("per prompt " + ", ".join(map(str, counts)))
+    assert all(int((make_batch(processor, [s])["input_ids"] == model.config.video_token_id).sum()) > 0 for s in samples)

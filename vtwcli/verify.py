@@ -323,10 +323,11 @@ def _inputs(processor, samples, device) -> dict:
     return batch
 
 
-def _describe_counts(counts: list[int], media: list[int]) -> str:
+def _describe_counts(counts: list[int], media: list[tuple[int, int]]) -> str:
+    """Vision tokens per prompt, and per image where a prompt holds only images of one count each."""
     parts = []
-    for count, items in zip(counts, media):
-        per = f" ({count // items} per image)" if items and count % items == 0 else ""
+    for count, (images, videos) in zip(counts, media):
+        per = f" ({count // images} per image)" if images and not videos and count % images == 0 else ""
         parts.append(f"{count}{per}")
     return "per prompt " + ", ".join(parts)
 
@@ -359,7 +360,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     tick = progress or (lambda n: None)
 
     found: list[int] = []
-    media: list[int] = []
+    media: list[tuple[int, int]] = []
     worst: dict = {}  # (check, layer) -> (max diff, tolerance, failure detail or None)
 
     def note(name: str, layer, diff: float, tol: float, problem: str | None = None):
@@ -390,7 +391,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         marked = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) & real
         for row, sample in enumerate(chunk):
             found.append(int(marked[row].sum()))
-            media.append(len(sample.images) + len(sample.videos))
+            media.append((len(sample.images), len(sample.videos)))
             vision_problem = vision_problem or _vision_problem(sample, vision_ids, marked[row], inserted[row])
         tick(1)
 
