@@ -21,7 +21,8 @@ from vtwcli.cli import main
 from vtwcli.datasets import load_dataset, sample_dataset
 from vtwcli.prompts import make_batch
 from vtwcli.generic import derive_adapter
-from vtwcli.verify import (masked_reference_logits, recompute_reference_logits, tolerance, verify)
+from vtwcli.verify import masked_reference_logits, recompute_reference_logits, tolerance, verify
+from vtwcli.withdrawal import exact_layers
 
 torch.set_num_threads(1)
 LAYERS = 4
@@ -57,10 +58,13 @@ def test_verify_passes_on_every_supported_family(name, photos):
     else:
         family = FAMILIES[name]
         model, processor, ids = family.build(LAYERS, "sdpa", 0), family.processor(), family.vision_ids
-    result = verify(model, processor, photos, layers=[1, 2, 3], new_tokens=2)
+    result = verify(model, processor, photos, new_tokens=2)  # K = 1, 2, 3 where withdrawal can be exact
     assert result.passed, result.failure_message()
+    adapter = adapters.adapter_for(model)
+    exact = exact_layers(adapter, adapter.text_config(model.config), LAYERS)
+    assert result.layers == [k for k in (1, 2, 3) if k in exact] and result.layers
     assert [c.name for c in result.checks] == ["vision tokens", "K = L bit-identical"] + [
-        f"{check} at K={k}" for k in (1, 2, 3) for check in ("removed", "reference", "generate")]
+        f"{check} at K={k}" for k in result.layers for check in ("removed", "reference", "generate")]
     # the counts it reports are the vision tokens the processor inserted (the test's own family facts)
     batch = make_batch(processor, photos)
     expected = torch.isin(batch["input_ids"], torch.tensor(ids(model.config))).sum(1).tolist()
@@ -71,9 +75,9 @@ def test_verify_passes_on_every_supported_family(name, photos):
     batch.pop("labels", None)
     with torch.no_grad():
         full = model(**batch).logits[:, -1]
-        with withdraw(model, layer=2):
+        with withdraw(model, layer=result.layers[0]):
             withdrawn = model(**batch).logits[:, -1]
-    reference = next(c for c in result.checks if c.name == "reference at K=2")
+    reference = next(c for c in result.checks if c.name == f"reference at K={result.layers[0]}")
     assert (full - withdrawn).abs().max() > 10 * reference.tolerance > reference.max_abs_diff
 
 
@@ -321,3 +325,18 @@ def test_verify_counts_and_withdraws_video_tokens(name, tmp_path):
                   .sum()) for s in samples]
     assert result.checks[0].detail.endswith("per prompt " + ", ".join(map(str, counts)))
     assert all(int((make_batch(processor, [s])["input_ids"] == model.config.video_token_id).sum()) > 0 for s in samples)
+
+
+def test_verify_checks_only_the_k_that_can_be_exact_with_kv_sharing(photos):
+    """Gemma 4 with KV sharing (layer 3 reads layer 2's keys/values): K = 3 cannot be exact, so verify leaves it
+    out of its defaults and refuses it when asked, in withdraw's own words."""
+    from vtwcli.errors import UnsupportedError
+    from vtwcli.verify import layers_to_check
+
+    family = FAMILIES["gemma4"]
+    model = family.build(LAYERS, "sdpa", 0)
+    adapter = adapters.adapter_for(model)
+    assert adapter.shared_kv_layers(adapter.text_config(model.config), LAYERS) == {3: 2}
+    assert layers_to_check(model) == [1, 2]
+    with pytest.raises(UnsupportedError, match="withdrawal at layer 3 cannot be exact on this model"):
+        verify(model, family.processor(), photos, layers=[3], new_tokens=1)

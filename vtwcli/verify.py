@@ -37,10 +37,10 @@ from torch import nn
 
 from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
-from vtwcli.withdrawal import withdraw
+from vtwcli.withdrawal import exact_layers, withdraw
 
-__all__ = ["RELATIVE_TOLERANCE", "ATTENTION_TYPES", "VerifyCheck", "VerifyResult", "default_layers", "tolerance",
-           "verify", "verification_section", "weights_sha256", "language_model_of"]
+__all__ = ["RELATIVE_TOLERANCE", "ATTENTION_TYPES", "VerifyCheck", "VerifyResult", "default_layers", "layers_to_check",
+           "tolerance", "verify", "verification_section", "weights_sha256", "language_model_of"]
 
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 # Layer types the masked reference handles: attention that an explicit 4-D mask fully describes.
@@ -97,6 +97,22 @@ def default_layers(num_layers: int) -> list[int]:
     """A few K spread over the depth: 1, L/4, L/2 and L-1 (distinct, in 1..L-1)."""
     picks = {1, num_layers // 4, num_layers // 2, num_layers - 1}
     return sorted(k for k in picks if 1 <= k < num_layers)
+
+
+def layers_to_check(model: nn.Module, layers=None) -> list[int]:
+    """The K verify withdraws at: ``layers`` (each in 1..L-1 and exact on this model, else the error says why),
+    or the :func:`default_layers` at which withdrawal can be exact (KV sharing rules some out)."""
+    adapter = adapter_for(model)
+    num_layers = len(adapter.decoder_layers(model))
+    if not layers:
+        exact = exact_layers(adapter, adapter.text_config(model.config), num_layers)
+        return [k for k in default_layers(num_layers) if k in exact]
+    for k in sorted(set(layers)):
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers:
+            raise VtwError(f"--layer {k}: verify withdraws at K in 1..{num_layers - 1} (K = {num_layers}, no "
+                           "withdrawal, is always checked)")
+        withdraw(model, layer=k).remove()  # a K that cannot be exact here is refused up front, in withdraw's words
+    return sorted(set(layers))
 
 
 def tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
@@ -341,11 +357,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     adapter = adapter_for(model)
     decoder_layers = adapter.decoder_layers(model)
     num_layers = len(decoder_layers)
-    layers = sorted(set(layers)) if layers else default_layers(num_layers)
-    for k in layers:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers:
-            raise VtwError(f"--layer {k}: verify withdraws at K in 1..{num_layers - 1} (K = {num_layers}, no "
-                           "withdrawal, is always checked)")
+    layers = layers_to_check(model, layers)
     if new_tokens < 1:
         raise VtwError(f"--new-tokens {new_tokens}: generate at least 1 token")
     if not samples:

@@ -23,7 +23,7 @@ DEFAULT_SAMPLES = 4
 @dataclass(frozen=True)
 class VerifyJob:
     model: str | None = None            # hub id or directory; None: the bundled demo model
-    layers: tuple[int, ...] = ()        # K to check; (): verify.default_layers
+    layers: tuple[int, ...] = ()        # K to check; (): verify.default_layers (where exact)
     datasets: tuple[str, ...] = ()      # bundled names or JSONL paths; (): DEFAULT_DATASET
     samples: int | None = None          # per dataset, seeded; None: DEFAULT_SAMPLES (or all, if fewer)
     seed: int = 0
@@ -72,8 +72,7 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
     from vtwcli.generic import forget, register
     from vtwcli.loading import load_model
     from vtwcli.profile import check_output_path
-    from vtwcli.verify import default_layers, verification_section, verify
-    from vtwcli.withdrawal import num_decoder_layers
+    from vtwcli.verify import layers_to_check, verification_section, verify
 
     if job.output is not None:
         check_output_path(job.output, "vtw-verify.yaml")
@@ -84,7 +83,7 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
                         generic=job.generic)
     derived = register(loaded.model) if job.generic else None
     try:
-        layers = sorted(set(job.layers)) or default_layers(num_decoder_layers(loaded.model))
+        layers = layers_to_check(loaded.model, job.layers)
         steps = (2 + 2 * len(layers)) * -(-len(chosen) // job.batch_size)
         description = f"verifying K = {', '.join(map(str, layers))} on {len(chosen)} prompt(s)"
         with (progress(steps, description) if progress is not None else contextlib.nullcontext(None)) as advance:

@@ -118,4 +118,7 @@ def _render(run) -> None:
                       + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
     console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
                   f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
+    if result.limit is not None:
+        console.print(f"candidates stop at layer {result.layers[-1]}: withdrawal after it cannot be exact on this "
+                      f"model ({result.limit})")
     console.print(f"profile written to [bold]{run.written}[/]", soft_wrap=True)  # a path must stay one piece to copy
