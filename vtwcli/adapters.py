@@ -324,6 +324,11 @@ def supported_architectures() -> list[str]:
 DERIVED: dict[str, Adapter] = {}
 
 
+def has_entry(architecture: str) -> bool:
+    """True where an adapter entry (not a --generic derivation) lists ``architecture``."""
+    return any(architecture in adapter.architectures for adapter in ADAPTERS)
+
+
 def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:

@@ -116,7 +116,7 @@ def register(model: nn.Module) -> Adapter | None:
     """Register a derived adapter for ``model`` when its architecture has no entry; None when it has one
     (an entry always wins). The caller must verify before relying on it (see :func:`adopt`)."""
     architecture = type(model).__name__
-    if any(architecture in entry.architectures for entry in adapters.ADAPTERS):
+    if adapters.has_entry(architecture):
         return None
     adapter = adapters.DERIVED[architecture] = derive_adapter(model)
     return adapter

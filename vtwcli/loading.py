@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vtwcli.adapters import ADAPTERS, adapter_for_architecture
+from vtwcli.adapters import adapter_for_architecture, has_entry
 from vtwcli.errors import VtwError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -125,7 +125,7 @@ def architecture_of(config, *, generic: bool = False) -> str:
     if getattr(config, "vision_config", None) is None:
         raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
                        "tokens (see `vtw models`)")
-    if generic and not any(architecture in entry.architectures for entry in ADAPTERS):
+    if generic and not has_entry(architecture):
         return architecture  # --generic derives an adapter after loading (vtwcli/generic.py), verified before use
     adapter = adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
     defect = adapter.upstream_defect(architecture) if adapter.upstream_defect is not None else None
