@@ -40,6 +40,7 @@ def photos():
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()  # only the command's own output (not save_pretrained's progress before it)
     try:
         main(args)
         code = 0

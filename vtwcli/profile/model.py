@@ -21,7 +21,8 @@ from vtwcli.profile.yaml_text import ordered, plain
 
 __all__ = [
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
-    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
+    "CalibrationCost", "AttentionShare", "Selection", "SelectionWarning", "SamplesAuto", "AutoRoundRecord",
+    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
     "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
@@ -104,6 +105,40 @@ class AttentionShare:
 
 
 @dataclass(frozen=True)
+class SelectionWarning:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AutoRoundRecord:
+    samples: int
+    modal_k: str | None
+    modal_share: float
+    straddles: bool
+
+
+@dataclass(frozen=True)
+class SamplesAuto:
+    target: float
+    step: int
+    budget: int | None
+    stopped: str
+    samples: int
+    rounds: tuple[AutoRoundRecord, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How K was chosen (``rule``: mean, upper, stable=P) and the bootstrap distribution of K."""
+
+    rule: str
+    k_bootstrap: dict  # K as text ("4", or "none") -> fraction of resamples
+    warnings: tuple[SelectionWarning, ...] = ()
+    samples_auto: SamplesAuto | None = None
+
+
+@dataclass(frozen=True)
 class Calibration:
     criterion: str
     direction: str
@@ -119,6 +154,7 @@ class Calibration:
     per_sample: tuple[SampleKL, ...] | None = None
     cost: CalibrationCost | None = None
     diagnose: tuple[AttentionShare, ...] | None = None
+    selection: Selection | None = None  # None in profiles written before --select: the mean rule
 
     def kl_at(self, layer: int | None) -> LayerKL | None:
         return next((entry for entry in self.per_layer if entry.layer == layer), None)
@@ -127,12 +163,20 @@ class Calibration:
 @dataclass(frozen=True)
 class Accuracy:
     accuracy: float
+    accuracy_ci: tuple[float, ...] | None = None  # Wilson interval (low, high)
 
 
 @dataclass(frozen=True)
 class WithdrawnAccuracy:
     accuracy: float | None
     layer: int | None
+    accuracy_ci: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AccuracyInterval:
+    method: str
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -140,6 +184,7 @@ class Evaluation:
     samples: int
     baseline: Accuracy
     withdrawn: WithdrawnAccuracy
+    interval: AccuracyInterval | None = None
 
 
 @dataclass(frozen=True)
