@@ -94,7 +94,9 @@ class BatchKL:
     kl: torch.Tensor  # (B, len(layers)) mean KL over each row's scored positions
     token_layers_full: int  # work done, in (token x decoder layer) units
     token_layers_candidates: int
-    attention_share: torch.Tensor | None = None  # (L, B, 3): system / vision / text share (--diagnose)
+    # (attention layers, B, 3): system / vision / text share (--diagnose); one entry per layer with attention
+    # weights, i.e. every layer but conv / recurrent ones (see attention_layers)
+    attention_share: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -137,10 +139,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                            f"{format_layers(exact_layers(adapter, text_config, num_layers))}")
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
-    # row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
-    windowed = any(kind != "full_attention" for kind in layer_types[first:])
-    prefix = 0 if windowed else first_vision
+    prefix = first_vision if prefix_is_shared(layer_types, first) else 0
     if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
@@ -209,7 +208,8 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
             hidden = joining if hidden is None else torch.cat([hidden, joining])
             in_flight += 1
         # The prefix's keys/values (text before the first vision token) are the same for every K. (A layer that
-        # reuses another layer's keys/values has no cache of its own.)
+        # reuses another layer's keys/values has no cache of its own; a conv / recurrent layer has a state
+        # instead, which starts from zero here: its families share no prefix.)
         if getattr(cache.layers[j], "keys", None) is not None:
             prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
                                 cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
@@ -254,6 +254,26 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         share = _attention_share(output.attentions, vision, valid, prefix)
     return BatchKL(kl=kls, token_layers_full=num_layers * int(valid.sum()),
                    token_layers_candidates=candidate_work, attention_share=share)
+
+
+def attention_layers(model) -> list[int]:
+    """Indices of the decoder layers with attention weights (not conv / recurrent layers): what
+    ``output_attentions`` returns one entry for, in order."""
+    adapter = adapter_for(model)
+    types = adapter.layer_types(adapter.text_config(model.config), len(adapter.decoder_layers(model)))
+    return [i for i, kind in enumerate(types) if kind not in adapter.state_layer_types]
+
+
+def prefix_is_shared(layer_types: list[str], first: int) -> bool:
+    """Whether the candidates K >= ``first`` share the text before the first vision token (its keys/values
+    copied from the full forward) or recompute it per K.
+
+    Sharing puts other rows' filler slots between a row's prefix and its kept tokens. A full-attention layer
+    masks them; a windowed layer would count them inside its window, and a conv / recurrent layer would carry
+    them in its state (the full forward keeps only the state after the whole prompt, not after the prefix).
+    Those families recompute the prefix per K: exact, and the extra work is counted in the cost.
+    """
+    return all(kind == "full_attention" for kind in layer_types[first:])
 
 
 def _attention_share(attentions, vision: torch.Tensor, valid: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -512,9 +532,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
 
     diagnose = None
     if shares:
-        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
+        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (attention layers, 3)
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
-                    for i, s in enumerate(mean_share)]
+                    for i, s in zip(attention_layers(model), mean_share)]
 
     def accuracy(layer: int | None) -> dict:
         correct = []
@@ -538,7 +558,8 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
                       "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
     cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"],
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started,
+            "shared_prefix": prefix_is_shared(adapter.layer_types(text_config, num_layers), min(layers))}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
                              options=options, limit=limit, selection=selection_section, selections=selections)

@@ -94,6 +94,9 @@ class SampleKL:
 class CalibrationCost:
     full_forward_equivalents: float
     seconds: float
+    # False where the candidates recompute the text before the first image (windowed or conv / recurrent
+    # layers among them); its work is in full_forward_equivalents either way. None: profiles from before.
+    shared_prefix: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ class MemoryRun:
     kv_cache_bytes: int
     cuda_peak_allocated_bytes: int | None = None
     cuda_peak_reserved_bytes: int | None = None
+    # conv / recurrent states (models with such layers only): fixed size, withdrawal saves nothing there
+    state_bytes: int | None = None
 
 
 @dataclass(frozen=True)
