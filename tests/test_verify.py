@@ -64,6 +64,9 @@ def test_verify_passes_on_every_supported_family(name, photos):
     adapter = adapters.adapter_for(model)
     exact = exact_layers(adapter, adapter.text_config(model.config), LAYERS)
     assert result.layers == [k for k in (1, 2, 3) if k in exact] and result.layers
+    types = adapter.layer_types(adapter.text_config(model.config), LAYERS)
+    attention_only = all(kind in ("full_attention", "sliding_attention", "chunked_attention") for kind in types)
+    assert result.reference == ("attention masks" if attention_only else "per-row recompute")
     assert [c.name for c in result.checks] == ["vision tokens", "K = L bit-identical"] + [
         f"{check} at K={k}" for k in result.layers for check in ("removed", "reference", "generate")]
     # the counts it reports are the vision tokens the processor inserted (the test's own family facts)
