@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vtwcli.benchmarks import benchmark_checks, benchmark_gates, benchmark_rows
 from vtwcli.errors import VtwError
 from vtwcli.profile import read_profile_dict
 
@@ -216,6 +217,8 @@ def _accuracy_drop_check(data: dict, limit: float, src: str) -> CheckResult:
     if evaluation is None:
         return _fail(name, f"--max-accuracy-drop {_num(limit)} needs an evaluation section and the profile has none",
                      src)
+    if "baseline" not in evaluation:
+        return None  # benchmarks only: benchmark_checks gates them
     base, new = evaluation["baseline"]["accuracy"], evaluation["withdrawn"]["accuracy"]
     if new is None:
         return _fail(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
@@ -249,7 +252,7 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
     if calibration is not None:
         results += _check_calibration(calibration, data["model"]["num_layers"], src)
     evaluation = data.get("evaluation")
-    if evaluation is not None:
+    if evaluation is not None and "withdrawn" in evaluation:
         withdrawn = evaluation["withdrawn"]
         if calibration is not None:
             results.append(_ok("evaluation.withdrawn.layer", f"= calibration.layer ({_num(cal_layer)})", src)
@@ -283,8 +286,9 @@ def check_profile_dict(data: dict, source: str = "<profile>", *,
         results += _check_latency(data["latency"], data.get("flops"), src)
     if data.get("memory") is not None:
         results += _check_memory(data["memory"], src)
+    results += benchmark_checks(data, src, max_accuracy_drop)
     if max_accuracy_drop is not None:
-        results.append(_accuracy_drop_check(data, max_accuracy_drop, src))
+        results += [r for r in [_accuracy_drop_check(data, max_accuracy_drop, src)] if r is not None]
     return results
 
 
@@ -518,10 +522,13 @@ def compare_profiles(base: dict, new: dict, limits: GateLimits = GateLimits(), *
     if limits.max_kl is not None:
         gates.append(_kl_gate(base, new, limits.max_kl, sources))
     if limits.max_accuracy_drop is not None:
-        gates.append(_accuracy_gate(base, new, limits.max_accuracy_drop, sources))
+        bench = benchmark_gates(base, new, limits.max_accuracy_drop, sources)
+        if not bench or any(_get(d, "evaluation", "baseline") is not None for d in (base, new)):
+            gates.append(_accuracy_gate(base, new, limits.max_accuracy_drop, sources))
+        gates += bench
     if limits.same_layer:
         gates.append(_same_layer_gate(base, new, sources))
-    return Comparison(base_source, new_source, _rows(base, new), gates, notes)
+    return Comparison(base_source, new_source, _rows(base, new) + benchmark_rows(base, new), gates, notes)
 
 
 def _kl_gate(base: dict, new: dict, limit: float, sources) -> CheckResult:

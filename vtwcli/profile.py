@@ -40,7 +40,7 @@ __all__ = [
     "validate_profile_dict", "write_profile", "read_profile_dict", "load_profile", "profile_to_dict",
     "profile_from_dict", "save_profile", "apply_profile", "dump_profile_yaml",
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
-    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
+    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Benchmark", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment",
 ]
@@ -193,6 +193,13 @@ def _describe(error) -> tuple[list, str]:
         return path, f"expected a non-empty string, got {_short(value)}"
     if validator in ("oneOf", "anyOf"):
         return path, f"expected {' or '.join(_alt_name(s) for s in expected)}, got {_json_type(value)} {_short(value)}"
+    if validator == "dependentRequired":
+        for key, needs in expected.items():
+            missing = [need for need in needs if isinstance(value, dict) and key in value and need not in value]
+            if missing:
+                return path + missing[:1], f"required key is missing (it goes with {key})"
+    if validator == "minProperties":
+        return path, "expected a non-empty mapping"
     return path, error.message
 
 
@@ -538,10 +545,28 @@ class WithdrawnAccuracy:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Benchmark:
+    """One lmms-eval task scored without and with the profile (`vtw eval`, vtwcli/benchmarks.py)."""
+
+    task: str
+    metric: str
+    full: float
+    withdrawn: float
     samples: int
-    baseline: Accuracy
-    withdrawn: WithdrawnAccuracy
+    layer: int
+    lmms_eval: str
+    higher_is_better: bool = True
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy on the calibration datasets (`vtw calibrate`) and/or on lmms-eval benchmarks (`vtw eval`)."""
+
+    samples: int | None = None
+    baseline: Accuracy | None = None
+    withdrawn: WithdrawnAccuracy | None = None
+    benchmarks: tuple[Benchmark, ...] | None = None
 
 
 @dataclass(frozen=True)
