@@ -97,8 +97,9 @@ def lmms_eval_command(options: EvalOptions, output_dir: Path, profile: Path | No
         if not options.strict:
             wrapped["strict"] = "False"
         model, model_args = PLUGIN_MODEL, _join_args({**wrapped, **parse_model_args(options.model_args)})
+    # --log_samples: each document's answer lands beside the results, to look at when the scores differ.
     command = [options.python, "-m", "lmms_eval", "--model", model, "--tasks", ",".join(options.tasks),
-               "--output_path", str(output_dir)]
+               "--output_path", str(output_dir), "--log_samples"]
     if model_args:
         command += ["--model_args", model_args]
     for flag, value in (("--limit", options.limit), ("--include_path", options.include_path),

@@ -13,7 +13,7 @@ from rich.table import Table
 from vtwcli.benchmarks import EvalOptions, drop_points, record_benchmarks, run_benchmarks
 from vtwcli.cli import app
 from vtwcli.cli._render import check_output_path
-from vtwcli.cli._state import console, err_console
+from vtwcli.cli._state import console
 from vtwcli.errors import VtwError
 
 
@@ -62,7 +62,8 @@ def eval_command(
         task_names += tuple(write_task(include_path, name) for name in _split(dataset))
     options = EvalOptions(model=model, model_args=model_args, tasks=task_names, metric=metric, limit=limit,
                           include_path=include_path, batch_size=batch_size, device=device, strict=strict)
-    err_console.print(f"lmms-eval logs and results: {escape(str(work))}", soft_wrap=True)
+    if not as_json:
+        console.print(f"lmms-eval logs and results: {escape(str(work))}", soft_wrap=True)
     steps = {"full": "lmms-eval without the profile (1/2)", "withdrawn": "lmms-eval with the profile (2/2)"}
     with console.status("lmms-eval") as status:
         result = run_benchmarks(profile, options, work_dir=work, progress=lambda step: status.update(steps[step]))

@@ -26,12 +26,11 @@ DEFAULT_MAX_NEW_TOKENS = 8
 class LocalTask:
     """The lmms-eval callbacks of one vtwcli dataset file; documents are its JSONL rows, matched by ``id``."""
 
-    def __init__(self, dataset: str | Path, sample_ids: list[str] | None = None):
+    def __init__(self, dataset: str | Path):
         from vtwcli.datasets import load_dataset
 
         self.dataset = load_dataset(dataset)
         self._by_id = {sample.id: sample for sample in self.dataset.samples}
-        self.sample_ids = list(sample_ids) if sample_ids is not None else None
 
     def sample(self, doc: dict):
         try:
@@ -39,16 +38,6 @@ class LocalTask:
         except KeyError:
             raise VtwError(f"{self.dataset.path}: lmms-eval document {doc.get('id')!r} is not in the dataset; "
                            "regenerate the task with write_task") from None
-
-    def process_docs(self, docs):
-        """Keep the listed sample ids, in the listed order (all rows when none were listed)."""
-        if self.sample_ids is None:
-            return docs
-        index = {str(doc_id): i for i, doc_id in enumerate(docs["id"])}
-        missing = [s for s in self.sample_ids if s not in index]
-        if missing:
-            raise VtwError(f"{self.dataset.path}: sample ids {', '.join(missing[:5])} are not in the file")
-        return docs.select([index[s] for s in self.sample_ids])
 
     def doc_to_visual(self, doc: dict) -> list:
         from vtwcli.datasets import load_images
@@ -90,7 +79,6 @@ dataset_kwargs:
     test: {path_json}
 test_split: test
 output_type: generate_until
-process_docs: !function {module}.process_docs
 doc_to_visual: !function {module}.doc_to_visual
 doc_to_text: !function {module}.doc_to_text
 doc_to_messages: !function {module}.doc_to_messages
@@ -113,8 +101,7 @@ _UTILS = """\
 # Binds vtwcli's LocalTask to {path} (written by vtwcli.lmms_eval_plugin.local_task.write_task).
 from vtwcli.lmms_eval_plugin.local_task import LocalTask
 
-_task = LocalTask({path_json}, sample_ids={ids_json})
-process_docs = _task.process_docs
+_task = LocalTask({path_json})
 doc_to_visual = _task.doc_to_visual
 doc_to_text = _task.doc_to_text
 doc_to_messages = _task.doc_to_messages
@@ -122,10 +109,10 @@ process_results = _task.process_results
 """
 
 
-def write_task(directory: str | Path, dataset: str | Path, *, sample_ids: list[str] | None = None,
-               task: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
-    """Write an lmms-eval task over ``dataset`` (a bundled name or a JSONL path) into ``directory``; return its
-    task name. ``sample_ids`` picks and orders the documents (default: every row)."""
+def write_task(directory: str | Path, dataset: str | Path, *, task: str | None = None,
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+    """Write an lmms-eval task over every row of ``dataset`` (a bundled name or a JSONL path) into ``directory``;
+    return its task name (default ``vtw_<dataset name>``)."""
     from vtwcli.datasets import load_dataset
 
     loaded = load_dataset(dataset)
@@ -139,5 +126,5 @@ def write_task(directory: str | Path, dataset: str | Path, *, sample_ids: list[s
     atomic_write_text(directory / f"{name}.yaml", _YAML.format(
         path=path, path_json=json.dumps(path), task=name, module=module, max_new_tokens=int(max_new_tokens)))
     atomic_write_text(directory / f"{module}.py", _UTILS.format(
-        path=path, path_json=json.dumps(path), ids_json=json.dumps(list(sample_ids)) if sample_ids else "None"))
+        path=path, path_json=json.dumps(path)))
     return name
