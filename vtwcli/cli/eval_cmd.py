@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -48,20 +49,22 @@ def eval_command(
     Needs lmms-eval (pip install 'vtwcli\\[lmms-eval]'). Gate on the result with
     `vtw check PROFILE --max-accuracy-drop POINTS` or `vtw compare BASE NEW --max-accuracy-drop POINTS`.
     """
-    from vtwcli.lmms_eval_plugin.local_task import write_task
+    from vtwcli.lmms_eval_plugin.local_task import task_name_for, write_task
 
     if output is not None:
         check_output_path(output, "profile.yaml")
+    datasets = _split(dataset)
+    if datasets and include_path is not None:
+        raise VtwError("--dataset and --include-path cannot be combined; put your task YAMLs beside the written "
+                       "ones or run vtw eval twice")
+    options = EvalOptions(model=model, model_args=model_args, tasks=_split(tasks) + tuple(map(task_name_for, datasets)),
+                          metric=metric, limit=limit, include_path=include_path, batch_size=batch_size, device=device,
+                          strict=strict)
     work = work_dir if work_dir is not None else Path(tempfile.mkdtemp(prefix="vtw-eval-"))
-    task_names = _split(tasks)
-    if dataset:
-        if include_path is not None:
-            raise VtwError("--dataset and --include-path cannot be combined; put your task YAMLs beside the "
-                           "written ones or run vtw eval twice")
-        include_path = work / "tasks"
-        task_names += tuple(write_task(include_path, name) for name in _split(dataset))
-    options = EvalOptions(model=model, model_args=model_args, tasks=task_names, metric=metric, limit=limit,
-                          include_path=include_path, batch_size=batch_size, device=device, strict=strict)
+    if datasets:  # local tasks over vtwcli datasets, written where lmms-eval's --include_path finds them
+        for name in datasets:
+            write_task(work / "tasks", name)
+        options = replace(options, include_path=work / "tasks")
     if not as_json:
         console.print(f"lmms-eval logs and results: {escape(str(work))}", soft_wrap=True)
     steps = {"full": "lmms-eval without the profile (1/2)", "withdrawn": "lmms-eval with the profile (2/2)"}
