@@ -204,6 +204,21 @@ def test_a_failed_lmms_eval_run_is_one_line_with_the_log(tmp_path):
              "without the profile")
 
 
+def test_an_lmms_eval_run_that_exits_0_without_new_results_failed(tmp_path):
+    """lmms-eval 0.7 logs an evaluation error and exits 0; only a results file written by this run counts."""
+    log = tmp_path / "run.log"
+    (tmp_path / "old_results.json").write_text("{}", encoding="utf-8")  # an earlier run's, in the same folder
+    logged = ("\x1b[31mERROR\x1b[0m | lmms_eval.__main__:cli_evaluate:614 - Error during evaluation: No module named "
+              "'decord'. Please set `--verbosity=DEBUG` to get more information.")
+    with pytest.raises(VtwError) as caught:
+        _run([sys.executable, "-c", f"print({logged!r})"], tmp_path, log, "without the profile")
+    assert str(caught.value) == (f"lmms-eval without the profile failed (no results written): No module named "
+                                 f"'decord'; full log: {log}")
+    fresh = tmp_path / "sub" / "20261130_results.json"
+    writer = f"import pathlib; p = pathlib.Path({str(fresh)!r}); p.parent.mkdir(); p.write_text('{{}}')"
+    assert _run([sys.executable, "-c", writer], tmp_path, log, "without the profile") == fresh
+
+
 # ------------------------------------------------------------------------------------------- the plugin
 
 def test_split_model_args():

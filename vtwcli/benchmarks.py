@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,13 +113,6 @@ def lmms_eval_command(options: EvalOptions, output_dir: Path, profile: Path | No
 
 # -------------------------------------------------------------------------------------- results files
 
-def _results_file(output_dir: Path) -> Path:
-    found = sorted(Path(output_dir).rglob("*results*.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise VtwError(f"lmms-eval wrote no results file under {output_dir}; check its log")
-    return found[-1]
-
-
 def metric_key(results: dict, task: str, metric: str | None, where: str) -> str:
     """The lmms-eval result key (``name,filter``) of ``metric`` for ``task``; the only metric when None."""
     values = results.get("results", {}).get(task)
@@ -195,19 +189,16 @@ def _name(entry: dict) -> str:
     return f"benchmark {entry['task']} {entry['metric']}"
 
 
-def _chosen_layer(data: dict):
-    layer = (data.get("calibration") or {}).get("layer")
-    return layer if layer is not None else (data.get("withdrawal") or {}).get("layer")
-
-
 def benchmark_checks(data: dict, src: str, max_accuracy_drop: float | None) -> list:
     """`vtw check` rows for ``evaluation.benchmarks``: each entry's layer is the profile's K, and (with a
     limit) the withdrawn score is at most ``max_accuracy_drop`` below the full one."""
     from vtwcli.gates import CheckResult
+    from vtwcli.profile import profile_from_dict
 
     results = []
-    layer = _chosen_layer(data)
-    for entry in (data.get("evaluation") or {}).get("benchmarks") or []:
+    benchmarks = (data.get("evaluation") or {}).get("benchmarks") or []
+    layer = profile_from_dict(data, src).layer if benchmarks else None
+    for entry in benchmarks:
         name = _name(entry)
         if entry["layer"] == layer:
             results.append(CheckResult(f"{name}.layer", True, f"= the profile's layer ({layer})", src))
@@ -287,17 +278,35 @@ def lmms_eval_version() -> str:
         raise VtwError("lmms-eval is not installed in this environment; pip install 'vtwcli[lmms-eval]'") from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _why(log: Path) -> str:
+    """The reason a run failed, from its log: the plugin's VtwError, else lmms-eval's error line, else the last line."""
+    lines = [_ANSI.sub("", line).strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    for marker in ("VtwError:", "Error during evaluation:"):
+        found = next((line for line in reversed(lines) if marker in line), None)
+        if found is not None:
+            return found.split(marker, 1)[1].strip().removesuffix(
+                ". Please set `--verbosity=DEBUG` to get more information.")
+    return lines[-1] if lines else "no output"
+
+
 def _run(command: list[str], output_dir: Path, log: Path, what: str) -> Path:
-    env = dict(os.environ)
+    """Run one lmms-eval command, its output into ``log``; return the results file it wrote.
+
+    lmms-eval 0.7 exits 0 even when the evaluation failed (it logs the error), so a run without a new
+    results file failed too.
+    """
+    before = set(Path(output_dir).rglob("*_results.json"))
     with open(log, "w", encoding="utf-8") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0:
-        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if line.strip()]
-        vtw_line = next((line for line in reversed(lines) if "VtwError:" in line), None)
-        last = vtw_line.split("VtwError:", 1)[1].strip() if vtw_line else (lines[-1] if lines else "no output")
-        raise VtwError(f"lmms-eval {what} failed (exit {done.returncode}): {last[:400]}; full log: {log}")
-    return _results_file(output_dir)
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ), check=False)
+    written = sorted(set(Path(output_dir).rglob("*_results.json")) - before, key=lambda p: p.stat().st_mtime)
+    if done.returncode != 0 or not written:
+        status = f"exit {done.returncode}" if done.returncode != 0 else "no results written"
+        raise VtwError(f"lmms-eval {what} failed ({status}): {_why(log)[:400]}; full log: {log}")
+    return written[-1]
 
 
 def run_benchmarks(profile_path: Path | str, options: EvalOptions, *, work_dir: Path | None = None,
