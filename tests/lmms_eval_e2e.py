@@ -171,3 +171,54 @@ def test_a_profile_for_another_model_is_refused_inside_lmms_eval(tmp_path, capsy
     assert "was made for another model (bundled): config_sha256 profile=0000" in lines[0]
     assert yaml.safe_load(profile.read_text(encoding="utf-8"))["model"]["config_sha256"] == "0" * 64
     assert "benchmarks" not in (read_profile_dict(profile).get("evaluation") or {})
+
+
+# lmms-eval's transformers-based wrappers of the families vtwcli supports: (tiny family, lmms-eval model, whether
+# lmms-eval has a chat class for it). `huggingface` (chat, generic) is left out: for Idefics3 / SmolVLM it
+# loads the bare Idefics3Model, which has no output head to withdraw for.
+WRAPPERS = [("llava_next", "llava_hf", True), ("llava_onevision", "llava_hf", True), ("qwen2_vl", "qwen2_vl", False),
+            ("qwen2_5_vl", "qwen2_5_vl", True), ("gemma3", "gemma3", False), ("mistral3", "mistral3_vl", False),
+            ("internvl", "internvl_hf", True)]
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["simple", "chat"])
+@pytest.mark.parametrize("family,base,has_chat", WRAPPERS, ids=[f"{f}-{b}" for f, b, _ in WRAPPERS])
+def test_the_plugin_wraps_each_wrapper_of_our_families(tmp_path_factory, family, base, has_chat, chat):
+    """The vtw model builds each lmms-eval wrapper (tiny models of the family, saved with their real processors)
+    and withdraws inside the Hugging Face model it holds: its logits equal a plain withdraw() at the same K."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import arch_models
+    from vtwcli import withdraw
+    from vtwcli.lmms_eval_plugin.model import Vtw, VtwChat
+    from vtwcli.loading import model_section
+    from vtwcli.profile import new_profile
+
+    assert arch_models.HAS_TORCHVISION
+    spec = arch_models.FAMILIES[family]
+    directory = tmp_path_factory.mktemp(family)
+    arch_models.save_family(spec, directory)
+    loaded = load_model(str(directory), device="cpu", dtype="float32")
+    data = new_profile(model_section(loaded), "cpu")
+    data["withdrawal"] = {"layer": 2}
+    profile = write_profile(data, directory / "profile.yaml")
+
+    wrapper = (VtwChat if chat else Vtw)(base=base, profile=str(profile), pretrained=str(directory), device="cpu",
+                                         device_map="cpu")
+    assert wrapper.vtw_layer == 2
+    # lmms-eval's own choice: the chat class where it has one (or when --force_simple finds no simple class).
+    assert wrapper.is_simple == (not (chat and has_chat) and base != "internvl_hf")
+    model = wrapper.model
+    assert type(model).__name__ == spec.architecture
+    model.float()
+    inputs, _ = arch_models.family_batch(spec)  # the family's test batch: several images, left padding
+    with torch.no_grad():
+        hooked = model(**inputs).logits[:, -1]
+    wrapper._handle.remove()
+    with torch.no_grad(), withdraw(model, layer=2):
+        reference = model(**inputs).logits[:, -1]
+    with torch.no_grad():
+        full = model(**inputs).logits[:, -1]
+    assert torch.equal(hooked, reference)
+    assert not torch.equal(full, reference)
