@@ -572,6 +572,11 @@ def test_eval_dataset_with_include_path(tmp_path, capsys):
     assert "--dataset and --include-path cannot be combined" in line
 
 
+def test_eval_include_path_that_does_not_exist(tmp_path, capsys):
+    line = one_line_error(vtw_eval("--tasks", "mme", "--include-path", str(tmp_path / "nope")), capsys)
+    assert "--include-path" in line and "no such directory; pass the folder holding the task YAML files" in line
+
+
 def test_eval_profile_without_a_layer(tmp_path, capsys):
     path = profile_profile(tmp_path, example_profile(layer=None), "nolayer.yaml")
     line = one_line_error(vtw_eval("--tasks", "mme", profile=path), capsys)

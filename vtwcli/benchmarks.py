@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtwcli.errors import VtwError
+from vtwcli.lmms_eval_plugin import MODEL_NAME
 
 __all__ = ["PLUGIN_MODEL", "EvalOptions", "BenchmarkResult", "parse_model_args", "lmms_eval_command",
            "read_results", "metric_key", "benchmark_entry", "merge_benchmarks", "drop_points",
            "benchmark_checks", "benchmark_gates", "benchmark_rows", "run_benchmarks", "record_benchmarks"]
 
-PLUGIN_MODEL = "vtw"  # the lmms-eval model name the entry point registers
+PLUGIN_MODEL = MODEL_NAME  # the lmms-eval model name the entry point registers
 _EPS = 1e-9
 
 
@@ -68,7 +69,6 @@ class EvalOptions:
     include_path: Path | None = None             # a folder of local task YAMLs
     batch_size: int | None = None
     device: str | None = None
-    extra_args: tuple[str, ...] = ()             # passed to lmms-eval as they are
     strict: bool = True                          # refuse a profile made for another model
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -108,7 +108,7 @@ def lmms_eval_command(options: EvalOptions, output_dir: Path, profile: Path | No
                         ("--batch_size", options.batch_size), ("--device", options.device)):
         if value is not None:
             command += [flag, str(value)]
-    return command + list(options.extra_args)
+    return command
 
 
 # -------------------------------------------------------------------------------------- results files
