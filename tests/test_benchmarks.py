@@ -60,6 +60,8 @@ def test_an_evaluation_with_only_benchmarks_is_valid_and_samples_go_with_baselin
         validate_profile_dict(broken)
     with pytest.raises(VtwError, match="evaluation: expected a non-empty mapping"):
         validate_profile_dict({**example_profile(), "evaluation": {}})
+    with pytest.raises(VtwError, match=r"evaluation\.benchmarks: expected a list of at least 1 item\(s\), got 0"):
+        validate_profile_dict({**example_profile(), "evaluation": {"benchmarks": []}})
     bad = with_benchmarks(entry())
     del bad["evaluation"]["benchmarks"][0]["lmms_eval"]
     with pytest.raises(VtwError, match=r"evaluation\.benchmarks\[0\]\.lmms_eval: required key is missing"):

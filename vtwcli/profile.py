@@ -200,6 +200,8 @@ def _describe(error) -> tuple[list, str]:
                 return path + missing[:1], f"required key is missing (it goes with {key})"
     if validator == "minProperties":
         return path, "expected a non-empty mapping"
+    if validator == "minItems":
+        return path, f"expected a list of at least {expected} item(s), got {len(value)}"
     return path, error.message
 
 
