@@ -20,7 +20,7 @@ from vtwcli.errors import VtwError
 from vtwcli.gates import GateLimits, check_profile_dict, compare_profiles
 from vtwcli.lmms_eval_plugin import apply_to_wrapper, find_hf_model, split_model_args
 from vtwcli.lmms_eval_plugin.local_task import LocalTask, write_task
-from vtwcli.profile import load_profile, read_profile_dict, validate_profile_dict, write_profile
+from vtwcli.profile import load_profile, profile_to_dict, read_profile_dict, validate_profile_dict, write_profile
 
 BUNDLED_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "bundled.yaml"
 
@@ -48,12 +48,15 @@ def test_benchmarks_validate_round_trip_and_are_typed(tmp_path):
     assert (first.task, first.metric, first.full, first.withdrawn, first.samples, first.layer, first.lmms_eval) == \
         ("mme", "accuracy,none", 0.80, 0.78, 100, LAYER, "0.7.3")
     assert profile.evaluation.baseline.accuracy == example_profile()["evaluation"]["baseline"]["accuracy"]
+    assert profile_to_dict(profile) == read_profile_dict(path)  # the typed view loses nothing
 
 
 def test_an_evaluation_with_only_benchmarks_is_valid_and_samples_go_with_baseline(tmp_path):
     data = with_benchmarks(entry(), keep_dataset_accuracy=False)
     validate_profile_dict(data)
-    assert load_profile(write_profile(data, tmp_path / "p.yaml")).evaluation.baseline is None
+    profile = load_profile(write_profile(data, tmp_path / "p.yaml"))
+    assert profile.evaluation.baseline is None and profile.evaluation.samples is None
+    assert profile_to_dict(profile)["evaluation"] == {"benchmarks": [entry()]}
     broken = example_profile()
     del broken["evaluation"]["baseline"]
     with pytest.raises(VtwError, match=r"evaluation\.baseline: required key is missing \(it goes with samples\)"):
