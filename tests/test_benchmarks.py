@@ -165,7 +165,8 @@ def test_the_two_lmms_eval_command_lines(tmp_path):
     profile = tmp_path / "p.yaml"
     withdrawn = lmms_eval_command(options, tmp_path, profile)
     assert withdrawn[3:5] == ["--model", "vtw"]
-    assert withdrawn[withdrawn.index("--model_args") + 1] == f"base=llava_hf,profile={profile},pretrained=x,dtype=bfloat16"
+    assert withdrawn[withdrawn.index("--model_args") + 1] == \
+        f"base=llava_hf,profile={profile},pretrained=x,dtype=bfloat16"
     loose = lmms_eval_command(EvalOptions(model="qwen2_5_vl", tasks=("mme",), strict=False), tmp_path, profile)
     assert loose[loose.index("--model_args") + 1] == f"base=qwen2_5_vl,profile={profile},strict=False"
 

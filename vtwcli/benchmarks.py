@@ -64,7 +64,7 @@ class EvalOptions:
     model: str                                   # the base lmms-eval model name, e.g. llava_hf
     tasks: tuple[str, ...]
     model_args: str = ""                         # the base model's args, e.g. pretrained=...,dtype=bfloat16
-    metric: str | None = None                    # lmms-eval result key ("accuracy" or "accuracy,none"); None: the only one
+    metric: str | None = None                    # "accuracy" or "accuracy,none"; None: the task's only metric
     limit: int | None = None                     # first N documents of each task
     include_path: Path | None = None             # a folder of local task YAMLs
     batch_size: int | None = None

@@ -45,7 +45,8 @@ def split_model_args(kwargs: dict) -> tuple[str, str, bool, dict]:
                        "profile comes from vtw calibrate / vtw profile")
     if isinstance(strict, str):
         if strict.lower() not in _TRUE | _FALSE:
-            raise VtwError(f"lmms-eval --model vtw: strict={strict!r} is not a boolean; use strict=True or strict=False")
+            raise VtwError(f"lmms-eval --model vtw: strict={strict!r} is not a boolean; use strict=True or "
+                           "strict=False")
         strict = strict.lower() in _TRUE
     return base, str(profile), bool(strict), rest
 

@@ -50,7 +50,7 @@ class LocalTask:
         return question_text(self.sample(doc))
 
     def doc_to_messages(self, doc: dict, lmms_eval_specific_kwargs=None) -> list[dict]:
-        """The chat form: one image entry per image, then the question (what ``vtwcli.datasets.chat_prompt`` renders)."""
+        """The chat form: an image entry per image, then the question (as ``vtwcli.datasets.chat_prompt`` renders)."""
         content = [{"type": "image", "url": image} for image in self.doc_to_visual(doc)]
         content.append({"type": "text", "text": self.doc_to_text(doc)})
         return [{"role": "user", "content": content}]
