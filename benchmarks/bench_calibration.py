@@ -30,10 +30,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vtwcli.calibration import shared_prefix_kl
-from vtwcli.cli.calibrate_cmd import default_datasets
-from vtwcli.datasets import load_dataset, make_batch, sample_dataset
+from vtwcli.datasets import default_datasets, load_dataset, sample_dataset
 from vtwcli.loading import load_model
 from vtwcli.profile import environment_section
+from vtwcli.prompts import make_batch
 from vtwcli.withdrawal import num_decoder_layers, withdraw
 
 

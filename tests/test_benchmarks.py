@@ -14,8 +14,9 @@ import yaml
 from profile_fixtures import LAYER, example_profile
 from tiny_models import tiny_llava
 
-from vtwcli.benchmarks import (EvalOptions, _run, benchmark_entry, drop_points, lmms_eval_command, merge_benchmarks,
+from vtwcli.benchmarks import (EvalOptions, _run, benchmark_entry, lmms_eval_command, merge_benchmarks,
                                parse_model_args, read_results, record_benchmarks)
+from vtwcli.gates.benchmarks import drop_points
 from vtwcli.errors import VtwError
 from vtwcli.gates import GateLimits, check_profile_dict, compare_profiles
 from vtwcli.lmms_eval_plugin import apply_to_wrapper, find_hf_model, split_model_args

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtwcli import bundled_model_path, withdraw
-from vtwcli.datasets import load_dataset, make_batch, sample_dataset, score_answer
+from vtwcli.datasets import load_dataset, sample_dataset
+from vtwcli.prompts import make_batch, score_answer
 
 torch.set_num_threads(1)
 SETS = ("synthetic_color", "synthetic_position")  # the tasks it answers (near) perfectly

@@ -15,17 +15,14 @@ from vtwcli.datasets import (
     BUNDLED_DIR,
     Dataset,
     Sample,
-    build_prompt,
     bundled_datasets,
     file_sha256,
     load_dataset,
-    load_images,
-    make_batch,
     normalize_answer,
     sample_dataset,
-    score_answer,
 )
 from vtwcli.errors import VtwError
+from vtwcli.prompts import build_prompt, load_images, make_batch, score_answer
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -117,6 +117,19 @@ def test_fvcore_equals_counted(attn):
     assert "x2" in fv["note"] and "scaled_dot_product_attention" in fv["note"]
 
 
+def test_fvcore_passes_kinds_to_the_withdrawal():
+    """The fvcore cross-check withdraws the selected kinds like every other measurement (it once dropped them):
+    LLaVA has image tokens only, so ("image",) counts what the default does and ("video",) is refused."""
+    from vtwcli.errors import UnsupportedError
+
+    model = tiny("sdpa")
+    layout = PromptLayout.for_config(model.config, text_tokens=7)
+    assert fvcore_flops(model, layout, 2, kinds=("image",)) == fvcore_flops(model, layout, 2)
+    with pytest.raises(UnsupportedError, match="no vision token id"):
+        fvcore_flops(model, layout, 2, kinds=("video",))
+    assert not model._forward_pre_hooks  # the refused variant left no hook behind
+
+
 def test_fvcore_without_the_sdpa_handle_misses_attention():
     """Why the handle exists: fvcore alone does not count SDPA (eager's matmuls it does count)."""
     from fvcore.nn import FlopCountAnalysis

@@ -133,3 +133,64 @@ def test_cli_profile_on_saved_tiny_llava(tmp_path):
     result = CliRunner().invoke(app, ["profile", "--profile", str(calib), "--flops-only", "--force"])
     assert result.exit_code == 0, result.output
     assert read_profile_dict(calib)["withdrawal"] == {"layer": 3}
+
+
+def test_variants_run_baseline_then_withdrawn_and_remove_the_hooks():
+    """variants(): the baseline runs the plain model, the withdrawn variant equals withdraw(model, layer)
+    (compared to an independent run of it), and the hooks are gone afterwards, also after an error."""
+    from vtwcli.measure.runs import variants
+
+    model = tiny_llava(4, "sdpa")
+    layout = PromptLayout.for_config(model.config, text_tokens=5)
+    inputs = {"input_ids": layout.input_ids(model.config), "pixel_values": layout.pixel_values(model.config)}
+    with torch.no_grad():
+        plain = model(**inputs).logits[:, -1]
+        with withdraw(model, layer=2):
+            reference = model(**inputs).logits[:, -1]
+        seen = {}
+        for name, context in variants(model, 2):
+            with context:
+                seen[name] = model(**inputs).logits[:, -1]
+    assert list(seen) == ["baseline", "withdrawn"]
+    assert torch.equal(seen["baseline"], plain) and torch.equal(seen["withdrawn"], reference)
+    assert not torch.equal(plain, reference)  # the variants differ, so the comparison above means something
+    assert not model._forward_pre_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        for name, context in variants(model, 2):
+            with context:
+                if name == "withdrawn":
+                    raise RuntimeError("boom")
+    layers = model.model.language_model.layers
+    assert not model._forward_pre_hooks and all(not layer._forward_pre_hooks for layer in layers)
+
+
+def test_trackers_return_the_profiles_dataclasses():
+    """One tracker per quantity: LatencyTracker records only tracked runs and summarises them as the
+    profile's TimingStats (checked against statistics on its own samples); MemoryTracker returns the
+    profile's MemoryRun with the exact KV bytes of the variant it ran under."""
+    from vtwcli.measure.latency import LatencyTracker
+    from vtwcli.measure.memory import MemoryTracker
+    from vtwcli.measure.runs import variant
+    from vtwcli.profile import MemoryRun, TimingStats
+
+    model = tiny()
+    layout = PromptLayout.for_config(model.config, text_tokens=6)
+    inputs = {"input_ids": layout.input_ids(model.config), "pixel_values": layout.pixel_values(model.config)}
+    tracker = LatencyTracker(model, inputs, 3, torch.device("cpu"))
+    tracker.track(record=False)
+    assert tracker.runs == 0
+    tracker.track()
+    tracker.track()
+    assert tracker.runs == 2
+    result = tracker.result()
+    assert list(result) == ["prefill_ms", "decode_ms_per_token", "end_to_end_ms"]
+    for metric, stats in result.items():
+        values = tracker.samples[metric]
+        assert isinstance(stats, TimingStats) and stats.runs == 2
+        assert stats.median == pytest.approx(statistics.median(values), abs=1e-4)
+        assert stats.p10 == pytest.approx(min(values) + 0.1 * (max(values) - min(values)), abs=1e-4)
+    with variant(model, "withdrawn", 2):
+        run = MemoryTracker(model, inputs, 3, torch.device("cpu")).track()
+    assert isinstance(run, MemoryRun) and run.cuda_peak_allocated_bytes is None
+    assert run.kv_cache_bytes == expected_kv_bytes(model.config, layer=2, total=layout.total, kept=layout.text_tokens,
+                                                   batch=1)

@@ -491,3 +491,40 @@ def test_valid_profiles_roundtrip(data):
         second = P.load_profile(P.save_profile(first, Path(directory) / "b.yaml"))
         assert second == first and second.raw == first.raw
         assert P.profile_to_dict(second) == data
+
+
+# -- one shape: the typed dataclasses against the JSON Schema ---------------------------------------------
+
+def test_typed_profile_matches_the_schema():
+    from vtwcli.profile.shape import shape_problems
+
+    assert shape_problems() == []
+
+
+def test_shape_check_catches_drift():
+    """Each kind of drift between the schema and the dataclasses is named with its key path."""
+    import copy
+
+    from vtwcli.profile.shape import shape_problems
+
+    shipped = P.schema()
+    renamed = copy.deepcopy(shipped)
+    props = renamed["properties"]["withdrawal"]["properties"]
+    props["kinds_list"] = props.pop("kinds")
+    assert shape_problems(renamed) == ["withdrawal.kinds_list: in the schema, not in Withdrawal",
+                                       "withdrawal.kinds: in Withdrawal, not in the schema"]
+    loosened = copy.deepcopy(shipped)
+    loosened["properties"]["model"]["required"].remove("dtype")
+    loosened["$defs"]["stats"]["properties"]["median"]["type"] = ["number", "null"]
+    assert sorted(shape_problems(loosened)) == sorted([
+        "model.dtype: optional in the schema but has no default in ModelInfo",
+        "latency.baseline.prefill_ms.median: nullable in the schema but not Optional in TimingStats",
+        "latency.baseline.decode_ms_per_token.median: nullable in the schema but not Optional in TimingStats",
+        "latency.baseline.end_to_end_ms.median: nullable in the schema but not Optional in TimingStats",
+        "latency.withdrawn.prefill_ms.median: nullable in the schema but not Optional in TimingStats",
+        "latency.withdrawn.decode_ms_per_token.median: nullable in the schema but not Optional in TimingStats",
+        "latency.withdrawn.end_to_end_ms.median: nullable in the schema but not Optional in TimingStats",
+    ])
+    retyped = copy.deepcopy(shipped)
+    retyped["properties"]["model"]["properties"]["num_layers"]["type"] = "string"
+    assert shape_problems(retyped) == ["model.num_layers: int in the dataclass, ['string'] in the schema"]

@@ -19,7 +19,7 @@ _LAZY = {
     "WithdrawalHandle": "vtwcli.withdrawal",
     "bundled_model_path": "vtwcli.loading",
     "load_profile": "vtwcli.profile",
-    "apply_profile": "vtwcli.profile",
+    "apply_profile": "vtwcli.apply",
 }
 
 __all__ = ["__version__", "withdraw", "WithdrawalHandle", "bundled_model_path", "VtwError", "UnsupportedError",

@@ -3,12 +3,8 @@
 `vtw eval` (:func:`run_benchmarks`) runs the same lmms-eval task twice in a subprocess — the base lmms-eval
 model, then the ``vtw`` plugin model (vtwcli/lmms_eval_plugin) wrapping it with the profile applied — reads
 both results files and records one entry per (task, metric) in the profile. `vtw check --max-accuracy-drop`
-and `vtw compare --max-accuracy-drop` gate on those entries (:func:`benchmark_checks`,
-:func:`benchmark_gates`). Nothing here imports torch or lmms-eval.
-
-A benchmark drop is in percentage points when lmms-eval reports the metric as a fraction (both values in
-[0, 1], e.g. accuracy 0.853), and in the metric's own units otherwise (e.g. MME's perception score out of
-2000); for a metric where lower is better the drop is the increase.
+and `vtw compare --max-accuracy-drop` gate on those entries (:mod:`vtwcli.gates.benchmarks`). Nothing here
+imports torch or lmms-eval.
 """
 
 from __future__ import annotations
@@ -20,18 +16,17 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vtwcli.errors import VtwError
 from vtwcli.lmms_eval_plugin import MODEL_NAME
 
 __all__ = ["PLUGIN_MODEL", "EvalOptions", "BenchmarkResult", "parse_model_args", "lmms_eval_command",
-           "read_results", "metric_key", "benchmark_entry", "merge_benchmarks", "drop_points",
-           "benchmark_checks", "benchmark_gates", "benchmark_rows", "run_benchmarks", "record_benchmarks"]
+           "read_results", "metric_key", "benchmark_entry", "merge_benchmarks", "run_benchmarks", "record_benchmarks",
+           "EvalOutcome", "evaluate_profile"]
 
 PLUGIN_MODEL = MODEL_NAME  # the lmms-eval model name the entry point registers
-_EPS = 1e-9
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -70,13 +65,17 @@ class EvalOptions:
     batch_size: int | None = None
     device: str | None = None
     strict: bool = True                          # refuse a profile made for another model
+    datasets: tuple[str, ...] = ()               # vtwcli datasets, evaluated as local tasks (local_task.write_task)
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self):
         if not self.model or self.model == PLUGIN_MODEL:
             raise VtwError(f"--model {self.model!r}: give the base lmms-eval model (e.g. llava_hf); vtw eval wraps "
                            f"it in the {PLUGIN_MODEL!r} plugin model itself")
-        if not self.tasks:
+        if self.datasets and self.include_path is not None:
+            raise VtwError("--dataset and --include-path cannot be combined; put your task YAMLs beside the written "
+                           "ones or run vtw eval twice")
+        if not self.tasks and not self.datasets:
             raise VtwError("no --tasks given; pass at least one lmms-eval task (e.g. --tasks mme) or a vtwcli "
                            "--dataset")
         if self.limit is not None and self.limit < 1:
@@ -171,97 +170,6 @@ def merge_benchmarks(data: dict, entries: list[dict]) -> dict:
     return out
 
 
-def _is_fraction(*values: float) -> bool:
-    return all(0.0 <= v <= 1.0 for v in values)
-
-
-def drop_points(before: float, after: float, higher_is_better: bool = True) -> float:
-    """How much worse ``after`` is than ``before``: percentage points for fractions, else the metric's units."""
-    drop = (before - after) if higher_is_better else (after - before)
-    return drop * 100 if _is_fraction(before, after) else drop
-
-
-def _value_text(value: float, *others: float) -> str:
-    return f"{value * 100:.2f}%" if _is_fraction(value, *others) else f"{value:.4g}"
-
-
-def _name(entry: dict) -> str:
-    return f"benchmark {entry['task']} {entry['metric']}"
-
-
-def benchmark_checks(data: dict, src: str, max_accuracy_drop: float | None) -> list:
-    """`vtw check` rows for ``evaluation.benchmarks``: each entry's layer is the profile's K, and (with a
-    limit) the withdrawn score is at most ``max_accuracy_drop`` below the full one."""
-    from vtwcli.gates import CheckResult
-    from vtwcli.profile import profile_from_dict
-
-    results = []
-    benchmarks = (data.get("evaluation") or {}).get("benchmarks") or []
-    layer = profile_from_dict(data, src).layer if benchmarks else None
-    for entry in benchmarks:
-        name = _name(entry)
-        if entry["layer"] == layer:
-            results.append(CheckResult(f"{name}.layer", True, f"= the profile's layer ({layer})", src))
-        else:
-            results.append(CheckResult(f"{name}.layer", False, f"was measured at layer {entry['layer']} but the "
-                                       f"profile's layer is {layer}; rerun vtw eval", src))
-        if max_accuracy_drop is not None:
-            drop = drop_points(entry["full"], entry["withdrawn"], entry.get("higher_is_better", True))
-            ok = drop <= max_accuracy_drop + _EPS
-            detail = (f"{_value_text(entry['full'], entry['withdrawn'])} full -> "
-                      f"{_value_text(entry['withdrawn'], entry['full'])} withdrawn on {entry['samples']} samples: "
-                      f"drop {drop:.2f} {'<=' if ok else '>'} limit {max_accuracy_drop:g}")
-            results.append(CheckResult(f"max-accuracy-drop ({entry['task']} {entry['metric']})", ok, detail, src))
-    return results
-
-
-def _benchmarks(data: dict) -> dict[tuple[str, str], dict]:
-    return {(e["task"], e["metric"]): e for e in (data.get("evaluation") or {}).get("benchmarks") or []}
-
-
-def benchmark_gates(base: dict, new: dict, limit: float, sources: tuple[str, str]) -> list:
-    """`vtw compare --max-accuracy-drop` on benchmarks: NEW's withdrawn score vs BASE's, per (task, metric).
-
-    A benchmark in one profile only fails (a pipeline that stops measuring it never passes); none in either
-    gives no rows (the dataset accuracy gate reports n/a then).
-    """
-    from vtwcli.gates import CheckResult
-
-    b_all, n_all = _benchmarks(base), _benchmarks(new)
-    gates = []
-    for key in list(dict.fromkeys([*b_all, *n_all])):
-        name = f"max-accuracy-drop ({key[0]} {key[1]})"
-        b, n = b_all.get(key), n_all.get(key)
-        if b is None or n is None:
-            side, src = ("BASE", sources[0]) if b is None else ("NEW", sources[1])
-            gates.append(CheckResult(name, False, f"benchmark {key[0]} {key[1]} is missing in {side} ({src}); run "
-                                     "vtw eval on it or drop it from the other profile"))
-            continue
-        drop = drop_points(b["withdrawn"], n["withdrawn"], n.get("higher_is_better", True))
-        ok = drop <= limit + _EPS
-        detail = (f"withdrawn {_value_text(b['withdrawn'], n['withdrawn'])} -> "
-                  f"{_value_text(n['withdrawn'], b['withdrawn'])}: drop {drop:.2f} {'<=' if ok else '>'} limit "
-                  f"{limit:g}")
-        gates.append(CheckResult(name, ok, detail))
-    return gates
-
-
-def benchmark_rows(base: dict, new: dict) -> list:
-    """`vtw compare` table rows: each benchmark's full and withdrawn score in BASE and NEW."""
-    from vtwcli.gates import MetricRow
-
-    b_all, n_all = _benchmarks(base), _benchmarks(new)
-    rows = []
-    for task, metric in list(dict.fromkeys([*b_all, *n_all])):
-        b, n = b_all.get((task, metric)) or {}, n_all.get((task, metric)) or {}
-        values = [v for e in (b, n) for v in (e.get("full"), e.get("withdrawn")) if v is not None]
-        unit = "fraction" if _is_fraction(*values) else "score"
-        for which in ("full", "withdrawn"):
-            rows.append(MetricRow(f"{task} {metric}, {which}", f"benchmark.{task}.{metric}.{which}", unit,
-                                  b.get(which), n.get(which)))
-    return rows
-
-
 # ------------------------------------------------------------------------------------------ running
 
 @dataclass(frozen=True)
@@ -309,22 +217,21 @@ def _run(command: list[str], output_dir: Path, log: Path, what: str) -> Path:
     return written[-1]
 
 
-def run_benchmarks(profile_path: Path | str, options: EvalOptions, *, work_dir: Path | None = None,
-                   progress=None) -> BenchmarkResult:
-    """Run ``options.tasks`` without and with the profile; return the ``evaluation.benchmarks`` entries.
-
-    ``progress(step: str)`` is called before each run. The profile is read (and validated) first, so a bad
-    profile fails before minutes of evaluation.
-    """
+def _layer_to_evaluate(profile_path: Path | str) -> int:
     from vtwcli.profile import load_profile
 
-    profile = load_profile(profile_path)
-    layer = profile.layer
+    layer = load_profile(profile_path).layer
     if layer is None:
         raise VtwError(f"{profile_path}: no withdrawal layer to evaluate (calibration.layer is null and there is no "
                        "withdrawal.layer); re-calibrate with a higher --threshold")
+    return layer
+
+
+def run_benchmarks(profile_path: Path | str, options: EvalOptions, work: Path, *, progress=None) -> BenchmarkResult:
+    """Run ``options.tasks`` without and with the profile (logs and results under ``work``); return the
+    ``evaluation.benchmarks`` entries. ``progress(step: str)`` is called before each run."""
+    layer = _layer_to_evaluate(profile_path)
     version = lmms_eval_version()
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="vtw-eval-"))
     runs = {}
     for label, with_profile in (("full", None), ("withdrawn", Path(profile_path))):
         out = work / label
@@ -354,3 +261,30 @@ def record_benchmarks(profile_path: Path | str, entries: list[dict], output: Pat
     if output is None:
         return write_profile(data, profile_path, force=True)
     return write_profile(data, output, force=force)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    result: BenchmarkResult
+    written: Path                    # the profile written (PROFILE itself, or --output)
+    work_dir: Path
+
+
+def evaluate_profile(profile_path: Path | str, options: EvalOptions, *, output: Path | None = None,
+                     force: bool = False, work_dir: Path | None = None, progress=None) -> EvalOutcome:
+    """`vtw eval` as one call: check the output, the profile and lmms-eval first (before minutes of evaluation),
+    write the local tasks of ``options.datasets``, run lmms-eval without and with the profile, and record the
+    entries in ``evaluation.benchmarks`` (:func:`record_benchmarks`)."""
+    from vtwcli.lmms_eval_plugin.local_task import write_task
+    from vtwcli.profile import check_output_path
+
+    if output is not None:
+        check_output_path(Path(output), "profile.yaml")
+    _layer_to_evaluate(profile_path)
+    lmms_eval_version()
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="vtw-eval-"))
+    if options.datasets:  # local tasks, written where lmms-eval's --include_path finds them
+        tasks = tuple(write_task(work / "tasks", name) for name in options.datasets)
+        options = replace(options, tasks=options.tasks + tasks, datasets=(), include_path=work / "tasks")
+    result = run_benchmarks(profile_path, options, work, progress=progress)
+    return EvalOutcome(result, record_benchmarks(profile_path, result.entries, output, force=force), work)

@@ -1,4 +1,4 @@
-"""Evaluation datasets: JSONL files of image questions, the bundled sets, prompts, batches and scoring.
+"""Evaluation datasets: JSONL files of image questions, the bundled sets, seeded sampling.
 
 A dataset is a JSONL file, one sample per line (see ``docs/datasets.md``)::
 
@@ -12,7 +12,8 @@ several images. Image paths are relative to the JSONL file's directory (absolute
 A bundled dataset is a directory ``vtwcli/data/datasets/<name>/`` holding ``data.jsonl``, ``images/``
 and ``README.md`` (with optional front matter ``description:`` / ``licence:`` / ``source:``, or a
 ``meta.json`` with the same keys). Every problem is raised as a one-line :class:`VtwError` that names
-the file, the line and what to do. Nothing here imports torch; transformers objects are duck-typed.
+the file, the line and what to do. Nothing here imports torch. Prompts, batches and answer scoring
+are in :mod:`vtwcli.prompts`.
 """
 
 from __future__ import annotations
@@ -38,13 +39,24 @@ __all__ = [
     "bundled_datasets",
     "load_dataset",
     "sample_dataset",
-    "load_images",
-    "build_prompt",
-    "make_batch",
-    "score_answer",
+    "default_datasets",
     "normalize_answer",
     "file_sha256",
+    "check_image_mode",
+    "corrupt_image_message",
 ]
+
+# Moved to vtwcli.prompts (samples -> model inputs, answers -> scores); still importable from here.
+_IN_PROMPTS = frozenset({"load_images", "load_videos", "question_text", "build_prompt", "chat_prompt", "make_batch",
+                         "score_answer"})
+
+
+def __getattr__(name: str):
+    if name in _IN_PROMPTS:
+        import vtwcli.prompts
+
+        return getattr(vtwcli.prompts, name)
+    raise AttributeError(f"module 'vtwcli.datasets' has no attribute {name!r}")
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "datasets"
 DATA_FILE = "data.jsonl"
@@ -57,7 +69,6 @@ LETTERS = string.ascii_uppercase
 CONVERTIBLE_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 )
-_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 
 @dataclass(frozen=True)
@@ -292,6 +303,22 @@ def _parse_choices(obj: dict, where: str) -> list[str] | None:
     return choices
 
 
+_ARTICLES = {"a", "an", "the"}
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_PUNCT = re.compile(r"[^\w\s]|_")
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation to spaces, drop articles, number words to digits, collapse whitespace."""
+    words = _PUNCT.sub(" ", str(text).lower()).split()
+    return " ".join(_NUMBER_WORDS.get(w, w) for w in words if w not in _ARTICLES)
+
+
 def _canonical_choice_answer(answer: str, choices: list[str], where: str) -> str:
     letters = LETTERS[: len(choices)]
     stripped = answer.strip().strip("().: ").upper()
@@ -363,17 +390,17 @@ def _check_image(path: Path, where: str) -> None:
     except VtwError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        raise VtwError(_corrupt(where, path, error)) from None
+        raise VtwError(corrupt_image_message(where, path, error)) from None
     except Exception as error:  # PIL raises odd types on hostile files (e.g. struct.error, DecompressionBombError)
-        raise VtwError(_corrupt(where, path, error)) from None
-    _check_mode(mode, path, where)
+        raise VtwError(corrupt_image_message(where, path, error)) from None
+    check_image_mode(mode, path, where)
 
 
-def _corrupt(where: str, path: Path, error: BaseException) -> str:
+def corrupt_image_message(where: str, path: Path, error: BaseException) -> str:
     return f"{where}: image {path} is unreadable or corrupt ({type(error).__name__}: {error}); replace the file"
 
 
-def _check_mode(mode: str, path: Path, where: str) -> None:
+def check_image_mode(mode: str, path: Path, where: str) -> None:
     if mode not in CONVERTIBLE_MODES:
         raise VtwError(
             f"{where}: image {path} has mode {mode!r}, which does not convert to RGB without clipping; "
@@ -552,194 +579,7 @@ def sample_dataset(dataset: Dataset, n: int | None, seed: int) -> list[Sample]:
     return [dataset.samples[i] for i in sorted(order[:n])]
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_videos(sample: Sample) -> list:
-    """The sample's videos, each a uint8 array (frames, height, width, 3) of its RGB frames."""
-    import numpy as np
-
-    videos = []
-    for frames in sample.videos:
-        pictures = _load_rgb(frames, sample.where())
-        sizes = {p.size for p in pictures}
-        if len(sizes) > 1:
-            listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-            raise VtwError(f"{sample.where()}: the frames of a video differ in size ({listed}); resize them to one "
-                           "size")
-        videos.append(np.stack([np.asarray(p) for p in pictures]))
-    return videos
-
-
-def load_images(sample: Sample) -> list[Image.Image]:
-    """The sample's images decoded and converted to RGB (alpha composited on white; first frame only)."""
-    return _load_rgb(sample.images, sample.where())
-
-
-def _load_rgb(paths: list[Path], where: str) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                _check_mode(image.mode, path, where)
-                image.load()
-                images.append(_to_rgb(image))
-        except VtwError:
-            raise
-        except FileNotFoundError:
-            raise VtwError(f"{where}: image file not found: {path}; fix the path") from None
-        except Exception as error:
-            raise VtwError(_corrupt(where, path, error)) from None
-    return images
-
-
-def question_text(sample: Sample) -> str:
-    """The question, plus the choices as ``A. ...`` lines and the letter instruction for multiple choice."""
-    if not sample.choices:
-        return sample.question
-    lines = [sample.question]
-    lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(sample.choices)]
-    lines.append("Answer with the option's letter.")
-    return "\n".join(lines)
-
-
-def build_prompt(processor: Any, sample: Sample) -> str:
-    """The text prompt for one sample: the processor's chat template if it has one, else a LLaVA-style fallback."""
-    return chat_prompt(processor, len(sample.images), question_text(sample), videos=len(sample.videos),
-                       where=sample.where())
-
-
-def chat_prompt(processor: Any, images: int, text: str, *, videos: int = 0, where: str = "prompt") -> str:
-    """A user turn of ``images`` images, ``videos`` videos, then ``text``, ready for generation.
-
-    With a chat template: one ``{"type": "image"}`` entry per image and one ``{"type": "video"}`` per video,
-    then the text, rendered with ``add_generation_prompt=True``. Without: ``"USER: <image>\n{text}\nASSISTANT:"``,
-    using ``processor.image_token`` (default ``"<image>"``) once per image and ``video_token`` per video.
-    """
-    if getattr(processor, "chat_template", None):
-        content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
-        content += [{"type": "video"} for _ in range(videos)]
-        content.append({"type": "text", "text": text})
-        messages = [{"role": "user", "content": content}]
-        try:
-            return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as error:  # jinja2 errors, template raise_exception(...)
-            raise VtwError(
-                f"{where}: the processor's chat template failed ({type(error).__name__}: {error}); "
-                "check the model's chat template"
-            ) from None
-    image_token, video_token = _token(processor, "image_token", "<image>"), _token(processor, "video_token", "<video>")
-    return ("USER: " + "".join(f"{image_token}\n" for _ in range(images))
-            + "".join(f"{video_token}\n" for _ in range(videos)) + f"{text}\nASSISTANT:")
-
-
-def _token(processor: Any, name: str, default: str) -> str:
-    value = getattr(processor, name, None)
-    return value if isinstance(value, str) and value else default
-
-
-def make_batch(processor: Any, samples: list[Sample]):
-    """Run the processor on a batch: prompts + RGB images, left padding, ``return_tensors="pt"``."""
-    if not samples:
-        raise VtwError("cannot build a batch from zero samples; pass at least one sample")
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None:
-        tokenizer.padding_side = "left"
-    prompts = [build_prompt(processor, s) for s in samples]
-    # One list of images per sample: every processor accepts it, and some (Gemma 3, Idefics3) read a flat
-    # list as all images belonging to the first prompt.
-    images = [load_images(s) for s in samples]
-    media = {"images": images} if any(images) else {}
-    videos = [video for s in samples for video in load_videos(s)]
-    if videos:  # processors take the batch's videos as one flat list, matched to placeholders in order
-        media["videos"] = videos
-    try:
-        return processor(text=prompts, return_tensors="pt", padding=True, **media)
-    except ValueError as error:
-        ids = ", ".join(s.id for s in samples[:5]) + (" ..." if len(samples) > 5 else "")
-        lost = next((s for s, p in zip(samples, prompts) if not _has_image_placeholder(processor, p)), None)
-        if lost is not None:
-            raise VtwError(
-                f"{lost.where()}: the prompt has no vision tokens (the chat template dropped the image placeholder "
-                f"{_image_placeholder(processor)!r}); fix the model's chat template so it renders "
-                "{\"type\": \"image\"} entries"
-            ) from None
-        raise VtwError(f"the processor rejected the batch ({ids}): {error}") from None
-
-
-def _placeholders(processor: Any) -> list[str]:
-    """Strings a prompt holds where an image goes: the image token, or a begin-of-image token (Gemma 3)."""
-    found = []
-    for owner in (processor, getattr(processor, "tokenizer", None)):
-        for key in ("image_token", "boi_token", "start_image_token"):
-            value = getattr(owner, key, None)
-            if isinstance(value, str) and value and value not in found:
-                found.append(value)
-    return found
-
-
-def _image_placeholder(processor: Any) -> str:
-    return next(iter(_placeholders(processor)), "<image>")
-
-
-def _has_image_placeholder(processor: Any, prompt: str) -> bool:
-    markers = _placeholders(processor)
-    return not markers or any(marker in prompt for marker in markers)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Scoring
-
-_ARTICLES = {"a", "an", "the"}
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_PUNCT = re.compile(r"[^\w\s]|_")
-_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:correct\s+)?(?:answer|option)\s*(?:is|:)?\s*[:\-]?\s*", re.IGNORECASE)
-_LETTER_ANSWER = re.compile(r"^\s*(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\s*(?:[.):]|$))")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, punctuation to spaces, drop articles, number words to digits, collapse whitespace."""
-    words = _PUNCT.sub(" ", str(text).lower()).split()
-    return " ".join(_NUMBER_WORDS.get(w, w) for w in words if w not in _ARTICLES)
-
-
-def _strip_answer_prefix(prediction: str) -> str:
-    return _ANSWER_PREFIX.sub("", prediction, count=1)
-
-
-def score_answer(prediction: str, sample: Sample) -> bool:
-    """Is ``prediction`` correct? Normalised exact match; for multiple choice the letter or the choice text.
-
-    Accepted letter forms: ``B``, ``b``, ``B.``, ``(B)``, ``B)``, ``b) cat``, ``B: cat``, ``Answer: B``. A bare
-    ``A cat`` is read as text, not as option A. The letter must be the correct one; text must equal the
-    correct choice (or the stored answer) after normalisation.
-    """
-    if not isinstance(prediction, str):
-        return False
-    candidates = [prediction.strip(), _strip_answer_prefix(prediction.strip())]
-    if sample.choices:
-        letters = LETTERS[: len(sample.choices)]
-        for candidate in candidates:
-            match = _LETTER_ANSWER.match(candidate)
-            if match:
-                letter = (match.group(1) or match.group(2)).upper()
-                if letter in letters:
-                    return letter == sample.answer
-        targets = {normalize_answer(sample.answer_text)}
-    else:
-        targets = {normalize_answer(sample.answer)}
-    targets.discard("")
-    return any(normalize_answer(c) in targets for c in candidates)
+def default_datasets(is_bundled: bool) -> list[str]:
+    """Synthetic sets for the bundled model (what it was trained on), photographs for real models."""
+    prefix = "synthetic_" if is_bundled else "photo_"
+    return [info.name for info in bundled_datasets() if info.name.startswith(prefix)]

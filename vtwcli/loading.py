@@ -125,7 +125,10 @@ def architecture_of(config) -> str:
     if getattr(config, "vision_config", None) is None:
         raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
                        "tokens (see `vtw models`)")
-    adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
+    adapter = adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
+    defect = adapter.upstream_defect(architecture) if adapter.upstream_defect is not None else None
+    if defect:  # before loading weights: the model could not run a single forward
+        raise VtwError(defect)
     return architecture
 
 
@@ -191,16 +194,23 @@ def config_sha256(config) -> str:
 
 
 def model_section(loaded: LoadedModel) -> dict:
-    """The profile's `model` block."""
+    """The profile's `model` block for a loaded model."""
+    name = "bundled" if loaded.is_bundled else loaded.name_or_path
+    return model_block(name, loaded.model, dtype=str(loaded.dtype), device=str(loaded.device), attn=loaded.attn,
+                       architecture=loaded.architecture)
+
+
+def model_block(name_or_path: str, model: nn.Module, *, dtype: str, device: str, attn: str,
+                architecture: str | None = None) -> dict:
+    """The profile's `model` block: the one builder, for loaded and config-only (meta device) models."""
     from vtwcli.withdrawal import num_decoder_layers
 
-    name = "bundled" if loaded.is_bundled else loaded.name_or_path
     return {
-        "name_or_path": name,
-        "architecture": loaded.architecture,
-        "num_layers": num_decoder_layers(loaded.model),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "device": str(loaded.device),
-        "attn_implementation": loaded.attn,
-        "config_sha256": config_sha256(loaded.model.config),
+        "name_or_path": name_or_path,
+        "architecture": architecture if architecture is not None else architecture_of(model.config),
+        "num_layers": num_decoder_layers(model),
+        "dtype": dtype.removeprefix("torch."),
+        "device": device,
+        "attn_implementation": attn,
+        "config_sha256": config_sha256(model.config),
     }

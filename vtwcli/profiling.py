@@ -12,26 +12,26 @@ for the profile's ``model`` block. No file I/O here (the CLI writes the YAML).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.loading import LoadedModel, config_sha256
+from vtwcli.loading import LoadedModel, model_block
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
                                   count_flops_meta, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import measure_latency
 from vtwcli.measure.memory import measure_memory
-from vtwcli.withdrawal import num_decoder_layers
+from vtwcli.withdrawal import check_layer, num_decoder_layers, refuse_kept_blocks, withdraw
 
-__all__ = ["DEFAULT_TEXT_TOKENS", "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
+__all__ = ["DEFAULT_TEXT_TOKENS", "ProfileOptions", "ProfileRun", "profile_model", "resolve_from_base",
+           "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
            "prompt_inputs", "processor_prompt", "native_image_size"]
-
-
-def check_layer(layer: int, num_layers: int) -> None:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
-        raise VtwError(f"--layer {layer}: out of range for this model with {num_layers} decoder layers; use "
-                       f"1..{num_layers} ({num_layers} = no withdrawal)")
 
 
 def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dict | None:
@@ -43,20 +43,10 @@ def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dic
 
 def flops_only_model_section(name_or_path: str, model, *, attn: str, dtype: str | None = None) -> dict:
     """The profile's ``model`` block for a config-only (meta device) model."""
-    from vtwcli.loading import architecture_of
-
     config = model.config
     if dtype is None:
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
-    return {
-        "name_or_path": name_or_path,
-        "architecture": architecture_of(config),
-        "num_layers": num_decoder_layers(model),
-        "dtype": dtype.removeprefix("torch."),
-        "device": "meta",
-        "attn_implementation": attn,
-        "config_sha256": config_sha256(config),
-    }
+    return model_block(name_or_path, model, dtype=dtype, device="meta", attn=attn)
 
 
 def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int | None:
@@ -75,7 +65,7 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
     model = meta_model(config, attn=attn) if model is None else model
     adapter = require_fixed_image_layout(model)  # before the layout below, which needs it
-    check_layer(layer, num_decoder_layers(model))
+    check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
@@ -167,7 +157,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     from PIL import Image
 
     from vtwcli.adapters import adapter_for
-    from vtwcli.datasets import chat_prompt
+    from vtwcli.prompts import chat_prompt
 
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
@@ -240,8 +230,9 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
 
     model = loaded.model
     adapter = adapter_for(model)
-    check_layer(layer, num_decoder_layers(model))
+    check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
+    withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
     if videos and "video" not in adapter.declared_kinds(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
@@ -260,9 +251,10 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "--images N and --image-size WxH instead")
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
+    refuse_kept_blocks(adapter, model.config, kinds, inputs["input_ids"])  # before any measuring, like the layer
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
-    cross_check = fvcore_flops(model, layout, layer, seed=seed) if fvcore else None
+    cross_check = fvcore_flops(model, layout, layer, seed=seed, kinds=kinds) if fvcore else None
     flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
     sections = {"withdrawal": withdrawal_section(layer, kinds), "flops": flops}
     if flops_only:
@@ -275,3 +267,150 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     if loaded.device.type == "cuda":
         torch.cuda.empty_cache()
     return sections
+
+
+# ------------------------------------------------------------------------------------------ `vtw profile`
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What `vtw profile` measures and where it writes (its options, parsed), as data."""
+
+    model: str | None = None            # hub id or directory; None: --profile's model, else the bundled one
+    layer: int | None = None            # K; None: --profile's calibration.layer
+    profile: Path | None = None         # a calibration profile: K, kinds and model from it; extended
+    output: Path | None = None          # None with a profile: beside it (in place with force)
+    force: bool = False
+    flops_only: bool = False
+    text_tokens: int = DEFAULT_TEXT_TOKENS
+    image_tokens: int | None = None
+    images: int = 1
+    videos: int = 0
+    image_size: tuple[int, int] | None = None
+    new_tokens: int = 8
+    warmup: int = 1
+    min_runs: int = 5
+    min_time_s: float = 2.0
+    threads: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    attn: str = "sdpa"
+    fvcore: bool = False
+    seed: int = 0
+    kinds: tuple[str, ...] | None = None  # None: --profile's calibration.withdraw, else every vision token
+
+    @property
+    def target(self) -> Path | None:
+        """The profile written: --output, else beside --profile (itself with --force), else none."""
+        if self.output is not None or self.profile is None:
+            return self.output
+        return self.profile if self.force else self.profile.with_name(f"{self.profile.stem}.profile.yaml")
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """What :func:`profile_model` measured (the profile sections) and the file it wrote, if any."""
+
+    options: ProfileOptions             # with K, kinds and model resolved
+    sections: dict
+    written: Path | None
+
+
+def resolve_from_base(options: ProfileOptions):
+    """``(options with K, kinds and model filled in from --profile's calibration, that profile or None)``.
+
+    An option the calibration contradicts is an error, as is no K at all.
+    """
+    from vtwcli.profile import choice_of, load_profile
+
+    base = None
+    if options.profile is not None:
+        source = options.profile
+        base = load_profile(source)
+        if base.calibration is None:
+            raise VtwError(f"--profile {source} has no calibration section (no calibration.layer); run "
+                           "`vtw calibrate` first or pass --layer K")
+        if base.calibration.layer is None:
+            raise VtwError(f"--profile {source}: calibration.layer is null (no layer met the KL threshold); "
+                           "re-calibrate with a higher --threshold or pass --layer K")
+        choice = choice_of(base)
+        if options.layer is not None and options.layer != choice.layer:
+            raise VtwError(f"--layer {options.layer} contradicts --profile {source} (calibration.layer = "
+                           f"{choice.layer}); pass one of them")
+        if choice.kinds is not None and options.kinds is not None and tuple(options.kinds) != choice.kinds:
+            raise VtwError(f"--withdraw {','.join(options.kinds)} contradicts --profile {source} (calibration."
+                           f"withdraw = {','.join(choice.kinds)}); pass one of them")
+        named = base.model.name_or_path
+        options = dataclasses.replace(
+            options, layer=choice.layer, kinds=choice.kinds if choice.kinds is not None else options.kinds,
+            model=options.model if options.model is not None or named == "bundled" else named)
+    if options.layer is None:
+        raise VtwError("no withdrawal layer: pass --layer K or --profile CALIBRATION.yaml (K = calibration.layer)")
+    return options, base
+
+
+def _check_profile_options(options: ProfileOptions) -> None:
+    from vtwcli.loading import ATTENTION
+    from vtwcli.profile import check_output_path
+
+    if options.attn not in ATTENTION:
+        raise VtwError(f"--attn {options.attn!r} is not supported; use {' or '.join(ATTENTION)}")
+    if options.fvcore and options.flops_only:
+        raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
+    if options.flops_only and (options.image_size is not None or options.videos):
+        raise VtwError(f"{'--image-size' if options.image_size is not None else '--videos'} needs the model's "
+                       "processor; drop --flops-only")
+    if options.threads is not None and options.threads < 1:
+        raise VtwError(f"--threads {options.threads}: use 1 or more")
+    if options.target is not None:
+        check_output_path(options.target, "vtw-profile.yaml")
+
+
+def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
+    from vtwcli.loading import architecture_of, bundled_model_path, load_config
+
+    config = load_config(str(bundled_model_path()) if options.model is None else options.model)
+    architecture_of(config)
+    meta = meta_model(config, attn=options.attn)
+    sections = run_flops_only(config, layer=options.layer, text_tokens=options.text_tokens,
+                              image_tokens=options.image_tokens, images=options.images, attn=options.attn,
+                              model=meta, kinds=options.kinds)
+    block = flops_only_model_section("bundled" if options.model is None else options.model, meta, attn=options.attn,
+                                     dtype=None if options.dtype == "auto" else options.dtype)
+    return sections, block, "cpu"
+
+
+def _measure_loaded(options: ProfileOptions, busy) -> tuple[dict, dict, torch.device]:
+    from vtwcli.loading import load_model, model_section
+
+    loaded = load_model(options.model, device=options.device, dtype=options.dtype, attn=options.attn)
+    with busy(f"profiling at K={options.layer} ..."):
+        sections = run_profile(loaded, layer=options.layer, text_tokens=options.text_tokens,
+                               image_tokens=options.image_tokens, images=options.images, videos=options.videos,
+                               image_size=options.image_size, kinds=options.kinds, new_tokens=options.new_tokens,
+                               warmup=options.warmup, min_runs=options.min_runs, min_time_s=options.min_time_s,
+                               threads=options.threads, fvcore=options.fvcore, seed=options.seed)
+    return sections, model_section(loaded), loaded.device
+
+
+def profile_model(options: ProfileOptions, *, busy=lambda text: contextlib.nullcontext()) -> ProfileRun:
+    """`vtw profile` as one call: resolve K / kinds / model from the base profile, measure (config only or
+    the loaded model), check the base profile was made for this model, extend it (or start a new profile)
+    and write it when there is a target. ``busy(text)`` is a context manager shown around the measuring."""
+    from vtwcli.profile import extend_profile, model_differences, new_profile, write_profile
+
+    _check_profile_options(options)
+    options, base = resolve_from_base(options)
+    sections, block, device = _measure_config_only(options) if options.flops_only else _measure_loaded(options, busy)
+    if base is None:
+        data = new_profile(block, device)
+        data.update(sections)
+    else:
+        if model_differences(base.model, block, keys=("config_sha256",)):
+            raise VtwError(f"--profile {options.profile} was calibrated for another model ({base.model.name_or_path}, "
+                           f"config_sha256 {base.model.config_sha256[:12]}...) than --model {block['name_or_path']} "
+                           f"({block['config_sha256'][:12]}...); profile the calibrated model")
+        data = extend_profile(base.raw, device, sections)
+    target = options.target
+    written = None if target is None else write_profile(
+        data, target, force=options.force or (options.profile is not None and target == options.profile))
+    return ProfileRun(options, sections, written)

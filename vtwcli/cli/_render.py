@@ -12,15 +12,6 @@ from vtwcli.cli._state import err_console
 from vtwcli.errors import VtwError
 
 
-def check_output_path(path: Path, example: str) -> None:
-    """Refuse an output that cannot be written, before minutes of work rather than when writing the result."""
-    if path.is_dir():
-        raise VtwError(f"--output {path} is a directory; pass a file name (e.g. {path / example})")
-    if not path.parent.is_dir():
-        raise VtwError(f"--output {path}: directory {path.parent} does not exist; create it or choose another "
-                       "--output")
-
-
 def output_path_for(path: Path, force: bool) -> Path:
     """Never overwrite without --force: an existing file gets a sibling name, said on screen."""
     if force or not path.exists():

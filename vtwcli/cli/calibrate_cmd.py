@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,16 +12,7 @@ import typer
 from vtwcli.cli import app
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
-from vtwcli.errors import CheckFailed, VtwError
-
-
-def default_datasets(is_bundled: bool) -> list[str]:
-    """Synthetic sets for the bundled model (what it was trained on), photographs for real models."""
-    from vtwcli.datasets import bundled_datasets
-
-    names = [info.name for info in bundled_datasets()]
-    prefix = "synthetic_" if is_bundled else "photo_"
-    return [name for name in names if name.startswith(prefix)]
+from vtwcli.errors import CheckFailed
 
 
 @app.command("calibrate")
@@ -59,82 +51,71 @@ def calibrate_command(
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from vtwcli.adapters import parse_kinds
-    from vtwcli.calibration import CalibrationOptions, DatasetSelection, calibrate, calibration_section
-    from vtwcli.checkpoint import CheckpointStore
-    from vtwcli.cli._render import check_output_path, kl_chart, kl_table, output_path_for, save_plot
-    from vtwcli.cli._signals import stop_on_signals
-    from vtwcli.datasets import load_dataset, sample_dataset
-    from vtwcli.loading import load_model, model_section
-    from vtwcli.profile import new_profile, write_profile
+    from vtwcli.calibrating import CalibrationJob, calibrate_to_profile
+    from vtwcli.calibration import CalibrationOptions
+    from vtwcli.cli._render import output_path_for, save_plot
+    from vtwcli.profile import check_output_path
 
-    if diagnose and attn != "eager":
-        raise VtwError("--diagnose needs attention weights: add --attn eager")
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
                                  max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw))
     check_output_path(output, "vtw-calibration.yaml")
-    if not resume:
-        output = output_path_for(output, force)
-    loaded = load_model(model, device=device, dtype=dtype, attn=attn, device_map=device_map)
-    names = dataset or default_datasets(loaded.is_bundled)
-    if not names:
-        raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
-                       "(see `vtw datasets`)")
-    selections = []
-    for name in names:
-        data = load_dataset(name)
-        selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
-    total = sum(len(s.samples) for s in selections)
-    settings = {"model": model_section(loaded), "options": vars(options),
-                "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
-    store = CheckpointStore(output.with_name(output.name + ".partial.jsonl"), settings, resume=resume, force=force)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as bar, stop_on_signals():
-        tasks = {"kl": bar.add_task("KL, every layer", total=total)}
-        if evaluate:
-            tasks["eval"] = bar.add_task("accuracy, full and at K", total=total * 2)
-        try:
-            result = calibrate(loaded.model, loaded.processor, selections, options, store=store,
-                               progress=lambda phase, n: bar.advance(tasks[phase], n))
-        except KeyboardInterrupt:
-            raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
-                           "same command plus --resume", exit_code=130) from None
-
-    profile = new_profile(model_section(loaded), loaded.device)
-    profile["data"] = [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,
-                        "samples": len(s.samples), "seed": s.seed, "sample_ids": [x.id for x in s.samples]}
-                       for s in selections]
-    profile["calibration"] = calibration_section(result)
-    if result.evaluation is not None:
-        profile["evaluation"] = result.evaluation
-    written = write_profile(profile, output, force=force or resume)
-    store.finish()
+    job = CalibrationJob(options, output if resume else output_path_for(output, force), model=model,
+                         datasets=tuple(dataset or ()), samples=samples, device=device, dtype=dtype, attn=attn,
+                         device_map=device_map, force=force, resume=resume)
+    run = calibrate_to_profile(job, progress=lambda totals: _progress_bar(totals, hidden=as_json))
     if plot is not None:
-        save_plot(result, plot)
-
+        save_plot(run.result, plot)
     if as_json:
-        typer.echo(json.dumps(profile, indent=2))
+        typer.echo(json.dumps(run.profile, indent=2))
     else:
-        console.print(kl_table(result))
-        console.print(kl_chart(result))
-        for entry in result.per_dataset:
-            own = entry["layer"] if entry["layer"] is not None else "none"
-            console.print(f"  {entry['name']}: first layer under the threshold = {own}")
-        if result.evaluation:
-            ev = result.evaluation
-            withdrawn = ev["withdrawn"]["accuracy"]
-            console.print(f"accuracy on {ev['samples']} samples: full model {ev['baseline']['accuracy']:.1%}"
-                          + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
-        console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
-                      f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
-        console.print(f"profile written to [bold]{written}[/]", soft_wrap=True)  # a path must stay one piece to copy
+        _render(run)
+    _conclude(run, as_json)
+
+
+def _conclude(run, as_json: bool) -> None:
+    """The chosen K last, or exit 1 when no layer met the threshold (the curve is in the profile)."""
+    result, threshold = run.result, run.result.options.threshold
     if result.layer is None:
-        raise CheckFailed(f"no layer in {options.min_layer}..{result.layers[-1]} has mean KL <= {threshold}; the "
-                          f"curve is in {written}; raise --threshold or calibrate on other data")
+        raise CheckFailed(f"no layer in {result.options.min_layer}..{result.layers[-1]} has mean KL <= {threshold}; "
+                          f"the curve is in {run.written}; raise --threshold or calibrate on other data")
     if not as_json:
         console.print(f"[bold green]K = {result.layer}[/] (first layer with mean KL <= {threshold}"
                       + (", the default threshold" if threshold == DEFAULT_THRESHOLD else "") + ")")
+
+
+@contextlib.contextmanager
+def _progress_bar(totals: dict, *, hidden: bool):
+    """A transient bar per phase on stderr; SIGTERM stops the work like Ctrl-C (the checkpoint stays)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vtwcli.cli._signals import stop_on_signals
+
+    labels = {"kl": "KL, every layer", "eval": "accuracy, full and at K"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=hidden) as bar, stop_on_signals():
+        tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}
+        yield lambda phase, n: bar.advance(tasks[phase], n)
+
+
+def _render(run) -> None:
+    from vtwcli.cli._render import kl_chart, kl_table
+
+    result = run.result
+    console.print(kl_table(result))
+    console.print(kl_chart(result))
+    for entry in result.per_dataset:
+        own = entry["layer"] if entry["layer"] is not None else "none"
+        console.print(f"  {entry['name']}: first layer under the threshold = {own}")
+    if result.evaluation:
+        ev = result.evaluation
+        withdrawn = ev["withdrawn"]["accuracy"]
+        console.print(f"accuracy on {ev['samples']} samples: full model {ev['baseline']['accuracy']:.1%}"
+                      + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
+    console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
+                  f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
+    if result.limit is not None:
+        console.print(f"candidates stop at layer {result.layers[-1]}: withdrawal after it cannot be exact on this "
+                      f"model ({result.limit})")
+    console.print(f"profile written to [bold]{run.written}[/]", soft_wrap=True)  # a path must stay one piece to copy

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vtwcli.benchmarks import EvalOptions, drop_points, record_benchmarks, run_benchmarks
+from vtwcli.benchmarks import EvalOptions, evaluate_profile
 from vtwcli.cli import app
-from vtwcli.cli._render import check_output_path
 from vtwcli.cli._state import console
-from vtwcli.errors import VtwError
+from vtwcli.gates.benchmarks import drop_points
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -49,31 +46,21 @@ def eval_command(
     Needs lmms-eval (pip install 'vtwcli\\[lmms-eval]'). Gate on the result with
     `vtw check PROFILE --max-accuracy-drop POINTS` or `vtw compare BASE NEW --max-accuracy-drop POINTS`.
     """
-    from vtwcli.lmms_eval_plugin.local_task import task_name_for, write_task
-
-    if output is not None:
-        check_output_path(output, "profile.yaml")
-    datasets = _split(dataset)
-    if datasets and include_path is not None:
-        raise VtwError("--dataset and --include-path cannot be combined; put your task YAMLs beside the written "
-                       "ones or run vtw eval twice")
-    options = EvalOptions(model=model, model_args=model_args, tasks=_split(tasks) + tuple(map(task_name_for, datasets)),
+    options = EvalOptions(model=model, model_args=model_args, tasks=_split(tasks), datasets=_split(dataset),
                           metric=metric, limit=limit, include_path=include_path, batch_size=batch_size, device=device,
                           strict=strict)
-    work = work_dir if work_dir is not None else Path(tempfile.mkdtemp(prefix="vtw-eval-"))
-    if datasets:  # local tasks over vtwcli datasets, written where lmms-eval's --include_path finds them
-        for name in datasets:
-            write_task(work / "tasks", name)
-        options = replace(options, include_path=work / "tasks")
-    if not as_json:
-        console.print(f"lmms-eval logs and results: {escape(str(work))}", soft_wrap=True)
     steps = {"full": "lmms-eval without the profile (1/2)", "withdrawn": "lmms-eval with the profile (2/2)"}
     with console.status("lmms-eval") as status:
-        result = run_benchmarks(profile, options, work_dir=work, progress=lambda step: status.update(steps[step]))
-    written = record_benchmarks(profile, result.entries, output, force=force)
+        outcome = evaluate_profile(profile, options, output=output, force=force, work_dir=work_dir,
+                                   progress=lambda step: status.update(steps[step]))
+    _render(outcome, as_json)
+
+
+def _render(outcome, as_json: bool) -> None:
+    result, written = outcome.result, outcome.written
     if as_json:
         typer.echo(json.dumps({"profile": str(written), "benchmarks": result.entries,
-                               "logs": [str(p) for p in result.logs]}, indent=2))
+                               "work_dir": str(outcome.work_dir), "logs": [str(p) for p in result.logs]}, indent=2))
         return
     table = Table(title=f"lmms-eval, K = {result.entries[0]['layer']}, lmms-eval {result.entries[0]['lmms_eval']}")
     for column in ("task", "metric", "samples", "full", "withdrawn", "drop"):
@@ -83,4 +70,5 @@ def eval_command(
         table.add_row(escape(entry["task"]), escape(entry["metric"]), str(entry["samples"]), f"{entry['full']:.4g}",
                       f"{entry['withdrawn']:.4g}", f"{drop:.2f}")
     console.print(table)
-    console.print(f"wrote evaluation.benchmarks to {escape(str(written))}", soft_wrap=True)
+    console.print(f"wrote evaluation.benchmarks to {escape(str(written))}; lmms-eval logs and results in "
+                  f"{escape(str(outcome.work_dir))}", soft_wrap=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Optional
@@ -14,26 +13,7 @@ from vtwcli.cli import app
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
-
-MEASURED_SECTIONS = ("withdrawal", "flops", "latency", "memory")
-
-
-def _layer_from_profile(data: dict, source: Path) -> int:
-    calibration = data.get("calibration")
-    if calibration is None:
-        raise VtwError(f"--profile {source} has no calibration section (no calibration.layer); run `vtw calibrate` "
-                       "first or pass --layer K")
-    layer = calibration.get("layer")
-    if layer is None:
-        raise VtwError(f"--profile {source}: calibration.layer is null (no layer met the KL threshold); re-calibrate "
-                       "with a higher --threshold or pass --layer K")
-    return int(layer)
-
-
-def _model_from_profile(data: dict) -> Optional[str]:
-    name = data.get("model", {}).get("name_or_path")
-    return None if name in (None, "bundled") else name
-
+from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
 
 _UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"), (1, "FLOPs"))
 
@@ -54,7 +34,7 @@ def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
     table = Table(title=f"FLOPs ({unit}; {prompt}, prefill, batch 1)")
     for column in ("component", "baseline", "withdrawn", "reduction"):
         table.add_column(column, justify="right" if column != "component" else "left")
-    for key in ("vision_tower", "projector", "language_model", "lm_head", "total"):
+    for key in (*FLOPS_COMPONENTS, "total"):
         base, new = flops["baseline"][key], flops["withdrawn"][key]
         reduction = f"{1 - new / base:.1%}" if base else "-"
         table.add_row(key, _scaled(base, scale), _scaled(new, scale), reduction, style="bold" if key == "total" else "")
@@ -73,10 +53,9 @@ def _latency_table(latency: dict) -> Table:
                   f"{latency['new_tokens']} new tokens)")
     for column in ("", "baseline", "withdrawn", "speedup"):
         table.add_column(column, justify="right" if column else "left")
-    for key, speed in (("prefill_ms", "prefill"), ("decode_ms_per_token", "decode_per_token"),
-                       ("end_to_end_ms", "end_to_end")):
+    for _, key, speed in LATENCY_FIGURES:
         cells = []
-        for variant in ("baseline", "withdrawn"):
+        for variant in VARIANTS:
             stats = latency[variant][key]
             cells.append(f"{stats['median']:.2f} \\[{stats['p10']:.2f}..{stats['p90']:.2f}] n={stats['runs']}")
         value = latency["speedup"][speed]
@@ -146,94 +125,25 @@ def profile_command(
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
-    from vtwcli.loading import ATTENTION, architecture_of, load_config, load_model, model_section
-    from vtwcli.profile import new_profile, read_profile_dict, write_profile
     from vtwcli.adapters import parse_kinds
-    from vtwcli.profiling import flops_only_model_section, run_flops_only, run_profile
+    from vtwcli.profiling import ProfileOptions, profile_model
 
-    if attn not in ATTENTION:
-        raise VtwError(f"--attn {attn!r} is not supported; use {' or '.join(ATTENTION)}")
-    base: Optional[dict] = None
-    if profile is not None:
-        base = read_profile_dict(profile)
-        calibrated = _layer_from_profile(base, profile)
-        if layer is not None and layer != calibrated:
-            raise VtwError(f"--layer {layer} contradicts --profile {profile} (calibration.layer = {calibrated}); pass "
-                           "one of them")
-        layer = calibrated
-        if model is None:
-            model = _model_from_profile(base)
-    if layer is None:
-        raise VtwError("no withdrawal layer: pass --layer K or --profile CALIBRATION.yaml (K = calibration.layer)")
-    kinds = parse_kinds(withdraw)
-    calibrated_kinds = (base or {}).get("calibration", {}).get("withdraw")
-    if calibrated_kinds is not None:
-        if kinds is not None and tuple(kinds) != tuple(calibrated_kinds):
-            raise VtwError(f"--withdraw {','.join(kinds)} contradicts --profile {profile} (calibration.withdraw = "
-                           f"{','.join(calibrated_kinds)}); pass one of them")
-        kinds = tuple(calibrated_kinds)
-    size = _parse_image_size(image_size) if image_size is not None else None
-    if fvcore and flops_only:
-        raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
-    target = output
-    if target is None and profile is not None:
-        target = profile if force else profile.with_name(f"{profile.stem}.profile.yaml")
-    if target is not None:
-        from vtwcli.cli._render import check_output_path
-
-        check_output_path(target, "vtw-profile.yaml")
-
-    if flops_only:
-        from vtwcli.loading import bundled_model_path
-        from vtwcli.measure.flops import meta_model
-
-        name = str(bundled_model_path()) if model is None else model
-        config = load_config(name)
-        architecture_of(config)
-        meta = meta_model(config, attn=attn)
-        if size is not None or videos:
-            raise VtwError(f"{'--image-size' if size is not None else '--videos'} needs the model's processor; drop "
-                           "--flops-only")
-        sections = run_flops_only(config, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                  images=images, attn=attn, model=meta, kinds=kinds)
-        section_model = flops_only_model_section("bundled" if model is None else model, meta, attn=attn,
-                                                 dtype=None if dtype == "auto" else dtype)
-        device_for_env = "cpu"
-    else:
-        loaded = load_model(model, device=device, dtype=dtype, attn=attn)
-        if threads is not None and threads < 1:
-            raise VtwError(f"--threads {threads}: use 1 or more")
-        with console.status(f"profiling at K={layer} ...", spinner="dots") if not as_json else _nothing():
-            sections = run_profile(loaded, layer=layer, text_tokens=text_tokens, image_tokens=image_tokens,
-                                   images=images, videos=videos, image_size=size, kinds=kinds, new_tokens=new_tokens,
-                                   warmup=warmup, min_runs=min_runs, min_time_s=min_time, threads=threads,
-                                   fvcore=fvcore, seed=seed)
-        section_model = model_section(loaded)
-        device_for_env = loaded.device
-
-    if base is not None:
-        if base["model"].get("config_sha256") != section_model["config_sha256"]:
-            raise VtwError(f"--profile {profile} was calibrated for another model ({base['model'].get('name_or_path')}, "
-                           f"config_sha256 {str(base['model'].get('config_sha256'))[:12]}...) than --model "
-                           f"{section_model['name_or_path']} ({section_model['config_sha256'][:12]}...); profile the "
-                           "calibrated model")
-        data = copy.deepcopy(base)
-        header = new_profile(data["model"], device_for_env)
-        data.update(created_at=header["created_at"], tool=header["tool"], environment=header["environment"])
-        for key in MEASURED_SECTIONS:
-            data.pop(key, None)  # stale figures of an earlier run (maybe another K) never survive
-    else:
-        data = new_profile(section_model, device_for_env)
-    data.update(sections)
-    # torch.__version__ is a str subclass that YAML's safe dumper refuses: plain strings only
-    data["environment"] = {k: str(v) if isinstance(v, str) else v for k, v in data["environment"].items()}
-
-    written = write_profile(data, target, force=force or (profile is not None and target == profile)) \
-        if target is not None else None
-
+    options = ProfileOptions(
+        model=model, layer=layer, profile=profile, output=output, force=force, flops_only=flops_only,
+        text_tokens=text_tokens, image_tokens=image_tokens, images=images, videos=videos,
+        image_size=None if image_size is None else _parse_image_size(image_size), new_tokens=new_tokens,
+        warmup=warmup, min_runs=min_runs, min_time_s=min_time, threads=threads, device=device, dtype=dtype,
+        attn=attn, fvcore=fvcore, seed=seed, kinds=parse_kinds(withdraw))
+    run = profile_model(options, busy=(lambda text: _nothing()) if as_json else
+                        (lambda text: console.status(text, spinner="dots")))
     if as_json:
-        typer.echo(json.dumps({**sections, "output": str(written) if written else None}, indent=2))
-        return
+        typer.echo(json.dumps({**run.sections, "output": str(run.written) if run.written else None}, indent=2))
+    else:
+        _render_run(run)
+
+
+def _render_run(run) -> None:
+    sections, kinds, layer = run.sections, run.options.kinds, run.options.layer
     console.print(_flops_table(sections["flops"], kinds))
     console.print(f"counter: {sections['flops']['counter']}")
     if "fvcore" in sections["flops"]:
@@ -249,25 +159,33 @@ def profile_command(
         if not peak_rss_per_variant():
             err_console.print("[yellow]peak RSS could not be reset between variants on this OS: both figures are the "
                               "process's peak so far and are not comparable[/]")
-    tokens = sections["flops"]["tokens"]
-    media = f"{tokens.get('images', 1)} image(s)" + (f", {tokens['videos']} video(s)" if tokens.get("videos") else "")
-    if kinds is None:
-        console.print(f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
-                      f"{tokens['text']} text tokens (--text-tokens), batch 1")
-    else:  # tokens of a kind that stays count as kept, with the text
-        console.print(f"K = {layer}; synthetic prompt ({media}): {tokens['vision']} {' and '.join(kinds)} tokens "
-                      f"withdrawn, {tokens['text']} tokens kept (text and the other vision kinds), batch 1")
+    console.print(_prompt_line(sections["flops"]["tokens"], layer, kinds))
     analytic = sections["flops"].get("analytic")
     if analytic is not None:
         console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "
                       f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False)
-    if written is not None:
-        note = " (beside --profile; --force writes in place)" if output is None and profile is not None \
-            and written != profile else ""
-        # soft_wrap: a path must stay one piece to copy
-        console.print(f"profile written to [bold]{written}[/]{note}", soft_wrap=True)
-    else:
+    _render_written(run)
+
+
+def _prompt_line(tokens: dict, layer: int, kinds: Optional[tuple]) -> str:
+    media = f"{tokens.get('images', 1)} image(s)" + (f", {tokens['videos']} video(s)" if tokens.get("videos") else "")
+    if kinds is None:
+        return (f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
+                f"{tokens['text']} text tokens (--text-tokens), batch 1")
+    # tokens of a kind that stays count as kept, with the text
+    return (f"K = {layer}; synthetic prompt ({media}): {tokens['vision']} {' and '.join(kinds)} tokens "
+            f"withdrawn, {tokens['text']} tokens kept (text and the other vision kinds), batch 1")
+
+
+def _render_written(run) -> None:
+    written, options = run.written, run.options
+    if written is None:
         console.print("nothing written (pass --output to keep a profile)", style="dim")
+        return
+    note = " (beside --profile; --force writes in place)" if options.output is None and options.profile is not None \
+        and written != options.profile else ""
+    # soft_wrap: a path must stay one piece to copy
+    console.print(f"profile written to [bold]{written}[/]{note}", soft_wrap=True)
 
 
 def _parse_image_size(text: str) -> tuple[int, int]:

@@ -39,7 +39,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import cache_of
+from vtwcli.measure.runs import VARIANTS, cache_of, variants
+from vtwcli.profile.model import FLOPS_COMPONENTS
+from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
@@ -51,7 +53,7 @@ CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv,
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config only, no weights; components "
                 "driven one by one, layers >= K on the text positions)")
-COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head")
+COMPONENTS = FLOPS_COMPONENTS
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
 # Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP (norms,
@@ -214,7 +216,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     model and lm_head only and ``total`` is their sum.
     """
     hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = _mm(1, hidden, vocab)
     full_layer = _decoder_layer_flops(config, n, n)
@@ -254,13 +256,6 @@ def _decode_keys(context: int, window: int | None) -> int:
     return (context if window is None else min(context, window - 1)) + 1
 
 
-def _check_layer(layer: int, num_layers: int) -> None:
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers:
-        raise VtwError(f"withdrawal layer {layer!r} is out of range for this model with {num_layers} decoder layers; "
-                       f"use 1..{num_layers} ({num_layers} = no withdrawal)")
-
-
-# -- counted: FlopCounterMode ---------------------------------------------------------------------
 def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -279,15 +274,14 @@ def _counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
 
 
-def _llava_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """Component -> module on an unmodified LLaVA-1.5-layout model (what the meta-device count drives)."""
+def _component_modules(model: nn.Module, adapter) -> dict[str, nn.Module]:
+    """Component -> the one module the adapter entry names for it (what the meta-device count drives)."""
     try:
-        inner = model.model
-        return {"vision_tower": inner.vision_tower, "projector": inner.multi_modal_projector,
-                "language_model": inner.language_model, "lm_head": model.lm_head}
-    except AttributeError:
-        raise UnsupportedError(f"{type(model).__name__}: the meta-device count drives model.model.vision_tower, "
-                               ".multi_modal_projector, .language_model and model.lm_head (LLaVA layout)") from None
+        return {component: model.get_submodule(path) for component, (path,) in adapter.flops_components.items()}
+    except (AttributeError, ValueError):
+        paths = ", ".join(f"{c}: {', '.join(p)}" for c, p in adapter.flops_components.items())
+        raise UnsupportedError(f"{type(model).__name__}: the meta-device count drives one module per component "
+                               f"and this model does not have them as its adapter names them ({paths})") from None
 
 
 def _module_flops(counts: dict, name: str) -> int:
@@ -319,6 +313,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _last_cached_layer(cache) -> int:
+    """The last layer that holds keys/values of its own (a KV-sharing layer, e.g. Gemma 4's last ones, has none)."""
+    layers = getattr(cache, "layers", [])
+    return max((i for i, layer in enumerate(layers) if getattr(layer, "keys", None) is not None), default=0)
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
@@ -330,7 +330,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision
     tokens as in :func:`vtwcli.withdraw`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
-    from vtwcli.withdrawal import num_decoder_layers, withdraw
+    from vtwcli.withdrawal import num_decoder_layers
 
     if isinstance(prompt, PromptLayout):
         if _model_device(model).type == "meta":
@@ -340,19 +340,18 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
                   "pixel_values": prompt.pixel_values(model.config, seed=seed, dtype=_model_dtype(model),
                                                       device=device)}
     num_layers = num_decoder_layers(model)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
             counter = _counter()
             with counter:
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
             cache = cache_of(out)
-            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
+            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(_last_cached_layer(cache)))
             # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
             # as generate() passes none for an all-ones one (families derive decode positions from the cache).
             step = out.logits[:, -1:].argmax(-1)
@@ -362,9 +361,6 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
                 model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
             result["decode_per_token"][variant] = int(counter.get_total_flops())
             del cache
-        finally:
-            if handle is not None:
-                handle.remove()
     return result
 
 
@@ -387,10 +383,9 @@ def _select_features(config, outputs) -> torch.Tensor:
     return torch.cat(chosen, dim=-1)
 
 
-def _drive_language_model(model, hidden: torch.Tensor, positions: torch.Tensor, cache, layer: int | None,
+def _drive_language_model(lm: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, cache, layer: int | None,
                           kept: torch.Tensor | None) -> torch.Tensor:
-    """The decoder layers one by one; from ``layer`` on only the ``kept`` positions go through."""
-    lm = model.model.language_model
+    """The decoder layers of ``lm`` one by one; from ``layer`` on only the ``kept`` positions go through."""
     cos_sin = lm.rotary_emb(hidden, positions)
     for i, decoder_layer in enumerate(lm.layers):
         if layer is not None and i == layer and kept is not None:
@@ -425,12 +420,12 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
 
     from vtwcli.withdrawal import num_decoder_layers
 
-    require_fixed_image_layout(model)
+    adapter = require_fixed_image_layout(model)
     num_layers = num_decoder_layers(model)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers)
     config = model.config
     device, dtype = _model_device(model), _model_dtype(model)
-    parts = _llava_parts(model)
+    parts = _component_modules(model, adapter)
     lm = parts["language_model"]
     ids = layout.input_ids(config).to(device)
     pixels = layout.pixel_values(config, dtype=dtype, device=device)
@@ -446,12 +441,12 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
         config, parts["vision_tower"](pixels, output_hidden_states=True, return_dict=True)))
     _, projector = counted(lambda: parts["projector"](features))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
-    for variant in ("baseline", "withdrawn"):
+    for variant in VARIANTS:  # withdrawn by definition here: no hooks on a meta model
         withdraw_at = layer if variant == "withdrawn" and layer < num_layers else None
         cache = DynamicCache(config=config.text_config)
         positions = torch.arange(layout.total, device=device)[None]
         hidden, language = counted(lambda: _drive_language_model(
-            model, lm.embed_tokens(ids), positions, cache, withdraw_at, kept))
+            lm, lm.embed_tokens(ids), positions, cache, withdraw_at, kept))
         _, head = counted(lambda: parts["lm_head"](hidden[:, -1:]))
         result[variant] = {"total": tower + projector + language + head, "vision_tower": tower,
                            "projector": projector, "language_model": language, "lm_head": head}
@@ -459,7 +454,7 @@ def count_flops_meta(model: nn.Module, layout: PromptLayout, layer: int) -> dict
         step_position = torch.full((1, 1), layout.total, device=device)
 
         def decode():
-            out = _drive_language_model(model, lm.embed_tokens(ids[:, -1:]), step_position, cache, None, None)
+            out = _drive_language_model(lm, lm.embed_tokens(ids[:, -1:]), step_position, cache, None, None)
             return parts["lm_head"](out)
 
         _, step = counted(decode)
@@ -497,13 +492,13 @@ class _Prefill(nn.Module):
 
 
 @torch.no_grad()
-def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0) -> dict:
-    """fvcore's count of the prefill total, baseline and withdrawn, x2 to FLOPs: {baseline_total, withdrawn_total, note}."""
+def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: int = 0,
+                 kinds: tuple[str, ...] | None = None) -> dict:
+    """fvcore's count of the prefill total, baseline and withdrawn (``kinds`` as in :func:`vtwcli.withdraw`),
+    x2 to FLOPs: {baseline_total, withdrawn_total, note}."""
     import warnings
 
     from fvcore.nn import FlopCountAnalysis
-
-    from vtwcli.withdrawal import withdraw
 
     if _model_device(model).type == "meta":
         raise VtwError("the fvcore cross-check needs real weights (it traces with jit); drop --fvcore for meta "
@@ -512,9 +507,8 @@ def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: in
     ids = layout.input_ids(model.config, seed=seed).to(device)
     pixels = layout.pixel_values(model.config, seed=seed, dtype=_model_dtype(model), device=device)
     totals = {}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer) if variant == "withdrawn" else None
-        try:
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
             analysis = FlopCountAnalysis(_Prefill(model), (ids, pixels))
             analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _fvcore_sdpa})
             analysis.set_op_handle(**{op: _fvcore_zero for op in ("aten::batch_norm", "aten::group_norm", "aten::layer_norm",
@@ -525,9 +519,6 @@ def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: in
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 totals[variant] = 2 * int(analysis.total())
-        finally:
-            if handle is not None:
-                handle.remove()
     return {"baseline_total": totals["baseline"], "withdrawn_total": totals["withdrawn"], "note": FVCORE_NOTE}
 
 
@@ -553,10 +544,10 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
     if analytic is not None:
         covers = analytic.get("covers", list(COMPONENTS))
         section["analytic"] = {v: {k: int(analytic[v][k]) for k in ("total", *covers)}
-                               for v in ("baseline", "withdrawn")}
+                               for v in VARIANTS}
         section["analytic"]["covers"] = list(covers)
         section["analytic"]["decode_per_token"] = {v: int(analytic["decode_per_token"][v])
-                                                   for v in ("baseline", "withdrawn")}
+                                                   for v in VARIANTS}
     if fvcore is not None:
         section["fvcore"] = dict(fvcore)
     return section

@@ -18,7 +18,7 @@ removed after each withdrawn run, outside the timed regions.
 
 from __future__ import annotations
 
-import platform
+import dataclasses
 import statistics
 import time
 
@@ -26,15 +26,17 @@ import torch
 from torch import nn
 
 from vtwcli.errors import VtwError
-from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
+from vtwcli.profile.header import device_name
+from vtwcli.profile.model import LATENCY_FIGURES, TimingStats
 
-__all__ = ["summarize", "measure_latency", "device_name", "speedups"]
+__all__ = ["timing_stats", "summarize", "LatencyTracker", "measure_latency", "device_name", "speedups"]
 
-METRICS = ("prefill_ms", "decode_ms_per_token", "end_to_end_ms")
+METRICS = tuple(key for _, key, _ in LATENCY_FIGURES)
 
 
-def summarize(samples_ms: list[float]) -> dict:
-    """{median, p10, p90, stdev, runs} of a list of milliseconds (p10/p90: inclusive deciles; stdev: sample)."""
+def timing_stats(samples_ms: list[float]) -> TimingStats:
+    """The profile's summary of a list of milliseconds (p10/p90: inclusive deciles; stdev: sample)."""
     values = [float(v) for v in samples_ms]
     if not values:
         raise ValueError("no samples to summarize")
@@ -43,23 +45,13 @@ def summarize(samples_ms: list[float]) -> dict:
     else:
         deciles = statistics.quantiles(values, n=10, method="inclusive")
         p10, p90 = deciles[0], deciles[-1]
-    return {"median": round(statistics.median(values), 4), "p10": round(p10, 4), "p90": round(p90, 4),
-            "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "runs": len(values)}
+    return TimingStats(median=round(statistics.median(values), 4), p10=round(p10, 4), p90=round(p90, 4),
+                       stdev=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, runs=len(values))
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return name or platform.processor() or platform.machine()
+def summarize(samples_ms: list[float]) -> dict:
+    """{median, p10, p90, stdev, runs} of a list of milliseconds, as the profile stores it."""
+    return dataclasses.asdict(timing_stats(samples_ms))
 
 
 class _Timer:
@@ -87,6 +79,29 @@ class _Timer:
             self.ms = (time.perf_counter() - self._t0) * 1000.0
 
 
+class LatencyTracker:
+    """The timed runs of one variant (a tracker per quantity, as in optimum-benchmark): :meth:`track` times
+    one run of ``inputs`` (prefill, decode steps, generate()); :meth:`result` summarises the recorded ones."""
+
+    def __init__(self, model: nn.Module, inputs: dict, new_tokens: int, device: torch.device):
+        self.model, self.inputs, self.new_tokens, self.device = model, inputs, new_tokens, device
+        self.samples: dict[str, list[float]] = {metric: [] for metric in METRICS}
+
+    @property
+    def runs(self) -> int:
+        return len(self.samples["prefill_ms"])
+
+    def track(self, *, record: bool = True) -> None:
+        timings = _one_run(self.model, self.inputs, self.new_tokens, self.device)
+        if record:
+            for metric, value in timings.items():
+                self.samples[metric].append(value)
+
+    def result(self) -> dict[str, TimingStats]:
+        """``{metric: TimingStats}`` in the profile's key order."""
+        return {metric: timing_stats(values) for metric, values in self.samples.items()}
+
+
 @torch.no_grad()
 def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
     with _Timer(device) as prefill:
@@ -107,9 +122,8 @@ def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
 
 def speedups(baseline: dict, withdrawn: dict) -> dict:
     """baseline median / withdrawn median per metric."""
-    names = {"prefill_ms": "prefill", "decode_ms_per_token": "decode_per_token", "end_to_end_ms": "end_to_end"}
-    return {names[m]: baseline[m]["median"] / withdrawn[m]["median"] if withdrawn[m]["median"] else None
-            for m in METRICS}
+    return {name: baseline[m]["median"] / withdrawn[m]["median"] if withdrawn[m]["median"] else None
+            for _, m, name in LATENCY_FIGURES}
 
 
 def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8, warmup: int = 1,
@@ -123,8 +137,6 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
     family's processor returns). ``threads`` sets
     ``torch.set_num_threads`` (CPU) for the measurement; the count in use is recorded either way.
     """
-    from vtwcli.withdrawal import withdraw
-
     if new_tokens < 2:
         raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
     if min_runs < 1 or warmup < 0 or min_time_s < 0:
@@ -137,34 +149,26 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
         if threads < 1:
             raise VtwError(f"--threads {threads}: use 1 or more")
         torch.set_num_threads(threads)
-    samples = {variant: {m: [] for m in METRICS} for variant in ("baseline", "withdrawn")}
+    trackers = {variant: LatencyTracker(model, inputs, new_tokens, device) for variant in VARIANTS}
 
-    def run(variant: str, record: bool) -> None:
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
-            timings = _one_run(model, inputs, new_tokens, device)
-        finally:
-            if handle is not None:
-                handle.remove()
-        if record:
-            for metric, value in timings.items():
-                samples[variant][metric].append(value)
+    def run_both(record: bool) -> None:  # alternating, so drift (thermal, other load) hits both alike
+        for variant, withdrawn in variants(model, layer, kinds):
+            with withdrawn:
+                trackers[variant].track(record=record)
 
     try:
         for _ in range(warmup):
-            run("baseline", False)
-            run("withdrawn", False)
+            run_both(False)
         start = time.perf_counter()
-        while (len(samples["withdrawn"]["prefill_ms"]) < min_runs or time.perf_counter() - start < min_time_s):
-            run("baseline", True)
-            run("withdrawn", True)
+        while trackers["withdrawn"].runs < min_runs or time.perf_counter() - start < min_time_s:
+            run_both(True)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
     section = {"device": str(device), "device_name": device_name(device), "threads": used_threads,
                "new_tokens": new_tokens}
-    for variant in ("baseline", "withdrawn"):
-        section[variant] = {metric: summarize(values) for metric, values in samples[variant].items()}
+    for variant, tracker in trackers.items():
+        section[variant] = {metric: dataclasses.asdict(stats) for metric, stats in tracker.result().items()}
     section["speedup"] = speedups(section["baseline"], section["withdrawn"])
     section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)
     return section

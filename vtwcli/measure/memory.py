@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import resource
 import sys
@@ -22,9 +23,11 @@ import sys
 import torch
 from torch import nn
 
-from vtwcli.measure.runs import cache_of, generate_exactly
+from vtwcli.measure.runs import cache_of, generate_exactly, variants
+from vtwcli.profile.model import MemoryRun
 
-__all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "measure_memory"]
+__all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "MemoryTracker",
+           "measure_memory"]
 
 
 def kv_cache_bytes(cache) -> int:
@@ -73,28 +76,33 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-@torch.no_grad()
-def _variant(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
-    gc.collect()
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    reset_peak_rss()
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
-    kv = kv_cache_bytes(cache_of(out))
-    del out
-    generate_exactly(model, inputs, new_tokens)
-    if cuda:
-        torch.cuda.synchronize(device)
-    figures = {
-        "peak_rss_bytes": peak_rss_bytes(),
-        "kv_cache_bytes": int(kv),
-        "cuda_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device)) if cuda else None,
-        "cuda_peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device)) if cuda else None,
-    }
-    return figures
+class MemoryTracker:
+    """The memory of one variant (a tracker per quantity, as in optimum-benchmark): :meth:`track` runs a
+    prefill and a generate() of ``new_tokens`` and returns the profile's :class:`MemoryRun`."""
+
+    def __init__(self, model: nn.Module, inputs: dict, new_tokens: int, device: torch.device):
+        self.model, self.inputs, self.new_tokens, self.device = model, inputs, new_tokens, device
+
+    @torch.no_grad()
+    def track(self) -> MemoryRun:
+        model, device = self.model, self.device
+        gc.collect()
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_rss()
+        out = model(**self.inputs, use_cache=True, logits_to_keep=1)
+        kv = kv_cache_bytes(cache_of(out))
+        del out
+        generate_exactly(model, self.inputs, self.new_tokens)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return MemoryRun(
+            peak_rss_bytes=peak_rss_bytes(), kv_cache_bytes=int(kv),
+            cuda_peak_allocated_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None,
+            cuda_peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)) if cuda else None)
 
 
 def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8,
@@ -102,17 +110,11 @@ def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: in
     """The profile's ``memory`` block: baseline and withdrawn figures and ``kv_cache_reduction``.
 
     ``kinds`` selects the withdrawn vision tokens as in :func:`vtwcli.withdraw` (default: all)."""
-    from vtwcli.withdrawal import withdraw
-
     device = next(model.parameters()).device
     section: dict = {}
-    for variant in ("baseline", "withdrawn"):
-        handle = withdraw(model, layer=layer, kinds=kinds) if variant == "withdrawn" else None
-        try:
-            section[variant] = _variant(model, inputs, new_tokens, device)
-        finally:
-            if handle is not None:
-                handle.remove()
+    for variant, withdrawn in variants(model, layer, kinds):
+        with withdrawn:
+            section[variant] = dataclasses.asdict(MemoryTracker(model, inputs, new_tokens, device).track())
     base, withdrawn = section["baseline"]["kv_cache_bytes"], section["withdrawn"]["kv_cache_bytes"]
     section["kv_cache_reduction"] = 1 - withdrawn / base if base else 0.0
     return section

@@ -1,0 +1,101 @@
+"""`vtw calibrate` as one call: model and datasets in, a written calibration profile out.
+
+:func:`calibrate_to_profile` loads the model, draws the samples, opens the checkpoint store, runs
+:func:`vtwcli.calibration.calibrate` and writes the profile (header, ``data``, ``calibration``,
+``evaluation``). Progress is reported through callbacks; nothing is printed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from vtwcli.calibration import CalibrationOptions, CalibrationResult, DatasetSelection, calibrate, calibration_section
+from vtwcli.errors import VtwError
+
+__all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section"]
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """Where `vtw calibrate` reads and writes, beside the :class:`CalibrationOptions` of the search."""
+
+    options: CalibrationOptions
+    output: Path                        # the profile (already checked; a free name unless force / resume)
+    model: str | None = None            # hub id or directory; None: the bundled demo model
+    datasets: tuple[str, ...] = ()      # bundled names or JSONL paths; (): the defaults for the model
+    samples: int | None = None          # per dataset, seeded (options.seed); None: all
+    device: str = "auto"
+    dtype: str = "auto"
+    attn: str = "sdpa"
+    device_map: str | None = None
+    force: bool = False
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    result: CalibrationResult
+    profile: dict                       # what was written
+    written: Path
+
+
+def select_datasets(names, is_bundled: bool, samples: int | None, seed: int) -> list[DatasetSelection]:
+    """The seeded sample draw of each dataset (``names``, else the defaults for the model)."""
+    from vtwcli.datasets import default_datasets, load_dataset, sample_dataset
+
+    names = list(names) or default_datasets(is_bundled)
+    if not names:
+        raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
+                       "(see `vtw datasets`)")
+    selections = []
+    for name in names:
+        data = load_dataset(name)
+        selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
+    return selections
+
+
+def data_section(selections: list[DatasetSelection]) -> list[dict]:
+    """The profile's ``data`` block: which samples of which file (by hash) the calibration saw."""
+    return [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,
+             "samples": len(s.samples), "seed": s.seed, "sample_ids": [x.id for x in s.samples]}
+            for s in selections]
+
+
+def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRun:
+    """Calibrate and write the profile; return the result, the profile and its path.
+
+    ``progress(totals)``, where given, is a context manager around the search whose value is called
+    ``(phase, n)`` as batches finish (phases ``kl`` and ``eval``). An interrupt (Ctrl-C, SIGTERM made one)
+    leaves the finished batches in the checkpoint and becomes a VtwError (exit 130) saying how to resume.
+    """
+    from vtwcli.checkpoint import CheckpointStore
+    from vtwcli.loading import load_model, model_section
+    from vtwcli.profile import new_profile, write_profile
+
+    options = job.options
+    if options.diagnose and job.attn != "eager":
+        raise VtwError("--diagnose needs attention weights: add --attn eager")
+    loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map)
+    selections = select_datasets(job.datasets, loaded.is_bundled, job.samples, options.seed)
+    total = sum(len(s.samples) for s in selections)
+    settings = {"model": model_section(loaded), "options": vars(options),
+                "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
+    store = CheckpointStore(job.output.with_name(job.output.name + ".partial.jsonl"), settings, resume=job.resume,
+                            force=job.force)
+    totals = {"kl": total, **({"eval": total * 2} if options.evaluate else {})}
+    with (progress(totals) if progress is not None else contextlib.nullcontext(lambda phase, n: None)) as advance:
+        try:
+            result = calibrate(loaded.model, loaded.processor, selections, options, store=store, progress=advance)
+        except KeyboardInterrupt:
+            raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
+                           "same command plus --resume", exit_code=130) from None
+    profile = new_profile(model_section(loaded), loaded.device)
+    profile["data"] = data_section(selections)
+    profile["calibration"] = calibration_section(result)
+    if result.evaluation is not None:
+        profile["evaluation"] = result.evaluation
+    written = write_profile(profile, job.output, force=job.force or job.resume)
+    store.finish()
+    return CalibrationRun(result, profile, written)
