@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,10 +9,13 @@ import typer
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
+
+MAX_IMAGE_SIDE = 8192  # --image-size: the synthetic images are held in memory
 
 _UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"), (1, "FLOPs"))
 
@@ -140,7 +142,7 @@ def profile_command(
     run = profile_model(options, busy=(lambda text: _nothing()) if as_json else
                         (lambda text: console.status(text, spinner="dots")))
     if as_json:
-        typer.echo(json.dumps({**run.sections, "output": str(run.written) if run.written else None}, indent=2))
+        typer.echo(json_text({**run.sections, "output": str(run.written) if run.written else None}))
     else:
         _render_run(run)
 
@@ -199,6 +201,9 @@ def _parse_image_size(text: str) -> tuple[int, int]:
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
         raise VtwError(f"--image-size {text!r}: use WxH (e.g. 448x448) or N for NxN, positive integers")
+    if max(values) > MAX_IMAGE_SIDE:
+        raise VtwError(f"--image-size {text!r}: a side of at most {MAX_IMAGE_SIDE} pixels (the synthetic image is "
+                       "held in memory)")
     return (values[0], values[-1])
 
 

@@ -19,6 +19,7 @@ removed after each withdrawn run, outside the timed regions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 
@@ -133,6 +134,18 @@ def speedups(baseline: dict, withdrawn: dict) -> dict:
             for _, m, name in LATENCY_FIGURES}
 
 
+def check_timing_options(*, new_tokens: int, warmup: int, min_runs: int, min_time_s: float,
+                         threads: int | None) -> None:
+    """The timing options, checked before the model loads (and again by measure_latency)."""
+    if new_tokens < 2:
+        raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
+    if min_runs < 1 or warmup < 0 or not math.isfinite(min_time_s) or min_time_s < 0:
+        raise VtwError(f"--min-runs must be >= 1, --warmup and --min-time finite and >= 0 (got --min-runs {min_runs}, "
+                       f"--warmup {warmup}, --min-time {min_time_s})")
+    if threads is not None and threads < 1:
+        raise VtwError(f"--threads {threads}: use 1 or more")
+
+
 def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8, warmup: int = 1,
                     min_runs: int = 5, min_time_s: float = 2.0, threads: int | None = None,
                     flops_ratio: float | None = None, kinds: tuple[str, ...] | None = None) -> dict:
@@ -144,17 +157,13 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
     family's processor returns). ``threads`` sets
     ``torch.set_num_threads`` (CPU) for the measurement; the count in use is recorded either way.
     """
-    if new_tokens < 2:
-        raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
-    if min_runs < 1 or warmup < 0 or min_time_s < 0:
-        raise VtwError("--min-runs must be >= 1, --warmup and --min-time >= 0")
+    check_timing_options(new_tokens=new_tokens, warmup=warmup, min_runs=min_runs, min_time_s=min_time_s,
+                         threads=threads)
     if inputs["input_ids"].shape[0] != 1:
         raise VtwError("latency is measured at batch size 1")
     device = next(model.parameters()).device
     previous_threads = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise VtwError(f"--threads {threads}: use 1 or more")
         torch.set_num_threads(threads)
     trackers = {variant: LatencyTracker(model, inputs, new_tokens, device) for variant in VARIANTS}
 
