@@ -621,6 +621,64 @@ def test_profile_without_a_calibrated_layer(tmp_path, capsys):
     assert "calibration.layer is null" in line and "--layer K" in line
 
 
+# ------------------------------------------------------------------------------------------------ vtw eval
+
+BUNDLED_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "bundled.yaml"
+
+
+def vtw_eval(*extra: str, profile: Path = BUNDLED_PROFILE) -> list[str]:
+    return ["eval", str(profile), "--model", "llava_hf", "--model-args", "pretrained=x", *extra]
+
+
+def test_eval_of_the_plugin_model_itself(capsys):
+    line = one_line_error(["eval", str(BUNDLED_PROFILE), "--model", "vtw", "--tasks", "mme"], capsys)
+    assert "--model 'vtw': give the base lmms-eval model (e.g. llava_hf)" in line
+
+
+def test_eval_without_tasks(capsys):
+    assert "no --tasks given" in one_line_error(vtw_eval(), capsys)
+
+
+def test_eval_model_args_with_a_plugin_key(capsys):
+    line = one_line_error(vtw_eval("--tasks", "mme", "--model-args", "pretrained=x,profile=p.yaml"), capsys)
+    assert "--model-args: profile is reserved for the vtw plugin; give the profile as vtw eval's PROFILE" in line
+
+
+def test_eval_malformed_model_args(capsys):
+    line = one_line_error(["eval", str(BUNDLED_PROFILE), "--model", "llava_hf", "--model-args", "pretrained",
+                           "--tasks", "mme"], capsys)
+    assert "--model-args 'pretrained': 'pretrained' is not key=value" in line
+
+
+def test_eval_limit_below_one(capsys):
+    assert "--limit must be >= 1, got 0" in one_line_error(vtw_eval("--tasks", "mme", "--limit", "0"), capsys)
+
+
+def test_eval_dataset_with_include_path(tmp_path, capsys):
+    line = one_line_error(vtw_eval("--dataset", "synthetic_color", "--include-path", str(tmp_path)), capsys)
+    assert "--dataset and --include-path cannot be combined" in line
+
+
+def test_eval_include_path_that_does_not_exist(tmp_path, capsys):
+    line = one_line_error(vtw_eval("--tasks", "mme", "--include-path", str(tmp_path / "nope")), capsys)
+    assert "--include-path" in line and "no such directory; pass the folder holding the task YAML files" in line
+
+
+def test_eval_profile_without_a_layer(tmp_path, capsys):
+    path = profile_profile(tmp_path, example_profile(layer=None), "nolayer.yaml")
+    line = one_line_error(vtw_eval("--tasks", "mme", profile=path), capsys)
+    assert "no withdrawal layer to evaluate" in line and "--threshold" in line
+
+
+def test_eval_without_lmms_eval_installed(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is not None:
+        pytest.skip("lmms-eval is installed here")
+    line = one_line_error(vtw_eval("--tasks", "mme"), capsys)
+    assert "lmms-eval is not installed in this environment; pip install 'vtwcli[lmms-eval]'" in line
+
+
 # ---------------------------------------------------------------------------------------------- resources
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtwcli.errors import VtwError
+from vtwcli.gates.benchmarks import benchmark_checks
 from vtwcli.gates.results import EPS, CheckResult, failed, num, passed
 from vtwcli.gates.stability import check_accuracy_intervals, check_layer_under_rule, noise_note
 from vtwcli.profile import (FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS, Calibration, Flops, Latency, Memory, Profile,
@@ -154,12 +155,14 @@ def _check_memory(memory: Memory, src: str) -> list[CheckResult]:
                         "1 - withdrawn.kv_cache_bytes / baseline.kv_cache_bytes", src, minus_from_one=True)]
 
 
-def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResult:
+def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResult | None:
     name = "max-accuracy-drop"
     evaluation = profile.evaluation
     if evaluation is None:
         return failed(name, f"--max-accuracy-drop {num(limit)} needs an evaluation section and the profile has none",
                       src)
+    if evaluation.withdrawn is None:
+        return None  # benchmarks only: benchmark_checks gates them
     if evaluation.withdrawn.accuracy is None:
         return failed(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
     ok, detail = accuracy_drop_detail(evaluation.baseline.accuracy, evaluation.withdrawn.accuracy, limit,
@@ -224,8 +227,9 @@ def check_typed_profile(profile: Profile, *, max_accuracy_drop: float | None = N
     results = _check_header(profile, src)
     if profile.calibration is not None:
         results += _check_calibration(profile.calibration, profile.model.num_layers, src)
-    if profile.evaluation is not None:
+    if profile.evaluation is not None and profile.evaluation.withdrawn is not None:
         results += _check_evaluation(profile, src)
+    results += benchmark_checks(profile, src, max_accuracy_drop)
     if profile.withdrawal is not None:
         results += _check_withdrawal(profile, src)
     if profile.flops is not None:
@@ -237,7 +241,7 @@ def check_typed_profile(profile: Profile, *, max_accuracy_drop: float | None = N
     if profile.verification is not None:
         results += _check_verification(profile.verification, profile, src)
     if max_accuracy_drop is not None:
-        results.append(_accuracy_drop_check(profile, max_accuracy_drop, src))
+        results += [r for r in [_accuracy_drop_check(profile, max_accuracy_drop, src)] if r is not None]
     return results
 
 

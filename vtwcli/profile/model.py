@@ -22,7 +22,7 @@ from vtwcli.profile.yaml_text import ordered, plain
 __all__ = [
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
     "CalibrationCost", "AttentionShare", "Selection", "SelectionWarning", "SamplesAuto", "AutoRoundRecord",
-    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Evaluation",
+    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Benchmark", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
     "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
@@ -183,11 +183,30 @@ class AccuracyInterval:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Benchmark:
+    """One lmms-eval task scored without and with the profile (`vtw eval`, vtwcli/benchmarks.py)."""
+
+    task: str
+    metric: str
+    full: float
+    withdrawn: float
     samples: int
-    baseline: Accuracy
-    withdrawn: WithdrawnAccuracy
+    layer: int
+    lmms_eval: str
+    higher_is_better: bool = True
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy on the calibration datasets (`vtw calibrate`; samples, baseline and withdrawn go together)
+    and/or on lmms-eval benchmarks (`vtw eval`)."""
+
+    samples: int | None = None
+    baseline: Accuracy | None = None
+    withdrawn: WithdrawnAccuracy | None = None
     interval: AccuracyInterval | None = None
+    benchmarks: tuple[Benchmark, ...] | None = None
 
 
 @dataclass(frozen=True)
