@@ -25,6 +25,7 @@ __all__ = [
     "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Benchmark", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
     "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
     "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
@@ -318,6 +319,49 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class VerificationCheck:
+    name: str
+    passed: bool
+    detail: str
+    layer: int | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class VerificationData:
+    name: str
+    sha256: str
+    sample_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DerivedAdapter:
+    derived: bool
+    notes: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """`vtw verify`: whether withdrawal was exact on this model, with which versions, checks and tolerance."""
+
+    passed: bool
+    vtwcli: str
+    transformers: str
+    config_sha256: str
+    dtype: str
+    reference: str
+    relative_tolerance: float
+    layers: tuple[int, ...]
+    checks: tuple[VerificationCheck, ...]
+    torch: str | None = None
+    weights_sha256: str | None = None
+    new_tokens: int | None = None
+    data: tuple[VerificationData, ...] | None = None
+    adapter: DerivedAdapter | None = None
+
+
+@dataclass(frozen=True)
 class Environment:
     vtwcli: str
     python: str
@@ -344,6 +388,7 @@ class Profile:
     flops: Flops | None = None
     latency: Latency | None = None
     memory: Memory | None = None
+    verification: Verification | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     source: str = field(default="<profile>", compare=False, repr=False)
 
