@@ -22,19 +22,31 @@ from vtwcli.errors import UnsupportedError
 if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
     from torch import nn
 
-__all__ = ["ADAPTERS", "Adapter", "DeepStack", "GRANITE4_VISION_DEEPSTACK", "IMAGE_AND_VIDEO", "LLAVA_COMPONENTS",
+__all__ = ["ADAPTERS", "Adapter", "DERIVED", "DeepStack", "GRANITE4_VISION_DEEPSTACK", "IMAGE_AND_VIDEO", "LLAVA_COMPONENTS",
            "NOT_APPLICABLE", "PLANNED", "QWEN3_VL_DEEPSTACK", "QWEN_VL_COMPONENTS", "Uncovered", "VISION_KINDS",
-           "adapter_for", "adapter_for_architecture", "parse_kinds", "supported_architectures", "validate_kinds"]
+           "adapter_for", "adapter_for_architecture", "has_entry", "parse_kinds", "supported_architectures", "validate_kinds"]
 
 
 def supported_architectures() -> list[str]:
     return [arch for adapter in ADAPTERS for arch in adapter.architectures]
 
 
+# Adapters derived at run time for architectures without an entry (`--generic`, vtwcli/generic.py), by class
+# name; only ever filled after `vtw verify` passed on the model.
+DERIVED: dict[str, Adapter] = {}
+
+
+def has_entry(architecture: str) -> bool:
+    """True where an adapter entry (not a --generic derivation) lists ``architecture``."""
+    return any(architecture in adapter.architectures for adapter in ADAPTERS)
+
+
 def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:
             return adapter
+    if architecture in DERIVED:
+        return DERIVED[architecture]
     why = next((f" ({status}: {entry.reason})" for status, entries in (("planned", PLANNED),
                                                                          ("not applicable", NOT_APPLICABLE))
                 for entry in entries.values() if architecture in entry.architectures), "")

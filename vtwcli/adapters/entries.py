@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vtwcli import vision_tokens
 from vtwcli.adapters.mechanism import LLAVA_COMPONENTS, Adapter, DeepStack
 
 if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
@@ -122,6 +123,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="LLaVA-NeXT",
         architectures=("LlavaNextForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.anyres,
         notes="anyres: variable image tokens per image (image-newline features included)",
     ),
     Adapter(
@@ -131,6 +133,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_kinds=IMAGE_AND_VIDEO,
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
         flops_components=QWEN_VL_COMPONENTS,
+        image_tokens=vision_tokens.merged_patches,
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
     ),
     Adapter(
@@ -164,6 +167,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="Gemma 3",
         architectures=("Gemma3ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.fixed_per_image,
         notes="sliding-window layers: after withdrawal the window counts kept tokens; begin/end-of-image kept",
     ),
     Adapter(
@@ -171,6 +175,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("LlavaOnevisionForConditionalGeneration",),
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        image_tokens=vision_tokens.anyres,
         notes="images (anyres) and video in one model; image and video tokens withdrawn",
     ),
     Adapter(
@@ -183,6 +188,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="InternVL",
         architectures=("InternVLForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(

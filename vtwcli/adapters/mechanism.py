@@ -130,6 +130,10 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Vision tokens one image of W x H becomes, from the config files alone: (config, image processor built
+    # from preprocessor_config.json, width, height) -> int, a rule of vtwcli/vision_tokens.py. With it,
+    # `vtw profile --flops-only --image-size WxH` counts this family from its config on the meta device.
+    image_tokens: Callable[..., int] | None = None
     # Vision features injected inside the decoder (DeepStack), or None.
     deepstack: DeepStack | None = None
     # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one
