@@ -407,6 +407,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
         if progress:
             progress("kl", len(chunk))
+    search_seconds = time.perf_counter() - started  # the KL search alone: the accuracy below is timed apart
     kl = np.asarray(kl_rows, dtype=np.float64)
     per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
     chosen = first_layer_under(per_layer, options.threshold)
@@ -438,13 +439,13 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
                 progress("eval", len(chunk))
         return float(np.mean(correct))
 
-    evaluation = None
+    evaluation, evaluation_started = None, time.perf_counter()
     if options.evaluate:
         evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
                       "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
 
-    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full,
-            "seconds": time.perf_counter() - started}
+    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full, "seconds": search_seconds,
+            "evaluation_seconds": time.perf_counter() - evaluation_started if options.evaluate else None}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
                              options=options)

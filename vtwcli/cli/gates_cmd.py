@@ -88,6 +88,12 @@ def compare_command(
     max_latency_increase: float | None = typer.Option(
         None, "--max-latency-increase", metavar="PCT", help="Fail if any withdrawn latency median (prefill, decode "
         "per token, end to end) of NEW exceeds BASE's by more than PCT percent."),
+    min_speedup: float | None = typer.Option(
+        None, "--min-speedup", metavar="X", help="Fail if NEW's prefill speedup (median of baseline/withdrawn pairs) "
+        "is below X (e.g. 1.2)."),
+    max_speedup_drop: float | None = typer.Option(
+        None, "--max-speedup-drop", metavar="PCT", help="Fail if NEW's prefill speedup is more than PCT percent below "
+        "BASE's (ratios timed in pairs: robust to a slower runner, unlike --max-latency-increase)."),
     max_memory_increase: float | None = typer.Option(
         None, "--max-memory-increase", metavar="PCT", help="Fail if NEW's withdrawn peak RSS or KV cache exceeds "
         "BASE's by more than PCT percent."),
@@ -103,6 +109,7 @@ def compare_command(
     A gate is n/a when its section is in neither profile; it fails when only one profile lacks its figures.
     """
     limits = GateLimits(max_flops_increase=max_flops_increase, max_latency_increase=max_latency_increase,
+                        min_speedup=min_speedup, max_speedup_drop=max_speedup_drop,
                         max_memory_increase=max_memory_increase, max_kl=max_kl, max_accuracy_drop=max_accuracy_drop,
                         same_layer=same_layer)
     comparison = compare_files(base, new, limits)

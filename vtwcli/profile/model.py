@@ -23,7 +23,7 @@ __all__ = [
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
     "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
-    "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "TimingStats", "LatencyRun", "Speedup", "SpeedupInterval", "SpeedupIntervals", "LatencyNoise", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
     "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
     "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
@@ -90,8 +90,9 @@ class SampleKL:
 
 @dataclass(frozen=True)
 class CalibrationCost:
-    full_forward_equivalents: float
-    seconds: float
+    full_forward_equivalents: float     # of the KL search over every candidate K
+    seconds: float                      # the KL search (not the accuracy evaluation)
+    evaluation_seconds: float | None = None   # the accuracy evaluation, full and at K (null: --no-eval)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,38 @@ class Speedup:
 
 
 @dataclass(frozen=True)
+class SpeedupInterval:
+    """Of one speedup figure: the 95% confidence interval of the median per-pair speedup (null: too few
+    pairs) and the spread of the pairs (p10, p90)."""
+
+    p10: float
+    p90: float
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class SpeedupIntervals:
+    prefill: SpeedupInterval
+    end_to_end: SpeedupInterval
+    decode_per_token: SpeedupInterval | None = None
+
+
+@dataclass(frozen=True)
+class LatencyNoise:
+    """Whether the latency figures are usable, and the conditions they were taken in."""
+
+    noisy: bool
+    reasons: tuple[str, ...] = ()
+    ci_target: float | None = None      # relative half-width of the 95% intervals aimed at
+    max_time_s: float | None = None     # the time budget
+    seconds: float | None = None        # timed seconds spent
+    load_start: float | None = None     # 1-minute load average before / after the timing
+    load_end: float | None = None
+    cpus: int | None = None
+
+
+@dataclass(frozen=True)
 class Latency:
     device: str
     device_name: str
@@ -229,6 +262,9 @@ class Latency:
     threads: int | None = None
     new_tokens: int | None = None
     flops_ratio: float | None = None
+    speedup_interval: SpeedupIntervals | None = None   # absent in profiles measured before pairs
+    pairs: int | None = None
+    noise: LatencyNoise | None = None
 
 
 @dataclass(frozen=True)
