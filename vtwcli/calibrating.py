@@ -32,6 +32,7 @@ class CalibrationJob:
     device_map: str | None = None
     force: bool = False
     resume: bool = False
+    threads: int | None = None          # torch threads; None: vtwcli.defaults.default_threads()
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,20 @@ def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRu
     ``(phase, n)`` as batches finish (phases ``kl`` and ``eval``). An interrupt (Ctrl-C, SIGTERM made one)
     leaves the finished batches in the checkpoint and becomes a VtwError (exit 130) saying how to resume.
     """
+    from vtwcli.loading import torch_threads
+
+    if job.options.diagnose and job.attn != "eager":
+        raise VtwError("--diagnose needs attention weights: add --attn eager")
+    with torch_threads(job.threads):  # the whole run, restored after
+        return _calibrate(job, progress)
+
+
+def _calibrate(job: CalibrationJob, progress) -> CalibrationRun:
     from vtwcli.checkpoint import CheckpointStore
     from vtwcli.loading import load_model, model_section
     from vtwcli.profile import new_profile, write_profile
 
     options = job.options
-    if options.diagnose and job.attn != "eager":
-        raise VtwError("--diagnose needs attention weights: add --attn eager")
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map)
     selections = select_datasets(job.datasets, loaded.is_bundled, job.samples, options.seed)
     total = sum(len(s.samples) for s in selections)

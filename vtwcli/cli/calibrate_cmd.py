@@ -48,6 +48,8 @@ def calibrate_command(
                                 "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
     withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
                                            "image,video (families with video). Default: every vision token."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
+                                          "at least 1 (torch's own default, every core, slows down under outside load)."),
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
@@ -63,7 +65,7 @@ def calibrate_command(
     check_output_path(output, "vtw-calibration.yaml")
     job = CalibrationJob(options, output if resume else output_path_for(output, force), model=model,
                          datasets=tuple(dataset or ()), samples=samples, device=device, dtype=dtype, attn=attn,
-                         device_map=device_map, force=force, resume=resume)
+                         device_map=device_map, force=force, resume=resume, threads=threads)
     run = calibrate_to_profile(job, progress=lambda totals: _progress_bar(totals, hidden=as_json))
     if plot is not None:
         save_plot(run.result, plot)
@@ -93,10 +95,31 @@ def _progress_bar(totals: dict, *, hidden: bool):
     from vtwcli.cli._signals import stop_on_signals
 
     labels = {"kl": "KL, every layer", "eval": "accuracy, full and at K"}
+    if not hidden and not err_console.is_terminal:  # a log: plain lines every few seconds, not a bar
+        with stop_on_signals():
+            yield _plain_progress(totals, labels)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=hidden) as bar, stop_on_signals():
         tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}
         yield lambda phase, n: bar.advance(tasks[phase], n)
+
+
+def _plain_progress(totals: dict, labels: dict):
+    from vtwcli.cli._progress import PlainProgress
+
+    def write(text: str) -> None:
+        err_console.print(text, highlight=False, soft_wrap=True)
+
+    lines = {phase: PlainProgress(f"calibrate: {labels[phase]}", total, write=write) for phase, total in totals.items()}
+    previous = {}
+
+    def advance(phase: str, n: int) -> None:
+        if lines[phase].done == 0 and previous:  # a phase's clock starts when the one before it ended
+            lines[phase].started = lines[previous["phase"]].last
+        previous["phase"] = phase
+        lines[phase].advance(n, " samples" if phase == "kl" else " answers")
+    return advance
 
 
 def _render(run) -> None:
@@ -113,6 +136,9 @@ def _render(run) -> None:
         withdrawn = ev["withdrawn"]["accuracy"]
         console.print(f"accuracy on {ev['samples']} samples: full model {ev['baseline']['accuracy']:.1%}"
                       + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
-    console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
-                  f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
+    cost = result.cost
+    evaluation = "" if cost.get("evaluation_seconds") is None else \
+        f"; accuracy evaluation {cost['evaluation_seconds']:.1f} s"
+    console.print(f"cost of the KL search: {cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
+                  f"{len(result.layers)} candidate layers, {cost['seconds']:.1f} s{evaluation}", soft_wrap=True)
     console.print(f"profile written to [bold]{run.written}[/]", soft_wrap=True)  # a path must stay one piece to copy
