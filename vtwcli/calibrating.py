@@ -14,7 +14,8 @@ from pathlib import Path
 from vtwcli.calibration import CalibrationOptions, CalibrationResult, DatasetSelection, calibrate, calibration_section
 from vtwcli.errors import VtwError
 
-__all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section"]
+__all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section",
+           "recorded_path"]
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,19 @@ def select_datasets(names, is_bundled: bool, samples: int | None, seed: int) -> 
     return selections
 
 
+def recorded_path(path: Path) -> str:
+    """A dataset's path as a profile records it: a bundled set relative to the installed package
+    (``vtwcli/data/datasets/...``, the same on every machine), any other file as given."""
+    package = Path(__file__).resolve().parent
+    try:
+        return str(Path(package.name) / Path(path).resolve().relative_to(package))
+    except ValueError:
+        return str(path)
+
+
 def data_section(selections: list[DatasetSelection]) -> list[dict]:
     """The profile's ``data`` block: which samples of which file (by hash) the calibration saw."""
-    return [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,
+    return [{"name": s.dataset.name, "path": recorded_path(s.dataset.path), "sha256": s.dataset.sha256,
              "samples": len(s.samples), "seed": s.seed, "sample_ids": [x.id for x in s.samples]}
             for s in selections]
 

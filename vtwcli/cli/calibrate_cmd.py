@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from vtwcli.cli import app
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import CheckFailed
@@ -126,7 +127,7 @@ def _render(run) -> None:
     from vtwcli.cli._render import kl_chart, kl_table
 
     result = run.result
-    console.print(kl_table(result))
+    print_table(kl_table(result))
     console.print(kl_chart(result))
     for entry in result.per_dataset:
         own = entry["layer"] if entry["layer"] is not None else "none"

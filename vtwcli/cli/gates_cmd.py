@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 from vtwcli.errors import CheckFailed, VtwError
 from vtwcli.gates import (Comparison, FileCheck, GateLimits, check_failure_message, check_files, compare_files,
@@ -62,11 +63,11 @@ def _render_checks(files: list[FileCheck]) -> None:
             continue
         for result in item.results:
             table.add_row(escape(item.source), escape(result.name), _status(result.status), escape(result.detail))
-    console.print(table)
+    print_table(table, layout="lines")
     failed = sum(1 for f in files for r in f.results if not r.passed)
     unreadable = sum(1 for f in files if f.error is not None)
     if not failed and not unreadable:
-        console.print(f"[green]all checks passed[/] ({len(files)} file(s))")
+        console.print(f"[green]all checks passed[/] ({len(files)} file{'' if len(files) == 1 else 's'})")
 
 
 class OutputFormat(str, Enum):
@@ -133,7 +134,7 @@ def _render_comparison(comparison: Comparison) -> None:
     for row in comparison.rows:
         absolute, pct = format_delta(row)
         table.add_row(row.metric, format_value(row.base, row.unit), format_value(row.new, row.unit), absolute, pct)
-    console.print(table)
+    _print_rows(table, comparison)
     if comparison.gates:
         gates = Table(title="gates")
         gates.add_column("gate", no_wrap=True)
@@ -141,11 +142,33 @@ def _render_comparison(comparison: Comparison) -> None:
         gates.add_column("detail", overflow="fold")
         for gate in comparison.gates:
             gates.add_row(gate.name, _status(gate.status), escape(gate.detail))
-        console.print(gates)
+        print_table(gates, layout="lines")
     else:
         console.print("[dim]no gates requested[/]")
     for note in comparison.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _print_rows(table: Table, comparison: Comparison) -> None:
+    """The table where it fits (without the absolute Δ if need be); in a narrow log one line per figure."""
+    from vtwcli.cli._tables import fits
+
+    if fits(table, console):
+        console.print(table)
+        return
+    narrow = Table(title=table.title)
+    for column in ("metric", "BASE", "NEW", "Δ %"):
+        narrow.add_column(column, justify="left" if column == "metric" else "right", no_wrap=column != "metric")
+    for row in comparison.rows:
+        narrow.add_row(row.metric, format_value(row.base, row.unit), format_value(row.new, row.unit), format_delta(row)[1])
+    if fits(narrow, console):
+        console.print(narrow)
+        return
+    console.print(table.title, highlight=False, soft_wrap=True)
+    for row in comparison.rows:
+        pct = format_delta(row)[1]
+        console.print(f"  {row.metric}: {format_value(row.base, row.unit)} -> {format_value(row.new, row.unit)}"
+                      + ("" if pct == "—" else f" ({pct})"), highlight=False, soft_wrap=True)
 
 
 def _cell(text: str) -> str:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from vtwcli.adapters import ADAPTERS, PLANNED
 from vtwcli.cli import app
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 
 
@@ -40,4 +41,4 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         style = "green" if row["status"] == "supported" else "dim"
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
-    console.print(table)
+    print_table(table)

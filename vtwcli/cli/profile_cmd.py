@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS, DEFAULT_TEXT_TOKENS
@@ -178,18 +179,18 @@ def profile_command(
 
 def _render_run(run) -> None:
     sections, kinds, layer = run.sections, run.options.kinds, run.options.layer
-    console.print(_flops_table(sections["flops"], kinds))
+    print_table(_flops_table(sections["flops"], kinds))
     console.print(f"counter: {sections['flops']['counter']}")
     if "fvcore" in sections["flops"]:
         fv = sections["flops"]["fvcore"]
         console.print(f"fvcore cross-check: baseline {fv['baseline_total']:,}, withdrawn {fv['withdrawn_total']:,} "
                       f"FLOPs ({fv['note']})", style="dim", highlight=False)
     if "latency" in sections:
-        console.print(_latency_table(sections["latency"]))
+        print_table(_latency_table(sections["latency"]))
         for text, style in _noise_lines(sections["latency"]):
             console.print(text, style=style, highlight=False, soft_wrap=True)  # a log wraps it, not us
     if "memory" in sections:
-        console.print(_memory_table(sections["memory"]))
+        print_table(_memory_table(sections["memory"]))
         from vtwcli.measure.memory import peak_rss_per_variant
 
         if not peak_rss_per_variant():

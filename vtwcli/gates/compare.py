@@ -93,12 +93,15 @@ def _metric_gate(spec: MetricSpec, gate, base: Profile, new: Profile, limit: flo
     if skipped is not None:
         return skipped
     b, n = value_of(base, spec.path), value_of(new, spec.path)
-    absent = _absent((b, n), sources)
+    absent = _absent((0 if gate.kind == "minimum" else b, n), sources)  # a minimum reads NEW only
     if absent:
         return failed(gate.name, f"{'.'.join(spec.path)} is missing or null in {' and '.join(absent)}; cannot "
                       f"compare {gate.label}")
     ok, outcome = _gate_outcome(gate, b, n, limit)
-    detail = f"{gate.label} {format_value(b, spec.unit)} -> {format_value(n, spec.unit)} {outcome}{suffix}"
+    if gate.kind == "minimum":
+        detail = f"NEW {gate.label} {format_value(n, spec.unit)} {outcome} (BASE {format_value(b, spec.unit)}){suffix}"
+    else:
+        detail = f"{gate.label} {format_value(b, spec.unit)} -> {format_value(n, spec.unit)} {outcome}{suffix}"
     return passed(gate.name, detail) if ok else failed(gate.name, detail)
 
 
