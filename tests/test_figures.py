@@ -247,3 +247,30 @@ def test_default_threads_and_torch_threads(monkeypatch):
     with pytest.raises(VtwError, match="--threads 0: use 1 or more"):
         with torch_threads(0):
             pass
+
+
+def test_overhead_note_explains_a_slowdown_by_the_fixed_cost():
+    """Baseline 16 ms, FLOPs ratio 1.1: the FLOPs predict 16 / 1.1 = 14.545 ms withdrawn; measured 17.2 ms, so
+    17.2 - 14.545 = 2.655 ms is fixed cost, more than the 16 - 14.545 = 1.455 ms saved."""
+    from vtwcli.measure.latency import overhead_notes
+
+    slower = SpeedupInterval(low=0.90, high=0.96, p10=0.88, p90=0.98)
+    (note,) = overhead_notes(0.93, slower, 16.0, 17.2, 1.1)
+    assert note.startswith("withdrawn prefill is slower (0.93x) although it computes 1.10x fewer FLOPs: it takes "
+                           "17.20 ms where the FLOPs predict 14.55 ms, so about 2.65 ms a forward is the hooks' "
+                           "fixed cost, more than the 1.45 ms of compute saved")
+    assert overhead_notes(0.93, SpeedupInterval(low=0.85, high=1.02, p10=0.8, p90=1.1), 16.0, 17.2, 1.1) == []
+    assert overhead_notes(1.5, SpeedupInterval(low=1.4, high=1.6, p10=1.3, p90=1.7), 30.0, 20.0, 1.7) == []
+    assert overhead_notes(0.93, slower, 16.0, 17.2, None) == []
+    # no interval (fewer than 6 pairs): the pairs' p90 decides
+    assert overhead_notes(0.93, SpeedupInterval(p10=0.9, p90=0.97), 16.0, 17.2, 1.1) != []
+
+
+def test_bundled_dataset_paths_are_recorded_relative_to_the_package(tmp_path):
+    from vtwcli.calibrating import recorded_path
+    from vtwcli.datasets import load_dataset
+
+    bundled = load_dataset("synthetic_color")
+    assert recorded_path(bundled.path) == "vtwcli/data/datasets/synthetic_color/data.jsonl"
+    own = tmp_path / "mine.jsonl"
+    assert recorded_path(own) == str(own)

@@ -106,6 +106,24 @@ def _progress_bar(totals: dict, *, hidden: bool):
         yield lambda phase, n: bar.advance(tasks[phase], n)
 
 
+def _diagnose_table(result):
+    """A short view of --diagnose (the profile has every layer): the first layers, those around K, the last."""
+    from rich.table import Table
+
+    shares = result.diagnose
+    last = len(shares) - 1
+    around = {0, 1, last} | ({result.layer - 1, result.layer, result.layer + 1} if result.layer is not None else set())
+    table = Table(title="attention of the last prompt token", caption="--diagnose; every layer is in the profile")
+    for column in ("layer", "system", "vision", "text"):
+        table.add_column(column, justify="right")
+    for entry in shares:
+        if entry["layer"] in around:
+            chosen = entry["layer"] == result.layer
+            table.add_row(f"{entry['layer']}{' = K' if chosen else ''}", f"{entry['system']:.1%}",
+                          f"{entry['vision']:.1%}", f"{entry['text']:.1%}", style="bold green" if chosen else "")
+    return table
+
+
 def _plain_progress(totals: dict, labels: dict):
     from vtwcli.cli._progress import PlainProgress
 
@@ -129,6 +147,8 @@ def _render(run) -> None:
     result = run.result
     print_table(kl_table(result))
     console.print(kl_chart(result))
+    if result.diagnose:
+        print_table(_diagnose_table(result))
     for entry in result.per_dataset:
         own = entry["layer"] if entry["layer"] is not None else "none"
         console.print(f"  {entry['name']}: first layer under the threshold = {own}")

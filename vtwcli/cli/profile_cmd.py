@@ -40,12 +40,13 @@ def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
         reduction = f"{1 - new / base:.1%}" if base else "-"
         table.add_row(key, _scaled(base, scale), _scaled(new, scale), reduction, style="bold" if key == "total" else "")
     decode = flops.get("decode_per_token")
-    if decode:
+    if decode:  # in its own unit: a 7B decode step is GFLOPs beside TFLOPs of prefill
         base, new = decode["baseline"], decode["withdrawn"]
-        table.add_row(f"decode / token (context {decode['context_tokens']['baseline']} -> "
-                      f"{decode['context_tokens']['withdrawn']} in layers >= K)", _scaled(base, scale),
-                      _scaled(new, scale),
+        decode_scale, decode_unit = _unit(base)
+        table.add_row(f"decode / token ({decode_unit})", _scaled(base, decode_scale), _scaled(new, decode_scale),
                       f"{1 - new / base:.1%}" if base else "-", style="dim")
+        table.caption = (f"decode: context {decode['context_tokens']['baseline']} -> "
+                         f"{decode['context_tokens']['withdrawn']} tokens in layers >= K")
     return table
 
 
@@ -86,6 +87,7 @@ def _noise_lines(latency: dict) -> list[tuple[str, str]]:
         f"; load average {noise['load_start']:.2f} -> {noise['load_end']:.2f} on {noise['cpus']} CPUs"
     lines = [(f"timed {noise['seconds']:.1f} s of at most {noise['max_time_s']:g} s, interval target "
               f"+-{noise['ci_target']:.1%}{load}", "dim")]
+    lines += [(f"note: {note}", "yellow") for note in latency.get("notes") or ()]
     if noise["noisy"]:
         lines.append(("latency figures are too noisy to use:", "bold yellow"))
         lines += [(f"  - {reason}", "yellow") for reason in noise["reasons"]]
@@ -180,11 +182,11 @@ def profile_command(
 def _render_run(run) -> None:
     sections, kinds, layer = run.sections, run.options.kinds, run.options.layer
     print_table(_flops_table(sections["flops"], kinds))
-    console.print(f"counter: {sections['flops']['counter']}")
+    console.print(f"counter: {sections['flops']['counter']}", soft_wrap=True)
     if "fvcore" in sections["flops"]:
         fv = sections["flops"]["fvcore"]
         console.print(f"fvcore cross-check: baseline {fv['baseline_total']:,}, withdrawn {fv['withdrawn_total']:,} "
-                      f"FLOPs ({fv['note']})", style="dim", highlight=False)
+                      f"FLOPs ({fv['note']})", style="dim", highlight=False, soft_wrap=True)
     if "latency" in sections:
         print_table(_latency_table(sections["latency"]))
         for text, style in _noise_lines(sections["latency"]):
@@ -196,11 +198,11 @@ def _render_run(run) -> None:
         if not peak_rss_per_variant():
             err_console.print("[yellow]peak RSS could not be reset between variants on this OS: both figures are the "
                               "process's peak so far and are not comparable[/]")
-    console.print(_prompt_line(sections["flops"]["tokens"], layer, kinds))
+    console.print(_prompt_line(sections["flops"]["tokens"], layer, kinds), soft_wrap=True)
     analytic = sections["flops"].get("analytic")
     if analytic is not None:
         console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "
-                      f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False)
+                      f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False, soft_wrap=True)
     _render_written(run)
 
 

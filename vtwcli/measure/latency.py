@@ -44,7 +44,7 @@ from vtwcli.profile.header import device_name
 from vtwcli.profile.model import LATENCY_FIGURES, LatencyNoise, SpeedupInterval, TimingStats
 
 __all__ = ["timing_stats", "summarize", "LatencyTracker", "measure_latency", "device_name", "median_ci",
-           "pair_speedups", "speedup_interval", "relative_half_width", "noise_reasons", "LatencyPlan",
+           "pair_speedups", "speedup_interval", "relative_half_width", "noise_reasons", "overhead_notes", "LatencyPlan",
            "CONFIDENCE", "MIN_PAIRS_FOR_CI", "FLOPS_MARGIN"]
 
 METRICS = tuple(key for _, key, _ in LATENCY_FIGURES)
@@ -213,6 +213,22 @@ def noise_reasons(figures: dict[str, tuple[float, SpeedupInterval]], target: flo
     return reasons
 
 
+def overhead_notes(speedup: float, interval: SpeedupInterval, baseline_ms: float, withdrawn_ms: float,
+                   flops_ratio: float | None) -> list[str]:
+    """Why withdrawal reads as a slowdown when it does: the whole interval (p10..p90 without one) of the prefill
+    speedup below 1 while the FLOPs fall. What the FLOPs alone predict for the withdrawn prefill is
+    baseline / FLOPs ratio; the rest of the withdrawn time is a fixed cost per forward (hooks, gathers)."""
+    high = interval.high if interval.high is not None else interval.p90
+    if not flops_ratio or flops_ratio <= 1 or high >= 1:
+        return []
+    predicted = baseline_ms / flops_ratio
+    return [f"withdrawn prefill is slower ({speedup:.2f}x) although it computes {flops_ratio:.2f}x fewer FLOPs: it "
+            f"takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so about "
+            f"{withdrawn_ms - predicted:.2f} ms a forward is the hooks' fixed cost, more than the "
+            f"{baseline_ms - predicted:.2f} ms of compute saved on this model; on a model whose prefill takes "
+            "longer the saving dominates"]
+
+
 def _load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -305,4 +321,6 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
                          load_end=_load_average(), cpus=os.cpu_count())
     section["noise"] = {**dataclasses.asdict(noise), "reasons": list(reasons)}
     section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)
+    section["notes"] = overhead_notes(*figures["prefill"], section["baseline"]["prefill_ms"]["median"],
+                                      section["withdrawn"]["prefill_ms"]["median"], flops_ratio)
     return section

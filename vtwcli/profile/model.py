@@ -265,6 +265,7 @@ class Latency:
     speedup_interval: SpeedupIntervals | None = None   # absent in profiles measured before pairs
     pairs: int | None = None
     noise: LatencyNoise | None = None
+    notes: tuple[str, ...] = ()        # what a reader needs to read the figures (e.g. why it is a slowdown)
 
 
 @dataclass(frozen=True)
