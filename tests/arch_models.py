@@ -88,6 +88,9 @@ class Family:
     vision_ids: Callable[[object], list[int]]
     # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
     image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    # The layer types whose attention is bidirectional inside image blocks (Gemma 4: sliding layers only);
+    # None: every layer (Gemma 3).
+    image_block_layer_types: tuple[str, ...] | None = None
     notes: dict = field(default_factory=dict)
 
 
@@ -572,6 +575,94 @@ def idefics3_rows(processor):
             ("USER: <image>how many ?\nASSISTANT:", [image(20, 44, 3)])]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 4: sliding + full layers, bidirectional image blocks on sliding layers only, per-layer inputs (PLE)
+# passed positionally to every layer, KV sharing (the last layer reuses the keys/values of layer 2)
+
+GEMMA4_SPECIALS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                   "video_token": "<|video|>", "start_turn": "<|turn>", "end_turn": "<turn|>"}
+GEMMA4_IMAGE, GEMMA4_BOI = token_id(GEMMA4_SPECIALS, "image_token"), token_id(GEMMA4_SPECIALS, "boi_token")
+GEMMA4_EOI, GEMMA4_VIDEO = token_id(GEMMA4_SPECIALS, "eoi_token"), token_id(GEMMA4_SPECIALS, "video_token")
+GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replace("<start_of_turn>", "<|turn>") \
+    .replace("<end_of_turn>", "<turn|>").replace("{% else %}", "{% elif item['type'] == 'video' %}<|video|>{% else %}")
+
+
+def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
+    """Layers S S F .. F (every third full, the last full); the last layer reuses the keys/values of the last
+    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+    types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
+    types[-1] = "full_attention"
+    text = Gemma4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8, layer_types=types,
+                                    sliding_window=GEMMA_WINDOW, hidden_size_per_layer_input=8,
+                                    vocab_size_per_layer_input=VOCAB, num_kv_shared_layers=1,
+                                    use_bidirectional_attention="vision"))
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=2,
+                                position_embedding_size=64)
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None, image_token_id=GEMMA4_IMAGE,
+                          boi_token_id=GEMMA4_BOI, eoi_token_id=GEMMA4_EOI, video_token_id=GEMMA4_VIDEO)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Gemma4ForConditionalGeneration(config), [GEMMA4_IMAGE, GEMMA4_BOI, GEMMA4_EOI, GEMMA4_VIDEO])
+
+
+class Gemma4Inputs(ShimProcessor):
+    """What Gemma4Processor does (it needs torchvision for its video processor): each <|image|> becomes
+    <|image> + one <|image|> per soft token of that image + <image|>; each <|video|> becomes, per frame,
+    "00:0s <|image>" + one <|video|> per soft token of that frame + "<image|>" (frames through the image
+    processor, as the video processor patchifies them); mm_token_type_ids marks image (1) and video (2) tokens."""
+
+    chat_template = GEMMA4_TEMPLATE
+
+    def __init__(self, image_processor, tokenizer):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
+        out, texts = {}, list(text)
+        if images and any(images):
+            vision = self.image_processor(images=[list(row) for row in images], return_tensors="pt")
+            out.update(pixel_values=vision["pixel_values"], image_position_ids=vision["image_position_ids"])
+            counts = iter(vision["num_soft_tokens_per_image"].tolist())
+            texts = [_expand_with(t, "<|image|>", lambda: "<|image>" + "<|image|>" * next(counts) + "<image|>")
+                     for t in texts]
+        if videos:
+            clips = [[Image.fromarray(np.asarray(frame)) for frame in clip] for clip in videos]
+            frames = self.image_processor(images=[frame for clip in clips for frame in clip], return_tensors="pt")
+            out.update(pixel_values_videos=frames["pixel_values"], video_position_ids=frames["image_position_ids"],
+                       num_frames_per_video=torch.tensor([len(clip) for clip in clips]))
+            per_frame = iter(frames["num_soft_tokens_per_image"].tolist())
+            layouts = iter([" ".join(f"00:0{t} <|image>" + "<|video|>" * next(per_frame) + "<image|>"
+                                     for t in range(len(clip))) for clip in clips])
+            texts = [_expand_with(t, "<|video|>", lambda: next(layouts)) for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        ids = encoded["input_ids"]
+        types = (ids == GEMMA4_IMAGE).long() + 2 * (ids == GEMMA4_VIDEO).long()
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
+                          **out})
+
+
+def gemma4_processor():
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    images = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70)
+    return Gemma4Inputs(images, word_tokenizer(GEMMA4_SPECIALS))
+
+
+def gemma4_blocks(ids: torch.Tensor, config) -> torch.Tensor:
+    """Block id per token (-1 outside): contiguous runs of image or video soft tokens (one per image / frame)."""
+    vision = (ids == config.image_token_id) | (ids == config.video_token_id)
+    starts = vision & ~torch.cat([torch.zeros_like(vision[..., :1]), vision[..., :-1]], dim=-1)
+    return torch.where(vision, starts.long().cumsum(-1) - 1, torch.full_like(ids, -1))
+
+
+def gemma4_rows(processor):
+    return [("<|turn>user\nwhat color <|image|> the <|image|> is this ?<turn|>\n<|turn>model\n",
+             [image(40, 20, 1), image(16, 16, 2)]),
+            ("<|turn>user\n<|image|>how many ?<turn|>\n<|turn>model\n", [image(20, 44, 3)])]
+
+
 FAMILIES: dict[str, Family] = {
     "llava_next": Family("LLaVA-NeXT", "LlavaNextForConditionalGeneration", tiny_llava_next, llava_next_processor,
                          llava_rows, lambda config: [config.image_token_id]),
@@ -595,6 +686,9 @@ FAMILIES: dict[str, Family] = {
     "smolvlm": Family("SmolVLM", "SmolVLMForConditionalGeneration",
                       lambda n, a="sdpa", s=0: tiny_idefics3(n, a, s, smolvlm=True), idefics3_processor,
                       idefics3_rows, lambda config: [config.image_token_id]),
+    "gemma4": Family("Gemma 4", "Gemma4ForConditionalGeneration", tiny_gemma4, gemma4_processor, gemma4_rows,
+                     lambda config: [config.image_token_id, config.video_token_id], image_blocks=gemma4_blocks,
+                     image_block_layer_types=("sliding_attention",)),
 }
 
 
@@ -632,3 +726,65 @@ def save_and_serve(family: Family, directory, monkeypatch, num_layers: int = 4) 
     if shim is not None:
         monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *args, **kwargs: shim)
     return directory
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Llama 4: chunked-attention layers + a NoPE full-attention layer (attention temperature tuning), MoE every
+# other layer. transformers 5.24's Llama4ForConditionalGeneration.forward fails on every call (upstream bug),
+# so withdrawal runs on its language model (Llama4ForCausalLM) with inputs_embeds + vision_mask.
+
+LLAMA4_IMAGE, LLAMA4_BOI, LLAMA4_EOI = 4, 5, 6
+LLAMA4_CHUNK = 8
+
+
+def tiny_llama4(num_layers=4, attn="sdpa", seed=0, floor_scale: int = 8192, attn_scale: float = 0.1):
+    from transformers import Llama4Config, Llama4ForConditionalGeneration, Llama4TextConfig, Llama4VisionConfig
+
+    text = Llama4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, intermediate_size_mlp=64,
+                                    attention_chunk_size=LLAMA4_CHUNK,
+                                    no_rope_layers=[1] * (num_layers - 1) + [0],  # the last layer: NoPE, full
+                                    num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=2,
+                                    floor_scale=floor_scale, attn_scale=attn_scale))
+    vision = Llama4VisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=16, patch_size=4, vision_output_dim=32, projector_input_dim=32,
+                                projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    config = Llama4Config(vision_config=vision, text_config=text, image_token_index=LLAMA4_IMAGE,
+                          boi_token_index=LLAMA4_BOI, eoi_token_index=LLAMA4_EOI)
+    config._attn_implementation = attn
+    config.text_config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = Llama4ForConditionalGeneration(config).eval()
+    _finish(model.language_model, [LLAMA4_IMAGE, LLAMA4_BOI, LLAMA4_EOI])
+    return model
+
+
+@torch.no_grad()
+def llama4_embeds(model, rows: list[tuple[list[int], int]]):
+    """What Llama4ForConditionalGeneration.forward would hand its language model: per row (token ids with one
+    <|image|> per image, images), each image as <|image_start|> + 4 image tokens + <|image_end|>, the image
+    tokens replaced by the projected vision features. Left-padded: (inputs_embeds, attention_mask, vision_mask)."""
+    ids_rows, pixels = [], []
+    for ids, _ in rows:
+        expanded = []
+        for token in ids:
+            expanded += [LLAMA4_BOI] + [LLAMA4_IMAGE] * 4 + [LLAMA4_EOI] if token == LLAMA4_IMAGE else [token]
+        ids_rows.append(expanded)
+    width = max(len(r) for r in ids_rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(ids_rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    images = sum(int((torch.tensor(r) == LLAMA4_IMAGE).sum()) // 4 for r in ids_rows)
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randn(images, 3, 16, 16, generator=generator)
+    features = model.get_image_features(pixel_values=pixels, return_dict=True).last_hidden_state
+    projected = model.multi_modal_projector(features.reshape(-1, features.shape[-1]))
+    embeds = model.language_model.get_input_embeddings()(ids)
+    vision = ids == LLAMA4_IMAGE
+    embeds[vision] = projected.to(embeds.dtype)
+    return embeds, mask, vision
+
+
+LLAMA4_ROWS = [([BOS, 7, 8, LLAMA4_IMAGE, 9, 10, LLAMA4_IMAGE, 11, 12, 13, 14, 15], 2),
+               ([BOS, LLAMA4_IMAGE, 16, 17, 18], 1)]

@@ -62,7 +62,11 @@ def saved(tmp_path, monkeypatch):
     return save
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+# Families whose decoder layers are not Llama-shaped have a test of their own below.
+OWN_REFERENCE = {"gemma4"}
+
+
+@pytest.mark.parametrize("name", [name for name in FAMILIES if name not in OWN_REFERENCE])
 def test_profile_counts_every_family_per_component(name, saved, capsys):
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
@@ -159,3 +163,73 @@ def test_withdraw_video_on_a_family_without_video_is_refused(saved, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1
     assert "--withdraw video: Gemma 3 has no such tokens; its vision tokens are image" in lines[0]
+
+
+def gemma4_layer_flops(text_config, queries: int, keys: int, *, own_kv: bool) -> int:
+    """A Gemma 4 decoder layer: q and o projections; k and v only where the layer computes its own keys/values
+    (a KV-sharing layer reuses another layer's); QK^T and AV over the full grid; a 3-matrix MLP; the per-layer
+    input gate (hidden -> ple) and projection (ple -> hidden)."""
+    hidden, heads, head_dim = text_config.hidden_size, text_config.num_attention_heads, text_config.head_dim
+    kv_heads, ple = text_config.num_key_value_heads, text_config.hidden_size_per_layer_input
+    projections = 2 * (2 * queries * hidden * heads * head_dim)
+    if own_kv:
+        projections += 2 * (2 * queries * hidden * kv_heads * head_dim)
+    scores_and_mix = heads * 2 * (2 * queries * head_dim * keys)
+    mlp = 3 * (2 * queries * hidden * text_config.intermediate_size)
+    per_layer_input = 2 * (2 * queries * hidden * ple)
+    return projections + scores_and_mix + mlp + per_layer_input
+
+
+def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, capsys):
+    """Gemma 4 (layers S S F F, layer 3 reuses layer 2's keys/values): prefill keeps only the last query from the
+    KV-shared layer on (generate()'s logits_to_keep=1), withdrawn or not; the shared layer computes no keys or
+    values and holds no cache; per-layer inputs cost a model-level projection plus a gate and a projection per
+    layer. Written from these definitions, then checked against `vtw profile`'s counts."""
+    directory, config = saved("gemma4")
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
+                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+    assert code == 0, err
+    text_config = config.text_config
+    assert text_config.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
+    assert text_config.num_kv_shared_layers == 1
+    flops = data["flops"]
+    vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
+    assert text == TEXT and vision > 0
+    n = vision + text
+    ple_projection = lambda tokens: 2 * tokens * text_config.hidden_size * LAYERS * \
+        text_config.hidden_size_per_layer_input  # noqa: E731
+
+    def prefill(kept_from: int) -> int:
+        # layers < kept_from on all n tokens, layers >= kept_from (< 3) on the text;
+        # layer 3: one query over layer 2's keys
+        total = ple_projection(n)
+        for i in range(3):
+            tokens = n if i < kept_from else text
+            total += gemma4_layer_flops(text_config, tokens, tokens, own_kv=True)
+        keys_of_layer_2 = n if kept_from > 2 else text
+        return total + gemma4_layer_flops(text_config, 1, keys_of_layer_2, own_kv=False)
+
+    head = 2 * text_config.hidden_size * text_config.vocab_size
+    base, new = flops["baseline"], flops["withdrawn"]
+    assert base["language_model"] == prefill(LAYERS) and new["language_model"] == prefill(K)
+    assert base["lm_head"] == new["lm_head"] == head
+    for variant in (base, new):
+        assert variant["total"] == variant["vision_tower"] + variant["projector"] + variant["language_model"] + \
+            variant["lm_head"]
+    assert base["vision_tower"] > 0 and base["projector"] > 0
+    assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"])
+    # caches after prefill: sliding layers keep window - 1, layer 2 all tokens (the text after withdrawal),
+    # layer 3 none of its own
+    window = text_config.sliding_window
+    cached = {"baseline": [min(n, window - 1), min(n, window - 1), n],
+              "withdrawn": [min(n, window - 1), min(n, window - 1), text]}
+    decode = flops["decode_per_token"]
+    assert decode["context_tokens"] == {"baseline": n, "withdrawn": text}
+    for variant in ("baseline", "withdrawn"):
+        keys = [c + 1 for c in cached[variant]]
+        expected = ple_projection(1) + sum(gemma4_layer_flops(text_config, 1, k, own_kv=True) for k in keys) + \
+            gemma4_layer_flops(text_config, 1, keys[2], own_kv=False) + head
+        assert decode[variant] == expected, variant
+    assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
+    assert "analytic" not in flops or not flops["analytic"]  # no closed form for Gemma 4's layers

@@ -37,6 +37,8 @@ def explicit_mask(n: int, dtype, *, window: int | None = None, blocks: torch.Ten
 @torch.no_grad()
 def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor:
     """Next-token logits of one unpadded row withdrawn at ``layer``, written out layer by layer."""
+    import inspect
+
     text_model = getattr(model.model, "language_model", None) or model.model.text_model
     layers = text_model.layers
     text_config = model.config.text_config
@@ -45,8 +47,9 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
 
     def capture(i):
         def hook(module, args, kwargs):
+            # args[1:]: positional per-position inputs (Gemma 4's per-layer inputs), sliced like the hidden states
             seen[i] = (args[0] if args else kwargs["hidden_states"], kwargs.get("position_embeddings"),
-                       kwargs.get("position_ids"))
+                       kwargs.get("position_ids"), tuple(args[1:]))
         return hook
 
     hooks = [decoder_layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, decoder_layer in enumerate(layers)]
@@ -60,17 +63,47 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
     keep = (~vision).nonzero().squeeze(1)
     blocks = family.image_blocks(ids, model.config)
     hidden = seen[0][0]
+    # KV sharing (Gemma 4): layers store / reuse keys and values through one dict per forward
+    shared = {}
     for i, decoder_layer in enumerate(layers):
-        _, (cos, sin), positions = seen[i]
+        _, (cos, sin), positions, extra = seen[i]
         if i >= layer:  # withdrawn: only the kept tokens, at their original positions, plain causal over them
             if i == layer:
                 hidden = hidden[:, keep]
             cos, sin = cos[:, keep], sin[:, keep]
             positions = None if positions is None else positions[..., keep]
+            extra = tuple(a[:, keep] if isinstance(a, torch.Tensor) and a.shape[1] == len(ids) else a for a in extra)
         window = text_config.sliding_window if types[i] == "sliding_attention" else None
-        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if i < layer else None)
-        hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+        block_types = family.image_block_layer_types
+        bidirectional = i < layer and (block_types is None or types[i] in block_types)
+        mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if bidirectional else None)
+        kwargs = dict(attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+        if "shared_kv_states" in inspect.signature(decoder_layer.forward).parameters:
+            kwargs["shared_kv_states"] = shared
+        hidden = decoder_layer(hidden, *extra, **kwargs)
     return model.get_output_embeddings()(text_model.norm(hidden))[0, -1]
+
+
+def exact_withdrawal_layers(text_config, num_layers: int) -> list[int]:
+    """K in 1..L at which withdrawal can be exact, from the config's KV sharing: a layer that reuses keys/values
+    reads the last earlier non-reusing layer of its type; K is exact unless such a reader >= K reads a layer < K."""
+    modes = list(getattr(text_config, "kv_sharing_modes", None) or [None] * num_layers)
+    types = getattr(text_config, "layer_types", None) or ["full_attention"] * num_layers
+    source = {i: max(j for j in range(i) if modes[j] != "reuse" and types[j] == types[i])
+              for i in range(num_layers) if modes[i] == "reuse"}
+    return [k for k in range(1, num_layers + 1) if all(source[i] >= k for i in source if i >= k)]
+
+
+def assert_refused_as_inexact(model, layer: int):
+    """Withdrawal at an inexact K is a one-line error that names every K that is exact."""
+    from vtwcli.errors import UnsupportedError
+
+    exact = exact_withdrawal_layers(model.config.text_config, LAYERS)
+    with pytest.raises(UnsupportedError) as error:
+        withdraw(model, layer=layer)
+    message = str(error.value)
+    assert "\n" not in message and "KV sharing" in message
+    assert message.endswith(f"use a layer in {exact[0]}..{exact[-2]}, {LAYERS} ({LAYERS} = no withdrawal)")
 
 
 _MODELS: dict = {}
@@ -109,6 +142,8 @@ def test_layer_L_is_bit_identical(name, attn):
 @pytest.mark.parametrize("name", NAMES)
 def test_batched_padded_prefill_matches_naive_per_row(name, attn, layer):
     model = model_of(name, attn)
+    if layer not in exact_withdrawal_layers(model.config.text_config, LAYERS):
+        return assert_refused_as_inexact(model, layer)  # Gemma 4: layer 3 reuses layer 2's keys/values
     batch, singles = batch_of(name)
     vision = torch.isin(batch["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
     counts = vision.sum(1)
@@ -226,7 +261,7 @@ def independent_kl(p_logits, q_logits):
 def test_shared_prefix_kl_equals_plain_withdrawn_forward(name, attn):
     model = model_of(name, attn, layers=6)
     batch, _ = batch_of(name)
-    layers = list(range(1, 7))
+    layers = exact_withdrawal_layers(model.config.text_config, 6)  # every K but where KV sharing forbids it
     fast = shared_prefix_kl(model, batch, layers).kl
     plain = dict(batch)
     if adapter_for(model).positions_from_mask:  # what shared_prefix_kl does: positions as generate() numbers them
@@ -276,6 +311,7 @@ class ImagesOnly:
     """Reference family for kinds=("image",): video tokens stay."""
     vision_ids = staticmethod(lambda config: [config.image_token_id])
     image_blocks = staticmethod(lambda ids, config: None)
+    image_block_layer_types = None
 
 
 @pytest.mark.parametrize("attn", ATTN)
@@ -348,6 +384,36 @@ def test_dispatched_model_with_offloaded_layers_is_exact():
     assert torch.equal(got_generate, expected_generate)
 
 
+def test_dispatched_gemma4_with_offloaded_layers_is_exact():
+    """Gemma 4 with its KV-producing layer 2 and the KV-sharing layer 3 offloaded (accelerate moves their weights,
+    per-layer inputs and the shared keys/values at call time): same withdrawn logits and generations."""
+    import tempfile
+
+    from accelerate import dispatch_model
+
+    family = FAMILIES["gemma4"]
+    batch, _ = batch_of("gemma4")
+    with torch.no_grad():
+        plain = family.build(LAYERS, "sdpa", 0)
+        with withdraw(plain, layer=2):
+            expected = plain(**batch).logits
+            expected_generate = plain.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        dispatched = family.build(LAYERS, "sdpa", 0)
+        text = dispatched.model.language_model
+        device_map = {"model.vision_tower": "cpu", "model.embed_vision": "cpu", "lm_head": "cpu",
+                      **{f"model.language_model.{name}": "cpu"
+                         for name, _ in text.named_children() if name != "layers"},
+                      **{f"model.language_model.layers.{i}": ("cpu" if i < 2 else "disk") for i in range(LAYERS)}}
+        with tempfile.TemporaryDirectory() as offload:
+            dispatch_model(dispatched, device_map=device_map, main_device="cpu", offload_dir=offload)
+            assert hasattr(text.layers[LAYERS - 1], "_hf_hook")
+            with withdraw(dispatched, layer=2):
+                got = dispatched(**batch).logits
+                got_generate = dispatched.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert torch.equal(got_generate, expected_generate)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The family list and `vtw calibrate` end to end on saved tiny models
 
@@ -396,11 +462,64 @@ def test_vtw_calibrate_runs_end_to_end(name, tmp_path, monkeypatch):
         code = exit_.code
     assert code in (0, 1, None)  # 1: no layer met the threshold (random weights)
     profile = yaml.safe_load(output.read_text())
-    assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == list(range(1, LAYERS))
+    config = transformers_config(directory)
+    candidates = [k for k in exact_withdrawal_layers(config.text_config, LAYERS) if k < LAYERS]
+    assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == candidates
     assert profile["model"]["architecture"] == FAMILIES[name].architecture
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "gemma3"])
+def transformers_config(directory):
+    import transformers
+
+    return transformers.AutoConfig.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("name", ["gemma4"])
+def test_vtw_calibrate_with_kv_sharing_stops_at_the_last_exact_layer(name, tmp_path, monkeypatch, capsys):
+    """Gemma 4 with KV sharing: the search covers exactly the K that can be exact, the profile and the screen
+    say where and why it stops, `vtw check` accepts the profile, and every KL equals that of plain withdraw()
+    forwards on the same batch (<= 1e-5)."""
+    import transformers
+    import yaml
+
+    from vtwcli.cli import main
+    from vtwcli.datasets import load_dataset, make_batch, sample_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES[name], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--samples", "3", "--dataset", "photo_vqa", "--output", str(output),
+              "--no-eval", "--device", "cpu", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    out = capsys.readouterr().out
+    calibration = yaml.safe_load(output.read_text())["calibration"]
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()
+    candidates = [k for k in exact_withdrawal_layers(model.config.text_config, LAYERS) if k < LAYERS]
+    assert candidates == [1, 2]  # layer 3 reuses the keys/values of layer 2
+    assert [entry["layer"] for entry in calibration["per_layer"]] == candidates
+    assert calibration["max_layer"] == 2
+    assert "layer 3 reuses the keys/values of layer 2" in calibration["max_layer_reason"]
+    assert "candidates stop at layer 2" in " ".join(out.split())
+    try:
+        main(["check", str(output)])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    data = load_dataset("photo_vqa")
+    batch = dict(make_batch(processor, sample_dataset(data, 3, 0)))
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # as generate() numbers them
+    with torch.no_grad():
+        full = model(**batch).logits[:, -1]
+        for entry in calibration["per_layer"]:
+            with withdraw(model, layer=entry["layer"]):
+                withdrawn = model(**batch).logits[:, -1]
+            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+        assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "gemma3", "gemma4"])
 def test_teacher_forced_inputs_keep_per_token_types_aligned(name):
     """Appending answers re-pads the rows: mm_token_type_ids / token_type_ids must move with the tokens."""
     from types import SimpleNamespace
@@ -416,13 +535,14 @@ def test_teacher_forced_inputs_keep_per_token_types_aligned(name):
     key = "mm_token_type_ids" if "mm_token_type_ids" in batch else "token_type_ids"
     vision = torch.isin(extended["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
     assert torch.equal(extended[key] != 0, vision)
-    fast = shared_prefix_kl(model, extended, [2, 4], score_mask=score).kl
+    layers = [k for k in (2, 4) if k in exact_withdrawal_layers(model.config.text_config, 6)]  # Gemma 4: [2]
+    fast = shared_prefix_kl(model, extended, layers, score_mask=score).kl
     plain = dict(extended)
     if adapter_for(model).positions_from_mask:
         plain["position_ids"] = (extended["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
         full = model(**plain).logits
-        for column, k in enumerate([2, 4]):
+        for column, k in enumerate(layers):
             with withdraw(model, layer=k) as handle:
                 withdrawn = model(**plain).logits  # kept tokens only; handle.kept_index maps slots back
             expected = []
@@ -450,8 +570,9 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     assert status["LlavaForConditionalGeneration"] == "supported"
     inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
     assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
-        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"}
-    assert all("image" in kinds for kinds in inputs.values())
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+        "Gemma4ForConditionalGeneration"}
+    assert all("image" in kinds or kinds == ["vision_mask"] for kinds in inputs.values())
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
 
@@ -520,3 +641,299 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
                 expected = independent_kl(withdrawn, full).mean()
                 assert entry["kl_mean"] == pytest.approx(float(expected), abs=1e-5)
     assert len({tuple(curve) for curve in curves.values()}) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Llama 4: the family's own forward is broken upstream (transformers 5.24), so withdrawal is refused on it with
+# one line and runs on its language model with inputs_embeds + vision_mask; exact there (chunked attention,
+# NoPE layer, MoE layers).
+
+_LLAMA4: dict = {}
+
+
+def llama4_of(attn: str):
+    from arch_models import LLAMA4_ROWS, llama4_embeds, tiny_llama4
+
+    if attn not in _LLAMA4:
+        model = tiny_llama4(LAYERS, attn)
+        _LLAMA4[attn] = (model, *llama4_embeds(model, LLAMA4_ROWS))
+    return _LLAMA4[attn]
+
+
+def chunked_mask(n: int, dtype, chunk: int | None) -> torch.Tensor:
+    """Float mask (1, 1, n, n): causal, and where ``chunk`` is set, only inside the query's chunk of ``chunk``
+    consecutive tokens counted from the row's first token."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    allowed = j <= i
+    if chunk is not None:
+        allowed &= (i // chunk) == (j // chunk)
+    return torch.zeros(n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@torch.no_grad()
+def naive_llama4_logits(language_model, embeds: torch.Tensor, vision: torch.Tensor, layer: int) -> torch.Tensor:
+    """One unpadded row (1, n, d) of inputs_embeds withdrawn at ``layer``: layers < K on every token, layers >= K
+    on the non-vision tokens at their original rotary positions; chunks count the tokens each layer sees."""
+    config = language_model.config
+    n = embeds.shape[1]
+    positions = torch.arange(n)[None]
+    freqs = language_model.model.rotary_emb(embeds, positions)  # complex (1, n, head_dim / 2)
+    keep = (~vision[0]).nonzero().squeeze(1)
+    hidden = embeds
+    for i, decoder_layer in enumerate(language_model.model.layers):
+        if i == layer:
+            hidden, freqs, positions = hidden[:, keep], freqs[:, keep], positions[:, keep]
+        chunk = config.attention_chunk_size if config.layer_types[i] == "chunked_attention" else None
+        mask = chunked_mask(hidden.shape[1], hidden.dtype, chunk)
+        hidden = decoder_layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=freqs)
+    return language_model.lm_head(language_model.model.norm(hidden))[0, -1]
+
+
+def test_llama4_forward_is_broken_upstream_and_withdrawal_says_so_in_one_line():
+    from vtwcli.adapters import adapter_for_architecture
+    from vtwcli.errors import UnsupportedError
+
+    model, embeds, mask, vision = llama4_of("sdpa")
+    architecture = "Llama4ForConditionalGeneration"
+    defect = adapter_for_architecture(architecture).upstream_defect(architecture)
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[1, 7, 8]]))
+        broken = False
+    except AttributeError as error:
+        broken = "image_outputs" in str(error)
+    assert broken == (defect is not None)  # the probe reports exactly what the installed transformers does
+    if not broken:
+        pytest.skip("the installed transformers fixed Llama4ForConditionalGeneration.forward")
+    with pytest.raises(UnsupportedError) as error:
+        withdraw(model, layer=2)
+    message = str(error.value)
+    import transformers
+
+    assert "\n" not in message and f"transformers {transformers.__version__}" in message and "upstream bug" in message
+    assert "withdraw(model.language_model, layer=K, vision_mask=...)" in message
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_llama4_language_model_layer_L_is_bit_identical(attn):
+    model, embeds, mask, vision = llama4_of(attn)
+    language_model = model.language_model
+    with torch.no_grad():
+        reference = language_model(inputs_embeds=embeds, attention_mask=mask).logits
+        with withdraw(language_model, layer=LAYERS, vision_mask=vision):
+            withdrawn = language_model(inputs_embeds=embeds, attention_mask=mask).logits
+    assert torch.equal(reference, withdrawn)
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+@pytest.mark.parametrize("attn", ATTN)
+def test_llama4_batched_padded_prefill_matches_naive_per_row(attn, layer):
+    model, embeds, mask, vision = llama4_of(attn)
+    language_model = model.language_model
+    assert vision.sum(1)[0] != vision.sum(1)[1]  # rows carry different numbers of vision tokens
+    assert (mask.sum(1) > model.config.text_config.attention_chunk_size).all()  # chunks matter in every row
+    with torch.no_grad(), withdraw(language_model, layer=layer, vision_mask=vision):
+        logits = language_model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]
+    for row in range(len(embeds)):
+        real = mask[row].bool()
+        expected = naive_llama4_logits(language_model, embeds[row:row + 1, real], vision[row:row + 1, real], layer)
+        torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        full = language_model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]
+    assert (full - logits).abs().max() > 1e-3
+
+
+def llama4_recompute(language_model, embeds, mask, vision, new_tokens: torch.Tensor, layer: int = 2,
+                     suppress: bool = True) -> torch.Tensor:
+    """Last-position logits, withdrawn at ``layer``, without a cache, of the prompt embeddings + the embedded
+    generated tokens (text: the vision mask grows with False), positions numbered as generate() numbers them."""
+    running = torch.cat([embeds, language_model.get_input_embeddings()(new_tokens)], dim=1)
+    running_mask = torch.cat([mask, torch.ones_like(new_tokens)], dim=1)
+    running_vision = torch.cat([vision, torch.zeros_like(new_tokens, dtype=torch.bool)], dim=1)
+    positions = (running_mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad(), withdraw(language_model, layer=layer, vision_mask=running_vision):
+        logits = language_model(inputs_embeds=running, attention_mask=running_mask, position_ids=positions,
+                                use_cache=False).logits[:, -1]
+    if suppress:
+        logits[:, language_model.generation_config.suppress_tokens] = -float("inf")
+    return logits
+
+
+def beam_search_by_recompute(language_model, embeds, mask, vision, *, beams: int, steps: int) -> torch.Tensor:
+    """Beam search written out, each step a no-cache withdrawn recompute of every beam: keep the ``beams``
+    best (beam, token) continuations by summed log-probability (log-softmax first, then suppressed tokens
+    removed, as generate() does); no end token, so the best final beam is the highest sum. Returns the new tokens."""
+    best = []
+    for row in range(len(embeds)):
+        sequences, scores = torch.empty(1, 0, dtype=torch.long), torch.zeros(1)
+        for _ in range(steps):
+            count = len(sequences)
+            logits = llama4_recompute(language_model, embeds[row:row + 1].expand(count, -1, -1),
+                                      mask[row:row + 1].expand(count, -1), vision[row:row + 1].expand(count, -1),
+                                      sequences, suppress=False)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            log_probs[:, language_model.generation_config.suppress_tokens] = -float("inf")
+            total = (scores[:, None] + log_probs).flatten()
+            top = total.topk(beams)
+            vocab = log_probs.shape[-1]
+            sequences = torch.cat([sequences[top.indices // vocab], (top.indices % vocab)[:, None]], dim=1)
+            scores = top.values
+        best.append(sequences[0])
+    return torch.stack(best)
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("attn", ATTN)
+def test_llama4_cached_greedy_generate_equals_no_cache_recompute(attn, cache_implementation):
+    model, embeds, mask, vision = llama4_of(attn)
+    language_model = model.language_model
+    steps = 4
+    with torch.no_grad(), withdraw(language_model, layer=2, vision_mask=vision):
+        out = language_model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=steps,
+                                      min_new_tokens=steps, do_sample=False, output_scores=True,
+                                      return_dict_in_generate=True, cache_implementation=cache_implementation)
+    new = out.sequences[:, -steps:]
+    for step in range(steps):
+        logits = llama4_recompute(language_model, embeds, mask, vision, new[:, :step])
+        torch.testing.assert_close(out.scores[step], logits, atol=1e-4, rtol=0)
+        assert torch.equal(new[:, step], logits.argmax(-1))
+
+
+def test_llama4_sampling_and_beam_search_equal_no_cache_recompute():
+    model, embeds, mask, vision = llama4_of("sdpa")
+    language_model = model.language_model
+    kwargs = dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)
+    with torch.no_grad(), withdraw(language_model, layer=2, vision_mask=vision):
+        torch.manual_seed(321)
+        sampled = language_model.generate(**kwargs, do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    torch.manual_seed(321)
+    drawn = torch.empty(len(embeds), 0, dtype=torch.long)
+    for _ in range(4):
+        logits = llama4_recompute(language_model, embeds, mask, vision, drawn)
+        drawn = torch.cat([drawn, torch.multinomial(logits.float().softmax(-1), num_samples=1)], dim=1)
+    assert torch.equal(sampled[:, -4:], drawn)
+    # beam search without a cache recomputes every step on inputs_embeds + generated ids: no vision mask of
+    # that length exists then, so the beams are compared with the cached run against the recompute above
+    for cache_implementation in ("dynamic", "static"):
+        beams = dict(kwargs, num_beams=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        with torch.no_grad(), withdraw(language_model, layer=2, vision_mask=vision):
+            cached = language_model.generate(**beams, cache_implementation=cache_implementation)
+        expected = beam_search_by_recompute(language_model, embeds, mask, vision, beams=3, steps=4)
+        assert torch.equal(cached.sequences[:, -4:], expected)
+
+
+def test_vtw_models_shows_llama4_as_blocked_upstream_and_its_language_model_as_withdraw_only(capsys):
+    import json
+
+    from vtwcli.adapters import adapter_for_architecture
+    from vtwcli.cli import main
+
+    try:
+        main(["models", "--json"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    rows = {arch: row for row in json.loads(capsys.readouterr().out) for arch in row["architectures"]}
+    broken = adapter_for_architecture("Llama4ForConditionalGeneration").upstream_defect(
+        "Llama4ForConditionalGeneration") is not None
+    assert rows["Llama4ForConditionalGeneration"]["status"] == ("blocked upstream" if broken else "supported")
+    assert rows["Llama4ForCausalLM"]["status"] == "withdraw() only"
+    assert rows["Llama4ForCausalLM"]["inputs"] == ["vision_mask"]
+
+
+@pytest.mark.parametrize("layer", [1, 3])
+def test_llama4_nope_temperature_counts_the_positions_each_layer_sees(layer):
+    """With floor_scale 1 (and a large attn_scale, to make it visible in a random model) the NoPE layer's
+    attention temperature changes with every position (the released models: 1.0 below 8192). transformers
+    computes it from the layer's cache length and the query index, so in layers >= K it counts kept tokens:
+    one unpadded row equals the reference that runs those layers on the kept sequence with its own positions
+    (docs/architectures.md, Llama 4)."""
+    from arch_models import LLAMA4_ROWS, llama4_embeds, tiny_llama4
+
+    model = tiny_llama4(LAYERS, "sdpa", floor_scale=1, attn_scale=20.0)
+    embeds, mask, vision = llama4_embeds(model, LLAMA4_ROWS[:1])
+    language_model = model.language_model
+    with torch.no_grad():
+        with withdraw(language_model, layer=layer, vision_mask=vision):
+            logits = language_model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+        untuned = tiny_llama4(LAYERS, "sdpa")  # same weights, temperature 1
+        with withdraw(untuned.language_model, layer=layer, vision_mask=vision):
+            plain = untuned.language_model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1]
+    torch.testing.assert_close(logits, naive_llama4_logits(language_model, embeds, vision, layer), atol=1e-4, rtol=0)
+    assert (logits - plain).abs().max() > 1e-3  # the temperature is active
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gemma 4 video: frames are blocks of video soft tokens (bidirectional on sliding layers like images); image and
+# video tokens are withdrawn together, and a selection that would keep one kind is refused
+
+
+def gemma4_video_row() -> dict:
+    import numpy as np
+    from arch_models import image
+
+    frames = np.random.default_rng(9).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    text = "<|turn>user\ndescribe <|image|> and <|video|> this video ?<turn|>\n<|turn>model\n"
+    return dict(FAMILIES["gemma4"].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
+                                               return_tensors="pt"))
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_gemma4_video_tokens_are_withdrawn_with_the_images(attn):
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("gemma4", attn)
+    row = gemma4_video_row()
+    ids = row["input_ids"]
+    video = (ids[0] == model.config.video_token_id).int()
+    frames = int(video[0] + (video[1:] > video[:-1]).sum())  # runs of video tokens
+    assert frames == 2 and (ids == model.config.image_token_id).sum() > 0  # two frame blocks and an image
+    with torch.no_grad(), withdraw(model, layer=2):
+        logits = model(**row).logits[0, -1]
+    torch.testing.assert_close(logits, naive_withdrawn_logits(model, FAMILIES["gemma4"], row, 2), atol=1e-4, rtol=0)
+    for kinds, kept in ((("image",), "video"), (("video",), "image")):
+        with withdraw(model, layer=2, kinds=kinds), pytest.raises(UnsupportedError) as error:
+            model(**row)
+        message = str(error.value)
+        assert "\n" not in message and f"the kept {kept} tokens attend bidirectionally" in message
+        assert message.endswith("withdraw image,video (the default)")
+
+
+def test_gemma4_generate_with_video_equals_no_cache_recompute():
+    row = gemma4_video_row()
+    row.setdefault("attention_mask", torch.ones_like(row["input_ids"]))
+    assert_greedy_generate_equals_recompute(model_of("gemma4", "sdpa"), row)
+
+
+def test_vtw_calibrate_gemma4_on_video_samples_equals_plain_withdrawn_forwards(tmp_path, monkeypatch):
+    """Samples with an image and a 4-frame video on Gemma 4: every KL of `vtw calibrate` equals that of plain
+    withdraw() forwards on the same batch (<= 1e-5)."""
+    import transformers
+    import yaml
+
+    from vtwcli.cli import main
+    from vtwcli.datasets import load_dataset, make_batch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES["gemma4"], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    (tmp_path / "data").mkdir()
+    dataset = write_video_dataset(tmp_path / "data")
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--dataset", dataset, "--output", str(output), "--no-eval",
+              "--device", "cpu", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    calibration = yaml.safe_load(output.read_text())["calibration"]
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory).eval()
+    batch = dict(make_batch(transformers.AutoProcessor.from_pretrained(directory), load_dataset(dataset).samples))
+    assert (batch["input_ids"] == model.config.video_token_id).sum() > 0
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    assert [entry["layer"] for entry in calibration["per_layer"]] == [1, 2]
+    with torch.no_grad():
+        full = model(**batch).logits[:, -1]
+        for entry in calibration["per_layer"]:
+            with withdraw(model, layer=entry["layer"]):
+                withdrawn = model(**batch).logits[:, -1]
+            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+    assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0

@@ -566,6 +566,71 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "calibrate", "--model", str(tmp_path / "no" / "such-model")])
 
 
+# ---------------------------------------------------------------------------------------------- families
+
+
+def test_family_whose_forward_is_broken_upstream(tmp_path, capsys):
+    # transformers 5.24's Llama4ForConditionalGeneration.forward fails on every call; the config alone decides
+    import transformers
+    from arch_models import tiny_llama4
+
+    model = tiny_llama4(2)
+    model.config.architectures = ["Llama4ForConditionalGeneration"]
+    model.config.save_pretrained(tmp_path)
+    for args in (calibrate(tmp_path, tmp_path), ["profile", "--model", str(tmp_path), "--layer", "1"]):
+        line = one_line_error(args, capsys)
+        assert f"Llama4ForConditionalGeneration.forward fails on every call in transformers " \
+               f"{transformers.__version__} (upstream bug" in line
+        assert "withdraw(model.language_model, layer=K, vision_mask=...)" in line
+
+
+@pytest.fixture(scope="module")
+def gemma4_dir(tmp_path_factory):
+    """A saved tiny Gemma 4 whose last layer (3) reuses the keys/values of layer 2 (KV sharing)."""
+    from arch_models import FAMILIES, save_family
+
+    directory, _ = save_family(FAMILIES["gemma4"], tmp_path_factory.mktemp("gemma4"), num_layers=4)
+    return directory
+
+
+def test_min_layer_past_the_last_exact_layer(gemma4_dir, tmp_path, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: FAMILIES["gemma4"].processor())
+    line = one_line_error(calibrate(gemma4_dir, tmp_path, "--min-layer", "3"), capsys)
+    assert "--min-layer 3: withdrawal is exact on this model only at layers 1..2, 4 (layer 3 reuses the keys/values " \
+           "of layer 2, computed with the vision tokens (KV sharing)); use --min-layer in 1..2" in line
+
+
+def test_layer_that_cannot_be_exact(gemma4_dir, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: FAMILIES["gemma4"].processor())
+    line = one_line_error(["profile", "--model", gemma4_dir, "--layer", "3", "--device", "cpu"], capsys)
+    assert "withdrawal at layer 3 cannot be exact on this model: layer 3 reuses the keys/values of layer 2" in line
+    assert line.endswith("use a layer in 1..2, 4 (4 = no withdrawal)")
+
+
+def test_withdrawing_one_kind_keeps_bidirectional_blocks(gemma4_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import transformers
+    from arch_models import FAMILIES
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: FAMILIES["gemma4"].processor())
+    for frame in range(2):
+        Image.new("RGB", (16, 16), (frame * 90, 20, 40)).save(data_dir / "images" / f"g{frame}.png")
+    frames = ["images/g0.png", "images/g1.png"]
+    path = write_jsonl(data_dir / "gemma4_video.jsonl", [row(i, video=frames) for i in (1, 2)])
+    expected = "withdrawing only image on Gemma 4 is not supported: the kept video tokens attend bidirectionally " \
+               "inside their blocks, which layers >= K would not rebuild; withdraw image,video (the default)"
+    assert expected in one_line_error(calibrate(gemma4_dir, tmp_path, "--withdraw", "image", dataset=path), capsys)
+    # vtw profile with an image and a video in its prompt refuses it before measuring
+    line = one_line_error(["profile", "--model", gemma4_dir, "--layer", "2", "--videos", "1", "--withdraw", "image",
+                           "--device", "cpu"], capsys)
+    assert expected in line
+
+
 # -------------------------------------------------------------------------- threads, latency plan (#15)
 
 @pytest.mark.parametrize("command", [["calibrate", "--output", "{tmp}/c.yaml"],

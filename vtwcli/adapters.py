@@ -55,6 +55,16 @@ def _config_layer_types(text_config, num_layers: int) -> list[str]:
     return ["full_attention"] * num_layers
 
 
+def _config_shared_kv(text_config, num_layers: int) -> dict[int, int]:
+    """KV sharing from the text config's `kv_sharing_modes` (Gemma 4: "reuse" layers attend with the keys and
+    values that the last "store" layer of their attention type computed); {} where the config has none."""
+    modes = list(getattr(text_config, "kv_sharing_modes", None) or [])[:num_layers]
+    types = _config_layer_types(text_config, num_layers)
+    producers = {types[i]: i for i, mode in enumerate(modes) if mode == "store"}
+    # -1: the producer is outside this model (every layer reuses), so no K < L is exact
+    return {i: producers.get(types[i], -1) for i, mode in enumerate(modes) if mode == "reuse"}
+
+
 LLAVA_COMPONENTS = {"vision_tower": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
                     "language_model": ("model.language_model",), "lm_head": ("lm_head",)}
 
@@ -96,6 +106,20 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Positional arguments of a decoder layer call, after the hidden states, that carry one entry per position
+    # (batch, seq, ...), such as Gemma 4's per-layer inputs: layers >= K get them at the kept slots.
+    per_position_layer_args: tuple[int, ...] = ()
+    # KV sharing: {consumer layer: producer layer} for layers that attend with another layer's keys/values
+    # instead of their own. Withdrawal at K is exact only where no consumer >= K reads a producer < K (whose
+    # keys/values hold the vision tokens); `withdrawal.exact_layers` lists the K that are, the others are refused.
+    shared_kv_layers: Callable[[object, int], dict[int, int]] = _config_shared_kv
+    # A defect of the installed transformers that makes this family's forward unusable: returns a one-line
+    # reason (transformers version, what fails, what still works) or None. Checked by withdraw() and the CLI.
+    upstream_defect: Callable[[str], str | None] | None = None
+    # Kinds whose tokens attend bidirectionally inside their blocks in some layers (Gemma 4: images and video
+    # frames): withdrawing only some kinds would keep such blocks in layers >= K, whose masks are causal, so a
+    # selection that keeps tokens of these kinds is refused.
+    block_bidirectional_kinds: tuple[str, ...] = ()
     notes: str = ""
 
     def declared_kinds(self, config=None) -> list[str]:
@@ -128,6 +152,55 @@ def _text_model_layers(model: nn.Module) -> nn.ModuleList:
 
 def _text_model_norm(model: nn.Module) -> nn.Module:
     return model.model.text_model.norm
+
+
+def _llama4_layers(model: nn.Module) -> nn.ModuleList:
+    return model.language_model.model.layers
+
+
+def _llama4_norm(model: nn.Module) -> nn.Module:
+    return model.language_model.model.norm
+
+
+def _causal_lm_layers(model: nn.Module) -> nn.ModuleList:
+    return model.model.layers
+
+
+def _causal_lm_norm(model: nn.Module) -> nn.Module:
+    return model.model.norm
+
+
+def _own_config(config):
+    return config
+
+
+def _reads_missing_image_outputs(architecture: str) -> str | None:
+    """transformers 5.24's Llama4ForConditionalGeneration.forward ends with `image_outputs=outputs.image_outputs`
+    on its language model's output (MoeCausalLMOutputWithPast), which has no such field: every call raises
+    AttributeError, text-only too. Read from the installed source files, so that `vtw models` needs no torch."""
+    import importlib.metadata
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent
+    try:
+        modeling = (root / "models" / "llama4" / "modeling_llama4.py").read_text()
+        outputs = (root / "modeling_outputs.py").read_text()
+    except OSError:
+        return None
+    output_class = re.search(r"class MoeCausalLMOutputWithPast\(.*?(?=\n(?:class |@))", outputs, re.S)
+    if "image_outputs=outputs.image_outputs" not in modeling or output_class is None or \
+            "image_outputs" in output_class.group(0):
+        return None
+    version = importlib.metadata.version("transformers")
+    return (f"{architecture}.forward fails on every call in transformers {version} (upstream bug: it reads "
+            "outputs.image_outputs, which its language model does not return); withdraw from the language model "
+            "with inputs_embeds instead: withdraw(model.language_model, layer=K, vision_mask=...), see "
+            "docs/architectures.md, or use a transformers release that fixes it")
 
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -189,6 +262,41 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
         notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
+    ),
+    Adapter(
+        family="Gemma 4",
+        architectures=("Gemma4ForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        per_position_layer_args=(1,),  # per_layer_input (PLE), passed positionally after the hidden states
+        block_bidirectional_kinds=("image", "video"),
+        flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
+                          "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
+        notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
+              "the last producer layer is exact (others refused); image and video tokens withdrawn together",
+    ),
+    Adapter(
+        family="Llama 4",
+        architectures=("Llama4ForConditionalGeneration",),
+        decoder_layers=_llama4_layers,
+        final_norm=_llama4_norm,
+        vision_token_id_keys=("image_token_id",),
+        flops_components={"vision_tower": ("vision_model",), "projector": ("multi_modal_projector",),
+                          "language_model": ("language_model.model",), "lm_head": ("language_model.lm_head",)},
+        upstream_defect=_reads_missing_image_outputs,
+        notes="chunked + NoPE layers; transformers 5.24's forward is broken upstream: withdraw from "
+              "model.language_model with inputs_embeds + vision_mask",
+    ),
+    Adapter(
+        family="Llama 4 language model",
+        architectures=("Llama4ForCausalLM",),
+        decoder_layers=_causal_lm_layers,
+        final_norm=_causal_lm_norm,
+        text_config=_own_config,
+        vision_token_id_keys=(),
+        pixel_input_keys=("inputs_embeds",),
+        flops_components={"language_model": ("model",), "lm_head": ("lm_head",)},
+        notes="Llama 4's language model on inputs_embeds with the image features merged in; vision_mask= marks them",
     ),
 )
 

@@ -28,7 +28,8 @@ from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
-from vtwcli.withdrawal import kept_slots, repeat_batch, take_positions, withdrawn_masks
+from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks,
+                               repeat_batch, take_positions, withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -105,6 +106,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     batch, length = input_ids.shape
     valid = inputs.get("attention_mask", torch.ones_like(input_ids)).bool()
     vision = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(model.config, kinds), device=input_ids.device))
+    refuse_kept_blocks(adapter, model.config, kinds, input_ids)
     if not vision.any(dim=1).all():
         if kinds is not None:
             raise VtwError(f"a calibration prompt has no {' or '.join(kinds)} tokens to withdraw (--withdraw "
@@ -118,6 +120,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         # positions as generate() numbers them: padding does not shift a row
         inputs = dict(inputs, position_ids=(valid.long().cumsum(-1) - 1).clamp_min(0))
     candidates = [k for k in layers if k < num_layers]  # K = L withdraws nothing: P_L is P_full, KL 0
+    for k in candidates:
+        reason = inexact_reason(adapter, text_config, num_layers, k)
+        if reason is not None:
+            raise VtwError(f"withdrawal at layer {k} cannot be exact on this model: {reason}; candidates must be in "
+                           f"{format_layers(exact_layers(adapter, text_config, num_layers))}")
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
     # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
@@ -130,6 +137,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     wanted = set(layers)
     layer_inputs: dict[int, torch.Tensor] = {}
     layer_kwargs: dict[int, dict] = {}
+    layer_args: dict[int, tuple] = {}  # positional arguments after the hidden states (per-layer inputs)
 
     def record(index):
         def hook(module, args, kwargs):
@@ -138,6 +146,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                 layer_inputs[index] = hidden[:, prefix:]
             if index >= first:
                 layer_kwargs[index] = kwargs
+                layer_args[index] = tuple(args[1:])
         return hook
 
     rows, cols = score_mask.nonzero(as_tuple=True)
@@ -145,8 +154,10 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(decoder_layers)]
     try:
         cache = DynamicCache(config=text_config)
+        # The positions as a tensor, not a count: a model may drop the other queries from its own layers given
+        # an integer (Gemma 4 before its KV-shared layers), and every layer's inputs must stay full length here.
         output = model(**inputs, cache=cache, use_cache=True, output_attentions=diagnose,
-                       logits_to_keep=logits_to_keep)
+                       logits_to_keep=torch.arange(length - logits_to_keep, length, device=input_ids.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -180,16 +191,24 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
     hidden = None
     in_flight = 0
     prefix_cache = DynamicCache(config=text_config)
+    shared_kv = adapter.shared_kv_layers(text_config, num_layers)
+    masks_of: dict[int, torch.Tensor] = {}
     for j in range(first, num_layers):
         if j in wanted:  # candidate K = j joins with the full model's state entering layer j
             joining = layer_inputs[j].gather(1, index.unsqueeze(-1).expand(-1, -1, layer_inputs[j].shape[-1]))
             hidden = joining if hidden is None else torch.cat([hidden, joining])
             in_flight += 1
-        # The prefix's keys/values (text before the first vision token) are the same for every K.
-        prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
-                            cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
-        mask = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
-                               prefix_cache, last_layer=j)[layer_types[j]]
+        # The prefix's keys/values (text before the first vision token) are the same for every K. (A layer that
+        # reuses another layer's keys/values has no cache of its own.)
+        if getattr(cache.layers[j], "keys", None) is not None:
+            prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
+                                cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
+        if j in shared_kv:  # attends with its producer's keys/values: the producer's mask (no candidate joined since)
+            mask = masks_of[shared_kv[j]]
+        else:
+            masks = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
+                                    prefix_cache, last_layer=j)
+            mask = masks_of[j] = masks[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
         if position_embeddings is not None:
@@ -203,7 +222,12 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                       **{cache_key: prefix_cache})
         kwargs.pop("hidden_states", None)
         kwargs.pop("output_attentions", None)
-        hidden = decoder_layers[j](hidden, **kwargs)
+        args = list(layer_args[j])
+        for i in adapter.per_position_layer_args:  # per-layer inputs (B, S, ...): the kept slots, like the hidden states
+            if i - 1 < len(args) and isinstance(args[i - 1], torch.Tensor):
+                kept = take_positions(args[i - 1][:, prefix:], index, seq_dim=1)
+                args[i - 1] = repeat_batch(kept, in_flight, 0)
+        hidden = decoder_layers[j](hidden, *args, **kwargs)
 
     counts = torch.zeros(batch).index_add_(0, rows.cpu(), torch.ones(len(rows)))
     if hidden is not None:
@@ -297,6 +321,8 @@ class CalibrationResult:
     diagnose: list[dict] | None = None
     evaluation: dict | None = None
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
+    # Why the candidates stop before L - 1 (layers after layers[-1] cannot be withdrawn exactly), or None.
+    limit: str | None = None
 
     @property
     def found(self) -> bool:
@@ -371,7 +397,22 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         if with_video is not None:  # its chat template and processor would drop the video without a word
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "
                            "drop its video (or calibrate a model with video input)")
-    layers = list(range(options.min_layer, num_layers))  # K = L withdraws nothing (KL 0): not a candidate
+    text_config = adapter.text_config(model.config)
+    exact = exact_layers(adapter, text_config, num_layers)
+    # K = L withdraws nothing (KL 0): not a candidate. Where withdrawal is exact only up to some layer (KV
+    # sharing), the search stops there and the profile says why (calibration.max_layer / max_layer_reason).
+    max_layer = num_layers - 1
+    while max_layer >= options.min_layer and max_layer not in exact:
+        max_layer -= 1
+    limit = None
+    if max_layer < num_layers - 1:
+        limit = inexact_reason(adapter, text_config, num_layers, max_layer + 1)
+        if max_layer < options.min_layer:
+            below = [k for k in exact if k < num_layers]
+            hint = f"use --min-layer in {format_layers(below)}" if below else "no layer < L can be withdrawn exactly"
+            raise VtwError(f"--min-layer {options.min_layer}: withdrawal is exact on this model only at layers "
+                           f"{format_layers(exact)} ({limit}); {hint}")
+    layers = list(range(options.min_layer, max_layer + 1))
     started = time.perf_counter()
 
     def batches():
@@ -448,7 +489,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             "evaluation_seconds": time.perf_counter() - evaluation_started if options.evaluate else None}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
-                             options=options)
+                             options=options, limit=limit)
 
 
 def calibration_section(result: CalibrationResult) -> dict:
@@ -468,6 +509,9 @@ def calibration_section(result: CalibrationResult) -> dict:
     }
     if options.kinds is not None:
         section["withdraw"] = list(options.kinds)
+    if result.limit is not None:
+        section["max_layer"] = result.layers[-1]
+        section["max_layer_reason"] = result.limit
     if result.diagnose is not None:
         section["diagnose"] = result.diagnose
     return section

@@ -142,7 +142,10 @@ def architecture_of(config) -> str:
     if getattr(config, "vision_config", None) is None:
         raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
                        "tokens (see `vtw models`)")
-    adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
+    adapter = adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
+    defect = adapter.upstream_defect(architecture) if adapter.upstream_defect is not None else None
+    if defect:  # before loading weights: the model could not run a single forward
+        raise VtwError(defect)
     return architecture
 
 

@@ -27,7 +27,7 @@ from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLay
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
 from vtwcli.measure.latency import LatencyPlan, measure_latency
 from vtwcli.measure.memory import measure_memory
-from vtwcli.withdrawal import check_layer, num_decoder_layers
+from vtwcli.withdrawal import check_layer, num_decoder_layers, refuse_kept_blocks, withdraw
 
 __all__ = ["DEFAULT_TEXT_TOKENS", "ProfileOptions", "ProfileRun", "profile_model", "resolve_from_base",
            "run_profile", "run_flops_only", "flops_only_model_section", "check_layer",
@@ -233,6 +233,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     adapter = adapter_for(model)
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
+    withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
     if videos and "video" not in adapter.declared_kinds(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
@@ -251,6 +252,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "--images N and --image-size WxH instead")
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
+    refuse_kept_blocks(adapter, model.config, kinds, inputs["input_ids"])  # before any measuring, like the layer
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed, kinds=kinds) if fvcore else None

@@ -16,6 +16,9 @@ How it works, without touching the model's code:
 * pre-hooks on layers K..L-1 swap in the mask of their layer type and those positions, and slice the
   rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
+* per-position tensors a layer takes positionally (Gemma 4's per-layer inputs) are sliced at the kept slots
+  too; layers that reuse another layer's keys/values (KV sharing) are exact only where that layer is >= K
+  too, so the other K are refused (``exact_layers``).
 
 Nothing here branches on the architecture: where the layers are, which ids are vision tokens, the layer
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
@@ -42,7 +45,7 @@ from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
 
 __all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
-           "withdrawn_masks", "MASK_BUILDERS"]
+           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "format_layers", "refuse_kept_blocks"]
 
 # transformers' mask builder for each attention layer type (the `layer_types` vocabulary of text configs).
 MASK_BUILDERS = {
@@ -54,6 +57,48 @@ MASK_BUILDERS = {
 
 def num_decoder_layers(model: nn.Module) -> int:
     return len(adapter_for(model).decoder_layers(model))
+
+
+def inexact_reason(adapter: Adapter, text_config, num_layers: int, layer: int) -> str | None:
+    """Why withdrawal at ``layer`` cannot be exact on this model, or None. KV sharing: a layer >= K that attends
+    with the keys/values of a layer < K would still see the vision tokens, which layers >= K must not."""
+    if layer >= num_layers:
+        return None
+    readers = {consumer: producer for consumer, producer in adapter.shared_kv_layers(text_config, num_layers).items()
+               if consumer >= layer and producer < layer}
+    if not readers:
+        return None
+    consumer = min(readers)
+    source = f"layer {readers[consumer]}" if readers[consumer] >= 0 else "another model"
+    return f"layer {consumer} reuses the keys/values of {source}, computed with the vision tokens (KV sharing)"
+
+
+def exact_layers(adapter: Adapter, text_config, num_layers: int) -> list[int]:
+    """Every K in 1..L at which withdrawal is exact on this model (all of them without KV sharing)."""
+    return [k for k in range(1, num_layers + 1) if inexact_reason(adapter, text_config, num_layers, k) is None]
+
+
+def refuse_kept_blocks(adapter: Adapter, config, kinds: tuple[str, ...] | None, input_ids: torch.Tensor) -> None:
+    """Refuse a ``kinds`` selection that keeps vision tokens attending bidirectionally inside their blocks (the
+    adapter's ``block_bidirectional_kinds``): the masks of layers >= K are causal, so they would not be exact."""
+    kept = [kind for kind in adapter.block_bidirectional_kinds if kinds is not None and kind not in kinds]
+    ids = adapter.vision_token_ids(config, tuple(kept)) if kept else []
+    if ids and bool(torch.isin(input_ids, torch.tensor(ids, device=input_ids.device)).any()):
+        every = ",".join(k for k in ("image", "video") if k in set(kinds) | set(kept))
+        raise UnsupportedError(f"withdrawing only {','.join(kinds)} on {adapter.family} is not supported: the kept "
+                               f"{' and '.join(kept)} tokens attend bidirectionally inside their blocks, which layers "
+                               f">= K would not rebuild; withdraw {every} (the default)")
+
+
+def format_layers(layers: list[int]) -> str:
+    """[1, 2, 3, 6] -> "1..3, 6": contiguous runs as ranges."""
+    runs: list[list[int]] = []
+    for k in layers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 @dataclass
@@ -75,6 +120,7 @@ class _WithdrawnInputs:
     kept_index: torch.Tensor | None  # (B, q') original in-call index of each kept slot; None = all kept, in order
     attention_masks: dict  # layer type -> mask of the short sequence (None where the layer builds its own)
     position_ids: torch.Tensor | None
+    length: int = 0  # tokens of this call before withdrawal (per-position inputs of that length are sliced)
 
     def on(self, device: torch.device) -> "_WithdrawnInputs":
         # Layers may sit on different devices (device_map): move lazily, never assume one device.
@@ -85,7 +131,8 @@ class _WithdrawnInputs:
                 return {k: move(v) for k, v in value.items()}
             return value
 
-        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_masks, self.position_ids)))
+        return _WithdrawnInputs(*(move(v) for v in (self.kept_index, self.attention_masks, self.position_ids)),
+                                length=self.length)
 
 
 def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types: list[str], hidden: torch.Tensor,
@@ -185,11 +232,21 @@ class WithdrawalHandle:
         self.layers = self.adapter.decoder_layers(model)
         self.num_layers = len(self.layers)
         check_layer(layer, self.num_layers)
+        if self.adapter.upstream_defect is not None:
+            defect = self.adapter.upstream_defect(type(model).__name__)
+            if defect:
+                raise UnsupportedError(defect)
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
+        reason = inexact_reason(self.adapter, self.text_config, self.num_layers, layer)
+        if reason is not None:
+            exact = format_layers(exact_layers(self.adapter, self.text_config, self.num_layers))
+            raise UnsupportedError(f"withdrawal at layer {layer} cannot be exact on this model: {reason}; use a layer "
+                                   f"in {exact} ({self.num_layers} = no withdrawal)")
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
+        self.kinds = kinds
         if not self.vision_token_ids and vision_mask is None:
             raise UnsupportedError(
                 f"{type(model).__name__} config has no vision token id ({', '.join(self.adapter.vision_token_id_keys)}); "
@@ -280,6 +337,10 @@ class WithdrawalHandle:
                     "withdraw(model, layer=K, vision_mask=<bool tensor (batch, seq)>)"
                 )
             vision = self.explicit_vision_mask.to(embeds.device).bool()
+            batch = embeds.shape[0]
+            if vision.dim() == 2 and vision.shape[1] == embeds.shape[1] and batch % vision.shape[0] == 0:
+                # generate() repeats each row num_beams / num_return_sequences times (repeat_interleave)
+                vision = vision.repeat_interleave(batch // vision.shape[0], dim=0)
             if vision.shape != embeds.shape[:2]:
                 raise UnsupportedError(
                     f"vision_mask has shape {tuple(vision.shape)} but inputs_embeds has (batch, seq) = "
@@ -294,6 +355,8 @@ class WithdrawalHandle:
             mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
+        if has_pixels and input_ids is not None:
+            refuse_kept_blocks(self.adapter, self.model.config, self.kinds, input_ids)
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
                                 has_pixels=has_pixels)
         self._withdrawn = None
@@ -373,7 +436,7 @@ class WithdrawalHandle:
         else:
             masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden,
                                     validity, cache)
-        self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids)
+        self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids, length)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
@@ -423,16 +486,46 @@ class WithdrawalHandle:
     def _swap_inputs(self, module, args, kwargs, hidden, inputs: _WithdrawnInputs):
         kwargs = dict(kwargs)
         kind = self.layer_types[self._layer_index[id(module)]]
-        kwargs["attention_mask"] = inputs.attention_masks[kind]
-        if kwargs.get("position_embeddings") is not None and inputs.kept_index is not None:
-            kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], inputs.kept_index)
+        index, mask, position_ids = inputs.kept_index, inputs.attention_masks[kind], inputs.position_ids
+        width = index.shape[1] if index is not None else inputs.length
+        queries = hidden.shape[1]
+        if queries < width:
+            # The model itself dropped leading queries (Gemma 4 keeps only the `logits_to_keep` last positions
+            # before its KV-shared layers): its per-position inputs are the call's last `queries` positions.
+            index, mask, position_ids = self._tail(index, mask, position_ids, queries, inputs.length)
+        kwargs["attention_mask"] = mask
+        if kwargs.get("position_embeddings") is not None and index is not None:
+            kwargs["position_embeddings"] = self._slice_positions(kwargs["position_embeddings"], index)
         if "position_ids" in kwargs:
-            kwargs["position_ids"] = inputs.position_ids
+            kwargs["position_ids"] = position_ids
         if args:
-            args = (hidden, *args[1:])
+            args = list(args)
+            args[0] = hidden
+            if index is not None:
+                for i in self.adapter.per_position_layer_args:
+                    if i < len(args) and isinstance(args[i], torch.Tensor) and args[i].shape[1] == inputs.length:
+                        args[i] = take_positions(args[i], index, seq_dim=1)
+            args = tuple(args)
         else:
             kwargs["hidden_states"] = hidden
         return args, kwargs
+
+    @staticmethod
+    def _tail(index, mask, position_ids, queries: int, length: int):
+        """The last ``queries`` kept slots, where they are the call's last ``queries`` positions (then the
+        model's own tail-sliced per-position inputs are already the kept ones: no index is returned)."""
+        if index is not None:
+            expected = torch.arange(length - queries, length, device=index.device)
+            if not bool((index[:, -queries:] == expected).all()):
+                raise UnsupportedError(
+                    f"the model kept only its last {queries} queries, which are not the last kept tokens (a vision "
+                    "token is among the last prompt tokens); end the prompt with text"
+                )
+        if isinstance(mask, torch.Tensor):
+            mask = mask[..., -queries:, :]
+        if isinstance(position_ids, torch.Tensor):
+            position_ids = position_ids[..., -queries:]
+        return None, mask, position_ids
 
 
 def withdraw(model: nn.Module, layer: int, *, vision_mask: torch.Tensor | None = None,

@@ -162,4 +162,7 @@ def _render(run) -> None:
         f"; accuracy evaluation {cost['evaluation_seconds']:.1f} s"
     console.print(f"cost of the KL search: {cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
                   f"{len(result.layers)} candidate layers, {cost['seconds']:.1f} s{evaluation}", soft_wrap=True)
+    if result.limit is not None:
+        console.print(f"candidates stop at layer {result.layers[-1]}: withdrawal after it cannot be exact on this "
+                      f"model ({result.limit})")
     console.print(f"profile written to [bold]{run.written}[/]", soft_wrap=True)  # a path must stay one piece to copy

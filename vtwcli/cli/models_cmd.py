@@ -13,12 +13,20 @@ from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 
 
+def _status(adapter) -> str:
+    """supported; "withdraw() only" where the family has no vision token ids (inputs_embeds + vision_mask, no
+    processor path for the CLI); "blocked upstream" where the installed transformers breaks its forward."""
+    if adapter.upstream_defect is not None and adapter.upstream_defect(adapter.architectures[0]):
+        return "blocked upstream"
+    return "supported" if adapter.vision_token_id_keys else "withdraw() only"
+
+
 @app.command("models")
 def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the model families and transformers classes that withdrawal supports."""
     rows = [
-        {"family": a.family, "architectures": list(a.architectures), "status": "supported",
-         "inputs": a.declared_kinds(),
+        {"family": a.family, "architectures": list(a.architectures), "status": _status(a),
+         "inputs": a.declared_kinds() or ["vision_mask"],
          "flops_only": a.fixed_image_layout, "notes": a.notes}
         for a in ADAPTERS
     ]
@@ -30,7 +38,8 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="Architectures (`withdraw`, `vtw calibrate` and `vtw profile` work on every supported one)")
+    table = Table(title="Architectures (`withdraw`, `vtw calibrate` and `vtw profile` work on every supported one; "
+                        "see the notes of the others)")
     table.add_column("family")
     table.add_column("transformers class", no_wrap=True)
     table.add_column("status")
@@ -38,7 +47,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     table.add_column("--flops-only")
     table.add_column("notes", ratio=1)
     for row in rows:
-        style = "green" if row["status"] == "supported" else "dim"
+        style = {"supported": "green", "withdraw() only": "yellow", "blocked upstream": "red"}.get(row["status"], "dim")
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     print_table(table)

@@ -75,14 +75,16 @@ def _check_bounds(cal: Calibration, src: str) -> list[CheckResult]:
 def _check_calibration(cal: Calibration, num_layers: int, src: str) -> list[CheckResult]:
     results = []
     layers = [entry.layer for entry in cal.per_layer]
-    # K = L withdraws nothing (KL 0 by definition), so the candidates stop at L - 1.
-    if layers == list(range(cal.min_layer, num_layers)):
-        results.append(passed("calibration.per_layer.layers",
-                              f"layers {cal.min_layer}..{num_layers - 1}, ascending", src))
+    # K = L withdraws nothing (KL 0 by definition), so the candidates stop at L - 1, or at max_layer where
+    # withdrawal after it cannot be exact (KV sharing).
+    last = num_layers - 1 if cal.max_layer is None else cal.max_layer
+    if layers == list(range(cal.min_layer, last + 1)) and last <= num_layers - 1:
+        results.append(passed("calibration.per_layer.layers", f"layers {cal.min_layer}..{last}, ascending", src))
     else:
+        bound = "model.num_layers - 1" if cal.max_layer is None else "max_layer"
         results.append(failed("calibration.per_layer.layers",
-                              f"expected layers {cal.min_layer}..{num_layers - 1} ascending and contiguous (min_layer.."
-                              f"model.num_layers - 1), got {_layers_text(layers)}", src))
+                              f"expected layers {cal.min_layer}..{last} ascending and contiguous (min_layer..{bound}), "
+                              f"got {_layers_text(layers)}", src))
     results.append(_check_layer_choice("calibration.layer", cal.layer, cal.per_layer, cal.threshold, src))
     results += _check_bounds(cal, src)
     for curve in cal.per_dataset or ():

@@ -313,6 +313,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _last_cached_layer(cache) -> int:
+    """The last layer that holds keys/values of its own (a KV-sharing layer, e.g. Gemma 4's last ones, has none)."""
+    layers = getattr(cache, "layers", [])
+    return max((i for i, layer in enumerate(layers) if getattr(layer, "keys", None) is not None), default=0)
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
     """Counted FLOPs of the prefill and of one decode step, baseline and withdrawn at ``layer``.
@@ -345,7 +351,7 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
                 out = model(**inputs, use_cache=True, logits_to_keep=1)
             result[variant] = _by_component(model, counter)
             cache = cache_of(out)
-            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(num_layers - 1))
+            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(_last_cached_layer(cache)))
             # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
             # as generate() passes none for an all-ones one (families derive decode positions from the cache).
             step = out.logits[:, -1:].argmax(-1)

@@ -112,6 +112,8 @@ class Calibration:
     layer: int | None
     per_layer: tuple[LayerKL, ...]
     withdraw: tuple[str, ...] | None = None
+    max_layer: int | None = None  # last candidate where it is not L - 1 (withdrawal not exact beyond it)
+    max_layer_reason: str | None = None
     bootstrap: Bootstrap | None = None
     per_dataset: tuple[DatasetCurve, ...] | None = None
     per_sample: tuple[SampleKL, ...] | None = None
