@@ -255,15 +255,20 @@ def test_overhead_note_explains_a_slowdown_by_the_fixed_cost():
     from vtwcli.measure.latency import overhead_notes
 
     slower = SpeedupInterval(low=0.90, high=0.96, p10=0.88, p90=0.98)
-    (note,) = overhead_notes(0.93, slower, 16.0, 17.2, 1.1)
+    (note,) = overhead_notes({"prefill": (0.93, slower)}, 16.0, 17.2, 1.1)
     assert note.startswith("withdrawn prefill is slower (0.93x) although it computes 1.10x fewer FLOPs: it takes "
                            "17.20 ms where the FLOPs predict 14.55 ms, so about 2.65 ms a forward is the hooks' "
                            "fixed cost, more than the 1.45 ms of compute saved")
-    assert overhead_notes(0.93, SpeedupInterval(low=0.85, high=1.02, p10=0.8, p90=1.1), 16.0, 17.2, 1.1) == []
-    assert overhead_notes(1.5, SpeedupInterval(low=1.4, high=1.6, p10=1.3, p90=1.7), 30.0, 20.0, 1.7) == []
-    assert overhead_notes(0.93, slower, 16.0, 17.2, None) == []
-    # no interval (fewer than 6 pairs): the pairs' p90 decides
-    assert overhead_notes(0.93, SpeedupInterval(p10=0.9, p90=0.97), 16.0, 17.2, 1.1) != []
+    straddles = SpeedupInterval(low=0.85, high=1.02, p10=0.8, p90=1.1)
+    faster = SpeedupInterval(low=1.4, high=1.6, p10=1.3, p90=1.7)
+    assert overhead_notes({"prefill": (0.93, straddles)}, 16.0, 17.2, 1.1) == []
+    assert overhead_notes({"prefill": (1.5, faster)}, 30.0, 20.0, 1.7) == []
+    # no interval (fewer than 6 pairs): the pairs' p90 decides; decode / end to end: no FLOPs estimate
+    notes = overhead_notes({"prefill": (1.5, faster), "decode_per_token": (0.93, SpeedupInterval(p10=0.9, p90=0.97))},
+                           30.0, 20.0, 1.7)
+    assert notes == ["withdrawn decode per token is slower (0.93x): on this model the hooks' fixed cost per forward "
+                     "exceeds the compute withdrawal saves; on a model whose forwards take longer the saving "
+                     "dominates"]
 
 
 def test_bundled_dataset_paths_are_recorded_relative_to_the_package(tmp_path):

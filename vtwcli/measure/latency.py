@@ -213,20 +213,28 @@ def noise_reasons(figures: dict[str, tuple[float, SpeedupInterval]], target: flo
     return reasons
 
 
-def overhead_notes(speedup: float, interval: SpeedupInterval, baseline_ms: float, withdrawn_ms: float,
+def overhead_notes(figures: dict[str, tuple[float, SpeedupInterval]], baseline_ms: float, withdrawn_ms: float,
                    flops_ratio: float | None) -> list[str]:
-    """Why withdrawal reads as a slowdown when it does: the whole interval (p10..p90 without one) of the prefill
-    speedup below 1 while the FLOPs fall. What the FLOPs alone predict for the withdrawn prefill is
-    baseline / FLOPs ratio; the rest of the withdrawn time is a fixed cost per forward (hooks, gathers)."""
-    high = interval.high if interval.high is not None else interval.p90
-    if not flops_ratio or flops_ratio <= 1 or high >= 1:
-        return []
-    predicted = baseline_ms / flops_ratio
-    return [f"withdrawn prefill is slower ({speedup:.2f}x) although it computes {flops_ratio:.2f}x fewer FLOPs: it "
-            f"takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so about "
-            f"{withdrawn_ms - predicted:.2f} ms a forward is the hooks' fixed cost, more than the "
-            f"{baseline_ms - predicted:.2f} ms of compute saved on this model; on a model whose prefill takes "
-            "longer the saving dominates"]
+    """Why withdrawal reads as a slowdown where it does: a figure whose whole interval (p10..p90 without one)
+    lies below 1. For the prefill, what the FLOPs alone predict for the withdrawn run is baseline / FLOPs
+    ratio; the rest of the withdrawn time (``baseline_ms``, ``withdrawn_ms``: prefill medians) is a fixed
+    cost per forward (hooks, gathers)."""
+    notes, labels = [], {speed: label for label, _, speed in LATENCY_FIGURES}
+    for key, (speedup, interval) in figures.items():
+        if (interval.high if interval.high is not None else interval.p90) >= 1:
+            continue
+        if key == "prefill" and flops_ratio and flops_ratio > 1:
+            predicted = baseline_ms / flops_ratio
+            notes.append(f"withdrawn prefill is slower ({speedup:.2f}x) although it computes {flops_ratio:.2f}x "
+                         f"fewer FLOPs: it takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so "
+                         f"about {withdrawn_ms - predicted:.2f} ms a forward is the hooks' fixed cost, more than the "
+                         f"{baseline_ms - predicted:.2f} ms of compute saved on this model; on a model whose prefill "
+                         "takes longer the saving dominates")
+        else:
+            notes.append(f"withdrawn {labels.get(key, key)} is slower ({speedup:.2f}x): on this model the hooks' "
+                         "fixed cost per forward exceeds the compute withdrawal saves; on a model whose forwards "
+                         "take longer the saving dominates")
+    return notes
 
 
 def _load_average() -> float | None:
@@ -321,6 +329,6 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
                          load_end=_load_average(), cpus=os.cpu_count())
     section["noise"] = {**dataclasses.asdict(noise), "reasons": list(reasons)}
     section["flops_ratio"] = None if flops_ratio is None else float(flops_ratio)
-    section["notes"] = overhead_notes(*figures["prefill"], section["baseline"]["prefill_ms"]["median"],
+    section["notes"] = overhead_notes(figures, section["baseline"]["prefill_ms"]["median"],
                                       section["withdrawn"]["prefill_ms"]["median"], flops_ratio)
     return section
