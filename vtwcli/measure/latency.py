@@ -215,22 +215,26 @@ def noise_reasons(figures: dict[str, tuple[float, SpeedupInterval]], target: flo
 
 def overhead_notes(figures: dict[str, tuple[float, SpeedupInterval]], baseline_ms: float, withdrawn_ms: float,
                    flops_ratio: float | None) -> list[str]:
-    """Why withdrawal reads as a slowdown where it does: a figure whose whole interval (p10..p90 without one)
-    lies below 1. For the prefill, what the FLOPs alone predict for the withdrawn run is baseline / FLOPs
-    ratio; the rest of the withdrawn time (``baseline_ms``, ``withdrawn_ms``: prefill medians) is a fixed
-    cost per forward (hooks, gathers)."""
+    """Why withdrawal saves less time than work, or reads as a slowdown (a figure whose whole interval, p10..p90
+    without one, lies below 1). For the prefill, what the FLOPs alone predict for the withdrawn run is
+    baseline / FLOPs ratio (``baseline_ms``, ``withdrawn_ms``: prefill medians); the rest of the withdrawn time
+    is a fixed cost per forward (hooks, gathers). It is named when the whole interval is below the FLOPs ratio
+    and that cost is at least half the compute saved."""
     notes, labels = [], {speed: label for label, _, speed in LATENCY_FIGURES}
     for key, (speedup, interval) in figures.items():
-        if (interval.high if interval.high is not None else interval.p90) >= 1:
-            continue
+        high = interval.high if interval.high is not None else interval.p90
         if key == "prefill" and flops_ratio and flops_ratio > 1:
             predicted = baseline_ms / flops_ratio
-            notes.append(f"withdrawn prefill is slower ({speedup:.2f}x) although it computes {flops_ratio:.2f}x "
-                         f"fewer FLOPs: it takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so "
-                         f"about {withdrawn_ms - predicted:.2f} ms a forward is the hooks' fixed cost, more than the "
-                         f"{baseline_ms - predicted:.2f} ms of compute saved on this model; on a model whose prefill "
-                         "takes longer the saving dominates")
-        else:
+            fixed, saved = withdrawn_ms - predicted, baseline_ms - predicted
+            if high >= flops_ratio or (high >= 1 and fixed < saved / 2):
+                continue
+            verdict = (f"withdrawn prefill is slower ({speedup:.2f}x) although it computes {flops_ratio:.2f}x fewer "
+                       "FLOPs" if high < 1 else
+                       f"prefill speedup {speedup:.2f}x stays below the FLOPs ratio {flops_ratio:.2f}x")
+            notes.append(f"{verdict}: it takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so "
+                         f"about {fixed:.2f} ms a forward is the hooks' fixed cost, against {saved:.2f} ms of "
+                         "compute saved on this model; on a model whose prefill takes longer the saving dominates")
+        elif high < 1:
             notes.append(f"withdrawn {labels.get(key, key)} is slower ({speedup:.2f}x): on this model the hooks' "
                          "fixed cost per forward exceeds the compute withdrawal saves; on a model whose forwards "
                          "take longer the saving dominates")
