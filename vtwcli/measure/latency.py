@@ -232,8 +232,9 @@ def overhead_notes(figures: dict[str, tuple[float, SpeedupInterval]], baseline_m
                        "FLOPs" if high < 1 else
                        f"prefill speedup {speedup:.2f}x stays below the FLOPs ratio {flops_ratio:.2f}x")
             notes.append(f"{verdict}: it takes {withdrawn_ms:.2f} ms where the FLOPs predict {predicted:.2f} ms, so "
-                         f"about {fixed:.2f} ms a forward is the hooks' fixed cost, against {saved:.2f} ms of "
-                         "compute saved on this model; on a model whose prefill takes longer the saving dominates")
+                         f"about {fixed:.2f} ms a forward is not compute but the hooks' fixed cost (plus noise where "
+                         f"the figures are flagged noisy), against {saved:.2f} ms of compute saved on this model; "
+                         "on a model whose prefill takes longer the saving dominates")
         elif high < 1:
             notes.append(f"withdrawn {labels.get(key, key)} is slower ({speedup:.2f}x): on this model the hooks' "
                          "fixed cost per forward exceeds the compute withdrawal saves; on a model whose forwards "
