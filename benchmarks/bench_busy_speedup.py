@@ -1,7 +1,7 @@
 """Can `vtw profile`'s speedup be trusted on a busy machine? Two runs of `vtw profile`, every core busy.
 
-A random LLaVA-1.5-layout model (CLIP 336px/14 -> 576 image tokens, tiny widths so a prefill takes tens of
-milliseconds yet is dominated by the image tokens) is saved with a processor; while BUSY processes spin
+A random LLaVA-1.5-layout model (CLIP 336px/14 -> 576 image tokens, small widths so a prefill takes about
+0.1 s on a quiet core yet is dominated by the image tokens) is saved with a processor; while BUSY processes spin
 on every core (started here, stopped at the end, each bounded by a deadline), `vtw profile --layer K` runs
 twice as a user runs it. Printed, as ratios:
 

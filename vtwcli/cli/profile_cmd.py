@@ -52,7 +52,7 @@ def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
 
 def _latency_table(latency: dict) -> Table:
     pairs = f"{latency['pairs']} pairs" if latency.get("pairs") else "runs"
-    table = Table(title=f"Latency (ms, median (p10..p90) of {pairs}; {latency['device_name']}, "
+    table = Table(pad_edge=False, title=f"Latency (ms, median (p10..p90) of {pairs}; {latency['device_name']}, "
                   f"{latency['threads']} threads, {latency['new_tokens']} new tokens)")
     interval = latency.get("speedup_interval")
     for column in ("", "baseline", "withdrawn", "speedup (95% CI)" if interval else "speedup"):
