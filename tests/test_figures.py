@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 from profile_fixtures import SHA_DATA, example_profile
@@ -288,3 +289,64 @@ def test_bundled_dataset_paths_are_recorded_relative_to_the_package(tmp_path):
     assert recorded_path(bundled.path) == "vtwcli/data/datasets/synthetic_color/data.jsonl"
     own = tmp_path / "mine.jsonl"
     assert recorded_path(own) == str(own)
+
+
+def _ci_log(*args: str) -> str:
+    """`vtw ARGS | cat` with COLUMNS=80: stdout is no terminal."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    done = subprocess.run([sys.executable, "-c", "from vtwcli.cli import main; main()", *args], capture_output=True,
+                          text=True, env=env, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout
+
+
+def test_tables_in_an_80_column_log_cut_nothing():
+    """`vtw models` and `vtw check` in a CI log: no cell cut with an ellipsis, no file name split, every
+    family and every notes text whole; a table that fits stays a table."""
+    from vtwcli.adapters import ADAPTERS
+
+    models = _ci_log("models")
+    assert "…" not in models
+    for adapter in ADAPTERS:
+        assert f"- {adapter.family}" in models and f"notes: {adapter.notes}" in models
+    check = _ci_log("check", "profiles/bundled.yaml", "profiles/llava-1.5-7b-flops.yaml")
+    assert "…" not in check
+    assert "profiles/bundled.yaml:" in check.splitlines() and "profiles/llava-1.5-7b-flops.yaml:" in check.splitlines()
+    assert "  flops.reduction  pass  " in check
+    flops = _ci_log("profile", "--model", "profiles/configs/llava-1.5-7b", "--flops-only", "--layer", "16")
+    table = [line for line in flops.splitlines() if line.startswith(("┃", "│", "┏", "└"))]
+    assert table and all(len(line) <= 80 for line in table)
+    assert any("decode / token (GFLOPs)" in line and "13.551" in line for line in table)
+    assert "576 vision tokens (1 image)" in flops
+
+
+def test_print_table_falls_back_to_plain_lines():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from vtwcli.cli._tables import print_table
+
+    def render(table, **kw):
+        out = io.StringIO()
+        print_table(table, console=Console(file=out, width=40), **kw)
+        return out.getvalue()
+
+    narrow = Table(title="t")
+    narrow.add_column("a")
+    narrow.add_column("b")
+    narrow.add_row("x", "[green]y[/]")
+    assert "┃ a" in render(narrow)
+    wide = Table(title="wide")
+    for column in ("name", "text", "more"):
+        wide.add_column(column)
+    wide.add_row("first", "a long cell " * 4, "")
+    wide.add_row("first", "[bold]second[/] row", "z")
+    assert render(wide) == ("wide\n- first\n    text: " + "a long cell " * 4 + "\n- first\n    text: second row\n"
+                            "    more: z\n")
+    assert render(wide, layout="lines") == "wide\nfirst:\n  " + "a long cell " * 4 + "\n  second row  z\n"
