@@ -7,6 +7,7 @@ vision tokens, two images in one row). The exactness suite in test_architectures
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -226,8 +227,11 @@ class QwenInputs(ShimProcessor):
 
     chat_template = QWEN_TEMPLATE
 
-    def __init__(self, image_processor, tokenizer):
+    def __init__(self, image_processor, tokenizer, frames_apart: bool = False):
         self.image_processor, self.tokenizer = image_processor, tokenizer
+        # Qwen3-VL / Qwen3.5 layout: each video frame in its own <|vision_start|> ... <|vision_end|> block
+        # (the real processor also writes a timestamp before each; it is plain text)
+        self.frames_apart = frames_apart
 
     def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
         flat = [img for row in images or [] for img in row]
@@ -244,7 +248,11 @@ class QwenInputs(ShimProcessor):
             generator = torch.Generator().manual_seed(7)
             out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
             out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
-            texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
+            if self.frames_apart:
+                frame = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+                texts = [x.replace("<|vision_start|><|video_pad|><|vision_end|>", frame * t) for x in texts]
+            else:
+                texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
         types = torch.zeros_like(ids)
@@ -788,3 +796,131 @@ def llama4_embeds(model, rows: list[tuple[list[int], int]]):
 
 LLAMA4_ROWS = [([BOS, 7, 8, LLAMA4_IMAGE, 9, 10, LLAMA4_IMAGE, 11, 12, 13, 14, 15], 2),
                ([BOS, LLAMA4_IMAGE, 16, 17, 18], 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Families with conv / recurrent layers between their attention layers (fixed-size state, no KV cache)
+
+# Which decoder layers are conv / recurrent, per family, for num_layers layers: the patterns put layer K on a
+# state layer with attention after it, the first attention layer at or after K, and (Qwen3.5, K = L - 1) only
+# state layers after K, among K = 1..3 of the suite.
+def _qwen3_5_layer_types(num_layers: int) -> list[str]:
+    return ["full_attention" if i % 3 == 2 else "linear_attention" for i in range(num_layers)]
+
+
+def _lfm2_layer_types(num_layers: int) -> list[str]:
+    return ["full_attention" if i % 2 == 1 else "conv" for i in range(num_layers)]
+
+
+def tiny_qwen3_5(num_layers=4, attn="sdpa", seed=0, moe=False):
+    """Qwen3.5 (dense) or Qwen3.5-MoE: Gated DeltaNet linear attention + full attention, M-RoPE, partial RoPE."""
+    from transformers import (Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5MoeConfig,
+                              Qwen3_5MoeForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=8,
+                 linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                 layer_types=_qwen3_5_layer_types(num_layers),
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                  "mrope_interleaved": True, "partial_rotary_factor": 0.5})
+    if moe:
+        text.update(moe_intermediate_size=16, shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=4, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=64)
+    config_cls, model_cls = ((Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration) if moe
+                             else (Qwen3_5Config, Qwen3_5ForConditionalGeneration))
+    config = config_cls(text_config=text, vision_config=vision, image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO,
+                        vision_start_token_id=QWEN_START, vision_end_token_id=QWEN_END)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    with torch.no_grad():  # slow decay (real checkpoints have many slow heads): the state still remembers the image
+        for module in model.modules():
+            if hasattr(module, "A_log"):
+                module.A_log.uniform_(math.log(0.01), math.log(0.1))
+    return _finish(model, [QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END])
+
+
+LFM2_SPECIALS = {"image_token": "<image>", "image_start": "<|image_start|>", "image_end": "<|image_end|>"}
+LFM2_IMAGE = token_id(LFM2_SPECIALS, "image_token")
+LFM2_START, LFM2_END = token_id(LFM2_SPECIALS, "image_start"), token_id(LFM2_SPECIALS, "image_end")
+LFM2_PATCH, LFM2_FACTOR, LFM2_MAX_PATCHES = 4, 2, 64
+
+
+def tiny_lfm2_vl(num_layers=4, attn="sdpa", seed=0):
+    """LFM2-VL: short-conv (gated depthwise conv, fixed conv state) + full attention; SigLIP2 NaFlex vision."""
+    from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration
+
+    # initializer_range 0.1 (not 0.02): a filler slot reaching a conv window then moves the last token's logits by
+    # ~1e-2, far above the suite's 1e-4 (at 0.02 by ~5e-6: such a leak would pass unseen)
+    text = _text(num_hidden_layers=num_layers, layer_types=_lfm2_layer_types(num_layers), conv_L_cache=3,
+                 block_auto_adjust_ff_dim=False, conv_bias=False, initializer_range=0.1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                  patch_size=LFM2_PATCH, num_patches=16)
+    config = Lfm2VlConfig(text_config=text, vision_config=vision, image_token_id=LFM2_IMAGE, projector_hidden_size=32,
+                          downsample_factor=LFM2_FACTOR)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Lfm2VlForConditionalGeneration(config), [LFM2_IMAGE, LFM2_START, LFM2_END])
+
+
+class Lfm2VlInputs(ShimProcessor):
+    """What Lfm2VlProcessor does for one tile per image (its image processor needs torchvision): each image
+    resized to whole downsampling blocks (at most 32 x 32), cut into flattened 4 x 4 patches padded to
+    LFM2_MAX_PATCHES, with `spatial_shapes` and `pixel_attention_mask`; the placeholder becomes
+    <|image_start|> + one <image> per 2 x 2 block of patches + <|image_end|>."""
+
+    chat_template = LLAVA_TEMPLATE
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
+        flat = [img for row in images or [] for img in row]
+        out, texts = {}, list(text)
+        if flat:
+            block = LFM2_PATCH * LFM2_FACTOR
+            pixels, shapes, masks, counts = [], [], [], []
+            for img in flat:
+                width, height = (min(32, max(block, round(side / block) * block)) for side in img.size)
+                array = np.asarray(img.convert("RGB").resize((width, height)), dtype=np.float32) / 127.5 - 1.0
+                rows, cols = height // LFM2_PATCH, width // LFM2_PATCH
+                patches = torch.from_numpy(array).reshape(rows, LFM2_PATCH, cols, LFM2_PATCH, 3)
+                patches = patches.permute(0, 2, 1, 3, 4).reshape(rows * cols, -1)
+                padded = torch.zeros(LFM2_MAX_PATCHES, patches.shape[1])
+                padded[:len(patches)] = patches
+                mask = torch.zeros(LFM2_MAX_PATCHES, dtype=torch.bool)
+                mask[:len(patches)] = True
+                pixels.append(padded), masks.append(mask), shapes.append([rows, cols])
+                counts.append((rows // LFM2_FACTOR) * (cols // LFM2_FACTOR))
+            out.update(pixel_values=torch.stack(pixels), pixel_attention_mask=torch.stack(masks),
+                       spatial_shapes=torch.tensor(shapes))
+            counts = iter(counts)
+            texts = [_expand_with(t, "<image>", lambda: "<|image_start|>" + "<image>" * next(counts) + "<|image_end|>")
+                     for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
+def lfm2_vl_processor():
+    return Lfm2VlInputs(word_tokenizer(LFM2_SPECIALS))
+
+
+def qwen3_5_processor():
+    """Qwen3.5 uses Qwen3VLProcessor (its video processor needs torchvision): the stand-in in both environments,
+    with images as Qwen2-VL lays them out and video frames apart."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                      size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    return QwenInputs(images, word_tokenizer(QWEN_SPECIALS), frames_apart=True)
+
+
+FAMILIES.update({
+    "qwen3_5": Family("Qwen3.5", "Qwen3_5ForConditionalGeneration", tiny_qwen3_5, qwen3_5_processor, qwen_rows,
+                      lambda config: [config.image_token_id, config.video_token_id]),
+    "qwen3_5_moe": Family("Qwen3.5-MoE", "Qwen3_5MoeForConditionalGeneration",
+                          lambda n, a="sdpa", s=0: tiny_qwen3_5(n, a, s, moe=True), qwen3_5_processor, qwen_rows,
+                          lambda config: [config.image_token_id, config.video_token_id]),
+    "lfm2_vl": Family("LFM2-VL", "Lfm2VlForConditionalGeneration", tiny_lfm2_vl, lfm2_vl_processor, llava_rows,
+                      lambda config: [config.image_token_id]),
+})

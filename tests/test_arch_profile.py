@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import transformers
 from arch_models import FAMILIES, save_and_serve
 
@@ -62,8 +63,10 @@ def saved(tmp_path, monkeypatch):
     return save
 
 
-# Families whose decoder layers are not Llama-shaped have a test of their own below.
-OWN_REFERENCE = {"gemma4"}
+# Families whose decoder layers are not Llama-shaped have a test of their own below: Gemma 4, and those with
+# conv / recurrent layers.
+STATE_FAMILIES = ["qwen3_5", "qwen3_5_moe", "lfm2_vl"]
+OWN_REFERENCE = {"gemma4", *STATE_FAMILIES}
 
 
 @pytest.mark.parametrize("name", [name for name in FAMILIES if name not in OWN_REFERENCE])
@@ -233,3 +236,125 @@ def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, caps
         assert decode[variant] == expected, variant
     assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
     assert "analytic" not in flops or not flops["analytic"]  # no closed form for Gemma 4's layers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Families with conv / recurrent layers (Qwen3.5 Gated DeltaNet, Qwen3.5-MoE, LFM2 short conv)
+
+
+def _mm(m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def closed_form_layer(text, kind: str, tokens: int, keys: int) -> int:
+    """One decoder layer written from the definitions (2 x MACs, matmul work only)."""
+    hidden = text.hidden_size
+    if kind == "linear_attention":  # Gated DeltaNet: projections, depthwise conv taps, 3 matvecs per value head
+        keys_w = text.linear_num_key_heads * text.linear_key_head_dim
+        values_w = text.linear_num_value_heads * text.linear_value_head_dim
+        channels = 2 * keys_w + values_w
+        mixer = (_mm(tokens, hidden, channels + values_w + 2 * text.linear_num_value_heads) + _mm(tokens, values_w, hidden)
+                 + _mm(tokens, channels, text.linear_conv_kernel_dim)
+                 + 3 * text.linear_num_value_heads * _mm(tokens, text.linear_key_head_dim, text.linear_value_head_dim))
+    elif kind == "conv":  # LFM2 short conv: B, C, x from one projection, depthwise conv, output projection
+        mixer = _mm(tokens, hidden, 3 * hidden) + _mm(tokens, hidden, text.conv_L_cache) + _mm(tokens, hidden, hidden)
+    else:
+        heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        query_width = heads * head_dim * (2 if text.model_type.startswith("qwen3_5") else 1)  # Qwen3.5: gated query
+        mixer = (_mm(tokens, hidden, query_width) + 2 * _mm(tokens, hidden, kv_heads * head_dim)
+                 + _mm(tokens, heads * head_dim, hidden) + 2 * heads * _mm(tokens, head_dim, keys))
+    if getattr(text, "num_experts", None):  # active experts only: router, top-k routed, shared expert + its gate
+        mlp = (_mm(tokens, hidden, text.num_experts) + text.num_experts_per_tok * 3 * _mm(tokens, hidden,
+               text.moe_intermediate_size) + 3 * _mm(tokens, hidden, text.shared_expert_intermediate_size)
+               + _mm(tokens, hidden, 1))
+    else:
+        mlp = 3 * _mm(tokens, hidden, text.intermediate_size)  # the tiny LFM2 does not auto-adjust its MLP width
+    return mixer + mlp
+
+
+@torch.no_grad()
+def counted_layer(model, index: int, tokens: int) -> int:
+    """torch's own FlopCounterMode on decoder layer ``index`` alone, on ``tokens`` tokens from an empty cache
+    (MoE experts run by their eager per-expert loop, which torch's counter sees; CPU's fused SDPA kernel gets
+    torch's own SDPA formula, which the counter does not register for it)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    from transformers import DynamicCache
+
+    def sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    text_model = model.model.language_model
+    hidden = torch.randn(1, tokens, model.config.text_config.hidden_size)
+    positions = torch.arange(tokens)[None]
+    if model.config.text_config.model_type.startswith("qwen3_5"):
+        positions = positions[None].expand(3, 1, -1)  # M-RoPE's t, h, w rows
+    rotary = text_model.rotary_emb(hidden, positions)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+    with counter:
+        text_model.layers[index](hidden, position_embeddings=rotary, attention_mask=None,
+                                 cache=DynamicCache(config=model.config.text_config))
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", STATE_FAMILIES)
+def test_profile_of_families_with_conv_or_recurrent_layers(name, saved, capsys):
+    directory, config = saved(name)
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
+                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+    assert code == 0, err
+    flops, text_config = data["flops"], config.text_config
+    vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
+    assert text == TEXT and vision > 0
+    n = vision + text
+    types = text_config.layer_types[:LAYERS]
+    attention = [i for i, kind in enumerate(types) if kind not in ("linear_attention", "conv")]
+    assert attention and any(i < K for i, kind in enumerate(types) if kind in ("linear_attention", "conv"))
+
+    # counted prefill: every decoder layer as it costs alone, layers >= K on the text tokens only
+    model = transformers.AutoModelForImageTextToText.from_pretrained(directory, experts_implementation="eager").eval()
+    per_layer = {tokens: [counted_layer(model, i, tokens) for i in range(LAYERS)] for tokens in (n, text)}
+    base, new = flops["baseline"], flops["withdrawn"]
+    assert base["language_model"] == sum(per_layer[n])
+    assert new["language_model"] == sum(per_layer[n][:K]) + sum(per_layer[text][K:])
+    head = 2 * text_config.hidden_size * text_config.vocab_size
+    assert base["lm_head"] == new["lm_head"] == head
+    assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"]) and base["projector"] > 0
+
+    # the closed form: Gated DeltaNet / short conv / MoE each by their own formula
+    analytic = flops["analytic"]
+    assert analytic["covers"] == ["language_model", "lm_head"]
+    assert analytic["baseline"]["language_model"] == sum(closed_form_layer(text_config, kind, n, n) for kind in types)
+    assert analytic["withdrawn"]["language_model"] == sum(
+        closed_form_layer(text_config, kind, n if i < K else text, n if i < K else text) for i, kind in enumerate(types))
+
+    # decode: conv / recurrent layers cost the same whatever the context; attention layers >= K attend over
+    # the text only (QK^T and AV: 2 x 2 x heads x head_dim per withdrawn key)
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    saved_per_step = sum(2 * _mm(1, head_dim, vision) * heads for i in attention if i >= K)
+    decode = flops["decode_per_token"]
+    assert decode["context_tokens"] == {"baseline": n, "withdrawn": text}  # the last attention layer is >= K
+    assert decode["baseline"] - decode["withdrawn"] == saved_per_step
+    assert analytic["decode_per_token"]["baseline"] - analytic["decode_per_token"]["withdrawn"] == saved_per_step
+
+    # memory: the KV cache of the attention layers shrinks; the conv / recurrent states are fixed-size
+    kv_heads = text_config.num_key_value_heads
+    kv = {"baseline": sum(2 * kv_heads * head_dim * n * 4 for i in attention),
+          "withdrawn": sum(2 * kv_heads * head_dim * (n if i < K else text) * 4 for i in attention)}
+    if name == "lfm2_vl":
+        state_per_layer = text_config.hidden_size * text_config.conv_L_cache * 4
+    else:
+        channels = 2 * text_config.linear_num_key_heads * text_config.linear_key_head_dim + \
+            text_config.linear_num_value_heads * text_config.linear_value_head_dim
+        state_per_layer = (channels * text_config.linear_conv_kernel_dim + text_config.linear_num_value_heads
+                           * text_config.linear_key_head_dim * text_config.linear_value_head_dim) * 4
+    states = state_per_layer * (LAYERS - len(attention))
+    memory = data["memory"]
+    for variant in ("baseline", "withdrawn"):
+        assert memory[variant]["kv_cache_bytes"] == kv[variant]
+        assert memory[variant]["state_bytes"] == states
+    assert memory["kv_cache_reduction"] == pytest.approx(1 - kv["withdrawn"] / kv["baseline"])
+    assert data["latency"]["withdrawn"]["decode_ms_per_token"]["runs"] >= 1

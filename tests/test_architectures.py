@@ -19,6 +19,9 @@ from vtwcli.calibration import shared_prefix_kl
 ATTN = ["eager", "sdpa"]
 LAYERS = 4
 NAMES = list(FAMILIES)
+# Layer types without attention: Gated DeltaNet (Qwen3.5) and short-conv (LFM2) layers mix tokens through a
+# causal conv and a recurrent state. Alone, unpadded, they need no mask: the reference runs them plainly.
+STATE_LAYER_TYPES = {"linear_attention", "conv"}
 
 
 def explicit_mask(n: int, dtype, *, window: int | None = None, blocks: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,11 +80,14 @@ def naive_withdrawn_logits(model, family, row: dict, layer: int) -> torch.Tensor
         block_types = family.image_block_layer_types
         bidirectional = i < layer and (block_types is None or types[i] in block_types)
         mask = explicit_mask(hidden.shape[1], hidden.dtype, window=window, blocks=blocks if bidirectional else None)
+        if types[i] in STATE_LAYER_TYPES:  # conv + recurrence over this (kept) sequence, from a zero state
+            mask = None
         kwargs = dict(attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
         if "shared_kv_states" in inspect.signature(decoder_layer.forward).parameters:
             kwargs["shared_kv_states"] = shared
         hidden = decoder_layer(hidden, *extra, **kwargs)
-    return model.get_output_embeddings()(text_model.norm(hidden))[0, -1]
+    norm = text_model.embedding_norm if hasattr(text_model, "embedding_norm") else text_model.norm  # LFM2's name
+    return model.get_output_embeddings()(norm(hidden))[0, -1]
 
 
 def exact_withdrawal_layers(text_config, num_layers: int) -> list[int]:
@@ -284,8 +290,7 @@ def video_row(name: str):
     """One prompt with an image and a video. With torchvision, the family's real processor on 4 frames of
     16x16; without, the stand-in (its video is random features of the model's video input shape)."""
     import numpy as np
-    from arch_models import HAS_TORCHVISION, QWEN_SPECIALS, QwenInputs, image, llava_onevision_processor, word_tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from arch_models import HAS_TORCHVISION, image, llava_onevision_processor
 
     frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
     if name == "llava_onevision":
@@ -299,9 +304,7 @@ def video_row(name: str):
         text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
         return FAMILIES[name].processor()(text=[text], images=[[image(24, 16, 5)]], videos=[frames],
                                           return_tensors="pt")
-    processor = QwenInputs(Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                                    size={"shortest_edge": 64, "longest_edge": 1024}),
-                           word_tokenizer(QWEN_SPECIALS))
+    processor = FAMILIES[name].processor()  # QwenInputs; Qwen3.5's lays video frames apart
     image_pad, video_pad = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
     text = f"<|im_start|>user\ndescribe {image_pad} and {video_pad} this video ?<|im_end|>\n<|im_start|>assistant\n"
     return processor([text], images=[[image(24, 16, 5)]], videos=[1])
@@ -315,7 +318,7 @@ class ImagesOnly:
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "qwen3_5"])
 def test_video_tokens_are_withdrawn(name, attn):
     model = model_of(name, attn)
     row = dict(video_row(name))
@@ -334,7 +337,7 @@ def test_video_tokens_are_withdrawn(name, attn):
 
 
 @pytest.mark.parametrize("attn", ATTN)
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "qwen3_5"])
 def test_generate_with_video_equals_no_cache_recompute(name, attn):
     """A prompt with an image and a video: cached greedy generate() (both kinds withdrawn) == no-cache recompute."""
     model = model_of(name, attn)
@@ -466,6 +469,10 @@ def test_vtw_calibrate_runs_end_to_end(name, tmp_path, monkeypatch):
     candidates = [k for k in exact_withdrawal_layers(config.text_config, LAYERS) if k < LAYERS]
     assert [entry["layer"] for entry in profile["calibration"]["per_layer"]] == candidates
     assert profile["model"]["architecture"] == FAMILIES[name].architecture
+    # Windowed (Gemma 3) and conv / recurrent layers (Qwen3.5, LFM2) recompute the text prefix per K
+    all_full = all(kind == "full_attention" for kind in getattr(model_of(name, "sdpa").config.text_config,
+                                                                "layer_types", None) or ["full_attention"])
+    assert profile["calibration"]["cost"]["shared_prefix"] is all_full
 
 
 def transformers_config(directory):
@@ -571,7 +578,7 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
     inputs = {arch: row["inputs"] for row in rows for arch in row["architectures"]}
     assert {arch for arch, kinds in inputs.items() if "video" in kinds} == {
         "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
-        "Gemma4ForConditionalGeneration"}
+        "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration", "Gemma4ForConditionalGeneration"}
     assert all("image" in kinds or kinds == ["vision_mask"] for kinds in inputs.values())
     assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
         "LlavaForConditionalGeneration"]
@@ -937,3 +944,137 @@ def test_vtw_calibrate_gemma4_on_video_samples_equals_plain_withdrawn_forwards(t
                 withdrawn = model(**batch).logits[:, -1]
             assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
     assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Families with conv / recurrent layers (Qwen3.5 Gated DeltaNet, LFM2 short conv): what a KV cache does not show
+
+STATE_FAMILIES = ["qwen3_5", "qwen3_5_moe", "lfm2_vl"]
+
+
+def _decode_inputs(model, running: dict, cache, new: torch.Tensor, positions: bool = True) -> dict:
+    """A continuation of ``running`` by the tokens ``new`` (B, n): ids, the grown mask, the cache and (unless
+    ``positions`` is False) the new tokens' original positions, as generate() numbers them (M-RoPE: the text
+    row, then t/h/w shifted by the rope deltas of the prefill; Qwen3.5 itself cannot derive them from the mask
+    in a continuation: transformers 5.24 numbers the whole mask)."""
+    mask = torch.cat([running["attention_mask"], torch.ones_like(new)], dim=1)
+    inputs = dict(input_ids=new, attention_mask=mask, cache=cache, use_cache=True)
+    if positions:
+        text = running["attention_mask"].sum(-1, keepdim=True) + torch.arange(new.shape[1])
+        if not adapter_for(model).positions_from_mask:
+            text = torch.cat([text[None], (text + model.model.rope_deltas)[None].expand(3, -1, -1)])
+        inputs["position_ids"] = text
+    return inputs
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "lfm2_vl"])
+def test_multi_token_continuation_carries_the_state_exactly(name):
+    """Prefill under withdrawal, then two tokens in one call: the conv / recurrent state after layer K holds the
+    kept prompt only and continues from it; equals a no-cache recompute of the whole sequence."""
+    from transformers import DynamicCache
+
+    model = model_of(name, "sdpa")
+    batch, _ = batch_of(name)
+    new = torch.tensor([[30, 31], [32, 33]])
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        prefill = dict(batch)
+        if adapter_for(model).positions_from_mask:
+            prefill["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        model(**prefill, cache=cache, use_cache=True)
+        got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
+        expected = no_cache_logits(model, _extend(batch, new))
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
+
+
+def test_padding_inside_a_continuation_is_refused():
+    """Filler in a continuation would reach a state that already holds the prompt: a one-line refusal."""
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("qwen3_5", "sdpa")
+    batch, _ = batch_of("qwen3_5")
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, cache=cache, use_cache=True)
+        inputs = _decode_inputs(model, batch, cache, torch.tensor([[0, 30], [31, 32]]))
+        inputs["attention_mask"][0, -2] = 0  # row 0's first new token is padding
+        with pytest.raises(UnsupportedError, match="padding inside a continuation") as error:
+            model(**inputs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("layer", [1, 3])  # Qwen3.5 tiny: attention at layer 2; only Gated DeltaNet after K = 3
+def test_cache_filled_without_withdrawal_is_refused(layer):
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("qwen3_5", "sdpa")
+    batch, _ = batch_of("qwen3_5")
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, cache=cache, use_cache=True)
+        with withdraw(model, layer=layer), pytest.raises(UnsupportedError, match="not filled under the same withdrawal"):
+            model(**_decode_inputs(model, batch, cache, torch.tensor([[30], [31]])))
+
+
+def test_continuation_without_positions_is_refused_where_the_model_would_count_kept_tokens():
+    """LFM2 tiny: conv at layer 0, attention at layer 1. Withdrawn at K = 1, transformers would number a
+    continuation from layer 1's cache (kept tokens only): without position_ids that is refused; with them exact."""
+    from transformers import DynamicCache
+
+    from vtwcli.errors import UnsupportedError
+
+    model = model_of("lfm2_vl", "sdpa")
+    batch, _ = batch_of("lfm2_vl")
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    new = torch.tensor([[30], [31]])
+    with torch.no_grad(), withdraw(model, layer=1):
+        cache = DynamicCache(config=model.config.text_config)
+        model(**batch, position_ids=positions, cache=cache, use_cache=True)
+        with pytest.raises(UnsupportedError, match="needs position_ids=") as error:
+            model(**_decode_inputs(model, batch, cache, new, positions=False))
+        assert "\n" not in str(error.value)
+        got = model(**_decode_inputs(model, batch, cache, new)).logits[:, -1]
+        expected = no_cache_logits(model, _extend(batch, new))
+    finite = expected.isfinite()
+    torch.testing.assert_close(got[finite], expected[finite], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "lfm2_vl"])
+def test_calibration_recomputes_the_prefix_of_state_layers_and_counts_it(name):
+    """The full forward keeps only the state after the whole prompt, so candidates cannot start from a state
+    after the shared text prefix: each K re-runs every kept token from column 0, and the cost says so."""
+    model = model_of(name, "sdpa", layers=6)
+    batch, _ = batch_of(name)
+    layers = [1, 2, 3, 4, 5]
+    result = shared_prefix_kl(model, batch, layers)
+    vision = torch.isin(batch["input_ids"], torch.tensor(FAMILIES[name].vision_ids(model.config)))
+    kept_from_column_0 = int((~vision & batch["attention_mask"].bool()).sum())
+    assert result.token_layers_candidates == sum(6 - k for k in layers) * kept_from_column_0
+    assert result.token_layers_full == 6 * int(batch["attention_mask"].sum())
+
+
+def test_diagnose_labels_the_attention_layers_of_a_model_with_conv_layers(tmp_path, monkeypatch):
+    """--diagnose on LFM2-VL (conv layers 0, 2; attention 1, 3): one attention share per attention layer,
+    labelled with that layer, each the last token's attention split into system / vision / text (sum 1)."""
+    import yaml
+
+    from vtwcli.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_and_serve(FAMILIES["lfm2_vl"], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    output = tmp_path / "profile.yaml"
+    try:
+        main(["calibrate", "--model", directory, "--samples", "2", "--dataset", "photo_vqa", "--output", str(output),
+              "--no-eval", "--device", "cpu", "--attn", "eager", "--diagnose", "--threshold", "1e9"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    diagnose = yaml.safe_load(output.read_text())["calibration"]["diagnose"]
+    assert [entry["layer"] for entry in diagnose] == [1, 3]
+    for entry in diagnose:
+        assert entry["system"] + entry["vision"] + entry["text"] == pytest.approx(1.0, abs=1e-5)
+        assert entry["vision"] > 0

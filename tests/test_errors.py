@@ -355,6 +355,39 @@ def test_no_images(model_dir, capsys):
     assert "--images 0: the prompt needs at least 1 image" in line
 
 
+
+# ------------------------------------------------------------------------------- --select and --samples auto
+
+
+@pytest.mark.parametrize("value", ["median", "stable=1.5", "stable"])
+def test_unknown_selection_rule(model_dir, tmp_path, capsys, value):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--select", value), capsys)
+    assert f"--select {value!r} is not a selection rule; use mean, upper or stable=P with P in (0, 1]" in line
+
+
+def test_samples_neither_a_count_nor_auto(model_dir, tmp_path, capsys):
+    args = calibrate(model_dir, tmp_path)
+    args[args.index("--samples") + 1] = "many"
+    line = one_line_error(args, capsys)
+    assert "--samples 'many' is not a sample count; use a positive integer (per dataset) or auto" in line
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--auto-target", "1.5", "--auto-target 1.5 is not a share; use a number in (0, 1]"),
+    ("--auto-step", "0", "--auto-step 0: draw at least 1 sample per dataset per round"),
+    ("--auto-budget", "0", "--auto-budget 0: allow at least 1 sample per dataset"),
+])
+def test_samples_auto_setting_out_of_range(model_dir, tmp_path, capsys, option, value, expected):
+    args = calibrate(model_dir, tmp_path, option, value)
+    args[args.index("--samples") + 1] = "auto"
+    assert expected in one_line_error(args, capsys)
+
+
+def test_auto_setting_without_samples_auto(model_dir, tmp_path, capsys):
+    line = one_line_error(calibrate(model_dir, tmp_path, "--auto-step", "3"), capsys)
+    assert "--auto-step only applies with --samples auto; add --samples auto or drop --auto-step" in line
+
+
 # --------------------------------------------------------------------------------- --withdraw and videos
 
 

@@ -88,6 +88,12 @@ class Adapter:
     # Attention type of each decoder layer ("full_attention", "sliding_attention", ...): layers >= K get
     # the kept-sequence mask of their own type. Default: the text config's `layer_types`, else all full.
     layer_types: Callable[[object, int], list[str]] = _config_layer_types
+    # Layer types whose layers keep a fixed-size conv / recurrent state instead of a KV cache (Gated DeltaNet
+    # "linear_attention", short-conv "conv"). Layers >= K of these types get the 2-D validity of this call's
+    # kept slots (transformers' `create_recurrent_attention_mask`), which zeroes filler slots before they reach
+    # the state; the count of tokens seen comes from an attention layer's cache. A type that is neither an
+    # attention type nor listed here is refused.
+    state_layer_types: tuple[str, ...] = ()
     # Optional override of how the kept-sequence masks are built (keyword arguments: text_config,
     # first_layer, layer_types, hidden, validity, cache; returns {layer type: mask}).
     build_withdrawn_masks: Callable[..., dict] | None = None
@@ -203,6 +209,11 @@ def _reads_missing_image_outputs(architecture: str) -> str | None:
             "docs/architectures.md, or use a transformers release that fixes it")
 
 
+def _embedding_norm(model: nn.Module) -> nn.Module:
+    # LFM2: the norm after the last decoder layer is named `embedding_norm`
+    return model.model.language_model.embedding_norm
+
+
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="LLaVA-1.5",
@@ -297,6 +308,27 @@ ADAPTERS: tuple[Adapter, ...] = (
         pixel_input_keys=("inputs_embeds",),
         flops_components={"language_model": ("model",), "lm_head": ("lm_head",)},
         notes="Llama 4's language model on inputs_embeds with the image features merged in; vision_mask= marks them",
+    ),
+    Adapter(
+        family="Qwen3.5 / Qwen3.5-MoE",
+        architectures=("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
+        state_layer_types=("linear_attention",),
+        flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+                          "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
+                          "lm_head": ("lm_head",)},
+        notes="Gated DeltaNet (linear attention: conv + recurrent state) interleaved with full attention; M-RoPE; "
+              "image and video pads withdrawn",
+    ),
+    Adapter(
+        family="LFM2-VL",
+        architectures=("Lfm2VlForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        final_norm=_embedding_norm,
+        state_layer_types=("conv",),
+        notes="short-conv layers (fixed conv state) interleaved with full attention; <image> tokens withdrawn",
     ),
 )
 

@@ -26,7 +26,7 @@ class CalibrationJob:
     output: Path                        # the profile (already checked; a free name unless force / resume)
     model: str | None = None            # hub id or directory; None: the bundled demo model
     datasets: tuple[str, ...] = ()      # bundled names or JSONL paths; (): the defaults for the model
-    samples: int | None = None          # per dataset, seeded (options.seed); None: all
+    samples: int | None = None          # per dataset, seeded (options.seed); None: all (or options.auto decides)
     device: str = "auto"
     dtype: str = "auto"
     attn: str = "sdpa"
@@ -43,9 +43,11 @@ class CalibrationRun:
     written: Path
 
 
-def select_datasets(names, is_bundled: bool, samples: int | None, seed: int) -> list[DatasetSelection]:
-    """The seeded sample draw of each dataset (``names``, else the defaults for the model)."""
-    from vtwcli.datasets import default_datasets, load_dataset, sample_dataset
+def select_datasets(names, is_bundled: bool, samples: int | None, seed: int, *,
+                    auto: bool = False) -> list[DatasetSelection]:
+    """The seeded sample draw of each dataset (``names``, else the defaults for the model); with ``auto``
+    (``--samples auto``) every sample in its seeded draw order, for the rounds to take from the front."""
+    from vtwcli.datasets import default_datasets, draw_order, load_dataset, sample_dataset
 
     names = list(names) or default_datasets(is_bundled)
     if not names:
@@ -54,7 +56,8 @@ def select_datasets(names, is_bundled: bool, samples: int | None, seed: int) -> 
     selections = []
     for name in names:
         data = load_dataset(name)
-        selections.append(DatasetSelection(dataset=data, samples=sample_dataset(data, samples, seed), seed=seed))
+        drawn = draw_order(data, seed) if auto else sample_dataset(data, samples, seed)
+        selections.append(DatasetSelection(dataset=data, samples=drawn, seed=seed))
     return selections
 
 
@@ -97,13 +100,15 @@ def _calibrate(job: CalibrationJob, progress) -> CalibrationRun:
 
     options = job.options
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map)
-    selections = select_datasets(job.datasets, loaded.is_bundled, job.samples, options.seed)
-    total = sum(len(s.samples) for s in selections)
+    selections = select_datasets(job.datasets, loaded.is_bundled, job.samples, options.seed,
+                                 auto=options.auto is not None)
+    total = sum(len(s.samples) for s in selections)  # with --samples auto: at most this many
     settings = {"model": model_section(loaded), "options": vars(options),
                 "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
     store = CheckpointStore(job.output.with_name(job.output.name + ".partial.jsonl"), settings, resume=job.resume,
                             force=job.force)
-    totals = {"kl": total, **({"eval": total * 2} if options.evaluate else {})}
+    # --samples auto: how many samples the accuracy runs see is known only when the KL rounds stop
+    totals = {"kl": total, **({"eval": None if options.auto else total * 2} if options.evaluate else {})}
     with (progress(totals) if progress is not None else contextlib.nullcontext(lambda phase, n: None)) as advance:
         try:
             result = calibrate(loaded.model, loaded.processor, selections, options, store=store, progress=advance)
@@ -111,7 +116,7 @@ def _calibrate(job: CalibrationJob, progress) -> CalibrationRun:
             raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
                            "same command plus --resume", exit_code=130) from None
     profile = new_profile(model_section(loaded), loaded.device)
-    profile["data"] = data_section(selections)
+    profile["data"] = data_section(result.selections)  # with --samples auto: the drawn ones
     profile["calibration"] = calibration_section(result)
     if result.evaluation is not None:
         profile["evaluation"] = result.evaluation

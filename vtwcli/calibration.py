@@ -2,7 +2,8 @@
 
 For each sample, P_full is the next-token distribution of the full model and P_K that of the model
 withdrawn at layer K (at the last prompt position, or at every answer position with the teacher-forced
-criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold.
+criterion). K is the first candidate whose mean KL(P_K || P_full) over the samples is <= threshold (the
+default ``mean`` rule; vtwcli.selection has the others, the bootstrap distribution of K and its warnings).
 
 Why it is cheap: layers 0..K-1 of the withdrawn model compute exactly what the full model computes. One
 full forward per batch records the hidden state entering every layer and every layer's keys/values.
@@ -28,6 +29,8 @@ from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
+from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, RoundFigures, accuracy_interval,
+                              k_bootstrap, layer_choice, parse_rule, samples_auto, selection_warnings, straddles)
 from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks,
                                repeat_batch, take_positions, withdrawn_masks)
 
@@ -49,6 +52,10 @@ class CalibrationOptions:
     evaluate: bool = True
     # Which vision tokens are withdrawn ("image", "video"); None: every kind the model has.
     kinds: tuple[str, ...] | None = None
+    # How K is read off the curve (vtwcli.selection.parse_rule): mean, upper or stable=P.
+    select: str = DEFAULT_RULE
+    # --samples auto: draw seeded rounds until K is stable; None: use the selections' samples as given.
+    auto: AutoOptions | None = None
 
     def validate(self, num_layers: int) -> None:
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
@@ -64,6 +71,9 @@ class CalibrationOptions:
             raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.kinds is not None:
             validate_kinds(self.kinds)
+        parse_rule(self.select)
+        if self.auto is not None:
+            self.auto.validate()
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -84,7 +94,9 @@ class BatchKL:
     kl: torch.Tensor  # (B, len(layers)) mean KL over each row's scored positions
     token_layers_full: int  # work done, in (token x decoder layer) units
     token_layers_candidates: int
-    attention_share: torch.Tensor | None = None  # (L, B, 3): system / vision / text share (--diagnose)
+    # (attention layers, B, 3): system / vision / text share (--diagnose); one entry per layer with attention
+    # weights, i.e. every layer but conv / recurrent ones (see attention_layers)
+    attention_share: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -127,10 +139,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                            f"{format_layers(exact_layers(adapter, text_config, num_layers))}")
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    # A windowed layer counts kept entries; the shared prefix would put other rows' filler slots between a
-    # row's prefix and its kept tokens, so windowed families recompute the (short) prefix per K.
-    windowed = any(kind != "full_attention" for kind in layer_types[first:])
-    prefix = 0 if windowed else first_vision
+    prefix = first_vision if prefix_is_shared(layer_types, first) else 0
     if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
@@ -199,7 +208,8 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
             hidden = joining if hidden is None else torch.cat([hidden, joining])
             in_flight += 1
         # The prefix's keys/values (text before the first vision token) are the same for every K. (A layer that
-        # reuses another layer's keys/values has no cache of its own.)
+        # reuses another layer's keys/values has no cache of its own; a conv / recurrent layer has a state
+        # instead, which starts from zero here: its families share no prefix.)
         if getattr(cache.layers[j], "keys", None) is not None:
             prefix_cache.update(cache.layers[j].keys[:, :, :prefix].repeat(in_flight, 1, 1, 1),
                                 cache.layers[j].values[:, :, :prefix].repeat(in_flight, 1, 1, 1), j)
@@ -244,6 +254,26 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         share = _attention_share(output.attentions, vision, valid, prefix)
     return BatchKL(kl=kls, token_layers_full=num_layers * int(valid.sum()),
                    token_layers_candidates=candidate_work, attention_share=share)
+
+
+def attention_layers(model) -> list[int]:
+    """Indices of the decoder layers with attention weights (not conv / recurrent layers): what
+    ``output_attentions`` returns one entry for, in order."""
+    adapter = adapter_for(model)
+    types = adapter.layer_types(adapter.text_config(model.config), len(adapter.decoder_layers(model)))
+    return [i for i, kind in enumerate(types) if kind not in adapter.state_layer_types]
+
+
+def prefix_is_shared(layer_types: list[str], first: int) -> bool:
+    """Whether the candidates K >= ``first`` share the text before the first vision token (its keys/values
+    copied from the full forward) or recompute it per K.
+
+    Sharing puts other rows' filler slots between a row's prefix and its kept tokens. A full-attention layer
+    masks them; a windowed layer would count them inside its window, and a conv / recurrent layer would carry
+    them in its state (the full forward keeps only the state after the whole prompt, not after the prefix).
+    Those families recompute the prefix per K: exact, and the extra work is counted in the cost.
+    """
+    return all(kind == "full_attention" for kind in layer_types[first:])
 
 
 def _attention_share(attentions, vision: torch.Tensor, valid: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -306,7 +336,7 @@ def greedy_answers(model, processor, samples, *, batch_size: int, max_new_tokens
 @dataclass
 class DatasetSelection:
     dataset: object  # vtwcli.datasets.Dataset
-    samples: list
+    samples: list  # in file order; with --samples auto, every sample in its seeded draw order
     seed: int
 
 
@@ -323,6 +353,8 @@ class CalibrationResult:
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
     # Why the candidates stop before L - 1 (layers after layers[-1] cannot be withdrawn exactly), or None.
     limit: str | None = None
+    selection: dict = field(default_factory=dict)  # the profile's calibration.selection
+    selections: list[DatasetSelection] = field(default_factory=list)  # the samples used (file order)
 
     @property
     def found(self) -> bool:
@@ -384,6 +416,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     ``progress(phase, n)`` reports finished samples ("kl", then "eval"). ``store`` (see
     :mod:`vtwcli.checkpoint`) keeps each batch's results as they finish, so an interrupted run resumes
     where it stopped and produces the same profile: batches are fixed by the sample order and batch size.
+    With ``options.auto`` each selection holds every sample in its seeded draw order
+    (:func:`vtwcli.datasets.draw_order`); rounds of ``auto.step`` samples per dataset are measured until the
+    K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
     from vtwcli.prompts import make_batch, score_answer
 
@@ -431,27 +466,54 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    per_sample, kl_rows, shares = [], [], []
-    work_full = work_candidates = 0
-    for selection, start, chunk in batches():
-        key = f"kl/{selection.dataset.name}/{start}"
+    measured: dict[tuple[str, str], list[float]] = {}  # (dataset, sample id) -> KL per candidate layer
+    shares = []
+    work = {"full": 0, "candidates": 0}
+
+    def measure(selection: DatasetSelection, chunk: list, key: str) -> None:
         done = store.get(key)
         if done is None:
             done = kl_of_batch(chunk)
             store.put(key, done)
-        work_full += done["work_full"]
-        work_candidates += done["work_candidates"]
+        work["full"] += done["work_full"]
+        work["candidates"] += done["work_candidates"]
         if done["share"] is not None:
             shares.append(torch.tensor(done["share"]))
         for sample, row in zip(chunk, done["kl"]):
-            kl_rows.append(row)
-            per_sample.append({"dataset": selection.dataset.name, "id": sample.id, "kl": [float(v) for v in row]})
+            measured[(selection.dataset.name, sample.id)] = [float(v) for v in row]
         if progress:
             progress("kl", len(chunk))
+
+    def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
+        rows = [measured[(s.dataset.name, x.id)] for s in chosen for x in s.samples]
+        return np.asarray(rows, dtype=np.float64), [s.dataset.name for s in chosen for _ in s.samples]
+
+    auto = None
+    if options.auto is None:
+        for selection, start, chunk in batches():
+            measure(selection, chunk, f"kl/{selection.dataset.name}/{start}")
+    else:
+        # Rounds of `step` more samples per dataset, in each dataset's seeded draw order; every round's K
+        # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
+        drawn = [0] * len(selections)
+
+        def measure_round(counts: list[int]) -> RoundFigures:
+            for d, selection in enumerate(selections):
+                for start in range(drawn[d], counts[d], options.batch_size):
+                    chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
+                    measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
+                drawn[d] = counts[d]
+            _, distribution, chosen, per_layer = _choose(*rows_of(_first_drawn(selections, counts)), layers, options)
+            return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
+
+        auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
+        selections = _first_drawn(selections, auto.counts)
+
     search_seconds = time.perf_counter() - started  # the KL search alone: the accuracy below is timed apart
-    kl = np.asarray(kl_rows, dtype=np.float64)
-    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
-    chosen = first_layer_under(per_layer, options.threshold)
+    kl, names = rows_of(selections)
+    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(s.dataset.name, x.id)]}
+                  for s in selections for x in s.samples]
+    rule, distribution, chosen, per_layer = _choose(kl, names, layers, options)
 
     per_dataset = []
     for selection in selections:
@@ -460,15 +522,24 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
 
+    selection_section = {"rule": str(rule), "k_bootstrap": distribution,
+                         "warnings": selection_warnings(rule, chosen, per_layer, options.threshold, distribution,
+                                                        per_dataset)}
+    if auto is not None:
+        selection_section["samples_auto"] = {
+            "target": options.auto.target, "step": options.auto.step, "budget": options.auto.budget,
+            "stopped": auto.stopped, "samples": sum(auto.counts),
+            "rounds": [r.to_dict() for r in auto.rounds]}
+
     diagnose = None
     if shares:
-        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (L, 3)
+        mean_share = torch.cat(shares, dim=1).mean(dim=1)  # (attention layers, 3)
         diagnose = [{"layer": i, "system": float(s[0]), "vision": float(s[1]), "text": float(s[2])}
-                    for i, s in enumerate(mean_share)]
+                    for i, s in zip(attention_layers(model), mean_share)]
 
-    def accuracy(layer: int | None) -> float:
+    def accuracy(layer: int | None) -> dict:
         correct = []
-        for selection, start, chunk in batches():
+        for selection, start, chunk in batches():  # `selections` is final here
             key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
             answers = store.get(key)
             if answers is None:
@@ -478,18 +549,41 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             correct += [score_answer(answer, sample) for answer, sample in zip(answers, chunk)]
             if progress:
                 progress("eval", len(chunk))
-        return float(np.mean(correct))
+        low, high = accuracy_interval(float(np.mean(correct)), len(correct))
+        return {"accuracy": float(np.mean(correct)), "accuracy_ci": [low, high]}
 
     evaluation, evaluation_started = None, time.perf_counter()
     if options.evaluate:
-        evaluation = {"samples": len(kl_rows), "baseline": {"accuracy": accuracy(None)},
-                      "withdrawn": {"accuracy": None if chosen is None else accuracy(chosen), "layer": chosen}}
+        withdrawn = accuracy(chosen) if chosen is not None else {"accuracy": None, "accuracy_ci": None}
+        evaluation = {"samples": len(kl), "baseline": accuracy(None), "withdrawn": dict(withdrawn, layer=chosen),
+                      "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
-    cost = {"full_forward_equivalents": (work_full + work_candidates) / work_full, "seconds": search_seconds,
-            "evaluation_seconds": time.perf_counter() - evaluation_started if options.evaluate else None}
+    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"], "seconds": search_seconds,
+            "evaluation_seconds": time.perf_counter() - evaluation_started if options.evaluate else None,
+            "shared_prefix": prefix_is_shared(adapter.layer_types(text_config, num_layers), min(layers))}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,
-                             options=options, limit=limit)
+                             options=options, limit=limit, selection=selection_section, selections=selections)
+
+
+def _choose(kl: np.ndarray, names: list[str], layers: list[int], options: CalibrationOptions):
+    """(rule, K distribution, chosen K, per-layer statistics) of a samples x layers KL matrix."""
+    rule = parse_rule(options.select)
+    per_layer = layer_statistics(kl, layers, resamples=options.bootstrap_resamples, seed=options.seed)
+    distribution = k_bootstrap(kl, names, layers, options.threshold, resamples=options.bootstrap_resamples,
+                               seed=options.seed)
+    return rule, distribution, layer_choice(rule, per_layer, options.threshold, distribution), per_layer
+
+
+def _first_drawn(selections: list[DatasetSelection], counts: list[int]) -> list[DatasetSelection]:
+    """Each selection cut to its first ``counts[d]`` samples in draw order, put back in file order (the
+    samples ``sample_dataset(counts[d], seed)`` takes, in its order)."""
+    out = []
+    for selection, n in zip(selections, counts):
+        position = {sample.id: i for i, sample in enumerate(selection.dataset.samples)}
+        drawn = sorted(selection.samples[:n], key=lambda sample: position[sample.id])
+        out.append(DatasetSelection(dataset=selection.dataset, samples=drawn, seed=selection.seed))
+    return out
 
 
 def calibration_section(result: CalibrationResult) -> dict:
@@ -507,6 +601,8 @@ def calibration_section(result: CalibrationResult) -> dict:
         "per_sample": result.per_sample,
         "cost": result.cost,
     }
+    if result.selection:
+        section["selection"] = result.selection
     if options.kinds is not None:
         section["withdraw"] = list(options.kinds)
     if result.limit is not None:

@@ -574,9 +574,20 @@ def sample_dataset(dataset: Dataset, n: int | None, seed: int) -> list[Sample]:
         raise VtwError(
             f"asked for {n} samples but dataset {dataset.name!r} has only {available} available; use n <= {available}"
         )
+    order = _draw_order(available, seed)
+    return [dataset.samples[i] for i in sorted(order[:n])]
+
+
+def _draw_order(available: int, seed: int) -> list[int]:
     order = list(range(available))
     random.Random(seed).shuffle(order)
-    return [dataset.samples[i] for i in sorted(order[:n])]
+    return order
+
+
+def draw_order(dataset: Dataset, seed: int) -> list[Sample]:
+    """Every sample in the seeded draw order: its first n, put in file order, are ``sample_dataset(n, seed)``
+    (``--samples auto`` draws in this order, so it stops on the same set a fixed ``--samples n`` takes)."""
+    return [dataset.samples[i] for i in _draw_order(len(dataset.samples), seed)]
 
 
 def default_datasets(is_bundled: bool) -> list[str]:

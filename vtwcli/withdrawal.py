@@ -12,7 +12,10 @@ How it works, without touching the model's code:
   masked slots), slices ``position_ids`` at the kept original positions, and builds the attention mask
   of the short sequence with transformers' own builders, one per attention layer type among layers >= K
   (``create_causal_mask``, ``create_sliding_window_causal_mask``, ...), each against the cache of the
-  first layer >= K of that type (which holds only kept tokens);
+  first layer >= K of that type (which holds only kept tokens); layers that keep a conv / recurrent state
+  instead of a KV cache (the adapter's ``state_layer_types``) get the 2-D validity of the call's slots,
+  which zeroes filler before it reaches the state (filler precedes each row's kept tokens, where the
+  state is still zero, so the state is that of the kept subsequence);
 * pre-hooks on layers K..L-1 swap in the mask of their layer type and those positions, and slice the
   rotary ``position_embeddings`` each layer receives at the kept slots (families with per-layer-type RoPE,
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
@@ -24,8 +27,10 @@ Nothing here branches on the architecture: where the layers are, which ids are v
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
 
 The KV cache of layers >= K therefore only ever stores kept tokens. Across ``generate()`` steps the
-2-D validity of those cache entries is remembered per cache object. Positions of decode steps come from
-layer 0's cache length / the mask cumsum, i.e. they stay the original positions, as VTW requires.
+2-D validity of those cache entries is remembered per cache object; kept entries are counted at the first
+attention layer >= K. Positions of decode steps come from the cache length transformers reads (its first
+attention layer, < K unless conv / recurrent layers come first: then explicit positions are required, and
+generate() passes them) or the mask cumsum, i.e. they stay the original positions, as VTW requires.
 
 This module does no I/O.
 """
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.masking_utils import (create_causal_mask, create_chunked_causal_mask,
-                                       create_sliding_window_causal_mask)
+                                       create_recurrent_attention_mask, create_sliding_window_causal_mask)
 
 from vtwcli.adapters import Adapter, adapter_for
 from vtwcli.errors import UnsupportedError
@@ -155,10 +160,16 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
         kind = layer_types[index]
         if kind in masks:
             continue
+        if kind in adapter.state_layer_types:
+            # Conv / recurrent layers: the 2-D validity of this call's slots (None when every slot is real or
+            # the call is one token), which zeroes filler slots before they reach the state.
+            masks[kind] = create_recurrent_attention_mask(config=text_config, inputs_embeds=hidden,
+                                                          attention_mask=validity)
+            continue
         builder = MASK_BUILDERS.get(kind)
         if builder is None:
-            raise UnsupportedError(f"attention layer type {kind!r} (layer {index}) is not supported by withdrawal; "
-                                   f"supported: {', '.join(MASK_BUILDERS)}")
+            raise UnsupportedError(f"decoder layer type {kind!r} (layer {index}) is not supported by withdrawal; "
+                                   f"supported: {', '.join((*MASK_BUILDERS, *adapter.state_layer_types))}")
         masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
                               position_ids=None, layer_idx=index)
     return masks
@@ -244,6 +255,16 @@ class WithdrawalHandle:
             exact = format_layers(exact_layers(self.adapter, self.text_config, self.num_layers))
             raise UnsupportedError(f"withdrawal at layer {layer} cannot be exact on this model: {reason}; use a layer "
                                    f"in {exact} ({self.num_layers} = no withdrawal)")
+        state_types = self.adapter.state_layer_types
+        # Kept entries seen so far are counted by the cache of the first attention layer >= K (a conv /
+        # recurrent cache layer holds a fixed-size state, no sequence); None where layers >= K have no attention.
+        self._counting_layer = next((i for i in range(layer, self.num_layers) if self.layer_types[i] not in state_types),
+                                    None)
+        self._has_state_layers = any(kind in state_types for kind in self.layer_types[layer:])
+        # transformers counts the tokens a cache has seen at the model's first attention layer; with conv /
+        # recurrent layers first, that layer may be >= K, where the cache holds only kept tokens.
+        first_attention = next((i for i, kind in enumerate(self.layer_types) if kind not in state_types), None)
+        self._model_counts_kept = first_attention if first_attention is not None and first_attention >= layer else None
         self._layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.vision_token_ids = self.adapter.vision_token_ids(model.config, kinds)
         self.kinds = kinds
@@ -354,6 +375,7 @@ class WithdrawalHandle:
                 )
             mask = None if self._pending_padding_mask is _NO_PADDING else self._pending_padding_mask
         self._pending_padding_mask = None
+        self._check_positions_are_given(kwargs, mask)
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
         if has_pixels and input_ids is not None:
             refuse_kept_blocks(self.adapter, self.model.config, self.kinds, input_ids)
@@ -363,6 +385,28 @@ class WithdrawalHandle:
         self._device_copies.clear()
         self._sliced_positions.clear()
         return None
+
+    def _check_positions_are_given(self, kwargs, padding_mask) -> None:
+        """Refuse a continuation whose positions the model would count from a cache layer >= K.
+
+        transformers counts the tokens a cache has seen from its first attention layer. Where conv / recurrent
+        layers come first, that layer may be >= K and hold only kept tokens: a continuation without
+        ``position_ids`` (or, where the model derives positions from the mask, without a mask) would be numbered
+        from the kept count instead of the original positions. generate() always passes them.
+        """
+        if self._model_counts_kept is None or kwargs.get("position_ids") is not None:
+            return
+        if not self.adapter.positions_from_mask and padding_mask is not None:
+            return
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None or not cache.get_seq_length(self._model_counts_kept):
+            return
+        needs = "position_ids=" if self.adapter.positions_from_mask else "attention_mask= (or position_ids=)"
+        raise UnsupportedError(
+            f"this continuation of a cached call needs {needs}: the model counts seen tokens from layer "
+            f"{self._model_counts_kept}, whose cache holds only the kept tokens after withdrawal at layer "
+            f"{self.layer}; pass the original positions (generate() does)"
+        )
 
     def _end_call(self, module, args, output):
         self._call = None
@@ -381,7 +425,7 @@ class WithdrawalHandle:
         batch, length = hidden.shape[:2]
         device = hidden.device
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past_kept = int(cache.get_seq_length(self.layer)) if cache is not None else 0
+        past_kept = self._past_kept(cache)
         vision = call.vision_mask.to(device)
         if vision.shape != (batch, length):
             raise UnsupportedError(
@@ -414,6 +458,12 @@ class WithdrawalHandle:
                 "every token of this call is a vision or padding token, so nothing is left after withdrawal; "
                 "add text to the prompt"
             )
+        if past_kept and self._has_state_layers and not bool(validity.all()):
+            raise UnsupportedError(
+                "padding inside a continuation of a cached call is not supported with withdrawal on a model with "
+                "conv / recurrent layers after the withdrawal layer (filler would reach their state); continue "
+                "without padding in the new tokens or prefill the whole sequence in one forward"
+            )
         if past_kept:
             history = self._cache_validity.get(cache)
             if history is None or history.shape != (batch, past_kept):
@@ -440,6 +490,24 @@ class WithdrawalHandle:
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index
         return self._swap_inputs(module, args, kwargs, kept_hidden, self._withdrawn)
+
+    def _past_kept(self, cache) -> int:
+        """How many kept entries layers >= K have seen in ``cache`` before this call."""
+        if cache is None:
+            return 0
+        if self._counting_layer is not None:
+            return int(cache.get_seq_length(self._counting_layer))
+        # Only conv / recurrent layers from K on: they count nothing, so the hooks' own record of this cache
+        # does, once the state was written (a reset cache starts anew).
+        if not cache.has_previous_state(self.layer):
+            return 0
+        history = self._cache_validity.get(cache)
+        if history is None:
+            raise UnsupportedError(
+                "this cache was not filled under the same withdrawal (its conv / recurrent state after layer "
+                f"{self.layer} includes vision tokens); start generation anew"
+            )
+        return history.shape[1]
 
     def _model_mask_suffices(self, kwargs, cache, everything_kept: bool, past_kept: int, length: int,
                              validity: torch.Tensor) -> bool:

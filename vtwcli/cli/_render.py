@@ -29,14 +29,18 @@ def output_path_for(path: Path, force: bool) -> Path:
 def kl_table(result) -> Table:
     table = Table(title=f"KL({'P_K || P_full' if result.options.direction == 'withdrawn_to_full' else 'P_full || P_K'})"
                   f" per K ({result.options.criterion}, threshold {result.options.threshold:g})")
-    for column in ("K", "mean KL", "95% CI", "p90", "max"):
+    for column in ("K", "mean KL", "95% CI", "p90", "max", "chosen by"):
         table.add_column(column, justify="right")
+    from vtwcli.selection import percent
+
+    shares = result.selection.get("k_bootstrap", {})
     for entry in result.per_layer:
         chosen = entry["layer"] == result.layer
         style = "bold green" if chosen else ("dim" if entry["kl_mean"] > result.options.threshold else "")
+        share = shares.get(str(entry["layer"]))
         table.add_row(f"{entry['layer']}{' <' if chosen else ''}", f"{entry['kl_mean']:.3g}",
                       f"{entry['kl_ci_low']:.3g} .. {entry['kl_ci_high']:.3g}", f"{entry['kl_p90']:.3g}",
-                      f"{entry['kl_max']:.3g}", style=style)
+                      f"{entry['kl_max']:.3g}", "" if not share else f"{percent(share)} of resamples", style=style)
     return table
 
 

@@ -8,12 +8,26 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from vtwcli.cli import app
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
-from vtwcli.errors import CheckFailed
+from vtwcli.errors import CheckFailed, VtwError
+
+
+# How many samples and how K is read off the curve (docs/calibration.md).
+_SAMPLES = typer.Option(None, "--samples", help="Samples drawn per dataset (seeded), or auto: draw rounds of "
+                        "--auto-step until K is stable (--auto-target). Default: all.")
+_SELECT = typer.Option("mean", "--select", help="How K is chosen: mean (first layer with mean KL <= threshold), upper "
+                       "(first whose bootstrap upper bound is), stable=P (the smallest K that a fraction P of bootstrap "
+                       "resamples choose or beat, e.g. stable=0.95).")
+_AUTO_TARGET = typer.Option(None, "--auto-target", help="--samples auto: stop when this share of bootstrap resamples "
+                            "chooses the same K and its interval is clear of the threshold (default 0.9).")
+_AUTO_STEP = typer.Option(None, "--auto-step", help="--samples auto: samples added per dataset per round (default 5).")
+_AUTO_BUDGET = typer.Option(None, "--auto-budget", help="--samples auto: at most this many samples per dataset "
+                            "(default: all).")
 
 
 @app.command("calibrate")
@@ -21,7 +35,7 @@ def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
     dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Bundled dataset name or JSONL path (repeatable). "
                                                 "Default: the synthetic sets for the bundled model, the photograph sets otherwise."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Samples drawn per dataset (seeded). Default: all."),
+    samples: Optional[str] = _SAMPLES,
     seed: int = typer.Option(0, "--seed", help="Seed of the sample draw and of the bootstrap."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold",
                                     help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
@@ -49,6 +63,8 @@ def calibrate_command(
                                 "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
     withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
                                            "image,video (families with video). Default: every vision token."),
+    select: str = _SELECT, auto_target: Optional[float] = _AUTO_TARGET,
+    auto_step: Optional[int] = _AUTO_STEP, auto_budget: Optional[int] = _AUTO_BUDGET,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
                                           "at least 1 (torch's own default, every core, slows down under outside load)."),
 ) -> None:
@@ -60,13 +76,15 @@ def calibrate_command(
     from vtwcli.cli._render import output_path_for, save_plot
     from vtwcli.profile import check_output_path
 
+    count, auto = samples_plan(samples, select, auto_target, auto_step, auto_budget)  # before the model loads
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
-                                 batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate,
-                                 max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw))
+                                 batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate, auto=auto,
+                                 max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw), select=select)
     check_output_path(output, "vtw-calibration.yaml")
     job = CalibrationJob(options, output if resume else output_path_for(output, force), model=model,
-                         datasets=tuple(dataset or ()), samples=samples, device=device, dtype=dtype, attn=attn,
-                         device_map=device_map, force=force, resume=resume, threads=threads)
+                         datasets=tuple(dataset or ()), samples=None if count == "auto" else count, device=device,
+                         dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume,
+                         threads=threads)
     run = calibrate_to_profile(job, progress=lambda totals: _progress_bar(totals, hidden=as_json))
     if plot is not None:
         save_plot(run.result, plot)
@@ -78,14 +96,49 @@ def calibrate_command(
 
 
 def _conclude(run, as_json: bool) -> None:
-    """The chosen K last, or exit 1 when no layer met the threshold (the curve is in the profile)."""
+    """The warnings and the chosen K last, or exit 1 when no layer qualified (the curve is in the profile)."""
+    from vtwcli.selection import parse_rule
+
     result, threshold = run.result, run.result.options.threshold
+    rule = parse_rule(result.options.select)
+    for warning in result.selection["warnings"]:  # on stderr: seen with --json and in CI logs too
+        err_console.print(f"[yellow]warning:[/] {escape(warning['message'])}", soft_wrap=True, highlight=False)
     if result.layer is None:
-        raise CheckFailed(f"no layer in {result.options.min_layer}..{result.layers[-1]} has mean KL <= {threshold}; "
-                          f"the curve is in {run.written}; raise --threshold or calibrate on other data")
+        unmet = (f"has mean KL <= {threshold}" if rule.name == "mean" else
+                 f"has a bootstrap upper bound of the mean KL <= {threshold} (--select upper)" if rule.name == "upper"
+                 else f"is chosen or beaten by {rule.share:.0%} of bootstrap resamples (--select {rule})")
+        raise CheckFailed(f"no layer in {result.options.min_layer}..{result.layers[-1]} {unmet}; the curve is in "
+                          f"{run.written}; " + ("raise --threshold or calibrate on other data" if not rule.conservative
+                                                else "calibrate on more samples (--samples auto), raise --threshold "
+                                                "or use --select mean"))
     if not as_json:
-        console.print(f"[bold green]K = {result.layer}[/] (first layer with mean KL <= {threshold}"
+        console.print(f"[bold green]K = {result.layer}[/] ({rule.describe(threshold)}"
                       + (", the default threshold" if threshold == DEFAULT_THRESHOLD else "") + ")")
+
+
+def samples_plan(text: str | None, select: str, target: float | None, step: int | None, budget: int | None):
+    """(--samples as None / a count / "auto", the --samples auto settings or None), with --select checked: the
+    --auto-* options mean nothing without --samples auto."""
+    from vtwcli.selection import DEFAULT_AUTO_STEP, DEFAULT_AUTO_TARGET, AutoOptions, parse_rule
+
+    parse_rule(select)
+    count = None if text is None else text.strip().lower()
+    if count is not None and count != "auto":
+        try:
+            count = int(count)
+        except ValueError:
+            raise VtwError(f"--samples {text!r} is not a sample count; use a positive integer (per dataset) or "
+                           "auto") from None
+    given = [name for name, value in (("--auto-target", target), ("--auto-step", step), ("--auto-budget", budget))
+             if value is not None]
+    if count != "auto":
+        if given:
+            raise VtwError(f"{given[0]} only applies with --samples auto; add --samples auto or drop {given[0]}")
+        return count, None
+    auto = AutoOptions(target=DEFAULT_AUTO_TARGET if target is None else target,
+                       step=DEFAULT_AUTO_STEP if step is None else step, budget=budget)
+    auto.validate()
+    return count, auto
 
 
 @contextlib.contextmanager
@@ -102,7 +155,7 @@ def _progress_bar(totals: dict, *, hidden: bool):
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=hidden) as bar, stop_on_signals():
-        tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}
+        tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}  # None: unknown
         yield lambda phase, n: bar.advance(tasks[phase], n)
 
 
@@ -110,9 +163,10 @@ def _diagnose_table(result):
     """A short view of --diagnose (the profile has every layer): the first layers, those around K, the last."""
     from rich.table import Table
 
-    shares = result.diagnose
-    last = len(shares) - 1
-    around = {0, 1, last} | ({result.layer - 1, result.layer, result.layer + 1} if result.layer is not None else set())
+    shares = result.diagnose  # one entry per attention layer, labelled with its index
+    around = {entry["layer"] for entry in (*shares[:2], shares[-1])}
+    if result.layer is not None:
+        around |= {result.layer - 1, result.layer, result.layer + 1}
     table = Table(title="attention of the last prompt token", caption="--diagnose; every layer is in the profile")
     for column in ("layer", "system", "vision", "text"):
         table.add_column(column, justify="right")
@@ -152,11 +206,9 @@ def _render(run) -> None:
     for entry in result.per_dataset:
         own = entry["layer"] if entry["layer"] is not None else "none"
         console.print(f"  {entry['name']}: first layer under the threshold = {own}")
+    console.print(stability_text(result), soft_wrap=True)
     if result.evaluation:
-        ev = result.evaluation
-        withdrawn = ev["withdrawn"]["accuracy"]
-        console.print(f"accuracy on {ev['samples']} samples: full model {ev['baseline']['accuracy']:.1%}"
-                      + (f", withdrawn at K={result.layer} {withdrawn:.1%}" if withdrawn is not None else ""))
+        console.print(accuracy_text(result.evaluation, result.layer), soft_wrap=True)
     cost = result.cost
     evaluation = "" if cost.get("evaluation_seconds") is None else \
         f"; accuracy evaluation {cost['evaluation_seconds']:.1f} s"
@@ -166,3 +218,31 @@ def _render(run) -> None:
         console.print(f"candidates stop at layer {result.layers[-1]}: withdrawal after it cannot be exact on this "
                       f"model ({result.limit})")
     console.print(f"profile written to [bold]{run.written}[/]", soft_wrap=True)  # a path must stay one piece to copy
+
+
+def stability_text(result) -> str:
+    """The K stability line, and how --samples auto stopped."""
+    from vtwcli.selection import stability_line
+
+    text = (f"K stability: {stability_line(result.selection['k_bootstrap'])} "
+            f"({result.options.bootstrap_resamples} bootstrap resamples, stratified by dataset)")
+    record = result.selection.get("samples_auto")
+    if record is None:
+        return text
+    why = {"stable": f"the modal K's share reached {record['target']:.0%} with its interval clear of the threshold",
+           "data": "the datasets ran out", "budget": f"the budget of {record['budget']} per dataset was reached"}
+    last = record["rounds"][-1]
+    return (text + f"\n--samples auto: {record['samples']} samples over {len(result.selections)} dataset(s) in "
+            f"{len(record['rounds'])} round(s) of {record['step']} per dataset; stopped because "
+            f"{why[record['stopped']]} (modal K {last['modal_k']} in {last['modal_share']:.0%} of resamples)")
+
+
+def accuracy_text(evaluation: dict, layer) -> str:
+    def accuracy(side: dict) -> str:
+        low, high = side["accuracy_ci"]
+        return f"{side['accuracy']:.1%} ({low:.1%}..{high:.1%})"
+
+    withdrawn = (f", withdrawn at K={layer} {accuracy(evaluation['withdrawn'])}"
+                 if evaluation["withdrawn"]["accuracy"] is not None else "")
+    return (f"accuracy on {evaluation['samples']} samples (95% Wilson interval): full model "
+            f"{accuracy(evaluation['baseline'])}{withdrawn}")

@@ -109,6 +109,9 @@ def _memory_table(memory: dict) -> Table:
         if key.startswith("cuda") and memory["baseline"].get(key) is None:
             continue
         table.add_row(label, mib(memory["baseline"].get(key)), mib(memory["withdrawn"].get(key)))
+    if memory["baseline"].get("state_bytes") is not None:
+        table.add_row("conv / recurrent state (fixed size)", mib(memory["baseline"]["state_bytes"]),
+                      mib(memory["withdrawn"]["state_bytes"]))
     table.add_row("KV cache reduction", "", f"{memory['kv_cache_reduction']:.1%}", style="bold")
     return table
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vtwcli.errors import VtwError
 from vtwcli.gates.results import EPS, CheckResult, failed, num, passed
+from vtwcli.gates.stability import check_accuracy_intervals, check_layer_under_rule, noise_note
 from vtwcli.profile import (FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS, Calibration, Flops, Latency, Memory, Profile,
                             first_layer_under, read_profile_dict, typed_profile)
 
@@ -25,12 +26,14 @@ def kinds_text(kinds) -> str:
     return ",".join(kinds) if kinds else "all vision"
 
 
-def accuracy_drop_detail(base: float, new: float, limit: float, *, label: str, new_label: str = "") -> tuple[bool, str]:
-    """(within the limit, detail line) of an accuracy drop ``base`` -> ``new`` in percentage points."""
+def accuracy_drop_detail(base: float, new: float, limit: float, *, label: str, new_label: str = "",
+                         samples: int | None = None) -> tuple[bool, str]:
+    """(within the limit, detail line) of an accuracy drop ``base`` -> ``new`` in percentage points; with the
+    ``samples`` ``new`` was measured on, whether the drop is within their Wilson interval."""
     drop = (base - new) * 100
     ok = drop <= limit + EPS
     return ok, (f"{label} {base * 100:.2f}% -> {new * 100:.2f}%{new_label}: drop {drop:.2f} points "
-                f"{'<=' if ok else '>'} limit {num(limit)}")
+                f"{'<=' if ok else '>'} limit {num(limit)}" + noise_note(base, new, samples, limit))
 
 
 def _layers_text(layers: list) -> str:
@@ -38,21 +41,13 @@ def _layers_text(layers: list) -> str:
 
 
 def _check_layer_choice(name: str, stated, curve, threshold: float, src: str) -> CheckResult:
-    """``stated`` must be the first layer of ``curve`` at or under ``threshold`` (null when none is)."""
+    """A dataset's ``stated`` own K must be the first layer of its ``curve`` at or under ``threshold`` (null
+    when none is); the pooled K is checked under the recorded rule (gates.stability)."""
     expected = first_layer_under(curve, threshold)
     if stated == expected:
-        if name == "calibration.layer":
-            detail = (f"layer {expected} is the first with kl_mean <= {num(threshold)}" if expected is not None
-                      else f"null: no layer has kl_mean <= {num(threshold)}")
-        else:
-            detail = f"{num(expected)} is its own first layer under the threshold"
-        return passed(name, detail, src)
-    if name == "calibration.layer":
-        why = (f"layer {expected} is the first with kl_mean <= threshold {num(threshold)}" if expected is not None
-               else f"no layer has kl_mean <= threshold {num(threshold)}, so it must be null")
-    else:
-        why = (f"its first layer with kl_mean <= {num(threshold)} is {expected}" if expected is not None
-               else f"none of its layers has kl_mean <= {num(threshold)}, so it must be null")
+        return passed(name, f"{num(expected)} is its own first layer under the threshold", src)
+    why = (f"its first layer with kl_mean <= {num(threshold)} is {expected}" if expected is not None
+           else f"none of its layers has kl_mean <= {num(threshold)}, so it must be null")
     return failed(name, f"profile says {num(stated)} but {why}", src)
 
 
@@ -85,7 +80,7 @@ def _check_calibration(cal: Calibration, num_layers: int, src: str) -> list[Chec
         results.append(failed("calibration.per_layer.layers",
                               f"expected layers {cal.min_layer}..{last} ascending and contiguous (min_layer..{bound}), "
                               f"got {_layers_text(layers)}", src))
-    results.append(_check_layer_choice("calibration.layer", cal.layer, cal.per_layer, cal.threshold, src))
+    results += check_layer_under_rule(cal, src)
     results += _check_bounds(cal, src)
     for curve in cal.per_dataset or ():
         results.append(_check_layer_choice(f"calibration.per_dataset[{curve.name}].layer", curve.layer,
@@ -192,7 +187,7 @@ def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResul
     if evaluation.withdrawn.accuracy is None:
         return failed(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
     ok, detail = accuracy_drop_detail(evaluation.baseline.accuracy, evaluation.withdrawn.accuracy, limit,
-                                      label="accuracy", new_label=" withdrawn")
+                                      label="accuracy", new_label=" withdrawn", samples=evaluation.samples)
     return passed(name, detail, src) if ok else failed(name, detail, src)
 
 
@@ -223,7 +218,7 @@ def _check_evaluation(profile: Profile, src: str) -> list[CheckResult]:
     if (withdrawn.layer is None) != (withdrawn.accuracy is None):
         results.append(failed("evaluation.withdrawn.accuracy", f"accuracy is {num(withdrawn.accuracy)} with layer "
                               f"{num(withdrawn.layer)}: both must be null or neither", src))
-    return results
+    return results + check_accuracy_intervals(profile.evaluation, src)
 
 
 def _check_withdrawal(profile: Profile, src: str) -> list[CheckResult]:

@@ -208,7 +208,8 @@ def _accuracy_gate(base: Profile, new: Profile, limit: float, sources) -> CheckR
     absent = _absent((b, n), sources)
     if absent:
         return failed(name, f"evaluation.withdrawn.accuracy is missing or null in {' and '.join(absent)}")
-    ok, detail = accuracy_drop_detail(b, n, limit, label="withdrawn accuracy")
+    ok, detail = accuracy_drop_detail(b, n, limit, label="withdrawn accuracy",
+                                      samples=new.evaluation.samples if new.evaluation is not None else None)
     return passed(name, detail) if ok else failed(name, detail)
 
 

@@ -17,7 +17,9 @@ Three counters:
 * :func:`count_flops` runs the real model (any device but meta) under
   :class:`torch.utils.flop_counter.FlopCounterMode` and attributes FLOPs by module; the withdrawn
   figure comes from the real withdrawal hooks. CPU's fused SDPA kernel has no formula in torch, so one
-  is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid).
+  is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid), and
+  so is one for the grouped matmul of MoE experts (one row per token and routed expert: MoE layers count
+  the router and the experts each token is routed to, never all experts).
 * :func:`count_flops_meta` builds nothing but shapes: the model on the ``meta`` device (any size, no
   weights, seconds for 7B), driven component by component and layer by layer (the full LLaVA forward
   cannot run on meta: its placeholder check reads tensor values). Withdrawal is applied as the
@@ -39,7 +41,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import VARIANTS, cache_of, variants
+from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
+from vtwcli.measure.text_layers import TEXT_MODELS, decoder_layer_flops, text_model_of
 from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
 
@@ -49,16 +52,14 @@ __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE"
            "require_fixed_image_layout"]
 
 CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
-              "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it)")
+              "batch 1; prefill lm_head on the last position only (logits_to_keep=1, as generate() runs it); "
+              "mixture of experts: the experts each token is routed to (top-k) and shared experts, not all experts")
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config only, no weights; components "
                 "driven one by one, layers >= K on the text positions)")
 COMPONENTS = FLOPS_COMPONENTS
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
-# Text models whose decoder layer is q,k,v,o projections + attention + a 3-matrix gated MLP (norms,
-# q/k norms, biases and soft-capping are not matmul work, so Gemma 3 and the Qwen2-VL text models fit).
-_GATED_MLP_TEXT_MODELS = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text", "gemma3_text")
 # Vision towers: (patch conv, attention, 2-matrix MLP); whether a CLS token is prepended.
 _VISION_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 
@@ -162,23 +163,15 @@ def _mm(m: int, k: int, n: int) -> int:
 
 
 def _text_dims(config):
+    """(hidden, layers, vocab) of a text model the closed form knows (vtwcli.measure.text_layers)."""
     text = config.text_config
-    if text.model_type not in _GATED_MLP_TEXT_MODELS:
-        raise UnsupportedError(f"analytic FLOPs know text models {', '.join(_GATED_MLP_TEXT_MODELS)}, "
-                               f"not {text.model_type}")
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return text.hidden_size, heads, kv_heads, head_dim, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+    if text_model_of(text) is None:
+        raise UnsupportedError(f"analytic FLOPs know text models {', '.join(TEXT_MODELS)}, not {text.model_type}")
+    return text.hidden_size, text.num_hidden_layers, text.vocab_size
 
 
-def _decoder_layer_flops(config, queries: int, keys: int) -> int:
-    """One decoder layer: q,k,v,o projections (GQA: k,v have kv_heads), QK^T and AV, 3-matrix MLP."""
-    hidden, heads, kv_heads, head_dim, inter, _, _ = _text_dims(config)
-    projections = _mm(queries, hidden, heads * head_dim) * 2 + _mm(queries, hidden, kv_heads * head_dim) * 2
-    attention = 2 * _mm(queries, head_dim, keys) * heads  # QK^T and AV, per query head, full grid
-    mlp = 3 * _mm(queries, hidden, inter)
-    return projections + attention + mlp
+def _layer_types(text_config, num_layers: int) -> list[str]:
+    return list(getattr(text_config, "layer_types", None) or ["full_attention"] * num_layers)[:num_layers]
 
 
 def _vision_flops(config, images: int) -> tuple[int, int]:
@@ -215,13 +208,16 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     the fixed LLaVA-1.5 layout (CLIP / SigLIP, ``vision=True``); otherwise ``covers`` lists the language
     model and lm_head only and ``total`` is their sum.
     """
-    hidden, _, _, _, _, num_layers, vocab = _text_dims(config)
+    hidden, num_layers, vocab = _text_dims(config)
     check_layer(layer, num_layers)
+    text = config.text_config
+    types = _layer_types(text, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = _mm(1, hidden, vocab)
-    full_layer = _decoder_layer_flops(config, n, n)
-    withdrawn_lm = layer * full_layer + (num_layers - layer) * _decoder_layer_flops(config, kept, kept)
-    baseline = {"language_model": num_layers * full_layer, "lm_head": lm_head}
+    full_lm = sum(decoder_layer_flops(text, kind, n, n) for kind in types)
+    withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n) if i < layer else decoder_layer_flops(text, kind, kept, kept)
+                       for i, kind in enumerate(types))
+    baseline = {"language_model": full_lm, "lm_head": lm_head}
     withdrawn = {"language_model": withdrawn_lm, "lm_head": lm_head}
     if vision:
         tower, projector = _vision_flops(config, prompt.images)
@@ -230,7 +226,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     windows = _sliding_windows(config.text_config, num_layers)
 
     def decode_step(context_of_layer) -> int:  # one new token against each layer's cached context
-        return sum(_decoder_layer_flops(config, 1, _decode_keys(context_of_layer(i), windows[i]))
+        return sum(decoder_layer_flops(text, types[i], 1, _decode_keys(context_of_layer(i), windows[i]))
                    for i in range(num_layers)) + lm_head
 
     decode_kept = kept if layer < num_layers else n
@@ -260,13 +256,23 @@ def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _grouped_mm_formula(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    # MoE experts (transformers' grouped_mm experts): each row of `a` is one (token, routed expert) pair, so
+    # 2 x output elements x inner dim counts exactly the experts each token is routed to.
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
 def _custom_mapping() -> dict:
-    """SDPA kernels torch's counter has no formula for (CPU's fused kernel, backend overrides)."""
+    """Kernels torch's counter has no formula for: SDPA (CPU's fused kernel, backend overrides) and the
+    grouped matmul of MoE experts."""
     mapping = {}
     for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             mapping[op] = _sdpa_formula
+    grouped_mm = getattr(torch.ops.aten, "_grouped_mm", None)
+    if grouped_mm is not None:
+        mapping[grouped_mm] = _grouped_mm_formula
     return mapping
 
 
@@ -326,8 +332,9 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     ``prompt`` is the batch-1 model inputs (a dict, as a processor returns them: any family) or a
     :class:`PromptLayout` (LLaVA-1.5 layout: ids and pixels are synthesised; on the meta device this goes
     to :func:`count_flops_meta`). Runs the real model and the real withdrawal hooks. The decode step is
-    one forward of the greedy next token against the prefill's cache, as ``generate()`` makes it (each
-    family derives its own decode positions, e.g. M-RoPE deltas). ``kinds`` selects the withdrawn vision
+    the second forward of a greedy ``generate()``: the greedy next token against the prefill's cache, with
+    the positions generate() gives each family (e.g. M-RoPE deltas). ``context_tokens``: what the last
+    layer with keys/values of its own caches (conv / recurrent and KV-sharing layers have none). ``kinds`` selects the withdrawn vision
     tokens as in :func:`vtwcli.withdraw`. Returns {baseline, withdrawn, decode_per_token} (see module doc).
     """
     from vtwcli.withdrawal import num_decoder_layers
@@ -352,16 +359,36 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
             result[variant] = _by_component(model, counter)
             cache = cache_of(out)
             result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(_last_cached_layer(cache)))
-            # One decode step: the greedy token against the cache. Batch 1 without padding, so no mask,
-            # as generate() passes none for an all-ones one (families derive decode positions from the cache).
-            step = out.logits[:, -1:].argmax(-1)
-            del out
-            counter = _counter()
-            with counter:
-                model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
-            result["decode_per_token"][variant] = int(counter.get_total_flops())
-            del cache
+            del out, cache
+            result["decode_per_token"][variant] = _decode_step_flops(model, inputs)
     return result
+
+
+def _decode_step_flops(model: nn.Module, inputs: dict) -> int:
+    """FLOPs of one decode step as ``generate()`` makes it: its second forward (the greedy token against the
+    prefill's cache, with the positions generate() derives for the family, e.g. M-RoPE deltas)."""
+    counter, calls, inside = _counter(), [0], [False]
+
+    def enter(module, args, kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            counter.__enter__()
+            inside[0] = True
+
+    def leave(module, args, output):
+        if inside[0]:
+            counter.__exit__(None, None, None)
+            inside[0] = False
+
+    hooks = [model.register_forward_pre_hook(enter, with_kwargs=True), model.register_forward_hook(leave)]
+    try:
+        generate_exactly(model, inputs, 2)
+    finally:
+        if inside[0]:
+            counter.__exit__(None, None, None)
+        for hook in hooks:
+            hook.remove()
+    return int(counter.get_total_flops())
 
 
 def meta_model(config, *, attn: str = "sdpa") -> nn.Module:

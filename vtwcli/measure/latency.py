@@ -2,10 +2,10 @@
 
 What is timed (batch 1, greedy):
 
-* ``prefill_ms``: one forward of the whole prompt (image + text) with ``use_cache=True`` and
-  ``logits_to_keep=1`` (the time to the first token's logits, as ``generate()`` runs it);
-* ``decode_ms_per_token``: right after that prefill, a manual loop of ``new_tokens - 1`` greedy steps,
-  each one forward of one token against the cache; the run's figure is the mean step time;
+* ``prefill_ms``: the first forward of a greedy ``generate()`` of ``new_tokens`` tokens: the whole prompt
+  (image + text) with the cache and ``logits_to_keep=1`` (the time to the first token's logits);
+* ``decode_ms_per_token``: the other ``new_tokens - 1`` forwards of that ``generate()``, each one token
+  against the cache with the positions generate() gives it; the run's figure is the mean step time;
 * ``end_to_end_ms``: ``model.generate(min_new_tokens = max_new_tokens = new_tokens)``, greedy, timed as
   a whole (prefill + decoding + generate()'s own bookkeeping), as a user calls it.
 
@@ -39,7 +39,7 @@ from torch import nn
 from vtwcli.defaults import DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS
 from vtwcli.errors import VtwError
 from vtwcli.loading import torch_threads
-from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
+from vtwcli.measure.runs import VARIANTS, generate_exactly, variants
 from vtwcli.profile.header import device_name
 from vtwcli.profile.model import LATENCY_FIGURES, LatencyNoise, SpeedupInterval, TimingStats
 
@@ -119,20 +119,27 @@ class LatencyTracker:
 
 @torch.no_grad()
 def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.device) -> dict:
-    with _Timer(device) as prefill:
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = cache_of(out)
-    token = out.logits[:, -1].argmax(-1, keepdim=True)
-    steps = []
-    for _ in range(new_tokens - 1):
-        with _Timer(device) as step:
-            out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-        steps.append(step.ms)
-    del out, cache
+    # Each forward of generate() timed whole, hooks included (the timer starts before any other pre-hook).
+    forwards, running = [], []
+
+    def start(module, args, kwargs):
+        running.append(_Timer(device).__enter__())
+
+    def stop(module, args, output):
+        timer = running.pop()
+        timer.__exit__()
+        forwards.append(timer.ms)
+
+    hooks = [model.register_forward_pre_hook(start, with_kwargs=True, prepend=True), model.register_forward_hook(stop)]
+    try:
+        generate_exactly(model, inputs, new_tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prefill, steps = forwards[0], forwards[1:]
     with _Timer(device) as end_to_end:
         generate_exactly(model, inputs, new_tokens)
-    return {"prefill_ms": prefill.ms, "decode_ms_per_token": sum(steps) / len(steps), "end_to_end_ms": end_to_end.ms}
+    return {"prefill_ms": prefill, "decode_ms_per_token": sum(steps) / len(steps), "end_to_end_ms": end_to_end.ms}
 
 
 

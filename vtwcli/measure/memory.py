@@ -2,6 +2,10 @@
 
 * ``kv_cache_bytes``: the sum of ``nbytes`` of every key and value tensor in the cache right after the
   prefill (batch 1). Exact, not estimated; withdrawal shrinks layers >= K to the kept tokens.
+* ``state_bytes`` (only where the model has conv / recurrent layers: Qwen3.5's Gated DeltaNet, LFM2's
+  short conv): the exact bytes of their fixed-size conv and recurrent states after the prefill. Their size
+  does not depend on the sequence, so withdrawal saves nothing there; it saves only in the KV cache of the
+  attention layers >= K.
 * ``peak_rss_bytes``: the process's resident-set high-water mark while one variant runs a prefill and
   a ``generate()`` of ``new_tokens``. On Linux the kernel's mark (``VmHWM``) is reset before each
   variant (``/proc/self/clear_refs`` <- 5), so each figure is that variant's own peak; it still counts
@@ -26,8 +30,8 @@ from torch import nn
 from vtwcli.measure.runs import cache_of, generate_exactly, variants
 from vtwcli.profile.model import MemoryRun
 
-__all__ = ["kv_cache_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant", "MemoryTracker",
-           "measure_memory"]
+__all__ = ["kv_cache_bytes", "state_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant",
+           "MemoryTracker", "measure_memory"]
 
 
 def kv_cache_bytes(cache) -> int:
@@ -45,6 +49,18 @@ def kv_cache_bytes(cache) -> int:
         for tensor in getattr(cache, name, []) or []:
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def state_bytes(cache) -> int:
+    """Exact bytes of the conv and recurrent states a transformers cache holds for its conv / recurrent
+    layers (0 for a cache of attention layers only)."""
+    total = 0
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("conv_states", "recurrent_states"):
+            for tensor in (getattr(layer, name, None) or {}).values():
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
     return total
 
 
@@ -94,15 +110,17 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats(device)
         reset_peak_rss()
         out = model(**self.inputs, use_cache=True, logits_to_keep=1)
-        kv = kv_cache_bytes(cache_of(out))
-        del out
+        cache = cache_of(out)
+        kv, state = kv_cache_bytes(cache), state_bytes(cache)
+        del out, cache
         generate_exactly(model, self.inputs, self.new_tokens)
         if cuda:
             torch.cuda.synchronize(device)
         return MemoryRun(
             peak_rss_bytes=peak_rss_bytes(), kv_cache_bytes=int(kv),
             cuda_peak_allocated_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None,
-            cuda_peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)) if cuda else None)
+            cuda_peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)) if cuda else None,
+            state_bytes=int(state) if state else None)
 
 
 def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: int = 8,
@@ -114,7 +132,10 @@ def measure_memory(model: nn.Module, inputs: dict, layer: int, *, new_tokens: in
     section: dict = {}
     for variant, withdrawn in variants(model, layer, kinds):
         with withdrawn:
-            section[variant] = dataclasses.asdict(MemoryTracker(model, inputs, new_tokens, device).track())
+            figures = dataclasses.asdict(MemoryTracker(model, inputs, new_tokens, device).track())
+            if figures["state_bytes"] is None:  # only models with conv / recurrent layers record their states
+                del figures["state_bytes"]
+            section[variant] = figures
     base, withdrawn = section["baseline"]["kv_cache_bytes"], section["withdrawn"]["kv_cache_bytes"]
     section["kv_cache_reduction"] = 1 - withdrawn / base if base else 0.0
     return section

@@ -21,7 +21,8 @@ from vtwcli.profile.yaml_text import ordered, plain
 
 __all__ = [
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
-    "CalibrationCost", "AttentionShare", "Calibration", "Accuracy", "WithdrawnAccuracy", "Evaluation",
+    "CalibrationCost", "AttentionShare", "Selection", "SelectionWarning", "SamplesAuto", "AutoRoundRecord",
+    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "SpeedupInterval", "SpeedupIntervals", "LatencyNoise", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
     "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
@@ -93,6 +94,9 @@ class CalibrationCost:
     full_forward_equivalents: float     # of the KL search over every candidate K
     seconds: float                      # the KL search (not the accuracy evaluation)
     evaluation_seconds: float | None = None   # the accuracy evaluation, full and at K (null: --no-eval)
+    # False where the candidates recompute the text before the first image (windowed or conv / recurrent
+    # layers among them); its work is in full_forward_equivalents either way. None: profiles from before.
+    shared_prefix: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,40 @@ class AttentionShare:
     system: float
     vision: float
     text: float
+
+
+@dataclass(frozen=True)
+class SelectionWarning:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AutoRoundRecord:
+    samples: int
+    modal_k: str | None
+    modal_share: float
+    straddles: bool
+
+
+@dataclass(frozen=True)
+class SamplesAuto:
+    target: float
+    step: int
+    budget: int | None
+    stopped: str
+    samples: int
+    rounds: tuple[AutoRoundRecord, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How K was chosen (``rule``: mean, upper, stable=P) and the bootstrap distribution of K."""
+
+    rule: str
+    k_bootstrap: dict  # K as text ("4", or "none") -> fraction of resamples
+    warnings: tuple[SelectionWarning, ...] = ()
+    samples_auto: SamplesAuto | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +157,7 @@ class Calibration:
     per_sample: tuple[SampleKL, ...] | None = None
     cost: CalibrationCost | None = None
     diagnose: tuple[AttentionShare, ...] | None = None
+    selection: Selection | None = None  # None in profiles written before --select: the mean rule
 
     def kl_at(self, layer: int | None) -> LayerKL | None:
         return next((entry for entry in self.per_layer if entry.layer == layer), None)
@@ -127,12 +166,20 @@ class Calibration:
 @dataclass(frozen=True)
 class Accuracy:
     accuracy: float
+    accuracy_ci: tuple[float, ...] | None = None  # Wilson interval (low, high)
 
 
 @dataclass(frozen=True)
 class WithdrawnAccuracy:
     accuracy: float | None
     layer: int | None
+    accuracy_ci: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AccuracyInterval:
+    method: str
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -140,6 +187,7 @@ class Evaluation:
     samples: int
     baseline: Accuracy
     withdrawn: WithdrawnAccuracy
+    interval: AccuracyInterval | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +324,8 @@ class MemoryRun:
     kv_cache_bytes: int
     cuda_peak_allocated_bytes: int | None = None
     cuda_peak_reserved_bytes: int | None = None
+    # conv / recurrent states (models with such layers only): fixed size, withdrawal saves nothing there
+    state_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""Closed-form FLOPs of one decoder layer of a text model, per layer type (the profile's analytic count).
+
+Convention as in :mod:`vtwcli.measure.flops`: FLOPs = 2 x multiply-accumulates, matmul-like work only
+(projections, convolutions, the attention matmuls over the full q x k grid, the recurrence's matrix-vector
+products); norms, activations, gates, decays and residual adds are 0.
+
+Token mixers, by the config's layer type:
+
+* attention ("full_attention", "sliding_attention", ...): q, k, v, o projections (GQA: k, v have the kv
+  heads; a gated query, as in Qwen3.5, projects twice the query width), QK^T and AV per query head over
+  ``keys`` keys;
+* Gated DeltaNet ("linear_attention", Qwen3.5): q, k, v, z, a, b and output projections; a causal depthwise
+  conv of ``linear_conv_kernel_dim`` taps over q, k and v; per token and value head the delta rule's three
+  (d_k x d_v) matrix-vector products (read S^T k, write k x delta, output S^T q). Cost per token does not
+  depend on the context; the state is fixed-size;
+* short conv ("conv", LFM2): an input projection to 3 x hidden (two gates and the signal), a depthwise conv
+  of ``conv_L_cache`` taps, the output projection.
+
+MLPs: a 3-matrix gated MLP, or a mixture of experts counted on the ACTIVE experts only (the router, the
+``num_experts_per_tok`` routed experts and the shared expert with its gate, per token), as the model runs it.
+
+Which mixer and MLP a text model has is a per-model fact, kept in ``TEXT_MODELS`` (keyed by the text
+config's ``model_type``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TEXT_MODELS", "TextModel", "decoder_layer_flops", "mlp_intermediate_size", "text_model_of"]
+
+
+@dataclass(frozen=True)
+class TextModel:
+    # Attention's q projection also yields an output gate of the same width (Qwen3.5: q_proj -> 2 x heads x d).
+    gated_query: bool = False
+    # "dense" (3-matrix gated MLP), "moe" (active experts + shared expert) or "lfm2" (dense, LFM2's sizing).
+    mlp: str = "dense"
+
+
+TEXT_MODELS: dict[str, TextModel] = {
+    "llama": TextModel(), "mistral": TextModel(), "qwen2": TextModel(), "qwen2_vl_text": TextModel(),
+    "qwen2_5_vl_text": TextModel(), "gemma3_text": TextModel(),
+    # dense text models of the Qwen3-VL / GLM-4V / Cohere2 / Granite families (same layer shape)
+    "gemma": TextModel(), "qwen3": TextModel(), "qwen3_vl_text": TextModel(), "glm4v_text": TextModel(),
+    "cohere2": TextModel(), "granite4_vision_text": TextModel(),
+    "qwen3_5_text": TextModel(gated_query=True),
+    "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
+    "lfm2": TextModel(mlp="lfm2"),
+}
+
+
+def text_model_of(text_config) -> TextModel | None:
+    return TEXT_MODELS.get(text_config.model_type)
+
+
+def _mm(m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def _attention(text, queries: int, keys: int, gated_query: bool) -> int:
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    hidden = text.hidden_size
+    q_width = heads * head_dim * (2 if gated_query else 1)
+    projections = _mm(queries, hidden, q_width) + _mm(queries, heads * head_dim, hidden) \
+        + 2 * _mm(queries, hidden, kv_heads * head_dim)
+    return projections + 2 * heads * _mm(queries, head_dim, keys)
+
+
+def _gated_deltanet(text, queries: int) -> int:
+    hidden = text.hidden_size
+    key_width = text.linear_num_key_heads * text.linear_key_head_dim
+    value_heads, value_dim = text.linear_num_value_heads, text.linear_value_head_dim
+    value_width = value_heads * value_dim
+    conv_channels = 2 * key_width + value_width
+    projections = _mm(queries, hidden, conv_channels) + _mm(queries, hidden, value_width) \
+        + 2 * _mm(queries, hidden, value_heads) + _mm(queries, value_width, hidden)
+    conv = _mm(queries, conv_channels, text.linear_conv_kernel_dim)  # depthwise: taps per channel
+    recurrence = 3 * value_heads * _mm(queries, text.linear_key_head_dim, value_dim)
+    return projections + conv + recurrence
+
+
+def _short_conv(text, queries: int) -> int:
+    hidden = text.hidden_size
+    return _mm(queries, hidden, 3 * hidden) + _mm(queries, hidden, text.conv_L_cache) + _mm(queries, hidden, hidden)
+
+
+def mlp_intermediate_size(text) -> int:
+    """The dense MLP's width; LFM2 derives it from ``intermediate_size`` when ``block_auto_adjust_ff_dim``."""
+    size = text.intermediate_size
+    if text_model_of(text) is not None and text_model_of(text).mlp == "lfm2" and text.block_auto_adjust_ff_dim:
+        size = int(2 * size / 3)
+        if text.block_ffn_dim_multiplier is not None:
+            size = int(text.block_ffn_dim_multiplier * size)
+            size = text.block_multiple_of * ((size + text.block_multiple_of - 1) // text.block_multiple_of)
+    return size
+
+
+def _mlp(text, queries: int, kind: str) -> int:
+    hidden = text.hidden_size
+    if kind == "moe":
+        router = _mm(queries, hidden, text.num_experts)
+        routed = text.num_experts_per_tok * 3 * _mm(queries, hidden, text.moe_intermediate_size)
+        shared = 3 * _mm(queries, hidden, text.shared_expert_intermediate_size) + _mm(queries, hidden, 1)
+        return router + routed + shared
+    return 3 * _mm(queries, hidden, mlp_intermediate_size(text))
+
+
+def decoder_layer_flops(text, layer_type: str, queries: int, keys: int) -> int:
+    """One decoder layer of type ``layer_type`` on ``queries`` new tokens attending over ``keys`` keys
+    (ignored by conv / recurrent layers, whose cost per token does not depend on the context)."""
+    spec = text_model_of(text)
+    if spec is None:
+        raise KeyError(text.model_type)
+    if layer_type == "linear_attention":
+        mixer = _gated_deltanet(text, queries)
+    elif layer_type == "conv":
+        mixer = _short_conv(text, queries)
+    else:
+        mixer = _attention(text, queries, keys, spec.gated_query)
+    return mixer + _mlp(text, queries, spec.mlp)
