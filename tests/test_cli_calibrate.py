@@ -77,8 +77,8 @@ def test_existing_output_is_not_overwritten_without_force(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--threshold", "-1"], "--threshold must be a number >= 0"),
-    (["--threshold", "nan"], "--threshold must be a number >= 0"),
+    (["--threshold", "-1"], "--threshold must be a finite number >= 0"),
+    (["--threshold", "nan"], "--threshold must be a finite number >= 0"),
     (["--min-layer", "4"], "--min-layer 4 is out of range"),
     (["--samples", "0"], "sample size must be at least 1"),
     (["--samples", "999"], "has only 32 available"),

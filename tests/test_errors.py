@@ -189,7 +189,7 @@ def test_attn_unknown(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_threshold_negative_or_nan(model_dir, tmp_path, capsys, value):
     line = one_line_error(calibrate(model_dir, tmp_path, "--threshold", value), capsys)
-    assert "--threshold must be a number >= 0" in line
+    assert "--threshold must be a finite number >= 0" in line
 
 
 def test_criterion_unknown(model_dir, tmp_path, capsys):

@@ -154,7 +154,7 @@ def test_shipped_schema_is_a_valid_draft_2020_12_schema():
 
 def test_missing_file_and_directory(tmp_path, capsys):
     assert "no such profile file" in one_line_error(capsys, tmp_path / "nope.yaml")
-    assert "not a file" in one_line_error(capsys, tmp_path)
+    assert "a directory, not a regular file" in one_line_error(capsys, tmp_path)
 
 
 def test_corrupted_yaml_names_line_and_column(tmp_path, capsys):

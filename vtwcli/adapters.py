@@ -140,6 +140,20 @@ class Adapter:
             raise UnsupportedError(f"--withdraw {','.join(kinds)}: {self.family} has no such tokens; its vision "
                                    f"tokens are {', '.join(self.declared_kinds(config)) or 'none'}")
 
+    def context_limit(self, config) -> int | None:
+        """The longest sequence the language model is built for (max_position_embeddings), if it says."""
+        limit = getattr(self.text_config(config), "max_position_embeddings", None)
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+    def check_prompt_fits(self, config, tokens: int, *, extra: int = 0, why: str = "",
+                          what: str = "the synthetic prompt", fix: str = "lower --text-tokens / --images") -> None:
+        """Refuse a sequence longer than the model's context before any forward: past its trained positions
+        a model still runs, and its numbers would be silently meaningless."""
+        limit = self.context_limit(config)
+        if limit is not None and tokens + extra > limit:
+            raise VtwError(f"{what} is {tokens} tokens (text and vision){why}, more than the model's context of "
+                           f"{limit} tokens (max_position_embeddings); {fix}")
+
     def vision_token_ids(self, config, kinds: tuple[str, ...] | None = None) -> list[int]:
         ids = []
         for key in self.vision_token_id_keys:

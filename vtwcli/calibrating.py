@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vtwcli.calibration import CalibrationOptions, CalibrationResult, DatasetSelection, calibrate, calibration_section
-from vtwcli.errors import VtwError
+from vtwcli.errors import VtwError, is_out_of_memory
 
 __all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section",
            "recorded_path"]
@@ -53,9 +53,13 @@ def select_datasets(names, is_bundled: bool, samples: int | None, seed: int, *,
     if not names:
         raise VtwError("no bundled calibration datasets were found for this model; pass --dataset NAME_OR_JSONL "
                        "(see `vtw datasets`)")
-    selections = []
+    selections, seen = [], {}
     for name in names:
         data = load_dataset(name)
+        same = seen.setdefault(data.path.resolve(), name)
+        if same is not name:  # its samples would count twice in every mean
+            raise VtwError(f"--dataset {name} names the same file as --dataset {same} ({data.path}); pass each "
+                           "dataset once")
         drawn = draw_order(data, seed) if auto else sample_dataset(data, samples, seed)
         selections.append(DatasetSelection(dataset=data, samples=drawn, seed=seed))
     return selections
@@ -84,29 +88,34 @@ def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRu
     ``progress(totals)``, where given, is a context manager around the search whose value is called
     ``(phase, n)`` as batches finish (phases ``kl`` and ``eval``). An interrupt (Ctrl-C, SIGTERM made one)
     leaves the finished batches in the checkpoint and becomes a VtwError (exit 130) saying how to resume.
+    torch runs with ``job.threads`` threads (restored after).
     """
     from vtwcli.loading import torch_threads
 
-    if job.options.diagnose and job.attn != "eager":
+    options = job.options
+    options.check_values()
+    if options.diagnose and job.attn != "eager":
         raise VtwError("--diagnose needs attention weights: add --attn eager")
+    # named datasets are read and checked before the model loads (the defaults depend on the model)
+    auto = options.auto is not None
+    selections = select_datasets(job.datasets, False, job.samples, options.seed, auto=auto) if job.datasets else None
     with torch_threads(job.threads):  # the whole run, restored after
-        return _calibrate(job, progress)
+        return _calibrate(job, progress, selections)
 
 
-def _calibrate(job: CalibrationJob, progress) -> CalibrationRun:
-    from vtwcli.checkpoint import CheckpointStore
+def _calibrate(job: CalibrationJob, progress, selections) -> CalibrationRun:
+    from vtwcli.checkpoint import CheckpointStore, checkpoint_path
     from vtwcli.loading import load_model, model_section
     from vtwcli.profile import new_profile, write_profile
 
-    options = job.options
+    options, auto = job.options, job.options.auto is not None
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map)
-    selections = select_datasets(job.datasets, loaded.is_bundled, job.samples, options.seed,
-                                 auto=options.auto is not None)
+    if selections is None:
+        selections = select_datasets((), loaded.is_bundled, job.samples, options.seed, auto=auto)
     total = sum(len(s.samples) for s in selections)  # with --samples auto: at most this many
     settings = {"model": model_section(loaded), "options": vars(options),
                 "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
-    store = CheckpointStore(job.output.with_name(job.output.name + ".partial.jsonl"), settings, resume=job.resume,
-                            force=job.force)
+    store = CheckpointStore(checkpoint_path(job.output), settings, resume=job.resume, force=job.force)
     # --samples auto: how many samples the accuracy runs see is known only when the KL rounds stop
     totals = {"kl": total, **({"eval": None if options.auto else total * 2} if options.evaluate else {})}
     with (progress(totals) if progress is not None else contextlib.nullcontext(lambda phase, n: None)) as advance:
@@ -115,6 +124,11 @@ def _calibrate(job: CalibrationJob, progress) -> CalibrationRun:
         except KeyboardInterrupt:
             raise VtwError(f"interrupted; {len(store)} finished batches are saved in {store.path}; continue with the "
                            "same command plus --resume", exit_code=130) from None
+        except BaseException as error:
+            # a failed run's batches must not block the corrected command; out of memory may pass as is
+            if not is_out_of_memory(error):
+                store.discard()
+            raise
     profile = new_profile(model_section(loaded), loaded.device)
     profile["data"] = data_section(result.selections)  # with --samples auto: the drawn ones
     profile["calibration"] = calibration_section(result)

@@ -15,7 +15,6 @@ keys/values serve every K unchanged. Everything here is exact, checked in the te
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from vtwcli.adapters import adapter_for, validate_kinds
+from vtwcli.adapters import adapter_for
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import VtwError
 from vtwcli.measure.runs import withdrawn_at
@@ -57,23 +56,20 @@ class CalibrationOptions:
     # --samples auto: draw seeded rounds until K is stable; None: use the selections' samples as given.
     auto: AutoOptions | None = None
 
+    def check_values(self) -> None:
+        """Every check that needs no model (vtwcli.validate): run before it loads, so a bad value costs none."""
+        from vtwcli.validate import check_calibration_options
+
+        check_calibration_options(self)
+
     def validate(self, num_layers: int) -> None:
-        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
-            raise VtwError(f"--threshold must be a number >= 0, got {self.threshold}")
+        self.check_values()
+        if num_layers < 2:
+            raise VtwError(f"the model has {num_layers} decoder layer; calibration needs at least 2 (a withdrawal "
+                           "layer K in 1..L-1 with a layer after it); use a model with more layers")
         if not 1 <= self.min_layer <= num_layers - 1:
             raise VtwError(f"--min-layer {self.min_layer} is out of range for {num_layers} decoder layers; "
                            f"use 1..{num_layers - 1}")
-        if self.criterion not in CRITERIA:
-            raise VtwError(f"--criterion {self.criterion!r} is unknown; use {' or '.join(CRITERIA)}")
-        if self.direction not in DIRECTIONS:
-            raise VtwError(f"--direction {self.direction!r} is unknown; use {' or '.join(DIRECTIONS)}")
-        if self.batch_size < 1:
-            raise VtwError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.kinds is not None:
-            validate_kinds(self.kinds)
-        parse_rule(self.select)
-        if self.auto is not None:
-            self.auto.validate()
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -402,7 +398,7 @@ def _with_answers(processor, inputs: dict, samples) -> tuple[dict, torch.Tensor]
 class _NoStore:
     """Stand-in for a checkpoint store: remembers nothing."""
 
-    def get(self, key):
+    def get(self, key, check=None):
         return None
 
     def put(self, key, value) -> None:
@@ -420,7 +416,8 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     (:func:`vtwcli.datasets.draw_order`); rounds of ``auto.step`` samples per dataset are measured until the
     K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
-    from vtwcli.prompts import make_batch, score_answer
+    from vtwcli.calibration_records import answers_record_problem, kl_record_problem, refuse_non_finite_kl
+    from vtwcli.prompts import check_prompts_fit, make_batch, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     adapter = adapter_for(model)
@@ -448,12 +445,17 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             raise VtwError(f"--min-layer {options.min_layer}: withdrawal is exact on this model only at layers "
                            f"{format_layers(exact)} ({limit}); {hint}")
     layers = list(range(options.min_layer, max_layer + 1))
+    check_prompts_fit(processor, model.config, adapter, [s.samples for s in selections],
+                      batch_size=options.batch_size, answers=options.criterion == "teacher_forced",
+                      new_tokens=options.max_new_tokens if options.evaluate else 0)
     started = time.perf_counter()
 
     def batches():
-        for selection in selections:
+        # The dataset's position is part of each checkpoint key: two files may share a name (a/set.jsonl,
+        # b/set.jsonl) and must never read each other's batches.
+        for index, selection in enumerate(selections):
             for start in range(0, len(selection.samples), options.batch_size):
-                yield selection, start, selection.samples[start:start + options.batch_size]
+                yield index, selection, start, selection.samples[start:start + options.batch_size]
 
     def kl_of_batch(chunk) -> dict:
         inputs = dict(make_batch(processor, chunk).to(model.device))
@@ -466,32 +468,36 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         return {"kl": result.kl.tolist(), "work_full": result.token_layers_full,
                 "work_candidates": result.token_layers_candidates, "share": share}
 
-    measured: dict[tuple[str, str], list[float]] = {}  # (dataset, sample id) -> KL per candidate layer
+    # (dataset position, sample id) -> KL per candidate layer: two files may share a name (a/set.jsonl,
+    # b/set.jsonl) and ids, never their rows
+    measured: dict[tuple[int, str], list[float]] = {}
     shares = []
     work = {"full": 0, "candidates": 0}
 
-    def measure(selection: DatasetSelection, chunk: list, key: str) -> None:
-        done = store.get(key)
+    def measure(index: int, chunk: list, key: str) -> None:
+        done = store.get(key, check=lambda value: kl_record_problem(value, len(chunk), len(layers)))
         if done is None:
             done = kl_of_batch(chunk)
+            refuse_non_finite_kl(done["kl"], chunk, layers)
             store.put(key, done)
         work["full"] += done["work_full"]
         work["candidates"] += done["work_candidates"]
         if done["share"] is not None:
             shares.append(torch.tensor(done["share"]))
         for sample, row in zip(chunk, done["kl"]):
-            measured[(selection.dataset.name, sample.id)] = [float(v) for v in row]
+            measured[(index, sample.id)] = [float(v) for v in row]
         if progress:
             progress("kl", len(chunk))
 
     def rows_of(chosen: list[DatasetSelection]) -> tuple[np.ndarray, list[str]]:
-        rows = [measured[(s.dataset.name, x.id)] for s in chosen for x in s.samples]
-        return np.asarray(rows, dtype=np.float64), [s.dataset.name for s in chosen for _ in s.samples]
+        """KL rows of ``chosen`` (aligned with ``selections``) and each row's dataset position (the strata)."""
+        rows = [measured[(d, x.id)] for d, s in enumerate(chosen) for x in s.samples]
+        return np.asarray(rows, dtype=np.float64), [str(d) for d, s in enumerate(chosen) for _ in s.samples]
 
     auto = None
     if options.auto is None:
-        for selection, start, chunk in batches():
-            measure(selection, chunk, f"kl/{selection.dataset.name}/{start}")
+        for index, selection, start, chunk in batches():
+            measure(index, chunk, f"kl/{index}/{selection.dataset.name}/{start}")
     else:
         # Rounds of `step` more samples per dataset, in each dataset's seeded draw order; every round's K
         # distribution is computed on the samples drawn so far, in file order (as the profile stores them).
@@ -501,7 +507,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
             for d, selection in enumerate(selections):
                 for start in range(drawn[d], counts[d], options.batch_size):
                     chunk = selection.samples[start:min(start + options.batch_size, counts[d])]
-                    measure(selection, chunk, f"kl/{selection.dataset.name}/auto/{start}")
+                    measure(d, chunk, f"kl/{d}/{selection.dataset.name}/auto/{start}")
                 drawn[d] = counts[d]
             _, distribution, chosen, per_layer = _choose(*rows_of(_first_drawn(selections, counts)), layers, options)
             return RoundFigures(distribution, straddles(per_layer, chosen, options.threshold))
@@ -510,14 +516,14 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         selections = _first_drawn(selections, auto.counts)
 
     search_seconds = time.perf_counter() - started  # the KL search alone: the accuracy below is timed apart
-    kl, names = rows_of(selections)
-    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(s.dataset.name, x.id)]}
-                  for s in selections for x in s.samples]
-    rule, distribution, chosen, per_layer = _choose(kl, names, layers, options)
+    kl, owners = rows_of(selections)
+    per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(d, x.id)]}
+                  for d, s in enumerate(selections) for x in s.samples]
+    rule, distribution, chosen, per_layer = _choose(kl, owners, layers, options)
 
     per_dataset = []
-    for selection in selections:
-        rows = np.array([i for i, s in enumerate(per_sample) if s["dataset"] == selection.dataset.name])
+    for index, selection in enumerate(selections):
+        rows = np.array([i for i, owner in enumerate(owners) if owner == str(index)])
         curve = [{"layer": layer, "kl_mean": float(kl[rows, i].mean())} for i, layer in enumerate(layers)]
         per_dataset.append({"name": selection.dataset.name, "layer": first_layer_under(curve, options.threshold),
                             "per_layer": curve})
@@ -539,9 +545,9 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
 
     def accuracy(layer: int | None) -> dict:
         correct = []
-        for selection, start, chunk in batches():  # `selections` is final here
-            key = f"answers/{'full' if layer is None else layer}/{selection.dataset.name}/{start}"
-            answers = store.get(key)
+        for index, selection, start, chunk in batches():  # `selections` is final here
+            key = f"answers/{'full' if layer is None else layer}/{index}/{selection.dataset.name}/{start}"
+            answers = store.get(key, check=lambda value: answers_record_problem(value, len(chunk)))
             if answers is None:
                 answers = greedy_answers(model, processor, chunk, batch_size=len(chunk),
                                          max_new_tokens=options.max_new_tokens, layer=layer, kinds=options.kinds)

@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from vtwcli.atomic import not_regular
 from vtwcli.errors import VtwError
 
 __all__ = [
@@ -379,11 +380,10 @@ def _image_paths(obj: dict, base: Path, where: str, *, has_video: bool = False) 
 
 def _check_image(path: Path, where: str) -> None:
     """Exists, is an image PIL can identify and verify, and in a mode we can turn into RGB."""
+    from vtwcli.prompts import require_regular_image  # (prompts imports this module)
+
     try:
-        if not path.is_file():
-            raise VtwError(
-                f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's folder)"
-            )
+        require_regular_image(path, where)
         with Image.open(path) as image:
             mode = image.mode
             image.verify()
@@ -525,6 +525,9 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path, bool]:
         if path.is_file():
             name = path.parent.resolve().name if path.name == DATA_FILE else path.stem
             return name, path, False
+        why = not_regular(path)  # a FIFO or a device would block or never end; a file used as a folder
+        if why:
+            raise VtwError(f"dataset {path} {why}; give the JSONL file")
     except OSError as error:
         raise VtwError(f"cannot access {path}: {error.strerror or error}") from None
     looks_like_path = (

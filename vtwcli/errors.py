@@ -7,6 +7,8 @@ where, and what to do. The CLI prints it without a traceback (unless ``--debug``
 
 from __future__ import annotations
 
+import sys
+
 
 class VtwError(Exception):
     """A user-facing error: one line, what + where + what to do."""
@@ -28,3 +30,12 @@ class CheckFailed(VtwError):
     """A consistency check or a CI gate failed (exit code 1, not bad input)."""
 
     exit_code = 1
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """MemoryError, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at if already imported."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(oom, type) and isinstance(error, oom)

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,14 +107,43 @@ def _resolve_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
+            if not path.is_file():
+                from vtwcli.atomic import file_kind
+
+                raise VtwError(f"--model {name_or_path} is {file_kind(path.stat().st_mode)}; pass the model "
+                               "directory (with config.json)")
             raise VtwError(f"--model {name_or_path} is a file; pass the model directory (with config.json)")
+        _refuse_special_files(path, name_or_path)
         if not (path / "config.json").is_file():
             raise VtwError(f"--model {name_or_path}: directory has no config.json; pass a saved model directory "
                            "(save_pretrained output) or a hub id")
         return str(path)
     if _looks_like_path(name_or_path):
-        raise VtwError(f"--model {name_or_path}: no such directory; check the path or pass a hub id")
+        from vtwcli.atomic import not_regular
+
+        why = not_regular(path)  # "is under …/x, which is a file, not a directory"
+        raise VtwError(f"--model {name_or_path} {why}; check the path" if why else
+                       f"--model {name_or_path}: no such directory; check the path or pass a hub id")
     return name_or_path
+
+
+def _refuse_special_files(directory: Path, name: str) -> None:
+    """A FIFO or device among the model's files would block or never end the read that from_pretrained
+    starts; name it instead."""
+    from vtwcli.atomic import file_kind
+
+    try:
+        entries = list(directory.iterdir())
+    except OSError as error:
+        raise VtwError(f"--model {name}: cannot list the directory ({error.strerror or error})") from None
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue  # a dangling link: from_pretrained reports a missing file as such
+        if not (entry.is_file() or entry.is_dir()):
+            raise VtwError(f"--model {name}: {entry.name} is {file_kind(mode)}, not a regular file; replace it "
+                           "with the saved file")
 
 
 def _offline_hint(name: str, error: Exception) -> VtwError:
@@ -167,16 +197,32 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
     architecture = architecture_of(config)
     source = _resolve_source(name_or_path)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation=attn, device_map=device_map)
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn, device_map=device_map, output_loading_info=True)
     except torch.cuda.OutOfMemoryError:
         raise VtwError(f"--model {name_or_path}: out of memory while loading on {torch_device}; try --dtype bfloat16, "
                        "--device-map auto or a smaller model") from None
+    except pickle.UnpicklingError as error:
+        # torch.load(weights_only=True): a pickle that holds more than tensors is refused, never executed
+        raise VtwError(f"--model {name_or_path}: its pickled weights (pytorch_model.bin) hold objects other than "
+                       f"tensors and were refused, since loading them could run code ({_first_line(error)}); use "
+                       "model.safetensors from a source you trust") from None
+    except RuntimeError as error:
+        if "mismatch" not in str(error).lower():
+            raise
+        raise VtwError(f"--model {name_or_path}: the weights do not match config.json (tensor shapes differ); "
+                       "re-save the model with save_pretrained") from None
     except (OSError, ValueError) as error:
         if Path(source).is_dir():
             raise VtwError(f"--model {name_or_path}: no loadable weights in the directory ({error.__class__.__name__}); "
                            "it needs model.safetensors (or pytorch_model.bin) from save_pretrained") from None
         raise _offline_hint(name_or_path, error) from None
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise VtwError(f"--model {name_or_path}: a weights file is truncated or corrupt (safetensors: "
+                       f"{_first_line(error)}); download or save the model again") from None
+    _refuse_partial_weights(name_or_path, info)
     try:
         processor = AutoProcessor.from_pretrained(source)
     except ImportError as error:  # e.g. a video processor that needs torchvision
@@ -197,6 +243,24 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
     model.eval()
     return LoadedModel(model=model, processor=processor, name_or_path=name_or_path, architecture=architecture,
                        device=torch_device, dtype=torch_dtype, attn=attn)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
+
+
+def _refuse_partial_weights(name: str, info: dict) -> None:
+    """Missing tensors would be silently random-initialised; unused ones mean the config describes another
+    (smaller) model than the weights: both give numbers that look fine and mean nothing."""
+    missing, unexpected = list(info.get("missing_keys") or ()), list(info.get("unexpected_keys") or ())
+    if missing:
+        raise VtwError(f"--model {name}: the weights lack {len(missing)} tensor(s) the config needs (e.g. "
+                       f"{sorted(missing)[0]}); they would be random, so the model is refused: the weights do not "
+                       "match config.json (truncated or from another model)")
+    if unexpected:
+        raise VtwError(f"--model {name}: {len(unexpected)} tensor(s) in the weights have no place in the model the "
+                       f"config describes (e.g. {sorted(unexpected)[0]}); the weights do not match config.json")
 
 
 def config_sha256(config) -> str:

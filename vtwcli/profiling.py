@@ -69,6 +69,7 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
     layout = PromptLayout.for_config(model.config, text_tokens=text_tokens, image_tokens=image_tokens)
+    adapter.check_prompt_fits(model.config, layout.total)
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
     return {"withdrawal": withdrawal_section(layer, kinds),
@@ -166,6 +167,8 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
                        "processor, and none could be loaded; save the processor beside the model")
     if images < 0 or videos < 0 or images + videos < 1:
         raise VtwError(f"--images {images} --videos {videos}: the prompt needs at least 1 image or video")
+    # each image or video is at least one token: refuse what cannot fit before building it
+    adapter.check_prompt_fits(model.config, text_tokens + images + videos, why=" at the very least")
     width, height = image_size or native_image_size(model.config)
     rng = np.random.default_rng(seed)
     pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
@@ -245,6 +248,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "drop --image-size (use --images N for more images)")
         layout = PromptLayout.for_config(model.config, text_tokens=text_tokens,
                                          image_tokens=_layout_image_tokens(model.config, images, image_tokens))
+        adapter.check_prompt_fits(model.config, layout.total)  # before building a prompt of that size
         inputs, prompt = prompt_inputs(loaded, layout, seed=seed), layout
     else:
         if image_tokens is not None:
@@ -252,6 +256,8 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                            "--images N and --image-size WxH instead")
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
+    adapter.check_prompt_fits(model.config, prompt.total, extra=0 if flops_only else new_tokens,
+                              why="" if flops_only else f" + {new_tokens} new tokens (--new-tokens)")
     refuse_kept_blocks(adapter, model.config, kinds, inputs["input_ids"])  # before any measuring, like the layer
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
@@ -347,8 +353,11 @@ def resolve_from_base(options: ProfileOptions):
 
 
 def _check_profile_options(options: ProfileOptions) -> None:
+    """Every option that needs no model, checked before it loads."""
     from vtwcli.loading import ATTENTION
+    from vtwcli.measure.latency import check_timing_options
     from vtwcli.profile import check_output_path
+    from vtwcli.validate import check_seed
 
     if options.attn not in ATTENTION:
         raise VtwError(f"--attn {options.attn!r} is not supported; use {' or '.join(ATTENTION)}")
@@ -357,15 +366,15 @@ def _check_profile_options(options: ProfileOptions) -> None:
     if options.flops_only and (options.image_size is not None or options.videos):
         raise VtwError(f"{'--image-size' if options.image_size is not None else '--videos'} needs the model's "
                        "processor; drop --flops-only")
-    if options.threads is not None and options.threads < 1:
-        raise VtwError(f"--threads {options.threads}: use 1 or more")
+    check_seed(options.seed)
     if not options.flops_only:
-        options.latency.check()
-    target = options.target
-    if target is not None:
-        check_output_path(target, "vtw-profile.yaml")
-        if target.exists() and not (options.force or target == options.profile):  # before minutes of measuring
-            raise VtwError(f"{target} exists; pass --force to overwrite or choose another --output")
+        check_timing_options(new_tokens=options.new_tokens, plan=options.latency, threads=options.threads)
+    elif options.threads is not None and options.threads < 1:
+        raise VtwError(f"--threads {options.threads}: use 1 or more")
+    if options.target is not None:
+        # an existing output is refused now, not after the measurements (--profile itself only with --force)
+        check_output_path(options.target, "vtw-profile.yaml",
+                          overwrite=options.force or options.target == options.profile)
 
 
 def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
@@ -382,10 +391,22 @@ def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
     return sections, block, "cpu"
 
 
-def _measure_loaded(options: ProfileOptions, busy, progress) -> tuple[dict, dict, torch.device]:
+def _check_same_model(options: ProfileOptions, base, block: dict) -> None:
+    """The --profile was made for the model measured (checked before the measuring)."""
+    from vtwcli.profile import model_differences
+
+    if base is not None and model_differences(base.model, block, keys=("config_sha256",)):
+        raise VtwError(f"--profile {options.profile} was calibrated for another model ({base.model.name_or_path}, "
+                       f"config_sha256 {base.model.config_sha256[:12]}...) than --model {block['name_or_path']} "
+                       f"({block['config_sha256'][:12]}...); profile the calibrated model")
+
+
+def _measure_loaded(options: ProfileOptions, busy, base=None,
+                    progress=None) -> tuple[dict, dict, torch.device]:
     from vtwcli.loading import load_model, model_section
 
     loaded = load_model(options.model, device=options.device, dtype=options.dtype, attn=options.attn)
+    _check_same_model(options, base, model_section(loaded))
     with busy(f"profiling at K={options.layer} ..."):
         sections = run_profile(loaded, layer=options.layer, text_tokens=options.text_tokens,
                                image_tokens=options.image_tokens, images=options.images, videos=options.videos,
@@ -400,22 +421,19 @@ def profile_model(options: ProfileOptions, *, busy=lambda text: contextlib.nullc
     the loaded model), check the base profile was made for this model, extend it (or start a new profile)
     and write it when there is a target. ``busy(text)`` is a context manager shown around the measuring;
     ``progress(state)`` hears about each timed latency pair."""
-    from vtwcli.profile import extend_profile, model_differences, new_profile, write_profile
+    from vtwcli.profile import extend_profile, new_profile, write_profile
 
     _check_profile_options(options)
     options, base = resolve_from_base(options)
     if options.flops_only:
         sections, block, device = _measure_config_only(options)
     else:
-        sections, block, device = _measure_loaded(options, busy, progress)
+        sections, block, device = _measure_loaded(options, busy, base, progress)
     if base is None:
         data = new_profile(block, device)
         data.update(sections)
     else:
-        if model_differences(base.model, block, keys=("config_sha256",)):
-            raise VtwError(f"--profile {options.profile} was calibrated for another model ({base.model.name_or_path}, "
-                           f"config_sha256 {base.model.config_sha256[:12]}...) than --model {block['name_or_path']} "
-                           f"({block['config_sha256'][:12]}...); profile the calibrated model")
+        _check_same_model(options, base, block)
         data = extend_profile(base.raw, device, sections)
     target = options.target
     written = None if target is None else write_profile(

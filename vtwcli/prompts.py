@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from vtwcli.atomic import not_regular
 from vtwcli.datasets import LETTERS, Sample, check_image_mode, corrupt_image_message, normalize_answer
 from vtwcli.errors import VtwError
 
@@ -50,10 +51,21 @@ def load_images(sample: Sample) -> list[Image.Image]:
     return _load_rgb(sample.images, sample.where())
 
 
+def require_regular_image(path: Path, where: str) -> None:
+    """A regular file (or a link to one): a FIFO would block the open, a device would be read forever."""
+    why = not_regular(path)
+    if why:
+        raise VtwError(f"{where}: image {path} {why}; point at an image file")
+    if not path.is_file():
+        raise VtwError(f"{where}: image file not found: {path}; fix the path (relative paths start at the JSONL's "
+                       "folder)")
+
+
 def _load_rgb(paths: list[Path], where: str) -> list[Image.Image]:
     images = []
     for path in paths:
         try:
+            require_regular_image(path, where)
             with Image.open(path) as image:
                 check_image_mode(image.mode, path, where)
                 image.load()
@@ -195,3 +207,27 @@ def score_answer(prediction: str, sample: Sample) -> bool:
         targets = {normalize_answer(sample.answer)}
     targets.discard("")
     return any(normalize_answer(c) in targets for c in candidates)
+
+
+def check_prompts_fit(processor: Any, config: Any, adapter: Any, sample_lists: list[list[Sample]], *,
+                      batch_size: int, answers: bool = False, new_tokens: int = 0) -> None:
+    """Every prompt (with its vision tokens, plus the reference answer under teacher forcing or the
+    ``new_tokens`` an accuracy run generates) fits the model's context: refused before any forward, never
+    silently run past the positions the model was trained for."""
+    if adapter.context_limit(config) is None:
+        return
+    tokenizer = processor.tokenizer
+    for samples in sample_lists:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            lengths = make_batch(processor, chunk)["attention_mask"].sum(dim=1).tolist()
+            for sample, prompt in zip(chunk, lengths):
+                extra, why = 0, ""
+                if answers:
+                    extra = len(tokenizer(sample.answer_text, add_special_tokens=False)["input_ids"])
+                    why = f" + {extra} answer tokens"
+                if new_tokens > extra:
+                    extra, why = new_tokens, f" + {new_tokens} new tokens (--max-new-tokens)"
+                adapter.check_prompt_fits(config, int(prompt), extra=extra, why=why,
+                                          what=f"{sample.where()}: the prompt",
+                                          fix="shorten the question or drop the sample")

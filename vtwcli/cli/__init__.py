@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from vtwcli import __version__
 from vtwcli.cli import _state
-from vtwcli.errors import VtwError
+from vtwcli.errors import VtwError, is_out_of_memory
 
 app = typer.Typer(
     name="vtw",
@@ -51,25 +51,30 @@ _OOM_HINT = ("lower --batch-size, use a smaller --dtype (bfloat16 or float16 on 
              "--device-map auto")
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    """MemoryError, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at if already imported."""
-    if isinstance(error, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
-    return isinstance(oom, type) and isinstance(error, oom)
-
-
 def _fail(message: str, code: int) -> None:
     _state.err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
+def _debug_first(argv: list[str]) -> tuple[list[str], bool]:
+    """`--debug` is a root option; accept it after the subcommand too (`vtw check p.yaml --debug`)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    if not debug:
+        return argv, False
+    return ["--debug"] + [a for a in argv[:end] if a != "--debug"] + argv[end:], True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, exit codes 0 / 1 (check failed) / 2 (bad input)."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    from vtwcli.cli._signals import signal_name, stop_on_signals
+
+    argv, debug = _debug_first(list(argv if argv is not None else sys.argv[1:]))
     try:
-        code = app(args=argv, prog_name="vtw", standalone_mode=False)
+        with stop_on_signals():  # SIGTERM stops any phase (model loading too) like Ctrl-C, with a message
+            code = app(args=argv, prog_name="vtw", standalone_mode=False)
+        if code == 130:  # typer turns a KeyboardInterrupt it sees into a silent exit code 130
+            raise KeyboardInterrupt
     except VtwError as error:
         if debug:
             raise
@@ -85,10 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _fail("aborted", 1)
     except KeyboardInterrupt:
-        _state.err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+        if debug:
+            raise
+        _fail(f"interrupted by {signal_name()} before the command finished; no output was written half-way "
+              "(files are written whole or not at all)", 130)
     except Exception as error:
-        if debug or not _out_of_memory(error):
+        if debug or not is_out_of_memory(error):
             raise
         detail = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
         _fail(f"out of memory ({detail}); {_OOM_HINT}", 2)

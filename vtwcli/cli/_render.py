@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -12,13 +14,47 @@ from vtwcli.cli._state import err_console
 from vtwcli.errors import VtwError
 
 
+def json_text(data) -> str:
+    """``--json`` output that strict parsers accept: a ratio that is not a finite number (a change from
+    0, say) is null, never the NaN / Infinity tokens Python's json writes by default."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, allow_nan=False)
+
+
+def check_plot_path(path: Path) -> None:
+    """--plot is checked like --output, and matplotlib's presence too, before the work."""
+    from vtwcli.profile import check_output_path
+
+    check_output_path(path, "kl.png", option="--plot")
+    _pyplot()
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise VtwError("--plot needs matplotlib: pip install 'vtwcli[plot]'") from None
+    return plt
+
+
 def output_path_for(path: Path, force: bool) -> Path:
     """Never overwrite without --force: an existing file gets a sibling name, said on screen."""
-    if force or not path.exists():
+    if force or not os.path.lexists(path):
         return path
     for n in range(1, 1000):
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             # soft_wrap: a path must stay one piece to copy
             err_console.print(f"[yellow]{path} exists; writing {candidate} instead (--force overwrites)[/]",
                               soft_wrap=True)
@@ -69,13 +105,7 @@ def kl_chart(result, width: int = 40) -> Text:
 
 
 def save_plot(result, path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise VtwError("--plot needs matplotlib: pip install 'vtwcli[plot]'") from None
+    plt = _pyplot()
     from vtwcli.atomic import atomic_write_bytes
 
     layers = [e["layer"] for e in result.per_layer]

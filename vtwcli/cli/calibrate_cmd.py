@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
@@ -73,15 +74,16 @@ def calibrate_command(
     from vtwcli.adapters import parse_kinds
     from vtwcli.calibrating import CalibrationJob, calibrate_to_profile
     from vtwcli.calibration import CalibrationOptions
-    from vtwcli.cli._render import output_path_for, save_plot
-    from vtwcli.profile import check_output_path
+    from vtwcli.cli._render import check_plot_path, save_plot
 
     count, auto = samples_plan(samples, select, auto_target, auto_step, auto_budget)  # before the model loads
     options = CalibrationOptions(threshold=threshold, min_layer=min_layer, criterion=criterion, direction=direction,
                                  batch_size=batch_size, seed=seed, diagnose=diagnose, evaluate=evaluate, auto=auto,
                                  max_new_tokens=max_new_tokens, kinds=parse_kinds(withdraw), select=select)
-    check_output_path(output, "vtw-calibration.yaml")
-    job = CalibrationJob(options, output if resume else output_path_for(output, force), model=model,
+    options.check_values()  # every value that needs no model, before it loads
+    if plot is not None:
+        check_plot_path(plot)
+    job = CalibrationJob(options, _output_for(output, force=force, resume=resume), model=model,
                          datasets=tuple(dataset or ()), samples=None if count == "auto" else count, device=device,
                          dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume,
                          threads=threads)
@@ -89,10 +91,25 @@ def calibrate_command(
     if plot is not None:
         save_plot(run.result, plot)
     if as_json:
-        typer.echo(json.dumps(run.profile, indent=2))
+        typer.echo(json_text(run.profile))
     else:
         _render(run)
     _conclude(run, as_json)
+
+
+def _output_for(output: Path, *, force: bool, resume: bool) -> Path:
+    """The profile path, checked with its checkpoint before the model loads: a free sibling name unless
+    --force, and with --resume the sibling an interrupted run wrote beside an existing output."""
+    from vtwcli.checkpoint import check_checkpoint, checkpoint_path
+    from vtwcli.cli._render import output_path_for
+    from vtwcli.profile import check_output_path
+
+    check_output_path(output, "vtw-calibration.yaml")
+    if not resume or not os.path.lexists(checkpoint_path(output)):
+        output = output_path_for(output, force)
+        check_output_path(output, "vtw-calibration.yaml")
+    check_checkpoint(checkpoint_path(output), resume=resume, force=force)
+    return output
 
 
 def _conclude(run, as_json: bool) -> None:
@@ -143,10 +160,8 @@ def samples_plan(text: str | None, select: str, target: float | None, step: int 
 
 @contextlib.contextmanager
 def _progress_bar(totals: dict, *, hidden: bool):
-    """A transient bar per phase on stderr; SIGTERM stops the work like Ctrl-C (the checkpoint stays)."""
+    """A transient bar per phase on stderr (cli.main turns SIGTERM into Ctrl-C; the checkpoint stays)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from vtwcli.cli._signals import stop_on_signals
 
     labels = {"kl": "KL, every layer", "eval": "accuracy, full and at K"}
     if not hidden and not err_console.is_terminal:  # a log: plain lines every few seconds, not a bar
@@ -154,7 +169,7 @@ def _progress_bar(totals: dict, *, hidden: bool):
             yield _plain_progress(totals, labels)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=hidden) as bar, stop_on_signals():
+                  console=err_console, transient=True, disable=hidden) as bar:  # SIGTERM: see cli.main
         tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}  # None: unknown
         yield lambda phase, n: bar.advance(tasks[phase], n)
 

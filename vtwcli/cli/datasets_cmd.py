@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import typer
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 from vtwcli.datasets import bundled_datasets
@@ -21,7 +21,7 @@ def datasets_command(as_json: bool = typer.Option(False, "--json", help="Machine
     """
     infos = bundled_datasets()
     if as_json:
-        typer.echo(json.dumps([info.to_dict() for info in infos], indent=2))
+        typer.echo(json_text([info.to_dict() for info in infos]))
         return
     table = Table(title="Bundled datasets")
     table.add_column("name", no_wrap=True)

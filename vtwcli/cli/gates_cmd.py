@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 from vtwcli.errors import CheckFailed, VtwError
@@ -38,8 +38,7 @@ def check_command(
     """
     files = check_files(profiles, max_accuracy_drop=max_accuracy_drop)
     if as_json:
-        typer.echo(json.dumps({"ok": all(f.passed for f in files), "files": [f.to_dict() for f in files]},
-                              indent=2))
+        typer.echo(json_text({"ok": all(f.passed for f in files), "files": [f.to_dict() for f in files]}))
     else:
         _render_checks(files)
     errors = [f for f in files if f.error is not None]
@@ -116,7 +115,7 @@ def compare_command(
     comparison = compare_files(base, new, limits)
     fmt = OutputFormat.json if as_json else output_format
     if fmt is OutputFormat.json:
-        typer.echo(json.dumps(comparison.to_dict(), indent=2))
+        typer.echo(json_text(comparison.to_dict()))
     elif fmt is OutputFormat.markdown:
         typer.echo(render_markdown(comparison))
     else:

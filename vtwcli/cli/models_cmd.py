@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 
 import typer
 from rich.table import Table
 
 from vtwcli.adapters import ADAPTERS, PLANNED
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 
@@ -36,7 +36,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         for family, classes in PLANNED.items()
     ]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json_text(rows))
         return
     table = Table(title="Architectures (`withdraw`, `vtw calibrate` and `vtw profile` work on every supported one; "
                         "see the notes of the others)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,11 +9,14 @@ import typer
 from rich.table import Table
 
 from vtwcli.cli import app
+from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
 from vtwcli.defaults import DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS, DEFAULT_TEXT_TOKENS
 from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
+
+MAX_IMAGE_SIDE = 8192  # --image-size: the synthetic images are held in memory
 
 _UNITS = ((1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs"), (1, "FLOPs"))
 
@@ -177,7 +179,7 @@ def profile_command(
         attn=attn, fvcore=fvcore, seed=seed, kinds=parse_kinds(withdraw))
     run = profile_model(options, busy=_busy(as_json), progress=None if as_json else _pair_progress())
     if as_json:
-        typer.echo(json.dumps({**run.sections, "output": str(run.written) if run.written else None}, indent=2))
+        typer.echo(json_text({**run.sections, "output": str(run.written) if run.written else None}))
     else:
         _render_run(run)
 
@@ -243,6 +245,9 @@ def _parse_image_size(text: str) -> tuple[int, int]:
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
         raise VtwError(f"--image-size {text!r}: use WxH (e.g. 448x448) or N for NxN, positive integers")
+    if max(values) > MAX_IMAGE_SIDE:
+        raise VtwError(f"--image-size {text!r}: a side of at most {MAX_IMAGE_SIDE} pixels (the synthetic image is "
+                       "held in memory)")
     return (values[0], values[-1])
 
 

@@ -147,6 +147,15 @@ CONFIDENCE = 0.95
 FLOPS_MARGIN = 0.15   # a prefill speedup above the FLOPs ratio by more than this share is noise, not saving
 
 
+def check_timing_options(*, new_tokens: int, plan: "LatencyPlan", threads: int | None) -> None:
+    """The timing options, checked before the model loads (and again by measure_latency)."""
+    if new_tokens < 2:
+        raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
+    plan.check()
+    if threads is not None and threads < 1:
+        raise VtwError(f"--threads {threads}: use 1 or more")
+
+
 def _order_rank(n: int, confidence: float = CONFIDENCE) -> int:
     """The largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2; 0 when even k = 1 is too wide."""
     tail, k = 0.0, 0
@@ -268,8 +277,11 @@ class LatencyPlan:
     ci_target: float = DEFAULT_CI_TARGET
 
     def check(self) -> None:
-        if self.min_runs < 1 or self.warmup < 0 or self.min_time_s < 0:
-            raise VtwError("--min-runs must be >= 1, --warmup and --min-time >= 0")
+        if self.min_runs < 1 or self.warmup < 0 or not math.isfinite(self.min_time_s) or self.min_time_s < 0:
+            raise VtwError(f"--min-runs must be >= 1, --warmup and --min-time finite and >= 0 (got --min-runs "
+                           f"{self.min_runs}, --warmup {self.warmup}, --min-time {self.min_time_s})")
+        if not math.isfinite(self.max_time_s):
+            raise VtwError(f"--max-time {self.max_time_s}: the time budget must be a finite number of seconds")
         if self.max_time_s < self.min_time_s:
             raise VtwError(f"--max-time {self.max_time_s:g} is below --min-time {self.min_time_s:g}; raise --max-time")
         if not 0 < self.ci_target < 1:
@@ -297,9 +309,7 @@ def measure_latency(model: nn.Module, inputs: dict, layer: int, *, new_tokens: i
     measurement (None: :func:`vtwcli.defaults.default_threads`); the count in use is recorded. ``progress`` gets ``{pairs, seconds, max_time_s,
     half_width, ci_target}`` after each timed pair.
     """
-    if new_tokens < 2:
-        raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
-    plan.check()
+    check_timing_options(new_tokens=new_tokens, plan=plan, threads=threads)
     if inputs["input_ids"].shape[0] != 1:
         raise VtwError("latency is measured at batch size 1")
     device = next(model.parameters()).device

@@ -15,7 +15,7 @@ import yaml
 from vtwcli.errors import VtwError
 from vtwcli.profile.yaml_text import Loader
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "schema", "validate_profile_dict", "json_type", "short_repr"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "schema", "validate_profile_dict", "json_type", "short_repr", "key_path"]
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "profile.schema.json"
@@ -35,7 +35,7 @@ def schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _key_path(parts) -> str:
+def key_path(parts) -> str:
     out = ""
     for part in parts:
         if isinstance(part, int) and not isinstance(part, bool):
@@ -146,4 +146,4 @@ def validate_profile_dict(data: dict, source: str = "<profile>", *, text: str | 
             line = None
         if line is not None:
             where = f"{source}:{line}"
-    raise VtwError(f"{where}: {_key_path(path)}: {what} (invalid profile; see docs/profile-schema.md)")
+    raise VtwError(f"{where}: {key_path(path)}: {what} (invalid profile; see docs/profile-schema.md)")

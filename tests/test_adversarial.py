@@ -1,0 +1,605 @@
+"""The adversarial pass of issue 14 (docs/errors.md, rows 66 on and "The adversarial pass"), one test per find.
+
+Every case runs the real CLI (``vtwcli.cli.main``): bad input is ONE line on stderr, exit 2 (1 for a failed
+check, 130 for an interrupt), no traceback, no hang, no silently wrong result and no clobbered file. Checks
+that must happen before the model loads run with ``load_model`` replaced by a tripwire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from profile_fixtures import example_profile
+from test_errors import PHOTO, model_dir, one_line_error, run_cli, write_jsonl  # noqa: F401 (model_dir: a fixture)
+from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
+
+from vtwcli.cli import _debug_first, main
+from vtwcli.cli._render import json_text
+from vtwcli.errors import VtwError
+from vtwcli.profile import dump_profile_yaml
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two folders holding a dataset file of the same name (set.jsonl) with different questions."""
+    root = tmp_path_factory.mktemp("data")
+    for folder, words in (("a", "what color is the"), ("b", "how many a b c d")):
+        (root / folder / "images").mkdir(parents=True)
+        (root / folder / "images" / "cat.jpg").write_bytes(PHOTO.read_bytes())
+        write_jsonl(root / folder / "set.jsonl",
+                    [{"id": f"s{i}", "image": "images/cat.jpg", "question": f"{words} {'w1 ' * i}?", "answer": "red"}
+                     for i in range(3)])
+    return root
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Reaching load_model fails the test: what is checked here must be checked before the model loads."""
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("vtwcli.loading.load_model", tripwire)
+
+
+def calibrate_args(model_dir, output: Path, *extra, dataset=None) -> list[str]:
+    args = ["calibrate", "--model", str(model_dir), "--no-eval", "--output", str(output)]
+    for item in ([dataset] if isinstance(dataset, (str, Path)) else dataset or []):
+        args += ["--dataset", str(item)]
+    return args + list(extra)
+
+
+def profile_file(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = dump_profile_yaml(example_profile())
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def test_same_named_datasets_keep_their_own_batches(model_dir, data, tmp_path, capsys):
+    both = tmp_path / "both.yaml"
+    assert run_cli(calibrate_args(model_dir, both, "--json", dataset=[data / "a" / "set.jsonl",
+                                                                       data / "b" / "set.jsonl"]), capsys)[0] == 0
+    alone = tmp_path / "b.yaml"
+    assert run_cli(calibrate_args(model_dir, alone, dataset=data / "b" / "set.jsonl"), capsys)[0] == 0
+    rows = yaml.safe_load(both.read_text())["calibration"]["per_sample"]
+    reference = yaml.safe_load(alone.read_text())["calibration"]["per_sample"]
+    flat = [v for r in rows[3:] for v in r["kl"]]
+    assert flat == pytest.approx([v for r in reference for v in r["kl"]], rel=1e-5)
+    assert rows[0]["kl"] != pytest.approx(rows[3]["kl"], rel=1e-3)  # the two sets really differ
+
+
+def test_same_dataset_file_twice(model_dir, data, tmp_path, capsys, no_model_load):
+    again = data / "a" / ".." / "a" / "set.jsonl"
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=[data / "a" / "set.jsonl", again]),
+                          capsys)
+    assert "names the same file" in line and "pass each dataset once" in line
+
+
+def test_question_longer_than_the_context(model_dir, data, tmp_path, capsys):
+    long = write_jsonl(data / "a" / "long.jsonl", [{"id": "s0", "image": "images/cat.jpg", "question": "what " * 300,
+                                                    "answer": "red"}])
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=long), capsys)
+    assert f"{long}:1" in line and "context of 256 tokens" in line and "max_position_embeddings" in line
+    assert not list(tmp_path.iterdir())  # refused before any work: no checkpoint, no profile
+
+
+def test_ids_and_texts_at_the_edges_are_kept_exactly(model_dir, data, tmp_path, capsys):
+    ids = ["x" * 5000, "line\nbreak\u2028sep", "\u202eright-to-left", "emoji \U0001f408 and \x7f", " lead", "0"]
+    jsonl = write_jsonl(data / "a" / "edges.jsonl", [{"id": i, "image": "images/cat.jpg", "question": q, "answer": a}
+                                                     for i, q, a in zip(ids, ["what \u00e9\u00e8 ?", "?", "a\tb",
+                                                                              "\u0000?", "what", "w1"],
+                                                                        ["red", "\u00e9", "1e9", "null", "yes", "0"])])
+    output = tmp_path / "edges.yaml"
+    assert run_cli(calibrate_args(model_dir, output, dataset=jsonl), capsys)[0] == 0
+    recorded = yaml.safe_load(output.read_text(encoding="utf-8"))["calibration"]["per_sample"]
+    assert [row["id"] for row in recorded] == [i.strip() for i in ids]  # the parser strips surrounding blanks
+    assert run_cli(["check", str(output)], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_image_that_is_not_a_regular_file(model_dir, data, tmp_path, capsys, kind, no_model_load):
+    target = data / "a" / "images" / f"{kind}.png"
+    if not os.path.lexists(target):
+        {"fifo": os.mkfifo, "directory": os.mkdir, "device": lambda p: os.symlink("/dev/zero", p)}[kind](target)
+    jsonl = write_jsonl(tmp_path / "set.jsonl", [{"id": "s0", "image": str(target), "question": "what?",
+                                                  "answer": "red"}])
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=jsonl), capsys)
+    expected = {"fifo": "is a FIFO", "directory": "is a directory", "device": "is a character device"}[kind]
+    assert expected in line and "not a regular file" in line and "not found" not in line
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "under a file"])
+def test_dataset_path_that_is_not_a_regular_file(model_dir, tmp_path, capsys, kind, no_model_load):
+    if kind == "fifo":
+        path = tmp_path / "set.jsonl"
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/null")
+    else:
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "set.jsonl"
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=path), capsys)
+    expected = {"fifo": "is a FIFO", "device": "is a character device",
+                "under a file": "which is a file, not a directory"}
+    assert "not found" not in line and expected[kind] in line
+
+
+# ------------------------------------------------------------------------------------------ model directories
+
+
+def _broken_copy(model_dir: str, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    target.mkdir()
+    for item in Path(model_dir).iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("cut", ["empty", "header", "body"])
+def test_truncated_or_empty_weights(model_dir, data, tmp_path, capsys, cut):
+    broken = _broken_copy(model_dir, tmp_path)
+    weights = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes({"empty": b"", "header": weights[:100],
+                                                "body": weights[:len(weights) // 2]}[cut])
+    line = one_line_error(calibrate_args(broken, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "truncated or corrupt" in line and "safetensors" in line
+
+
+@pytest.mark.parametrize("change", ["drop a layer's weights", "config with more layers"])
+def test_weights_missing_for_the_config(model_dir, data, tmp_path, capsys, change):
+    from safetensors.torch import load_file, save_file
+
+    broken = _broken_copy(model_dir, tmp_path)
+    if change == "drop a layer's weights":
+        tensors = load_file(broken / "model.safetensors")
+        save_file({k: v for k, v in tensors.items() if ".layers.3." not in k}, broken / "model.safetensors",
+                  metadata={"format": "pt"})
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        config["text_config"]["num_hidden_layers"] = 6
+        (broken / "config.json").write_text(json.dumps(config))
+    line = one_line_error(calibrate_args(broken, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "the weights lack" in line and ("layers.3." if change.startswith("drop") else "layers.4.") in line
+    assert "do not match config.json" in line
+
+
+def test_weights_of_another_shape(model_dir, data, tmp_path, capsys):
+    broken = _broken_copy(model_dir, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 48
+    (broken / "config.json").write_text(json.dumps(config))
+    line = one_line_error(calibrate_args(broken, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "do not match config.json (tensor shapes differ)" in line
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickled_weights_load_safely_or_are_refused(model_dir, data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    plain = _broken_copy(model_dir, tmp_path)  # tensors only: torch.load(weights_only=True) loads them
+    tensors = load_file(plain / "model.safetensors")
+    (plain / "model.safetensors").unlink()
+    torch.save(tensors, plain / "pytorch_model.bin")
+    assert run_cli(calibrate_args(plain, tmp_path / "plain.yaml", dataset=data / "a" / "set.jsonl"), capsys)[0] == 0
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for item in plain.iterdir():
+        (evil / item.name).write_bytes(item.read_bytes())
+    torch.save({"x": _RunsCode()}, evil / "pytorch_model.bin")
+    line = one_line_error(calibrate_args(evil, tmp_path / "evil.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "hold objects other than tensors and were refused" in line
+    assert not Path("pwned").exists()
+
+
+@pytest.mark.parametrize("which", ["config.json", "model.safetensors", "tokenizer.json", "the --model path"])
+def test_model_file_that_is_a_fifo(model_dir, data, tmp_path, capsys, which):
+    if which == "the --model path":
+        broken = tmp_path / "model"
+        os.mkfifo(broken)
+    else:
+        broken = _broken_copy(model_dir, tmp_path)
+        (broken / which).unlink()
+        os.mkfifo(broken / which)
+    line = one_line_error(calibrate_args(broken, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "is a FIFO (named pipe)" in line and (which in line or which.startswith("the"))
+
+
+def test_model_path_under_a_file(tmp_path, capsys, no_model_load):
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(["profile", "--model", str(tmp_path / "file" / "model"), "--layer", "1", "--flops-only"],
+                          capsys)
+    assert f"is under {tmp_path / 'file'}, which is a file, not a directory" in line and "no such" not in line
+
+
+def test_one_layer_model(tmp_path, data, capsys):
+    one = save_tiny_llava(tmp_path / "one", num_layers=1)
+    line = one_line_error(calibrate_args(one, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys)
+    assert "the model has 1 decoder layer; calibration needs at least 2" in line and "1..0" not in line
+
+
+def test_model_whose_outputs_are_not_finite(tmp_path, data, capsys):
+    model = tiny_llava(4)
+    with torch.no_grad():
+        model.model.language_model.layers[3].mlp.down_proj.weight.fill_(float("inf"))
+    model.config.architectures = ["LlavaForConditionalGeneration"]
+    model.save_pretrained(tmp_path / "inf")
+    tiny_processor().save_pretrained(tmp_path / "inf")
+    line = one_line_error(calibrate_args(tmp_path / "inf", tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"),
+                          capsys)
+    assert "is not a finite number" in line and "--dtype float32" in line
+    assert not (tmp_path / "c.yaml.partial.jsonl").exists()  # the failed run leaves nothing behind
+
+
+# ---------------------------------------------------------------------------------------------- profiles
+
+
+def test_profile_with_an_alias_bomb(model_dir, tmp_path, capsys):
+    levels = ["  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = profile_file(tmp_path, GOOD + "extra:\n" + "\n".join(levels) + "\n")
+    started = time.perf_counter()
+    line = one_line_error(["check", str(bomb)], capsys)
+    assert "anchor/alias" in line and "never use them" in line
+    line = one_line_error(["profile", "--profile", str(bomb), "--model", model_dir, "--flops-only"], capsys)
+    assert "anchor/alias" in line
+    assert time.perf_counter() - started < 30  # refused before expanding 10**9 leaves
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("kl_mean: 0.002", "kl_mean: .nan", "calibration.per_layer[4].kl_mean: nan is not a finite number"),
+    ("threshold: 0.003", "threshold: .inf", "calibration.threshold: inf is not a finite number"),
+    ("num_layers: 8", "num_layers: 100000000000", "model.num_layers: expected a value <= 100000"),
+    ("  layer: 5\n", "  layer: 1000000000000000000000\n", "calibration.layer: expected a value <= 100000"),
+    ("  layer: 5\n", "  layer: " + "9" * 5000 + "\n", "an integer of more than 4300 digits"),
+])
+def test_profile_with_absurd_or_non_finite_values(tmp_path, capsys, old, new, expected):
+    assert old in GOOD
+    path = profile_file(tmp_path, GOOD.replace(old, new, 1))
+    assert expected in one_line_error(["check", str(path)], capsys)
+    assert expected in one_line_error(["compare", str(path), str(profile_file(tmp_path, GOOD, "good.yaml")),
+                                       "--json"], capsys)
+
+
+def test_profile_that_is_a_fifo(tmp_path, capsys):
+    os.mkfifo(tmp_path / "p.yaml")
+    line = one_line_error(["check", str(tmp_path / "p.yaml")], capsys)
+    assert f"{tmp_path / 'p.yaml'}: a FIFO (named pipe), not a regular file" in line
+
+
+def test_profile_too_large_to_be_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("vtwcli.profile.files.MAX_PROFILE_BYTES", len(GOOD) - 1)
+    line = one_line_error(["check", str(profile_file(tmp_path, GOOD))], capsys)
+    assert "is too large for a profile" in line
+
+
+# ------------------------------------------------------------------------------- options, checked up front
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--seed", "-1"], "--seed -1: use an integer in 0..4294967295"),
+    (["--seed", str(2 ** 32)], "use an integer in 0..4294967295"),
+    (["--eval", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--threshold", "inf"], "--threshold must be a finite number >= 0, got inf"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--min-layer", "0"], "--min-layer 0: the first candidate layer is 1 or more"),
+])
+def test_calibrate_options_refused_before_the_model_loads(model_dir, data, tmp_path, capsys, no_model_load, args,
+                                                          expected):
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", *args, dataset=data / "a" / "set.jsonl"),
+                          capsys)
+    assert expected in line
+    assert not list(tmp_path.iterdir())  # and no checkpoint that would block the corrected command
+
+
+def test_plot_path_refused_before_the_model_loads(model_dir, data, tmp_path, capsys, no_model_load):
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", "--plot", str(tmp_path / "no" / "kl.png"),
+                                         dataset=data / "a" / "set.jsonl"), capsys)
+    assert f"--plot {tmp_path / 'no' / 'kl.png'}: directory" in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--new-tokens", "1"], "decode timing needs at least 2 new tokens"),
+    (["--min-time", "nan"], "--min-time finite and >= 0"),
+    (["--min-runs", "0"], "--min-runs must be >= 1"),
+    (["--threads", "0"], "--threads 0: use 1 or more"),
+    (["--seed", "-1"], "--seed -1: use an integer"),
+])
+def test_profile_options_refused_before_the_model_loads(model_dir, capsys, no_model_load, args, expected):
+    assert expected in one_line_error(["profile", "--model", model_dir, "--layer", "2", *args], capsys)
+
+
+@pytest.mark.parametrize("args", [["--text-tokens", "100000"], ["--images", "1000000"]])
+def test_synthetic_prompt_longer_than_the_context(model_dir, capsys, args):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only", *args], capsys)
+    assert "more than the model's context of 256 tokens" in line
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"-?[0-9]{1,6}(x-?[0-9]{1,6})?", fullmatch=True)))
+def test_image_size_parser_gives_a_size_or_one_line(text):
+    from vtwcli.cli.profile_cmd import MAX_IMAGE_SIDE, _parse_image_size
+
+    try:
+        width, height = _parse_image_size(text)
+    except VtwError as error:
+        assert "\n" not in str(error) and str(error).startswith("--image-size")
+    else:
+        assert 1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE
+
+
+def test_image_size_too_large_to_hold(model_dir, capsys, no_model_load):
+    assert "a side of at most 8192 pixels" in one_line_error(["profile", "--model", model_dir, "--layer", "2",
+                                                              "--image-size", "100000"], capsys)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_failed_run_leaves_no_checkpoint_to_block_the_corrected_command(model_dir, data, tmp_path, capsys,
+                                                                        monkeypatch):
+    import vtwcli.calibration as calibration
+
+    real, calls = calibration.shared_prefix_kl, []
+
+    def fails_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise VtwError("the processor rejected the batch (s1): simulated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibration, "shared_prefix_kl", fails_on_the_second_batch)
+    args = calibrate_args(model_dir, tmp_path / "c.yaml", "--batch-size", "1", dataset=data / "a" / "set.jsonl")
+    assert "simulated" in one_line_error(args, capsys)
+    assert not (tmp_path / "c.yaml.partial.jsonl").exists()
+    monkeypatch.setattr(calibration, "shared_prefix_kl", real)
+    assert run_cli(args, capsys)[0] == 0  # the corrected run needs no --force
+
+
+def _interrupted_checkpoint(model_dir, data, tmp_path, capsys, monkeypatch, output: Path) -> list[str]:
+    """Run calibrate with batch size 1 until its first batch is saved, then 'press Ctrl-C'."""
+    from vtwcli.checkpoint import CheckpointStore
+
+    real = CheckpointStore.put
+
+    def put_then_interrupt(self, key, value):
+        real(self, key, value)
+        raise KeyboardInterrupt
+
+    args = calibrate_args(model_dir, output, "--batch-size", "1", dataset=data / "a" / "set.jsonl")
+    monkeypatch.setattr(CheckpointStore, "put", put_then_interrupt)
+    code, _, err = run_cli(args, capsys)  # (a note on stderr when it writes beside an existing output)
+    assert code == 130 and "Traceback" not in err and err.strip().splitlines()[-1].endswith("plus --resume")
+    monkeypatch.setattr(CheckpointStore, "put", real)
+    return args
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda lines: ["garbage"], "is corrupt or not a vtwcli checkpoint"),
+    (lambda lines: None, "is corrupt (not UTF-8 text)"),
+    (lambda lines: lines[:1] + ['{"key": "kl/0/set/0"}', lines[1]], "the record is not one of this run's batches"),
+    (lambda lines: lines[:1] + ["[1, 2]", lines[1]], "the record is not one of this run's batches"),
+    (lambda lines: lines[:1] + ["not json", lines[1]], ":2: corrupt record (not JSON)"),
+    (lambda lines: [lines[0], lines[1].replace('"kl": [[', '"kl": [[0.5], [')], "2 rows for a batch of 1 samples"),
+    (lambda lines: [lines[0], lines[1].replace('"work_full": ', '"work_full": -')], "bad work counts"),
+])
+def test_corrupt_or_foreign_checkpoint_with_resume(model_dir, data, tmp_path, capsys, monkeypatch, damage, expected):
+    output = tmp_path / "c.yaml"
+    args = _interrupted_checkpoint(model_dir, data, tmp_path, capsys, monkeypatch, output)
+    checkpoint = tmp_path / "c.yaml.partial.jsonl"
+    lines = damage(checkpoint.read_text().splitlines())
+    checkpoint.write_bytes(b"\xff\xfe\x00garbage" if lines is None else ("\n".join(lines) + "\n").encode())
+    line = one_line_error(args + ["--resume"], capsys)
+    assert expected in line and "--force" in line
+
+
+def test_resume_after_the_run_wrote_beside_an_existing_output(model_dir, data, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "c.yaml"
+    output.write_text("keep me\n")
+    args = _interrupted_checkpoint(model_dir, data, tmp_path, capsys, monkeypatch, output)
+    assert (tmp_path / "c-1.yaml.partial.jsonl").exists()
+    assert run_cli(args + ["--resume"], capsys)[0] == 0
+    assert output.read_text() == "keep me\n" and (tmp_path / "c-1.yaml").exists()
+    assert not (tmp_path / "c-1.yaml.partial.jsonl").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_checkpoint_path_that_is_not_a_regular_file(model_dir, data, tmp_path, capsys, no_model_load, kind):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    checkpoint = tmp_path / "c.yaml.partial.jsonl"
+    checkpoint.symlink_to(precious) if kind == "symlink" else checkpoint.mkdir()
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", "--force", dataset=data / "a" / "set.jsonl"),
+                          capsys)
+    assert f"checkpoint {checkpoint} is a {'symbolic link' if kind == 'symlink' else 'directory'}" in line
+    assert precious.read_text() == "precious\n" and os.path.lexists(checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "link to /dev/null", "fifo"])
+def test_output_that_is_not_a_regular_file(model_dir, data, tmp_path, capsys, no_model_load, kind):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    output = tmp_path / "out.yaml"
+    {"symlink": lambda: output.symlink_to(precious),
+     "dangling symlink": lambda: output.symlink_to(tmp_path / "nowhere"),
+     "link to /dev/null": lambda: output.symlink_to("/dev/null"), "fifo": lambda: os.mkfifo(output)}[kind]()
+    for args in (calibrate_args(model_dir, output, "--force", dataset=data / "a" / "set.jsonl"),
+                 ["profile", "--model", model_dir, "--layer", "2", "--output", str(output), "--force"],
+                 calibrate_args(model_dir, tmp_path / "c.yaml", "--plot", str(output),
+                                dataset=data / "a" / "set.jsonl")):
+        line = one_line_error(args, capsys)
+        assert ("is a symbolic link" if "link" in kind else "is a FIFO") in line
+    assert precious.read_text() == "precious\n" and os.path.lexists(output)
+
+
+def test_atomic_writer_refuses_a_link_at_write_time(tmp_path):
+    from vtwcli.atomic import atomic_write_text
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    (tmp_path / "out.yaml").symlink_to(precious)
+    with pytest.raises(VtwError, match="is a symbolic link"):
+        atomic_write_text(tmp_path / "out.yaml", "new\n")
+    assert precious.read_text() == "precious\n" and (tmp_path / "out.yaml").is_symlink()
+
+
+def test_output_whose_parent_is_a_file(model_dir, data, tmp_path, capsys, no_model_load):
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "file" / "c.yaml", dataset=data / "a" / "set.jsonl"),
+                          capsys)
+    assert f"{tmp_path / 'file'} is a file, not a directory" in line and "does not exist" not in line
+
+
+def test_profile_refuses_an_existing_output_before_measuring(model_dir, tmp_path, capsys, no_model_load):
+    existing = tmp_path / "p.yaml"
+    existing.write_text("keep me\n")
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--output", str(existing)], capsys)
+    assert "exists; pass --force" in line and existing.read_text() == "keep me\n"
+
+
+def test_debug_after_the_subcommand(tmp_path):
+    with pytest.raises(VtwError, match="no such profile file"):
+        main(["check", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+# ---------------------------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C (SIGINT)")])
+def test_interrupt_while_the_model_loads(model_dir, data, tmp_path, capsys, monkeypatch, signum, name):
+    def load_until_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("the signal did not stop the command")
+
+    monkeypatch.setattr("vtwcli.loading.load_model", load_until_signalled)
+    line = one_line_error(calibrate_args(model_dir, tmp_path / "c.yaml", dataset=data / "a" / "set.jsonl"), capsys,
+                          code=130)
+    assert f"interrupted by {name}" in line
+    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored (not left raising)
+    assert not list(p for p in tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------ parsers (hypothesis)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(json_values)
+def test_json_output_is_strict_whatever_the_numbers(value):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    parsed = json.loads(json_text(value), parse_constant=refuse)
+
+    def same(a, b):
+        if isinstance(a, float) and not math.isfinite(a):
+            return b is None
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    assert same(value, parsed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["check", "p.yaml", "--json", "--debug", "--", "-x", "calibrate"]), max_size=8))
+def test_debug_flag_moves_to_the_front_and_nothing_else_changes(argv):
+    moved, debug = _debug_first(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    assert debug == ("--debug" in argv[:end])
+    if debug:
+        assert moved[0] == "--debug" and moved[1:] == [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    else:
+        assert moved == argv
+
+
+anchored = st.recursive(
+    st.sampled_from(["x", "1", "0.5", "null"]),
+    lambda inner: st.lists(inner, min_size=1, max_size=3).map(lambda items: "[" + ", ".join(items) + "]"),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(anchored, st.sampled_from(["extra", "calibration", "tool", "model"]), st.integers(1, 6))
+def test_any_anchor_or_alias_in_a_profile_is_refused(value, key, copies):
+    from vtwcli.profile.files import parse_profile_text
+
+    aliases = ", ".join(["*a"] * copies)
+    text = GOOD.replace(f"\n{key}:", f"\n{key}_anchor: &a {value}\n{key}_alias: [{aliases}]\n{key}:", 1) \
+        if f"\n{key}:" in GOOD else GOOD + f"{key}: &a {value}\n{key}2: [{aliases}]\n"
+    with pytest.raises(VtwError, match="anchor/alias"):
+        parse_profile_text(text, "p.yaml")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=40)), max_size=5))
+def test_any_checkpoint_record_is_trusted_only_when_it_fits(tmp_path_factory, records):
+    """Whatever follows a valid header: one VtwError line, or entries that passed the record checks."""
+    from vtwcli.calibration_records import kl_record_problem
+    from vtwcli.checkpoint import CheckpointStore, fingerprint
+
+    path = tmp_path_factory.mktemp("ckpt") / "c.yaml.partial.jsonl"
+    settings_ = {"run": 1}
+    path.write_text("\n".join([json.dumps({"fingerprint": fingerprint(settings_)}), *records]) + "\n")
+    try:
+        store = CheckpointStore(path, settings_, resume=True)
+        value = store.get("kl/0/set/0", check=lambda v: kl_record_problem(v, 1, 3))
+    except VtwError as error:
+        assert "\n" not in str(error) and str(path) in str(error)
+    else:
+        assert value is None or kl_record_problem(value, 1, 3) is None
+
+
+def test_every_row_names_a_test_that_exists():
+    """docs/errors.md: one row per error, and each row's test exists (in test_errors.py or here)."""
+    import re
+
+    import test_errors
+
+    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    table = doc.split("## The table", 1)[1].split("### Not an error", 1)[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(line.split("|")[1]) for line in rows] == list(range(1, len(rows) + 1))
+    defined = {name for module in (test_errors, __import__(__name__)) for name in dir(module)
+               if name.startswith("test_")}
+    for line in rows:
+        names = re.findall(r"`(test_\w+)`", line.rsplit("|", 2)[-2])
+        assert names, line
+        assert set(names) <= defined, (line, set(names) - defined)
