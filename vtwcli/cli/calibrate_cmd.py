@@ -165,8 +165,7 @@ def _progress_bar(totals: dict, *, hidden: bool):
 
     labels = {"kl": "KL, every layer", "eval": "accuracy, full and at K"}
     if not hidden and not err_console.is_terminal:  # a log: plain lines every few seconds, not a bar
-        with stop_on_signals():
-            yield _plain_progress(totals, labels)
+        yield _plain_progress(totals, labels)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=hidden) as bar:  # SIGTERM: see cli.main
