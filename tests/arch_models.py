@@ -89,6 +89,17 @@ class Family:
     vision_ids: Callable[[object], list[int]]
     # Bidirectional attention inside image blocks in layers < K (Gemma 3): block id per token or None.
     image_blocks: Callable[[torch.Tensor, object], torch.Tensor | None] = lambda ids, config: None
+    # True where those blocks hold text too and stay bidirectional among the kept tokens in layers >= K
+    # (PaliGemma's prefix-LM); False where they are image blocks only (Gemma 3), withdrawn with the images.
+    blocks_after_withdrawal: bool = False
+    # token_type_ids of generated tokens (PaliGemma's generate() marks them 1: the causal suffix)
+    generated_token_type: int = 0
+    # DeepStack (Qwen3-VL): from the keyword arguments the language model receives in an ordinary forward,
+    # {decoder layer whose input is changed: (positions (B, S) bool, features added there (n, d))}.
+    injections: Callable[[dict], dict] = lambda kwargs: {}
+    # Rows for the beam-search tests where upstream beam search cannot take `rows` (None: `rows`), and why.
+    beam_rows: Callable[[object], list[tuple[str, list]]] | None = None
+    beam_rows_reason: str = ""
     # The layer types whose attention is bidirectional inside image blocks (Gemma 4: sliding layers only);
     # None: every layer (Gemma 3).
     image_block_layer_types: tuple[str, ...] | None = None
@@ -188,6 +199,8 @@ def qwen_processor(version="2"):
     images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                       size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
     tokenizer = word_tokenizer(QWEN_SPECIALS)
+    if version == "3":  # the real Qwen3VLProcessor is not yet checked against the stand-in: always the stand-in
+        return Qwen3VLInputs(images, tokenizer)
     if not HAS_TORCHVISION:  # the real processor needs its video processor, which needs torchvision
         return QwenInputs(images, tokenizer)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
@@ -226,6 +239,7 @@ class QwenInputs(ShimProcessor):
     Videos (``videos=`` a count per row) get random patches of grid QWEN_VIDEO_GRID."""
 
     chat_template = QWEN_TEMPLATE
+    image_token, image_id, video_id = "<|image_pad|>", QWEN_IMAGE, QWEN_VIDEO
 
     def __init__(self, image_processor, tokenizer, frames_apart: bool = False):
         self.image_processor, self.tokenizer = image_processor, tokenizer
@@ -241,25 +255,43 @@ class QwenInputs(ShimProcessor):
             vision = self.image_processor(images=flat, return_tensors="pt")
             out.update(pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"])
             counts = iter((vision["image_grid_thw"].prod(-1) // 4).tolist())
-            texts = [_expand(t, "<|image_pad|>", counts) for t in texts]
+            texts = [_expand(t, self.image_token, counts) for t in texts]
         if videos:
             t, h, w = QWEN_VIDEO_GRID
             total = video_count(videos)
             generator = torch.Generator().manual_seed(7)
             out["pixel_values_videos"] = torch.randn(total * t * h * w, 3 * 2 * 4 * 4, generator=generator)
             out["video_grid_thw"] = torch.tensor([list(QWEN_VIDEO_GRID)] * total)
-            if self.frames_apart:
-                frame = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
-                texts = [x.replace("<|vision_start|><|video_pad|><|vision_end|>", frame * t) for x in texts]
-            else:
-                texts = [_expand(x, "<|video_pad|>", iter([t * h * w // 4] * total)) for x in texts]
+            texts = [self.expand_videos(x, total) for x in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         ids = encoded["input_ids"]
+        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"],
+                          "mm_token_type_ids": self.token_types(ids), **out})
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
         types = torch.zeros_like(ids)
-        types[ids == QWEN_IMAGE] = 1
-        types[ids == QWEN_VIDEO] = 2
-        return _features({"input_ids": ids, "attention_mask": encoded["attention_mask"], "mm_token_type_ids": types,
-                          **out})
+        types[ids == self.image_id] = 1
+        types[ids == self.video_id] = 2
+        return types
+
+    def expand_videos(self, text: str, total: int) -> str:
+        t, h, w = QWEN_VIDEO_GRID
+        if self.frames_apart:
+            frame = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+            return text.replace("<|vision_start|><|video_pad|><|vision_end|>", frame * t)
+        return _expand(text, "<|video_pad|>", iter([t * h * w // 4] * total))
+
+
+class Qwen3VLInputs(QwenInputs):
+    """Qwen3VLProcessor's video layout: each temporal patch of frames is its own vision block after a
+    timestamp ("<0.5 seconds>", here two words of the tiny vocabulary)."""
+
+    def expand_videos(self, text: str, total: int) -> str:
+        t, h, w = QWEN_VIDEO_GRID
+        block = "<|vision_start|><|video_pad|><|vision_end|>"
+        frames = "".join(f" w{frame} seconds " + "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+                         for frame in range(t))
+        return text.replace(block, frames)
 
 
 def _features(data: dict):
@@ -584,6 +616,524 @@ def idefics3_rows(processor):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Qwen3-VL / Qwen3-VL-MoE: M-RoPE (interleaved) + DeepStack (vision features of 3 tower layers added to the
+# vision tokens' hidden states after text layers 0, 1, 2); the MoE variant has sparse expert MLPs
+
+
+def tiny_qwen3_vl(num_layers=4, attn="sdpa", seed=0, moe=False):
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
+                              Qwen3VLMoeForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers, head_dim=8,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                  "mrope_interleaved": True})
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1)
+    vision = dict(depth=3, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0, 1, 2])
+    ids = dict(image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_START,
+               vision_end_token_id=QWEN_END)
+    config_cls, model_cls = ((Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration) if moe
+                             else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+    config = config_cls(text_config=text, vision_config=vision, **ids)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), [QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END])
+
+
+def qwen3_vl_injections(kwargs: dict) -> dict:
+    features = kwargs.get("deepstack_visual_embeds")
+    if features is None:
+        return {}
+    return {i + 1: (kwargs["visual_pos_masks"], entry) for i, entry in enumerate(features)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GLM-4.1V / GLM-4.5V (MoE) / GLM-4.6V: M-RoPE (partial rotary), <|begin_of_image|> <|image|> x n <|end_of_image|>
+
+GLM_SPECIALS = {"image_token": "<|image|>", "video_token": "<|video|>", "image_start": "<|begin_of_image|>",
+                "image_end": "<|end_of_image|>", "video_start": "<|begin_of_video|>", "video_end": "<|end_of_video|>",
+                "user": "<|user|>", "assistant": "<|assistant|>"}
+GLM_IMAGE, GLM_VIDEO = token_id(GLM_SPECIALS, "image_token"), token_id(GLM_SPECIALS, "video_token")
+GLM_MARKERS = [token_id(GLM_SPECIALS, key) for key in ("image_start", "image_end", "video_start", "video_end")]
+GLM_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% elif item['type'] == 'video' %}"
+    "<|begin_of_video|><|video|><|end_of_video|>{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tiny_glm4v(num_layers=4, attn="sdpa", seed=0, variant="4.1"):
+    from transformers import (Glm4vConfig, Glm4vForConditionalGeneration, Glm4vMoeConfig,
+                              Glm4vMoeForConditionalGeneration, Glm46VConfig, Glm46VForConditionalGeneration)
+
+    text = _text(num_hidden_layers=num_layers, head_dim=8,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 0],
+                                  "partial_rotary_factor": 0.5})
+    if variant == "4.5":  # sparse experts from layer 1 on, one shared expert
+        text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1,
+                    first_k_dense_replace=1)
+    vision = dict(depth=1, hidden_size=16, out_hidden_size=32, intermediate_size=32, num_heads=2, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, image_size=16)
+    ids = dict(image_token_id=GLM_IMAGE, video_token_id=GLM_VIDEO, image_start_token_id=GLM_MARKERS[0],
+               image_end_token_id=GLM_MARKERS[1], video_start_token_id=GLM_MARKERS[2],
+               video_end_token_id=GLM_MARKERS[3])
+    config_cls, model_cls = {"4.1": (Glm4vConfig, Glm4vForConditionalGeneration),
+                             "4.5": (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration),
+                             "4.6": (Glm46VConfig, Glm46VForConditionalGeneration)}[variant]
+    if variant == "4.6":
+        text["model_type"] = "glm4v_text"
+        vision["model_type"] = "glm4v_vision"
+    config = config_cls(text_config=text, vision_config=vision, **ids)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), [GLM_IMAGE, GLM_VIDEO, *GLM_MARKERS])
+
+
+class GlmInputs(QwenInputs):
+    """What Glm4vProcessor does for images (it needs torchvision for its video processor): <|image|> expanded
+    per image grid, mm_token_type_ids 1 on image tokens."""
+
+    chat_template = GLM_TEMPLATE
+    image_token, image_id, video_id = "<|image|>", GLM_IMAGE, GLM_VIDEO
+
+    def expand_videos(self, text: str, total: int) -> str:
+        """Glm4vProcessor's video layout: per frame <|begin_of_image|> <|image|> x n <|end_of_image|> and its
+        timestamp, all between <|begin_of_video|> and <|end_of_video|>."""
+        t, h, w = QWEN_VIDEO_GRID
+        frames = "".join("<|begin_of_image|>" + "<|image|>" * (h * w // 4) + f"<|end_of_image|> w{frame} "
+                         for frame in range(t))
+        return text.replace("<|video|>", frames)
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """1 on image tokens, 2 on the image tokens inside a video segment (what Glm4vProcessor returns)."""
+        starts = (ids == GLM_MARKERS[2]).long().cumsum(-1)
+        ends = (ids == GLM_MARKERS[3]).long().cumsum(-1)
+        image = ids == GLM_IMAGE
+        return torch.where(image, torch.where(starts > ends, 2, 1), 0)
+
+
+def glm_processor():
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    images = Glm4vImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                    size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    # the real Glm4vProcessor (torchvision) is not yet checked against the stand-in: always the stand-in
+    return GlmInputs(images, word_tokenizer(GLM_SPECIALS))
+
+
+def glm_rows(processor):
+    pad = "<|begin_of_image|><|image|><|end_of_image|>"
+    return [(f"<|user|>\nwhat color {pad} the {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1), image(16, 16, 2)]),
+            (f"<|user|>\n{pad}how many ?\n<|assistant|>\n", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aya Vision / Cohere2 Vision (Cohere2 LM: sliding + full layers, the full ones without RoPE): image tiles +
+# a global view, pixel-shuffle projector; VipLLaVA (multi-layer CLIP features); LLaVA-NeXT-Video and
+# Video-LLaVA (images + videos; Video-LLaVA's pixels arrive as `pixel_values_images`)
+
+AYA_SPECIALS = {"image_token": "<image>", "start": "<|START_OF_IMG|>", "end": "<|END_OF_IMG|>",
+                "patch": "<|IMG_PATCH|>", "line_break": "<|IMG_LINE_BREAK|>", "tile": "TILE",
+                "tile_global": "TILE_GLOBAL"}
+AYA_PATCH = token_id(AYA_SPECIALS, "patch")
+AYA_MARKERS = [token_id(AYA_SPECIALS, key) for key in ("start", "end", "line_break", "tile", "tile_global")]
+COHERE_WINDOW = 6
+
+
+def _cohere2_text(num_layers: int) -> dict:
+    types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    return dict(_text(num_hidden_layers=num_layers, head_dim=8, sliding_window=COHERE_WINDOW, layer_types=types),
+                model_type="cohere2")
+
+
+def _siglip_dict(image_size=16) -> dict:
+    return dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, image_size=image_size, patch_size=4)
+
+
+def tiny_aya_vision(num_layers=4, attn="sdpa", seed=0, cohere2_vision=False):
+    from transformers import (AyaVisionConfig, AyaVisionForConditionalGeneration, Cohere2VisionConfig,
+                              Cohere2VisionForConditionalGeneration)
+
+    text, vision = _cohere2_text(num_layers), _siglip_dict()
+    if cohere2_vision:
+        config = Cohere2VisionConfig(vision_config=vision, text_config=text, downsample_factor=2,
+                                     image_token_id=AYA_PATCH, alignment_intermediate_size=64)
+        cls = Cohere2VisionForConditionalGeneration
+    else:
+        config = AyaVisionConfig(vision_config=vision, text_config=text, downsample_factor=2,
+                                 image_token_index=AYA_PATCH)
+        cls = AyaVisionForConditionalGeneration
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(cls(config), [AYA_PATCH, *AYA_MARKERS])
+
+
+def _tiles_processor():
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    return GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
+                                    max_patches=4)
+
+
+def aya_vision_processor():
+    from transformers import AyaVisionProcessor
+
+    return AyaVisionProcessor(image_processor=_tiles_processor(), tokenizer=word_tokenizer(AYA_SPECIALS), patch_size=4,
+                              img_size=16, downsample_factor=2, chat_template=LLAVA_TEMPLATE)
+
+
+class Cohere2VisionInputs(ShimProcessor):
+    """What Cohere2VisionProcessor does (its image processor needs torchvision): per image,
+    <|START_OF_IMG|> + (<|IMG_PATCH|> x 4 + <|IMG_LINE_BREAK|>) per tile + <|END_OF_IMG|>; the tiles come
+    from the GOT-OCR2 tiler here (the model takes any number of 16x16 tiles)."""
+
+    chat_template = LLAVA_TEMPLATE
+
+    def __init__(self):
+        self.image_processor, self.tokenizer = _tiles_processor(), word_tokenizer(AYA_SPECIALS)
+
+    def __call__(self, text, images=None, padding=True, return_tensors="pt", **kwargs):
+        flat = [img for row in images or [] for img in row]
+        out, texts = {}, list(text)
+        if flat:
+            vision = self.image_processor(images=flat, return_tensors="pt")
+            out["pixel_values"] = vision["pixel_values"]
+            tiles = iter(vision["num_patches"].tolist())
+            texts = [_expand_with(t, "<image>", lambda: "<|START_OF_IMG|>" + (
+                "<|IMG_PATCH|>" * 4 + "<|IMG_LINE_BREAK|>") * next(tiles) + "<|END_OF_IMG|>") for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
+VIDEO_SPECIALS = {"image_token": "<image>", "video_token": "<video>"}
+VIDEO_IMAGE, VIDEO_VIDEO = token_id(VIDEO_SPECIALS, "image_token"), token_id(VIDEO_SPECIALS, "video_token")
+
+
+def tiny_vipllava(num_layers=4, attn="sdpa", seed=0):
+    from transformers import CLIPVisionConfig, LlamaConfig, VipLlavaConfig, VipLlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=16, patch_size=4, projection_dim=32)
+    config = VipLlavaConfig(vision_config=vision, text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                            image_token_index=LLAVA_IMAGE, vision_feature_layers=[-2, -1], image_seq_length=16)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(VipLlavaForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def vipllava_processor():
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    images = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return LlavaProcessor(image_processor=images, tokenizer=word_tokenizer(LLAVA_SPECIALS), patch_size=4,
+                          vision_feature_select_strategy="full", num_additional_image_tokens=0,
+                          chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_llava_next_video(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    config = LlavaNextVideoConfig(vision_config=_clip(), text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                                  image_token_index=VIDEO_IMAGE, video_token_index=VIDEO_VIDEO,
+                                  image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
+                                  vision_feature_layer=-1, spatial_pool_stride=2)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LlavaNextVideoForConditionalGeneration(config), [VIDEO_IMAGE, VIDEO_VIDEO])
+
+
+def llava_next_video_processor():
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                        image_grid_pinpoints=PINPOINTS)
+    return FeatureCountInputs(images, word_tokenizer(VIDEO_SPECIALS), tiny_llava_next_video, "<image>", "<video>",
+                              chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_video_llava(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    config = VideoLlavaConfig(vision_config=_clip(), text_config=LlamaConfig(**_text(num_hidden_layers=num_layers)),
+                              image_token_index=VIDEO_IMAGE, video_token_index=VIDEO_VIDEO,
+                              vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=16,
+                              video_seq_length=2 * 16)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(VideoLlavaForConditionalGeneration(config), [VIDEO_IMAGE, VIDEO_VIDEO])
+
+
+class VideoLlavaInputs(ShimProcessor):
+    """What VideoLlavaProcessor does for images (it needs torchvision for its video processor): its own
+    image processor, which returns the pixels as `pixel_values_images`; 16 tokens per 16x16 image."""
+
+    chat_template = LLAVA_TEMPLATE
+
+    def __init__(self):
+        from transformers import VideoLlavaImageProcessor
+
+        self.image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 16},
+                                                        crop_size={"height": 16, "width": 16})
+        self.tokenizer = word_tokenizer(VIDEO_SPECIALS)
+
+    def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt", **kwargs):
+        flat = [img for row in images or [] for img in row]
+        out, texts = {}, list(text)
+        if flat:
+            out["pixel_values_images"] = self.image_processor(images=flat, return_tensors="pt")["pixel_values_images"]
+            texts = [_expand_with(t, "<image>", lambda: "<image>" * 16) for t in texts]
+        if videos:  # 2 frames of 16x16 per video; a frame is 16 patches + CLS, all kept by the video tower
+            generator = torch.Generator().manual_seed(7)
+            out["pixel_values_videos"] = torch.randn(video_count(videos), 2, 3, 16, 16, generator=generator)
+            texts = [_expand_with(t, "<video>", lambda: "<video>" * (2 * 17)) for t in texts]
+        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Granite4-Vision: anyres LLaVA-NeXT layout whose image features enter ONLY through DeepStack, at arbitrary
+# decoder layers ({layer: features} added to the image positions before that layer; the positions are zeroed
+# in the embeddings); here layers 0 and 2 from two tower layers, and spatial groups at layers 1 and 3
+
+
+def tiny_granite4_vision(num_layers=4, attn="sdpa", seed=0):
+    from transformers import CLIPVisionConfig, Granite4VisionConfig, Granite4VisionForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=16, patch_size=4, projection_dim=32)
+    config = Granite4VisionConfig(vision_config=vision, text_config=_text(num_hidden_layers=num_layers),
+                                  image_token_index=LLAVA_IMAGE, image_grid_pinpoints=PINPOINTS,
+                                  vision_feature_select_strategy="default", vision_feature_layer=-1,
+                                  downsample_rate="1/2", deepstack_layer_map=[[1, 0], [2, 2]], spatial_vision_layer=-1,
+                                  spatial_target_layers=[1, 1, 3, 3], projector_dropout=0.0)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Granite4VisionForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+class Granite4VisionInputs(FeatureCountInputs):
+    """Granite4VisionProcessor's inputs: the LLaVA-NeXT image processor's pixels, <image> expanded to the
+    number of (deepstack) features the model makes per image."""
+
+    def _image_counts(self, vision: dict) -> list[int]:
+        out = self.model.model.get_image_features(pixel_values=vision["pixel_values"],
+                                                  image_sizes=vision["image_sizes"])
+        return [len(features) for features in out.deepstack_features[0][1]]
+
+
+def granite4_vision_processor():
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                        image_grid_pinpoints=PINPOINTS)
+    return Granite4VisionInputs(images, word_tokenizer(LLAVA_SPECIALS), tiny_granite4_vision, "<image>",
+                                chat_template=LLAVA_TEMPLATE)
+
+
+def granite4_vision_injections(kwargs: dict) -> dict:
+    features = kwargs.get("deepstack_features")
+    if features is None:
+        return {}
+    return {layer: (kwargs["vision_mask"][..., 0], entry) for layer, entry in features.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PaliGemma: prefix-LM (the whole prompt, image AND text, attends bidirectionally; token_type_ids 0)
+
+PALIGEMMA_TEMPLATE = ("{% for message in messages %}{% for item in message['content'] %}"
+                      "{% if item['type'] == 'image' %}<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+                      "{% endfor %}")
+
+
+def tiny_paligemma(num_layers=4, attn="sdpa", seed=0):
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    config = PaliGemmaConfig(vision_config=_siglip_dict(), text_config=dict(_text(num_hidden_layers=num_layers,
+                                                                                  head_dim=8), model_type="gemma"),
+                             image_token_index=LLAVA_IMAGE, projection_dim=32)
+    config.text_config.num_image_tokens = 16
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(PaliGemmaForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def paligemma_processor():
+    from transformers import PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    images = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+    images.image_seq_length = 16
+    return PaliGemmaProcessor(image_processor=images, tokenizer=word_tokenizer(LLAVA_SPECIALS),
+                              chat_template=PALIGEMMA_TEMPLATE)
+
+
+def paligemma_rows(processor):
+    return [("<image><image>what color is the red ?", [image(40, 20, 1), image(16, 16, 2)]),
+            ("<image>how many ?", [image(20, 44, 3)])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeepSeek-VL and Janus (SigLIP-style tower + MLP aligner; Janus also carries a VQ image generator):
+# a fixed number of image tokens per image, Janus between <begin_of_image> / <end_of_image>
+
+JANUS_SPECIALS = {"image_token": "<image>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+JANUS_IMAGE = token_id(JANUS_SPECIALS, "image_token")
+JANUS_MARKERS = [token_id(JANUS_SPECIALS, key) for key in ("boi_token", "eoi_token")]
+
+
+def tiny_deepseek_vl(num_layers=4, attn="sdpa", seed=0):
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration
+
+    config = DeepseekVLConfig(vision_config=_siglip_dict(), text_config=dict(_text(num_hidden_layers=num_layers),
+                                                                            model_type="llama"),
+                              image_token_id=LLAVA_IMAGE)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(DeepseekVLForConditionalGeneration(config), [LLAVA_IMAGE])
+
+
+def deepseek_vl_processor():
+    from transformers import DeepseekVLProcessor
+    from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
+
+    return DeepseekVLProcessor(image_processor=DeepseekVLImageProcessorPil(size={"height": 16, "width": 16}),
+                               tokenizer=word_tokenizer(LLAVA_SPECIALS), num_image_tokens=16,
+                               chat_template=LLAVA_TEMPLATE)
+
+
+def tiny_janus(num_layers=4, attn="sdpa", seed=0):
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4,
+                  projection_dim=32, depth=1, num_image_tokens=16, mlp_ratio=2)
+    vq = dict(embed_dim=8, num_embeddings=16, latent_channels=32, base_channels=32, channel_multiplier=[1, 1],
+              num_res_blocks=1, num_patches=4, projection_dim=32, image_token_embed_dim=32)
+    config = JanusConfig(vision_config=vision, vq_config=vq, image_token_id=JANUS_IMAGE,
+                         text_config=dict(_text(num_hidden_layers=num_layers), model_type="llama"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(JanusForConditionalGeneration(config), [JANUS_IMAGE, *JANUS_MARKERS])
+
+
+def janus_processor():
+    from transformers import JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    return JanusProcessor(image_processor=JanusImageProcessorPil(size={"height": 16, "width": 16}),
+                          tokenizer=word_tokenizer(JANUS_SPECIALS), num_image_tokens=16, chat_template=LLAVA_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Idefics2: image splitting + a perceiver resampler (a fixed 4 latents per image / tile here)
+
+IDEFICS2_SPECIALS = {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>",
+                     "end_of_utterance_token": "<end_of_utterance>"}
+IDEFICS2_IMAGE, IDEFICS2_FAKE = token_id(IDEFICS2_SPECIALS, "image_token"), token_id(IDEFICS2_SPECIALS,
+                                                                                      "image_boundary_token")
+
+
+def tiny_idefics2(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4)
+    perceiver = dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                     resampler_head_dim=8, num_key_value_heads=1)
+    config = Idefics2Config(vision_config=vision, perceiver_config=perceiver, image_token_id=IDEFICS2_IMAGE,
+                            text_config=dict(_text(num_hidden_layers=num_layers), model_type="mistral"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Idefics2ForConditionalGeneration(config), [IDEFICS2_IMAGE, IDEFICS2_FAKE])
+
+
+def idefics2_processor():
+    from transformers import Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    images = Idefics2ImageProcessorPil(size={"longest_edge": 16, "shortest_edge": 16}, do_image_splitting=True)
+    return Idefics2Processor(image_processor=images, tokenizer=word_tokenizer(IDEFICS2_SPECIALS), image_seq_len=4,
+                             chat_template=LLAVA_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LightOnOCR: Pixtral vision encoder (variable image sizes, patch merger) + Qwen3 language model
+
+
+def tiny_lighton_ocr(num_layers=4, attn="sdpa", seed=0):
+    from transformers import LightOnOcrConfig, LightOnOcrForConditionalGeneration
+
+    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, image_size=32, patch_size=4, head_dim=8)
+    config = LightOnOcrConfig(vision_config=vision, image_token_id=PIXTRAL_IMAGE, spatial_merge_size=2,
+                              text_config=dict(_text(num_hidden_layers=num_layers, head_dim=8), model_type="qwen3"))
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(LightOnOcrForConditionalGeneration(config), [PIXTRAL_IMAGE])
+
+
+def lighton_ocr_processor():
+    from transformers import LightOnOcrProcessor
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    images = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size={"height": 4, "width": 4})
+    return LightOnOcrProcessor(image_processor=images, tokenizer=word_tokenizer(PIXTRAL_SPECIALS), patch_size=4,
+                               spatial_merge_size=2, chat_template=PIXTRAL_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ovis2: image tiles + a global view; <IMG_ATOM> tokens (withdrawn) and visual indicator tokens (start, grid,
+# col, row, end: kept) whose embeddings come from the visual embedding table
+
+OVIS_SPECIALS = {"image_token": "<image>", "atom": "<IMG_ATOM>", "start": "<IMG_START>", "grid": "<IMG_GRID>",
+                 "col": "<IMG_COL>", "row": "<IMG_ROW>", "end": "<IMG_END>"}
+OVIS_ATOM = token_id(OVIS_SPECIALS, "atom")
+OVIS_INDICATORS = [token_id(OVIS_SPECIALS, key) for key in ("start", "grid", "col", "row", "end")]
+
+
+def tiny_ovis2(num_layers=4, attn="sdpa", seed=0):
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                  patch_size=4, vocab_size=64, hidden_stride=2)
+    text = dict(_text(num_hidden_layers=num_layers), model_type="qwen2")
+    config = Ovis2Config(vision_config=vision, text_config=text,
+                         image_token_id=OVIS_ATOM, visual_indicator_token_ids=OVIS_INDICATORS, vocab_size=VOCAB,
+                         hidden_size=32)
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return _finish(Ovis2ForConditionalGeneration(config), [OVIS_ATOM, *OVIS_INDICATORS])
+
+
+def ovis2_processor():
+    from transformers import Ovis2Processor
+    from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
+
+    images = Ovis2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, min_patches=1,
+                                    max_patches=4)
+    return Ovis2Processor(image_processor=images, tokenizer=word_tokenizer(OVIS_SPECIALS), image_seq_length=4,
+                          chat_template=LLAVA_TEMPLATE)
+
+
+def ovis2_rows(processor):
+    return [("USER: what color <image>\nthe <image>\nis this ? \nASSISTANT:", [image(40, 20, 1), image(16, 16, 2)]),
+            ("USER: <image>\nhow many ?\nASSISTANT:", [image(16, 16, 3)])]
+
+
+def glm_one_image_rows(processor):
+    pad = "<|begin_of_image|><|image|><|end_of_image|>"
+    return [(f"<|user|>\nwhat color {pad} is this ?\n<|assistant|>\n", [image(40, 20, 1)]),
+            (f"<|user|>\n{pad}how many ?\n<|assistant|>\n", [image(20, 44, 3)])]
+
+
+GLM_BEAMS = dict(beam_rows=glm_one_image_rows,
+                 beam_rows_reason="transformers 5.24: GLM-4V beam search splits the vision features of a row with two "
+                                  "images wrongly across beams, without withdrawal too")
+
 # Gemma 4: sliding + full layers, bidirectional image blocks on sliding layers only, per-layer inputs (PLE)
 # passed positionally to every layer, KV sharing (the last layer reuses the keys/values of layer 2)
 
@@ -680,6 +1230,52 @@ FAMILIES: dict[str, Family] = {
                          lambda n, a="sdpa", s=0: tiny_qwen2_vl(n, a, s, version="2.5"),
                          lambda: qwen_processor("2.5"), qwen_rows,
                          lambda config: [config.image_token_id, config.video_token_id]),
+    "qwen3_vl": Family("Qwen3-VL", "Qwen3VLForConditionalGeneration", tiny_qwen3_vl, lambda: qwen_processor("3"),
+                       qwen_rows,
+                       lambda config: [config.image_token_id, config.video_token_id],
+                       injections=qwen3_vl_injections),
+    "qwen3_vl_moe": Family("Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration",
+                           lambda n, a="sdpa", s=0: tiny_qwen3_vl(n, a, s, moe=True), lambda: qwen_processor("3"),
+                           qwen_rows,
+                           lambda config: [config.image_token_id, config.video_token_id],
+                           injections=qwen3_vl_injections),
+    "glm4v": Family("GLM-4.1V", "Glm4vForConditionalGeneration", tiny_glm4v, glm_processor, glm_rows,
+                    lambda config: [config.image_token_id], **GLM_BEAMS),
+    "glm4v_moe": Family("GLM-4.5V", "Glm4vMoeForConditionalGeneration",
+                        lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.5"), glm_processor, glm_rows,
+                        lambda config: [config.image_token_id], **GLM_BEAMS),
+    "glm46v": Family("GLM-4.6V", "Glm46VForConditionalGeneration",
+                     lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.6"), glm_processor, glm_rows,
+                     lambda config: [config.image_token_id], **GLM_BEAMS),
+    "aya_vision": Family("Aya Vision", "AyaVisionForConditionalGeneration", tiny_aya_vision, aya_vision_processor,
+                         llava_rows, lambda config: [config.image_token_id]),
+    "cohere2_vision": Family("Cohere2 Vision", "Cohere2VisionForConditionalGeneration",
+                             lambda n, a="sdpa", s=0: tiny_aya_vision(n, a, s, cohere2_vision=True),
+                             Cohere2VisionInputs, llava_rows, lambda config: [config.image_token_id]),
+    "vipllava": Family("VipLLaVA", "VipLlavaForConditionalGeneration", tiny_vipllava, vipllava_processor, llava_rows,
+                       lambda config: [config.image_token_id]),
+    "llava_next_video": Family("LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration", tiny_llava_next_video,
+                               llava_next_video_processor, llava_rows,
+                               lambda config: [config.image_token_id, config.video_token_id]),
+    "video_llava": Family("Video-LLaVA", "VideoLlavaForConditionalGeneration", tiny_video_llava, VideoLlavaInputs,
+                          llava_rows, lambda config: [config.image_token_id, config.video_token_id]),
+    "granite4_vision": Family("Granite4-Vision", "Granite4VisionForConditionalGeneration", tiny_granite4_vision,
+                              granite4_vision_processor, llava_rows, lambda config: [config.image_token_id],
+                              injections=granite4_vision_injections),
+    "paligemma": Family("PaliGemma", "PaliGemmaForConditionalGeneration", tiny_paligemma, paligemma_processor,
+                        paligemma_rows, lambda config: [config.image_token_id],
+                        image_blocks=lambda ids, config: torch.zeros_like(ids), blocks_after_withdrawal=True,
+                        generated_token_type=1),
+    "deepseek_vl": Family("DeepSeek-VL", "DeepseekVLForConditionalGeneration", tiny_deepseek_vl,
+                          deepseek_vl_processor, llava_rows, lambda config: [config.image_token_id]),
+    "janus": Family("Janus", "JanusForConditionalGeneration", tiny_janus, janus_processor, llava_rows,
+                    lambda config: [config.image_token_id]),
+    "idefics2": Family("Idefics2", "Idefics2ForConditionalGeneration", tiny_idefics2, idefics2_processor,
+                       idefics3_rows, lambda config: [config.image_token_id]),
+    "lighton_ocr": Family("LightOnOCR", "LightOnOcrForConditionalGeneration", tiny_lighton_ocr, lighton_ocr_processor,
+                          mistral3_rows, lambda config: [config.image_token_id]),
+    "ovis2": Family("Ovis2", "Ovis2ForConditionalGeneration", tiny_ovis2, ovis2_processor, ovis2_rows,
+                    lambda config: [config.image_token_id]),
     "gemma3": Family("Gemma 3", "Gemma3ForConditionalGeneration", tiny_gemma3, gemma3_processor, gemma3_rows,
                      lambda config: [config.image_token_id], image_blocks=gemma3_blocks),
     "llava_onevision": Family("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", tiny_llava_onevision,
@@ -706,7 +1302,9 @@ def family_batch(family: Family, processor=None):
     rows = family.rows(processor)
     batch = processor(text=[t for t, _ in rows], images=[imgs for _, imgs in rows], padding=True, return_tensors="pt")
     singles = [processor(text=[t], images=[imgs], return_tensors="pt") for t, imgs in rows]
-    return dict(batch), [dict(s) for s in singles]
+    # PaliGemma's processor also returns training labels (all -100 without a suffix): inference takes none
+    return ({k: v for k, v in batch.items() if k != "labels"},
+            [{k: v for k, v in single.items() if k != "labels"} for single in singles])
 
 
 def save_family(family: Family, directory, num_layers: int = 4, attn: str = "sdpa"):

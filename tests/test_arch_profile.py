@@ -20,15 +20,33 @@ from vtwcli.cli import main
 LAYERS, K, TEXT = 4, 2, 40
 
 
-def decoder_layer_flops(text_config, queries: int, keys: int) -> int:
+def decoder_layer_flops(text_config, queries: int, keys: int, layer: int = 0) -> int:
     hidden, heads = text_config.hidden_size, text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or hidden // heads
     kv_heads = text_config.num_key_value_heads
     q_and_o = 2 * (2 * queries * hidden * heads * head_dim)
     k_and_v = 2 * (2 * queries * hidden * kv_heads * head_dim)
     scores_and_mix = heads * 2 * (2 * queries * head_dim * keys)
-    mlp = 3 * (2 * queries * hidden * text_config.intermediate_size)
-    return q_and_o + k_and_v + scores_and_mix + mlp
+    return q_and_o + k_and_v + scores_and_mix + mlp_flops(text_config, queries, layer)
+
+
+def mlp_flops(text_config, queries: int, layer: int) -> int:
+    """A gated 3-matrix MLP; in a sparse (MoE) layer the router plus the experts each token is routed to
+    (top-k) and the shared experts: the active experts only, not all of them."""
+    hidden = text_config.hidden_size
+    experts = getattr(text_config, "num_experts", None) or getattr(text_config, "n_routed_experts", None)
+    sparse = experts is not None and layer >= getattr(text_config, "first_k_dense_replace", 0) and \
+        layer not in (getattr(text_config, "mlp_only_layers", None) or []) and \
+        (layer + 1) % getattr(text_config, "decoder_sparse_step", 1) == 0
+    if not sparse:
+        return 3 * (2 * queries * hidden * text_config.intermediate_size)
+    routed = text_config.num_experts_per_tok + (getattr(text_config, "n_shared_experts", None) or 0)
+    return 2 * queries * hidden * experts + routed * 3 * (2 * queries * hidden * text_config.moe_intermediate_size)
+
+
+def language_model_flops(text_config, tokens_per_layer: list[int]) -> int:
+    """Prefill: layer i runs tokens_per_layer[i] queries over as many keys."""
+    return sum(decoder_layer_flops(text_config, n, n, i) for i, n in enumerate(tokens_per_layer))
 
 
 def sliding_windows(text_config) -> list:
@@ -81,9 +99,8 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     assert text == TEXT and vision > 0 and flops["tokens"]["images"] == 1
     n = vision + text
     text_config = config.text_config
-    expected_full = LAYERS * decoder_layer_flops(text_config, n, n)
-    expected_withdrawn = K * decoder_layer_flops(text_config, n, n) + (LAYERS - K) * decoder_layer_flops(
-        text_config, text, text)
+    expected_full = language_model_flops(text_config, [n] * LAYERS)
+    expected_withdrawn = language_model_flops(text_config, [n] * K + [text] * (LAYERS - K))
     head = 2 * text_config.hidden_size * text_config.vocab_size  # last position only (logits_to_keep=1)
     base, new = flops["baseline"], flops["withdrawn"]
     assert base["language_model"] == expected_full and new["language_model"] == expected_withdrawn
@@ -94,11 +111,14 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     assert base["vision_tower"] > 0 and base["projector"] > 0
     assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"])
     assert flops["reduction"] == pytest.approx(1 - new["total"] / base["total"])
-    # the closed form covers the text part of these families, and agrees exactly
-    assert flops["analytic"]["covers"] == ["language_model", "lm_head"]
-    assert flops["analytic"]["baseline"] == {"total": expected_full + head, "language_model": expected_full,
-                                             "lm_head": head}
-    assert flops["analytic"]["withdrawn"]["language_model"] == expected_withdrawn
+    # the closed form covers the text part of the dense families, and agrees exactly (MoE: counted only)
+    if mlp_flops(text_config, 1, LAYERS - 1) != 3 * 2 * text_config.hidden_size * text_config.intermediate_size:
+        assert "analytic" not in flops
+    else:
+        assert flops["analytic"]["covers"] == ["language_model", "lm_head"]
+        assert flops["analytic"]["baseline"] == {"total": expected_full + head, "language_model": expected_full,
+                                                 "lm_head": head}
+        assert flops["analytic"]["withdrawn"]["language_model"] == expected_withdrawn
     # what each layer caches after prefill: all n tokens, or the text tokens in layers >= K after withdrawal;
     # a sliding-window layer (Gemma 3) keeps only its last window - 1
     windows = sliding_windows(text_config)
@@ -108,7 +128,8 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     decode = flops["decode_per_token"]
     assert decode["context_tokens"] == {"baseline": cached["baseline"][-1], "withdrawn": cached["withdrawn"][-1]}
     for variant in ("baseline", "withdrawn"):
-        expected = sum(decoder_layer_flops(text_config, 1, keys + 1) for keys in cached[variant]) + head
+        expected = sum(decoder_layer_flops(text_config, 1, keys + 1, i)
+                       for i, keys in enumerate(cached[variant])) + head
         assert decode[variant] == expected, variant
     assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
     assert data["latency"]["baseline"]["prefill_ms"]["runs"] >= 1

@@ -125,17 +125,19 @@ def test_text_only_model(tmp_path, capsys):
 
 
 def test_architecture_without_an_adapter(tmp_path, capsys):
-    # PaliGemma is multimodal but has no vtwcli adapter; the config alone decides (no weights needed).
-    from transformers import PaliGemmaConfig
+    # Mllama (Llama 3.2 Vision) is multimodal but cross-attention: no vtwcli adapter; the config alone decides
+    # (no weights needed).
+    from transformers import MllamaConfig
 
     from vtwcli.adapters import supported_architectures
 
-    assert "PaliGemmaForConditionalGeneration" not in supported_architectures()
-    config = PaliGemmaConfig()
-    config.architectures = ["PaliGemmaForConditionalGeneration"]
+    assert "MllamaForConditionalGeneration" not in supported_architectures()
+    config = MllamaConfig()
+    config.architectures = ["MllamaForConditionalGeneration"]
     config.save_pretrained(tmp_path)
     line = one_line_error(calibrate(tmp_path, tmp_path), capsys)
-    assert "PaliGemmaForConditionalGeneration has no vtwcli adapter" in line and "LlavaForConditionalGeneration" in line
+    assert "MllamaForConditionalGeneration has no vtwcli adapter (not applicable: cross-attention" in line
+    assert "LlavaForConditionalGeneration" in line
     # vtw profile --flops-only refuses it the same way
     line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
     assert "has no vtwcli adapter" in line
@@ -444,6 +446,22 @@ def test_video_sample_for_a_model_without_video_input(model_dir, data_dir, tmp_p
     path = write_jsonl(data_dir / "video.jsonl", [row(1, video=["images/g0.png", "images/g0.png"]), row(2)])
     line = one_line_error(calibrate(model_dir, tmp_path, dataset=path), capsys)
     assert "video.jsonl:1: the sample has a video but LLaVA-1.5 takes no video input" in line
+
+
+def test_withdraw_one_kind_where_deepstack_reaches_both(data_dir, tmp_path, capsys, monkeypatch):
+    """Qwen3-VL adds DeepStack features to image and video tokens: --withdraw image on samples with a video
+    would keep video tokens the candidates' layers >= K must leave without their injections."""
+    from arch_models import FAMILIES, save_and_serve
+    from test_architectures import write_video_dataset
+
+    directory = save_and_serve(FAMILIES["qwen3_vl"], tmp_path / "model", monkeypatch)
+    (tmp_path / "data").mkdir()
+    dataset = write_video_dataset(tmp_path / "data")
+    capsys.readouterr()  # saving the model showed a progress bar
+    line = one_line_error(calibrate(directory, tmp_path, "--withdraw", "image", dataset=dataset), capsys)
+    assert line == ("error: --withdraw image: Qwen3-VL / Qwen3-VL-MoE adds DeepStack vision features to every "
+                    "vision token of the prompt, so all must be withdrawn; use --withdraw image,video or data "
+                    "without the other kind")
 
 
 def test_processor_that_needs_a_missing_library(model_dir, tmp_path, capsys, monkeypatch):

@@ -55,6 +55,56 @@ def _config_layer_types(text_config, num_layers: int) -> list[str]:
     return ["full_attention"] * num_layers
 
 
+@dataclass(frozen=True)
+class DeepStack:
+    """Vision features a family adds to the hidden states of its vision tokens INSIDE the decoder
+    (DeepStack: Qwen3-VL after each of its first layers, Granite4-Vision before chosen layers).
+
+    Every injection goes to the family's vision tokens only. One that reaches a layer > K would touch only
+    withdrawn tokens, and the short sequence has no room for it: withdrawal hands ``module`` only the
+    injections into layers <= K (made while the sequence is still whole). Where some vision tokens are kept
+    (``--withdraw image`` with a video in the prompt), dropping would change them: refused.
+    """
+
+    # The module whose forward receives the injections, and the keyword argument that carries them.
+    module: Callable[[nn.Module], nn.Module]
+    argument: str
+    # The decoder layer whose INPUT each injection changes, in the order of the entries.
+    target_layers: Callable[[object], list[int]]
+    # The same container with only the entries whose flag is True.
+    select: Callable[[object, list[bool]], object]
+
+
+def _after_each_layer(features) -> list[int]:
+    # Qwen3-VL: entry i is added to the output of layer i, i.e. to the input of layer i + 1.
+    return [i + 1 for i in range(len(features))]
+
+
+def _select_entries(features, keep: list[bool]):
+    # Entries are positional (entry i = layer i): the flags of layers <= K only ever drop a suffix.
+    return [entry for entry, kept in zip(features, keep) if kept]
+
+
+def _dict_keys(features) -> list[int]:
+    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer.
+    return list(features)
+
+
+def _select_items(features, keep: list[bool]):
+    return {layer: entry for (layer, entry), kept in zip(features.items(), keep) if kept}
+
+
+GRANITE4_VISION_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_features",
+                                      target_layers=_dict_keys, select=_select_items)
+QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
+                               target_layers=_after_each_layer, select=_select_entries)
+
+
+def _prefix_lm_blocks(kwargs: dict):
+    # PaliGemma: token_type_ids 0 = the prompt (image + text prefix, one bidirectional block), 1 = the suffix.
+    token_types = kwargs.get("token_type_ids")
+    return None if token_types is None else -(token_types != 0).long()
+
 def _config_shared_kv(text_config, num_layers: int) -> dict[int, int]:
     """KV sharing from the text config's `kv_sharing_modes` (Gemma 4: "reuse" layers attend with the keys and
     values that the last "store" layer of their attention type computed); {} where the config has none."""
@@ -112,6 +162,16 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Vision features injected inside the decoder (DeepStack), or None.
+    deepstack: DeepStack | None = None
+    # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one
+    # block >= 0 attend to each other both ways, -1 = causal), or None for a call without them. PaliGemma's
+    # prefix-LM makes the whole prompt (image AND text) one block; layers >= K keep the block for the kept
+    # tokens, passed to transformers' mask builders as `block_sequence_ids` on the prompt's forward.
+    prompt_blocks: Callable[[dict], object] | None = None
+    # True where video frames carry the IMAGE token (GLM-4V): the family takes videos, withdrawn as image tokens
+    # (the ids cannot tell the two apart, so `--withdraw` has one kind, image).
+    video_frames_as_images: bool = False
     # Positional arguments of a decoder layer call, after the hidden states, that carry one entry per position
     # (batch, seq, ...), such as Gemma 4's per-layer inputs: layers >= K get them at the kept slots.
     per_position_layer_args: tuple[int, ...] = ()
@@ -133,6 +193,10 @@ class Adapter:
         (only the keys it sets)."""
         return sorted({self.vision_token_kinds.get(key, "image") for key in self.vision_token_id_keys
                        if config is None or getattr(config, key, None) is not None})
+
+    def accepts_video(self, config) -> bool:
+        """Whether this model takes video input (its template and processor would not drop a video)."""
+        return self.video_frames_as_images or "video" in self.declared_kinds(config)
 
     def check_kinds(self, config, kinds: tuple[str, ...] | None) -> None:
         """Refuse a --withdraw selection that names no vision token this model has."""
@@ -173,6 +237,12 @@ def _text_model_layers(model: nn.Module) -> nn.ModuleList:
 def _text_model_norm(model: nn.Module) -> nn.Module:
     return model.model.text_model.norm
 
+
+# Qwen2-VL's layout: the vision tower holds the patch merger (= projector); M-RoPE positions come from the model.
+QWEN_VL_COMPONENTS = {"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
+                      "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
+                      "lm_head": ("lm_head",)}
+IMAGE_AND_VIDEO = {"image_token_id": "image", "video_token_id": "video"}
 
 def _llama4_layers(model: nn.Module) -> nn.ModuleList:
     return model.language_model.model.layers
@@ -246,12 +316,37 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="Qwen2-VL / Qwen2.5-VL",
         architectures=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
         vision_token_id_keys=("image_token_id", "video_token_id"),
-        vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        vision_token_kinds=IMAGE_AND_VIDEO,
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
-        flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.blocks"),
+        flops_components=QWEN_VL_COMPONENTS,
+        notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
+    ),
+    Adapter(
+        family="Qwen3-VL / Qwen3-VL-MoE",
+        architectures=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        positions_from_mask=False,
+        flops_components={**QWEN_VL_COMPONENTS,
+                          "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
+        deepstack=QWEN3_VL_DEEPSTACK,
+        notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
+              "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
+    ),
+    Adapter(
+        family="GLM-4.1V / GLM-4.5V / GLM-4.6V",
+        architectures=("Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration",
+                       "Glm46VForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id",),
+        video_frames_as_images=True,  # between <|begin_of_video|> / <|end_of_video|>
+        positions_from_mask=False,
+        flops_components={"vision_tower": ("model.visual.embeddings", "model.visual.patch_embed",
+                                           "model.visual.post_conv_layernorm", "model.visual.blocks",
+                                           "model.visual.post_layernorm", "model.visual.downsample"),
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
-        notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
+        notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
+              "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
     ),
     Adapter(
         family="Gemma 3",
@@ -279,14 +374,87 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
-        family="Idefics3 / SmolVLM",
-        architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+        family="Aya Vision / Cohere2 Vision",
+        architectures=("AyaVisionForConditionalGeneration", "Cohere2VisionForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id",),
+        notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
+              "<|IMG_PATCH|> withdrawn (every tile), tile / line-break / start / end markers kept",
+    ),
+    Adapter(
+        family="VipLLaVA",
+        architectures=("VipLlavaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        notes="CLIP features of several layers, fixed number of image tokens per image",
+    ),
+    Adapter(
+        family="LLaVA-NeXT-Video",
+        architectures=("LlavaNextVideoForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        flops_components={**LLAVA_COMPONENTS, "projector": ("model.multi_modal_projector", "model.vision_resampler")},
+        notes="anyres images and pooled video frames; image and video tokens withdrawn",
+    ),
+    Adapter(
+        family="Video-LLaVA",
+        architectures=("VideoLlavaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id", "video_token_id"),
+        vision_token_kinds=IMAGE_AND_VIDEO,
+        # its processor hands the images over as `pixel_values_images` (the name before transformers 5.23)
+        pixel_input_keys=("pixel_values", "pixel_values_images", "pixel_values_videos", "inputs_embeds"),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.image_tower", "model.video_tower")},
+        notes="separate image and video towers; image and video tokens withdrawn",
+    ),
+    Adapter(
+        family="Granite4-Vision",
+        architectures=("Granite4VisionForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS,
+                          "projector": ("model.layerwise_projectors", "model.spatial_projectors")},
+        deepstack=GRANITE4_VISION_DEEPSTACK,
+        notes="anyres; image features enter only through DeepStack at chosen layers (injections past K dropped, "
+              "they only touch withdrawn tokens)",
+    ),
+    Adapter(
+        family="DeepSeek-VL / Janus",
+        architectures=("DeepseekVLForConditionalGeneration", "JanusForConditionalGeneration"),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_model",), "projector": ("model.aligner",)},
+        notes="fixed number of image tokens per image; Janus: image understanding (its image generator is not "
+              "involved); <begin_of_image>/<end_of_image> kept",
+    ),
+    Adapter(
+        family="LightOnOCR",
+        architectures=("LightOnOcrForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_encoder",),
+                          "projector": ("model.vision_projection",)},
+        notes="Pixtral encoder (variable image sizes) + Qwen3; image tokens withdrawn",
+    ),
+    Adapter(
+        family="Ovis2",
+        architectures=("Ovis2ForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        flops_components={**LLAVA_COMPONENTS, "projector": ("model.visual_embeddings_table",)},
+        notes="tiles + global view; <IMG_ATOM> withdrawn, visual indicator tokens (start, grid, row, col, end) kept",
+    ),
+    Adapter(
+        family="PaliGemma",
+        architectures=("PaliGemmaForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        prompt_blocks=_prefix_lm_blocks,
+        notes="prefix-LM: the kept text prompt still attends bidirectionally in layers >= K; <image> withdrawn",
+    ),
+    Adapter(
+        family="Idefics2 / Idefics3 / SmolVLM",
+        architectures=("Idefics2ForConditionalGeneration", "Idefics3ForConditionalGeneration",
+                       "SmolVLMForConditionalGeneration"),
         decoder_layers=_text_model_layers,
         final_norm=_text_model_norm,
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
-        notes="image splitting + pixel-shuffle connector; <image> tokens withdrawn, tile/row-col tags kept",
+        notes="image splitting + pixel-shuffle connector (Idefics2: perceiver resampler); <image> tokens "
+              "withdrawn, tile/row-col tags kept",
     ),
     Adapter(
         family="Gemma 4",
@@ -346,9 +514,104 @@ ADAPTERS: tuple[Adapter, ...] = (
     ),
 )
 
-# Families on the roadmap (family -> comma-separated transformers classes): listed by `vtw models` with
-# status "planned" so users know what is coming. Every family of the roadmap so far is supported.
-PLANNED: dict[str, str] = {}
+@dataclass(frozen=True)
+class Uncovered:
+    """An image-text-to-text family of transformers that withdrawal does not cover, and why."""
+
+    architectures: tuple[str, ...]
+    reason: str
+
+
+# Every image-text-to-text family of the installed transformers (its MODEL_FOR_IMAGE_TEXT_TO_TEXT mapping) is
+# either supported (ADAPTERS), planned or not applicable; `vtw models` and docs/architectures.md list all three
+# and a test checks that no family of the mapping is missing. Planned: withdrawal applies, the work is not done.
+PLANNED: dict[str, Uncovered] = {
+    # Read, not done: what withdrawal needs beyond an adapter entry.
+    "Gemma 3n": Uncovered(("Gemma3nForConditionalGeneration",),
+                          "per-layer inputs (PLE) to slice with the hidden states, KV sharing across layers, audio "
+                          "tokens"),
+    "Molmo2": Uncovered(("Molmo2ForConditionalGeneration",),
+                        "image_patch_id tokens, bidirectional inside image blocks (gone past K, as in Gemma 3); its "
+                        "processor needs torchvision and builds pooling indices: no tiny model yet"),
+    "MiniCPM-V 4.6 / 4.7 / MiniCPM-OCR": Uncovered(
+        ("MiniCPMV4_6ForConditionalGeneration", "MiniCPMV4_7ForConditionalGeneration",
+         "MiniCPMOcrForConditionalGeneration"),
+        "a Qwen3.5 language model (supported as Qwen3.5) behind MiniCPM's own vision tower and merger; "
+        "not tested yet"),
+    "Kimi-K2.5": Uncovered(("Kimi_K25ForConditionalGeneration",),
+                           "DeepSeek-V3 language model (MLA attention, MoE); not tested yet"),
+    "Nemotron-H Omni": Uncovered(("NemotronH_Omni_Reasoning_V3",),
+                                 "hybrid Mamba language model: recurrent state past K, like Qwen3.5"),
+    "Qwen2.5-Omni / Qwen3-Omni (thinker)": Uncovered(
+        ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen3OmniMoeThinkerForConditionalGeneration"),
+        "audio tokens interleaved with video (TMRoPE); not tested yet"),
+    "Chameleon / Emu3": Uncovered(("ChameleonForConditionalGeneration", "Emu3ForConditionalGeneration"),
+                                  "early fusion: images are VQ codes of the vocabulary (a range of ids, not one)"),
+    "BLIP-2 / InstructBLIP / InstructBLIP-Video": Uncovered(
+        ("Blip2ForConditionalGeneration", "InstructBlipForConditionalGeneration",
+         "InstructBlipVideoForConditionalGeneration"),
+        "Q-Former query tokens in the language model's input; the Flan-T5 variants are encoder-decoders"),
+    "Kosmos-2 / Kosmos-2.5": Uncovered(("Kosmos2ForConditionalGeneration", "Kosmos2_5ForConditionalGeneration"),
+                                       "image embeddings placed by image_embeds_position_mask, no image token id"),
+    "GIT": Uncovered(("GitForCausalLM",), "image features prepended as embeddings, attended bidirectionally"),
+    "Fuyu": Uncovered(("FuyuForCausalLM",), "image patches projected straight into the sequence; not tested yet"),
+    "Aria": Uncovered(("AriaForConditionalGeneration",), "MoE language model; not tested yet"),
+    "DeepSeek-VL-Hybrid / DeepSeek-OCR-2 / Unlimited-OCR": Uncovered(
+        ("DeepseekVLHybridForConditionalGeneration", "DeepseekOcr2ForConditionalGeneration",
+         "UnlimitedOcrForConditionalGeneration"), "a second (SAM) high-resolution tower; not tested yet"),
+    "PerceptionLM": Uncovered(("PerceptionLMForConditionalGeneration",),
+                              "its vision tower is a timm model: no tiny model without timm; not tested yet"),
+    "FastVLM": Uncovered(("FastVlmForConditionalGeneration",),
+                         "its vision tower (FastViTHD) is a timm model: no tiny model without timm; not tested yet"),
+    "GOT-OCR2 / PP-Chart2Table": Uncovered(("GotOcr2ForConditionalGeneration",), "not tested yet"),
+    "Granite Docling": Uncovered(("GraniteDoclingForConditionalGeneration",), "not tested yet"),
+    "GLM-OCR / GLM-5-Next": Uncovered(("GlmOcrForConditionalGeneration", "Glm5NextForConditionalGeneration"),
+                                      "M-RoPE like GLM-4.1V; not tested yet"),
+    "Mistral Large 4 / Mistral 4": Uncovered(("MistralLarge4ForConditionalGeneration", "Mistral4ForCausalLM"),
+                                             "not tested yet"),
+    "MiniMax-M3-VL": Uncovered(("MiniMaxM3SparseForConditionalGeneration",), "not tested yet"),
+    "ERNIE-4.5-VL-MoE": Uncovered(("Ernie4_5_VLMoeForConditionalGeneration",),
+                                  "modality-specific experts; not tested yet"),
+    "PaddleOCR-VL": Uncovered(("PaddleOCRVLForConditionalGeneration",), "M-RoPE; not tested yet"),
+    "VideoLLaMA3": Uncovered(("VideoLlama3ForConditionalGeneration",), "not tested yet"),
+    "HunYuan-VL / HY-V4-VL": Uncovered(("HunYuanVLForConditionalGeneration", "HYV4VLForConditionalGeneration"),
+                                       "not tested yet"),
+    "HyperCLOVA X Vision V2": Uncovered(("HyperCLOVAXVisionV2ForConditionalGeneration",), "not tested yet"),
+    "Exaone 4.5": Uncovered(("Exaone4_5_ForConditionalGeneration",), "not tested yet"),
+    "Step3p7": Uncovered(("Step3p7ForConditionalGeneration",), "not tested yet"),
+    "Dots3 Note": Uncovered(("Dots3NoteForConditionalGeneration",), "not tested yet"),
+    "Qianfan-OCR": Uncovered(("QianfanOCRForConditionalGeneration",), "not tested yet"),
+    "Apertus 1.5": Uncovered(("Apertus1p5ForConditionalGeneration",), "not tested yet"),
+    "Cohere Compass": Uncovered(("CohereCompassForConditionalGeneration",), "not tested yet"),
+    "Cosmos3 Edge / Omni": Uncovered(("Cosmos3EdgeForConditionalGeneration", "Cosmos3OmniForConditionalGeneration"),
+                                     "not tested yet"),
+    "Inkling / Inkling2 / Inkling2-Loop": Uncovered(
+        ("InklingForConditionalGeneration", "Inkling2ForConditionalGeneration", "Inkling2LoopForConditionalGeneration"),
+        "not tested yet"),
+    "Muse Glimmer / Muse Spark": Uncovered(("MuseGlimmerForConditionalGeneration", "MuseSparkForConditionalGeneration"),
+                                           "not tested yet"),
+    "LFM3-VL": Uncovered(("Lfm3VlForConditionalGeneration",), "not tested yet"),
+    "Qwen4-Exp": Uncovered(("Qwen4ExpForConditionalGeneration",), "not tested yet"),
+    "Gemma 4 Unified": Uncovered(("Gemma4UnifiedForConditionalGeneration",),
+                                 "Gemma 4's mechanisms (per-layer inputs, KV sharing); not tested yet"),
+}
+
+# Families where withdrawing vision tokens from the decoder's sequence does not apply.
+NOT_APPLICABLE: dict[str, Uncovered] = {
+    "Mllama (Llama 3.2 Vision)": Uncovered(("MllamaForConditionalGeneration",),
+                                           "cross-attention: image features never enter the decoder's sequence"),
+    "Idefics (v1)": Uncovered(("IdeficsForVisionText2Text",), "cross-attention: no vision tokens in the sequence"),
+    "Encoder-decoders": Uncovered(
+        ("Florence2ForConditionalGeneration", "Pix2StructForConditionalGeneration",
+         "PPFormulaNetForConditionalGeneration", "T5Gemma2ForConditionalGeneration", "UdopForConditionalGeneration", "VisionEncoderDecoderModel",
+         "BlipForConditionalGeneration"),
+        "the image is read by an encoder (and cross-attention), the decoder has no vision tokens to withdraw"),
+    "Evolla": Uncovered(("EvollaForProteinText2Text",), "protein-text model: no vision tokens"),
+    "PI0": Uncovered(("PI0ForConditionalGeneration",), "vision-language-action policy: actions from a flow-matching "
+                                                         "expert, not next-token decoding"),
+    "Diffusion Gemma": Uncovered(("DiffusionGemmaForBlockDiffusion",),
+                                 "block diffusion: bidirectional denoising, not causal next-token decoding"),
+}
 
 
 def supported_architectures() -> list[str]:
@@ -359,8 +622,11 @@ def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:
             return adapter
+    why = next((f" ({status}: {entry.reason})" for status, entries in (("planned", PLANNED),
+                                                                         ("not applicable", NOT_APPLICABLE))
+                for entry in entries.values() if architecture in entry.architectures), "")
     raise UnsupportedError(
-        f"architecture {architecture} has no vtwcli adapter; supported: {', '.join(supported_architectures())} "
+        f"architecture {architecture} has no vtwcli adapter{why}; supported: {', '.join(supported_architectures())} "
         "(see `vtw models`)"
     )
 

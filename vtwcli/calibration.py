@@ -30,8 +30,8 @@ from vtwcli.measure.runs import withdrawn_at
 from vtwcli.profile.model import first_layer_under
 from vtwcli.selection import (ACCURACY_CONFIDENCE, DEFAULT_RULE, AutoOptions, RoundFigures, accuracy_interval,
                               k_bootstrap, layer_choice, parse_rule, samples_auto, selection_warnings, straddles)
-from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, refuse_kept_blocks,
-                               repeat_batch, take_positions, withdrawn_masks)
+from vtwcli.withdrawal import (exact_layers, format_layers, inexact_reason, kept_slots, kept_vision_tokens,
+                               refuse_kept_blocks, repeat_batch, take_positions, withdrawn_masks)
 
 CRITERIA = ("last_token", "teacher_forced")
 DIRECTIONS = ("withdrawn_to_full", "full_to_withdrawn")
@@ -121,6 +121,11 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                            f"{','.join(kinds)}); use data with that input or another --withdraw")
         raise VtwError("a calibration prompt has no vision tokens (the image placeholder was lost); "
                        "check the processor's chat template and the dataset's images")
+    if kept_vision_tokens(adapter, model.config, input_ids, vision | ~valid):
+        # the candidates re-run layers >= K without the DeepStack injections, which would reach kept tokens
+        raise VtwError(f"--withdraw {','.join(kinds or ())}: {adapter.family} adds DeepStack vision features to "
+                       "every vision token of the prompt, so all must be withdrawn; use --withdraw "
+                       f"{','.join(adapter.declared_kinds(model.config))} or data without the other kind")
     if score_mask is None:
         score_mask = torch.zeros_like(valid)
         score_mask[:, -1] = True
@@ -135,7 +140,9 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
                            f"{format_layers(exact_layers(adapter, text_config, num_layers))}")
     first = min(candidates, default=num_layers)
     first_vision = int(vision.int().argmax(dim=1).min())  # text before this column never saw a vision token
-    prefix = first_vision if prefix_is_shared(layer_types, first) else 0
+    # Bidirectional prompt blocks (PaliGemma's prefix-LM) let text before the image see it: nothing is shared.
+    blocks = adapter.prompt_blocks(inputs) if adapter.prompt_blocks is not None else None
+    prefix = first_vision if prefix_is_shared(layer_types, first) and blocks is None else 0
     if (score_mask & (vision | ~valid)).any() or score_mask[:, :first_vision].any():
         raise VtwError("scored positions must be text tokens after the image; put the image before the question")
 
@@ -186,6 +193,7 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
         return seen[1]
 
     validity = torch.cat([valid[:, :prefix], slot_valid], dim=1)
+    kept_blocks = None if blocks is None else blocks[:, prefix:].gather(1, index).masked_fill(~slot_valid, -1)
     cache_key = "cache" if "cache" in layer_kwargs.get(first, {}) else "past_key_values"
     norm = adapter.final_norm(model)
     head = model.get_output_embeddings()
@@ -213,7 +221,8 @@ def shared_prefix_kl(model, inputs: dict, layers: list[int], *, score_mask: torc
             mask = masks_of[shared_kv[j]]
         else:
             masks = withdrawn_masks(adapter, text_config, j, layer_types, hidden, validity.repeat(in_flight, 1),
-                                    prefix_cache, last_layer=j)
+                                    prefix_cache, last_layer=j,
+                                    blocks=None if kept_blocks is None else kept_blocks.repeat(in_flight, 1))
             mask = masks_of[j] = masks[layer_types[j]]
         own = layer_kwargs[j]
         position_embeddings = own.get("position_embeddings")
@@ -424,7 +433,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     num_layers = len(adapter.decoder_layers(model))
     options.validate(num_layers)
     adapter.check_kinds(model.config, options.kinds)
-    if "video" not in adapter.declared_kinds(model.config):
+    if not adapter.accepts_video(model.config):
         with_video = next((s for selection in selections for s in selection.samples if s.videos), None)
         if with_video is not None:  # its chat template and processor would drop the video without a word
             raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "

@@ -189,6 +189,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         except (ValueError, TypeError, ImportError) as error:
             raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s), "
                            f"{videos} video(s) of {width}x{height}): {error}") from None
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
         ids = inputs["input_ids"][0]
         vision = int(torch.isin(ids, vision_ids).sum())
         return dict(inputs), vision, len(ids) - vision
@@ -237,7 +238,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
-    if videos and "video" not in adapter.declared_kinds(model.config):
+    if videos and not adapter.accepts_video(model.config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "

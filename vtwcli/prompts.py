@@ -140,7 +140,7 @@ def make_batch(processor: Any, samples: list[Sample]):
     if videos:  # processors take the batch's videos as one flat list, matched to placeholders in order
         media["videos"] = videos
     try:
-        return processor(text=prompts, return_tensors="pt", padding=True, **media)
+        batch = processor(text=prompts, return_tensors="pt", padding=True, **media)
     except ValueError as error:
         ids = ", ".join(s.id for s in samples[:5]) + (" ..." if len(samples) > 5 else "")
         lost = next((s for s, p in zip(samples, prompts) if not _has_image_placeholder(processor, p)), None)
@@ -151,6 +151,8 @@ def make_batch(processor: Any, samples: list[Sample]):
                 "{\"type\": \"image\"} entries"
             ) from None
         raise VtwError(f"the processor rejected the batch ({ids}): {error}") from None
+    batch.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
+    return batch
 
 
 def _placeholders(processor: Any) -> list[str]:

@@ -21,7 +21,11 @@ How it works, without touching the model's code:
   e.g. Gemma 3, hand different tables to different layers; 3-D M-RoPE tables (B, S, head_dim) slice the same).
 * per-position tensors a layer takes positionally (Gemma 4's per-layer inputs) are sliced at the kept slots
   too; layers that reuse another layer's keys/values (KV sharing) are exact only where that layer is >= K
-  too, so the other K are refused (``exact_layers``).
+  too, so the other K are refused (``exact_layers``);
+* families with DeepStack (vision features added inside the decoder: Qwen3-VL, Granite4-Vision) get a
+  pre-hook on the module that receives the injections, which keeps only those into layers <= K (the
+  later ones would touch only withdrawn tokens); families with bidirectional prompt blocks (PaliGemma's
+  prefix-LM) keep the blocks of the kept tokens in the kept-sequence masks.
 
 Nothing here branches on the architecture: where the layers are, which ids are vision tokens, the layer
 types and the seq dims of position tensors come from the family's adapter (vtwcli/adapters.py).
@@ -113,6 +117,10 @@ class _CallState:
     vision_mask: torch.Tensor  # (B, q) bool, True = vision token of this call's new tokens
     padding_mask: torch.Tensor | None  # (B, past + q) bool, True = real token; None = no padding
     has_pixels: bool  # this call inserts vision features (a prefill, or a chunk carrying an image)
+    # Vision tokens of the family this call keeps (a --withdraw kind left out): DeepStack would inject into them.
+    keeps_vision_tokens: bool = False
+    # (B, q) bidirectional block ids of this call's tokens (adapter.prompt_blocks), or None.
+    blocks: torch.Tensor | None = None
 
 
 _NO_PADDING = object()  # generate() prepared this call from no padding mask at all (every token real)
@@ -141,7 +149,8 @@ class _WithdrawnInputs:
 
 
 def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types: list[str], hidden: torch.Tensor,
-                    validity: torch.Tensor, cache, last_layer: int | None = None) -> dict:
+                    validity: torch.Tensor, cache, last_layer: int | None = None,
+                    blocks: torch.Tensor | None = None) -> dict:
     """The attention mask of the kept sequence for every layer type among layers >= ``first_layer``.
 
     Each type's mask is built against the first layer >= ``first_layer`` of that type (its cache decides
@@ -150,6 +159,7 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
     marks the real entries among past kept entries + this call's kept slots. Built with transformers'
     own builders and ``position_ids=None`` on purpose: gapped original positions would read as packed
     sequences (block-diagonal mask). A sliding window therefore counts kept entries, not original positions.
+    ``blocks`` (B, entries): bidirectional block ids of the kept entries (adapter.prompt_blocks), or None.
     """
     last_layer = len(layer_types) - 1 if last_layer is None else last_layer
     if adapter.build_withdrawn_masks is not None:
@@ -170,9 +180,19 @@ def withdrawn_masks(adapter: Adapter, text_config, first_layer: int, layer_types
         if builder is None:
             raise UnsupportedError(f"decoder layer type {kind!r} (layer {index}) is not supported by withdrawal; "
                                    f"supported: {', '.join((*MASK_BUILDERS, *adapter.state_layer_types))}")
+        extra = {} if blocks is None else {"block_sequence_ids": blocks}
         masks[kind] = builder(config=text_config, inputs_embeds=hidden, attention_mask=validity, cache=cache,
-                              position_ids=None, layer_idx=index)
+                              position_ids=None, layer_idx=index, **extra)
     return masks
+
+
+def kept_vision_tokens(adapter: Adapter, config, input_ids: torch.Tensor, withdrawn: torch.Tensor) -> bool:
+    """True where a family with DeepStack keeps some of its vision tokens (a --withdraw kind left out):
+    the injections into layers > K would reach those kept tokens, so they cannot be dropped."""
+    if adapter.deepstack is None:
+        return False
+    every = torch.isin(input_ids, torch.tensor(adapter.vision_token_ids(config), device=input_ids.device))
+    return bool((every & ~withdrawn).any())
 
 
 def take_positions(tensor: torch.Tensor, index: torch.Tensor, seq_dim: int) -> torch.Tensor:
@@ -299,6 +319,9 @@ class WithdrawalHandle:
             self._hooks.append(later.register_forward_pre_hook(self._continue_withdrawn, with_kwargs=True))
         for hook_module in (self.model,):
             self._hooks.append(hook_module.register_forward_hook(self._end_call))
+        if self.adapter.deepstack is not None:
+            self._hooks.append(self.adapter.deepstack.module(self.model).register_forward_pre_hook(
+                self._drop_late_injections, with_kwargs=True))
         if hasattr(self.model, "prepare_inputs_for_generation"):
             original = self.model.prepare_inputs_for_generation
 
@@ -347,9 +370,11 @@ class WithdrawalHandle:
                 "withdrawal does not support training (model is in train mode); call model.eval() for inference"
             )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        keeps_vision_tokens = False
         if input_ids is not None:
             ids = torch.tensor(self.vision_token_ids, device=input_ids.device)
             vision = torch.isin(input_ids, ids)
+            keeps_vision_tokens = kept_vision_tokens(self.adapter, self.model.config, input_ids, vision)
         else:
             embeds = kwargs.get("inputs_embeds")
             if embeds is None or self.explicit_vision_mask is None:
@@ -379,8 +404,9 @@ class WithdrawalHandle:
         has_pixels = any(kwargs.get(key) is not None for key in self.adapter.pixel_input_keys)
         if has_pixels and input_ids is not None:
             refuse_kept_blocks(self.adapter, self.model.config, self.kinds, input_ids)
+        blocks = self.adapter.prompt_blocks(kwargs) if self.adapter.prompt_blocks is not None else None
         self._call = _CallState(vision_mask=vision, padding_mask=None if mask is None else mask.bool(),
-                                has_pixels=has_pixels)
+                                has_pixels=has_pixels, keeps_vision_tokens=keeps_vision_tokens, blocks=blocks)
         self._withdrawn = None
         self._device_copies.clear()
         self._sliced_positions.clear()
@@ -414,6 +440,24 @@ class WithdrawalHandle:
         self._device_copies.clear()
         self._sliced_positions.clear()
         return None
+
+    def _drop_late_injections(self, module, args, kwargs):
+        """Hand the DeepStack module only the injections into layers <= K (see adapters.DeepStack)."""
+        spec = self.adapter.deepstack
+        features = kwargs.get(spec.argument)
+        if features is None:
+            return None
+        targets = spec.target_layers(features)
+        keep = [target <= self.layer for target in targets]
+        if all(keep):
+            return None
+        if self._call is not None and self._call.keeps_vision_tokens:
+            raise UnsupportedError(
+                f"{self.adapter.family} adds DeepStack vision features to every vision token up to decoder layer "
+                f"{max(targets)}, and this call keeps some (--withdraw {','.join(self.kinds or ())}); withdraw every "
+                f"vision kind of the prompt or use a layer >= {max(targets)}"
+            )
+        return args, dict(kwargs, **{spec.argument: spec.select(features, keep)})
 
     def _enter_withdrawn(self, module, args, kwargs):
         call = self._call
@@ -481,11 +525,14 @@ class WithdrawalHandle:
             kept_hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             if position_ids is not None:
                 position_ids = take_positions(position_ids, index, seq_dim=self.adapter.position_ids_seq_dim)
-        if self._model_mask_suffices(kwargs, cache, everything_kept, past_kept, length, validity):
+        blocks = None
+        if call.blocks is not None and not past_kept:  # the model, too, applies them to the prompt's forward only
+            blocks = call.blocks.to(device)[:, -length:].gather(1, index).masked_fill(~validity, -1)
+        if blocks is None and self._model_mask_suffices(kwargs, cache, everything_kept, past_kept, length, validity):
             masks = {"full_attention": None}
         else:
             masks = withdrawn_masks(self.adapter, self.text_config, self.layer, self.layer_types, kept_hidden,
-                                    validity, cache)
+                                    validity, cache, blocks=blocks)
         self._withdrawn = _WithdrawnInputs(None if everything_kept else index, masks, position_ids, length)
         self._device_copies = {device: self._withdrawn}
         self.kept_index = index

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from vtwcli.adapters import ADAPTERS, PLANNED
+from vtwcli.adapters import ADAPTERS, NOT_APPLICABLE, PLANNED
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
@@ -23,7 +23,7 @@ def _status(adapter) -> str:
 
 @app.command("models")
 def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List the model families and transformers classes that withdrawal supports."""
+    """List every image-text-to-text family of transformers: supported, planned (and why) or not applicable."""
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": _status(a),
          "inputs": a.declared_kinds() or ["vision_mask"],
@@ -31,9 +31,10 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         for a in ADAPTERS
     ]
     rows += [
-        {"family": family, "architectures": [c.strip() for c in classes.split(",")], "status": "planned",
-         "inputs": [], "flops_only": False, "notes": ""}
-        for family, classes in PLANNED.items()
+        {"family": family, "architectures": list(entry.architectures), "status": status, "inputs": [],
+         "flops_only": False, "notes": entry.reason}
+        for status, entries in (("planned", PLANNED), ("not applicable", NOT_APPLICABLE))
+        for family, entry in entries.items()
     ]
     if as_json:
         typer.echo(json_text(rows))
@@ -47,7 +48,8 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     table.add_column("--flops-only")
     table.add_column("notes", ratio=1)
     for row in rows:
-        style = {"supported": "green", "withdraw() only": "yellow", "blocked upstream": "red"}.get(row["status"], "dim")
+        style = {"supported": "green", "planned": "yellow", "withdraw() only": "yellow",
+                 "blocked upstream": "red"}.get(row["status"], "dim")
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     print_table(table)

@@ -33,6 +33,7 @@ counter), not the triangle.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.runs import VARIANTS, cache_of, generate_exactly, variants
+from vtwcli.measure.runs import VARIANTS, generate_exactly, new_cache, variants
 from vtwcli.measure.text_layers import TEXT_MODELS, decoder_layer_flops, text_model_of
 from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
@@ -351,17 +352,33 @@ def count_flops(model: nn.Module, prompt, layer: int, *, seed: int = 0, kinds: t
     inputs = dict(prompt)
     inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
     result: dict = {"decode_per_token": {"context_tokens": {}}}
-    for variant, withdrawn in variants(model, layer, kinds):
-        with withdrawn:
-            counter = _counter()
-            with counter:
-                out = model(**inputs, use_cache=True, logits_to_keep=1)
-            result[variant] = _by_component(model, counter)
-            cache = cache_of(out)
-            result["decode_per_token"]["context_tokens"][variant] = int(cache.get_seq_length(_last_cached_layer(cache)))
-            del out, cache
-            result["decode_per_token"][variant] = _decode_step_flops(model, inputs)
+    with _parameters_frozen(model):
+        for variant, withdrawn in variants(model, layer, kinds):
+            with withdrawn:
+                counter = _counter()
+                cache = new_cache(model)
+                with counter:
+                    out = model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+                result[variant] = _by_component(model, counter)
+                result["decode_per_token"]["context_tokens"][variant] = int(
+                    cache.get_seq_length(_last_cached_layer(cache)))
+                del out, cache
+                result["decode_per_token"][variant] = _decode_step_flops(model, inputs)
     return result
+
+
+@contextlib.contextmanager
+def _parameters_frozen(model: nn.Module):
+    """Parameters with requires_grad off while counting: the counter's module tracker hooks every module input
+    that requires grad, and fails on a parameter handed straight to a module (Idefics2's perceiver latents)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def _decode_step_flops(model: nn.Module, inputs: dict) -> int:

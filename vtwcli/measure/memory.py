@@ -27,7 +27,7 @@ import sys
 import torch
 from torch import nn
 
-from vtwcli.measure.runs import cache_of, generate_exactly, variants
+from vtwcli.measure.runs import generate_exactly, new_cache, variants
 from vtwcli.profile.model import MemoryRun
 
 __all__ = ["kv_cache_bytes", "state_bytes", "reset_peak_rss", "peak_rss_bytes", "peak_rss_per_variant",
@@ -109,8 +109,8 @@ class MemoryTracker:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         reset_peak_rss()
-        out = model(**self.inputs, use_cache=True, logits_to_keep=1)
-        cache = cache_of(out)
+        cache = new_cache(model)
+        out = model(**self.inputs, cache=cache, use_cache=True, logits_to_keep=1)
         kv, state = kv_cache_bytes(cache), state_bytes(cache)
         del out, cache
         generate_exactly(model, self.inputs, self.new_tokens)

@@ -37,9 +37,12 @@ def variants(model: nn.Module, layer: int, kinds: tuple[str, ...] | None = None)
         yield name, variant(model, name, layer, kinds)
 
 
-def cache_of(output):
-    """The KV cache a forward returned (transformers 5.x names it ``cache``; older outputs ``past_key_values``)."""
-    return output.cache if hasattr(output, "cache") else output.past_key_values
+def new_cache(model: nn.Module):
+    """The KV cache ``generate()`` hands the model for a prefill (a dynamic cache of its text config). Passed
+    explicitly, it also serves text models that make none themselves (Granite4-Vision's)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
 
 
 def generate_exactly(model: nn.Module, inputs: dict, new_tokens: int):
