@@ -212,7 +212,8 @@ def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, caps
     directory, config = saved("gemma4")
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"],
+                               capsys)
     assert code == 0, err
     text_config = config.text_config
     assert text_config.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
@@ -324,7 +325,8 @@ def test_profile_of_families_with_conv_or_recurrent_layers(name, saved, capsys):
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"],
+                               capsys)
     assert code == 0, err
     flops, text_config = data["flops"], config.text_config
     vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
