@@ -717,8 +717,11 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
         "MllamaForConditionalGeneration"]
     assert status["Gemma3nForConditionalGeneration"] == "planned" and "per-layer inputs" in notes[
         "Gemma3nForConditionalGeneration"]
-    assert [arch for row in rows if row["flops_only"] for arch in row["architectures"]] == [
-        "LlavaForConditionalGeneration"]
+    flops_only = {arch for row in rows if row["flops_only"] for arch in row["architectures"]}
+    assert flops_only == {arch for a in ADAPTERS if a.fixed_image_layout or a.image_tokens is not None
+                          for arch in a.architectures}
+    assert {"LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+            "Gemma3ForConditionalGeneration", "InternVLForConditionalGeneration"} <= flops_only
 
 
 def write_video_dataset(directory, frames: int = 4) -> str:

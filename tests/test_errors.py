@@ -318,9 +318,45 @@ def next_dir(tmp_path_factory) -> str:
     return directory
 
 
-def test_flops_only_on_a_family_sized_by_its_images(next_dir, capsys):
-    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only"], capsys)
-    assert "LLaVA-NeXT sizes them from each image" in line and "drop --flops-only" in line
+def test_flops_only_on_a_family_sized_by_its_images(tmp_path, capsys):
+    """Mistral3 / Pixtral sizes its tokens from each image and its adapter names no vision-token rule."""
+    from arch_models import FAMILIES
+
+    model = FAMILIES["mistral3"].build(1, "sdpa", 0)
+    model.config.architectures = [FAMILIES["mistral3"].architecture]
+    model.config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
+    assert "Mistral3 / Pixtral sizes them from each image and has no rule yet" in line and "drop --flops-only" in line
+
+
+def test_flops_only_without_preprocessor_config(next_dir, tmp_path, capsys):
+    shutil.copy(Path(next_dir) / "config.json", tmp_path / "config.json")
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
+    assert "--flops-only: LLaVA-NeXT sizes its vision tokens from each image, so it needs preprocessor_config.json " \
+           "beside config.json" in line
+
+
+def test_flops_only_with_videos(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only", "--videos", "1"], capsys)
+    assert "--videos needs the model's video processor; drop --flops-only" in line
+
+
+def test_flops_only_withdrawing_video_only(tmp_path, capsys):
+    from arch_models import FAMILIES
+
+    family = FAMILIES["llava_onevision"]
+    model = family.build(1, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only", "--withdraw", "video"],
+                          capsys)
+    assert "--withdraw video with --flops-only: config-only counting covers image prompts" in line
+
+
+def test_image_tokens_with_flops_only_on_a_sized_family(next_dir, capsys):
+    line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only", "--image-tokens", "64"],
+                          capsys)
+    assert "--image-tokens: LLaVA-NeXT sizes the image tokens from each image" in line
 
 
 def test_image_tokens_on_a_family_sized_by_its_images(next_dir, capsys):
@@ -585,6 +621,64 @@ def test_profile_without_a_calibrated_layer(tmp_path, capsys):
     assert "calibration.layer is null" in line and "--layer K" in line
 
 
+# ------------------------------------------------------------------------------------------------ vtw eval
+
+BUNDLED_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "bundled.yaml"
+
+
+def vtw_eval(*extra: str, profile: Path = BUNDLED_PROFILE) -> list[str]:
+    return ["eval", str(profile), "--model", "llava_hf", "--model-args", "pretrained=x", *extra]
+
+
+def test_eval_of_the_plugin_model_itself(capsys):
+    line = one_line_error(["eval", str(BUNDLED_PROFILE), "--model", "vtw", "--tasks", "mme"], capsys)
+    assert "--model 'vtw': give the base lmms-eval model (e.g. llava_hf)" in line
+
+
+def test_eval_without_tasks(capsys):
+    assert "no --tasks given" in one_line_error(vtw_eval(), capsys)
+
+
+def test_eval_model_args_with_a_plugin_key(capsys):
+    line = one_line_error(vtw_eval("--tasks", "mme", "--model-args", "pretrained=x,profile=p.yaml"), capsys)
+    assert "--model-args: profile is reserved for the vtw plugin; give the profile as vtw eval's PROFILE" in line
+
+
+def test_eval_malformed_model_args(capsys):
+    line = one_line_error(["eval", str(BUNDLED_PROFILE), "--model", "llava_hf", "--model-args", "pretrained",
+                           "--tasks", "mme"], capsys)
+    assert "--model-args 'pretrained': 'pretrained' is not key=value" in line
+
+
+def test_eval_limit_below_one(capsys):
+    assert "--limit must be >= 1, got 0" in one_line_error(vtw_eval("--tasks", "mme", "--limit", "0"), capsys)
+
+
+def test_eval_dataset_with_include_path(tmp_path, capsys):
+    line = one_line_error(vtw_eval("--dataset", "synthetic_color", "--include-path", str(tmp_path)), capsys)
+    assert "--dataset and --include-path cannot be combined" in line
+
+
+def test_eval_include_path_that_does_not_exist(tmp_path, capsys):
+    line = one_line_error(vtw_eval("--tasks", "mme", "--include-path", str(tmp_path / "nope")), capsys)
+    assert "--include-path" in line and "no such directory; pass the folder holding the task YAML files" in line
+
+
+def test_eval_profile_without_a_layer(tmp_path, capsys):
+    path = profile_profile(tmp_path, example_profile(layer=None), "nolayer.yaml")
+    line = one_line_error(vtw_eval("--tasks", "mme", profile=path), capsys)
+    assert "no withdrawal layer to evaluate" in line and "--threshold" in line
+
+
+def test_eval_without_lmms_eval_installed(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is not None:
+        pytest.skip("lmms-eval is installed here")
+    line = one_line_error(vtw_eval("--tasks", "mme"), capsys)
+    assert "lmms-eval is not installed in this environment; pip install 'vtwcli[lmms-eval]'" in line
+
+
 # ---------------------------------------------------------------------------------------------- resources
 
 
@@ -608,6 +702,100 @@ def test_two_images_are_not_an_error_for_llava(model_dir, data_dir, tmp_path, ca
     code, _, err = run_cli(calibrate(model_dir, tmp_path, "--threshold", "1e9", dataset=path), capsys)
     assert code == 0, err
     assert not math.isnan(yaml.safe_load((tmp_path / "c.yaml").read_text())["calibration"]["per_layer"][0]["kl_mean"])
+
+
+# ------------------------------------------------------------------------------------- vtw verify, --generic
+
+
+def verify_args(model_dir: str, *extra: str) -> list[str]:
+    return ["verify", "--model", str(model_dir), "--device", "cpu", "--samples", "2", "--new-tokens", "1", *extra]
+
+
+def test_verify_not_exact(model_dir, capsys, monkeypatch):
+    import dataclasses
+
+    from vtwcli import adapters
+
+    entry = adapters.adapter_for_architecture("LlavaForConditionalGeneration")
+    wrong = dataclasses.replace(entry, vision_token_id_keys=("pad_token_id",))  # an ordinary token's id
+    monkeypatch.setattr(adapters, "ADAPTERS", tuple(wrong if a is entry else a for a in adapters.ADAPTERS))
+    line = one_line_error(verify_args(model_dir, "--layer", "2"), capsys, code=1)
+    assert line.startswith("error: withdrawal is not exact on this model: vision tokens: ")
+    assert "mark 0 tokens, the model put vision features at 16 positions" in line
+
+
+def test_verify_layer_out_of_range(model_dir, capsys):
+    line = one_line_error(verify_args(model_dir, "--layer", "4"), capsys)
+    assert "--layer 4: verify withdraws at K in 1..3" in line
+
+
+def test_verify_new_tokens_zero(model_dir, capsys):
+    assert "--new-tokens 0: generate at least 1 token" in one_line_error(verify_args(model_dir, "--new-tokens", "0"),
+                                                                         capsys)
+
+
+def test_verify_batch_size_zero(model_dir, capsys):
+    assert "--batch-size 0: use 1 or more" in one_line_error(verify_args(model_dir, "--batch-size", "0"), capsys)
+
+
+def test_verify_output_of_another_model(model_dir, tmp_path, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(example_profile()))
+    line = one_line_error(verify_args(model_dir, "--layer", "2", "--output", str(other)), capsys)
+    assert "is a profile of another model" in line and "choose another --output" in line
+
+
+@pytest.fixture()
+def no_derived(monkeypatch):
+    from vtwcli import adapters
+
+    monkeypatch.setattr(adapters, "DERIVED", {})
+
+
+def test_generic_not_exact(tmp_path, capsys, monkeypatch, no_derived):
+    from arch_models import save_and_serve
+    from generic_models import PALIGEMMA, unlisted
+
+    unlisted(monkeypatch, "PaliGemmaForConditionalGeneration")
+    directory = save_and_serve(PALIGEMMA, tmp_path / "model", monkeypatch)
+    capsys.readouterr()  # save_pretrained's own progress output is not the command's
+    line = one_line_error(verify_args(directory, "--generic", "--layer", "1"), capsys, code=1)
+    assert line.startswith("error: --generic: PaliGemmaForConditionalGeneration cannot be handled exactly with a "
+                           "derived adapter: reference at K=1: max |logit difference|")
+
+
+def _without_llava_entry(monkeypatch, change):
+    """LLaVA as if it had no entry, its loaded model changed by ``change`` (a layout --generic cannot read)."""
+    import transformers
+
+    from generic_models import unlisted
+
+    unlisted(monkeypatch, "LlavaForConditionalGeneration")
+    original = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def load(*args, **kwargs):
+        loaded = original(*args, **kwargs)  # (model, loading info) where vtwcli asks for the info
+        change(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", load)
+
+
+def test_generic_without_a_standard_decoder(model_dir, capsys, monkeypatch, no_derived):
+    _without_llava_entry(monkeypatch, lambda model: setattr(model.model.language_model, "norm", None))
+    line = one_line_error(verify_args(model_dir, "--generic"), capsys)
+    assert "--generic: LlavaForConditionalGeneration has no standard text decoder" in line
+
+
+def test_generic_without_vision_token_ids(model_dir, capsys, monkeypatch, no_derived):
+    _without_llava_entry(monkeypatch, lambda model: setattr(model.config, "image_token_id", None))
+    line = one_line_error(verify_args(model_dir, "--generic"), capsys)
+    assert "--generic: LlavaForConditionalGeneration's config names no vision token id" in line
+
+
+def test_generic_with_flops_only(model_dir, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--flops-only", "--generic"], capsys)
+    assert "--generic verifies the derived adapter on the model's weights first; drop --flops-only" in line
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -685,7 +873,8 @@ def test_withdrawing_one_kind_keeps_bidirectional_blocks(gemma4_dir, data_dir, t
 # -------------------------------------------------------------------------- threads, latency plan (#15)
 
 @pytest.mark.parametrize("command", [["calibrate", "--output", "{tmp}/c.yaml"],
-                                     ["profile", "--layer", "2", "--output", "{tmp}/p.yaml"]])
+                                     ["profile", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["verify", "--output", "{tmp}/v.yaml"]])
 def test_threads_below_one(model_dir, tmp_path, capsys, command):
     args = [part.format(tmp=tmp_path) for part in command] + ["--model", model_dir, "--threads", "0"]
     assert one_line_error(args, capsys) == "error: --threads 0: use 1 or more"

@@ -350,3 +350,21 @@ def test_print_table_falls_back_to_plain_lines():
     assert render(wide) == ("wide\n- first\n    text: " + "a long cell " * 4 + "\n- first\n    text: second row\n"
                             "    more: z\n")
     assert render(wide, layout="lines") == "wide\nfirst:\n  " + "a long cell " * 4 + "\n  second row  z\n"
+
+
+def test_eval_threads_reach_lmms_eval_through_omp_num_threads(tmp_path, monkeypatch):
+    """`vtw eval --threads N` runs lmms-eval with OMP_NUM_THREADS=N (torch's thread count there); None: the default."""
+    import json
+    import os
+    import sys
+
+    from vtwcli.benchmarks import _run, threads_or_default
+
+    writer = ("import json, os, pathlib; pathlib.Path(r'%s', 'x_results.json').write_text("
+              "json.dumps(os.environ.get('OMP_NUM_THREADS')))" % tmp_path)
+    written = _run([sys.executable, "-c", writer], tmp_path, tmp_path / "log", "without the profile", threads=3)
+    assert json.loads(written.read_text()) == "3"
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert threads_or_default(None) == 4 and threads_or_default(2) == 2
+    with pytest.raises(VtwError, match="--threads 0: use 1 or more"):
+        threads_or_default(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from vtwcli import vision_tokens
 from vtwcli.errors import UnsupportedError, VtwError
 
 if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
@@ -162,6 +163,10 @@ class Adapter:
     # `vtw profile` then builds its prompt from token ids and can count FLOPs on the meta device
     # (--flops-only) and in closed form. Elsewhere the prompt comes from the model's processor.
     fixed_image_layout: bool = False
+    # Vision tokens one image of W x H becomes, from the config files alone: (config, image processor built
+    # from preprocessor_config.json, width, height) -> int, a rule of vtwcli/vision_tokens.py. With it,
+    # `vtw profile --flops-only --image-size WxH` counts this family from its config on the meta device.
+    image_tokens: Callable[..., int] | None = None
     # Vision features injected inside the decoder (DeepStack), or None.
     deepstack: DeepStack | None = None
     # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one
@@ -310,6 +315,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="LLaVA-NeXT",
         architectures=("LlavaNextForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.anyres,
         notes="anyres: variable image tokens per image (image-newline features included)",
     ),
     Adapter(
@@ -319,6 +325,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_kinds=IMAGE_AND_VIDEO,
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
         flops_components=QWEN_VL_COMPONENTS,
+        image_tokens=vision_tokens.merged_patches,
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
     ),
     Adapter(
@@ -352,6 +359,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="Gemma 3",
         architectures=("Gemma3ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.fixed_per_image,
         notes="sliding-window layers: after withdrawal the window counts kept tokens; begin/end-of-image kept",
     ),
     Adapter(
@@ -359,6 +367,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("LlavaOnevisionForConditionalGeneration",),
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
+        image_tokens=vision_tokens.anyres,
         notes="images (anyres) and video in one model; image and video tokens withdrawn",
     ),
     Adapter(
@@ -371,6 +380,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="InternVL",
         architectures=("InternVLForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
@@ -618,10 +628,22 @@ def supported_architectures() -> list[str]:
     return [arch for adapter in ADAPTERS for arch in adapter.architectures]
 
 
+# Adapters derived at run time for architectures without an entry (`--generic`, vtwcli/generic.py), by class
+# name; only ever filled after `vtw verify` passed on the model.
+DERIVED: dict[str, Adapter] = {}
+
+
+def has_entry(architecture: str) -> bool:
+    """True where an adapter entry (not a --generic derivation) lists ``architecture``."""
+    return any(architecture in adapter.architectures for adapter in ADAPTERS)
+
+
 def adapter_for_architecture(architecture: str) -> Adapter:
     for adapter in ADAPTERS:
         if architecture in adapter.architectures:
             return adapter
+    if architecture in DERIVED:
+        return DERIVED[architecture]
     why = next((f" ({status}: {entry.reason})" for status, entries in (("planned", PLANNED),
                                                                          ("not applicable", NOT_APPLICABLE))
                 for entry in entries.values() if architecture in entry.architectures), "")

@@ -33,6 +33,7 @@ class CalibrationJob:
     device_map: str | None = None
     force: bool = False
     resume: bool = False
+    generic: bool = False               # an architecture without an entry: derived adapter, verified first
     threads: int | None = None          # torch threads; None: vtwcli.defaults.default_threads()
 
 
@@ -109,9 +110,15 @@ def _calibrate(job: CalibrationJob, progress, selections) -> CalibrationRun:
     from vtwcli.profile import new_profile, write_profile
 
     options, auto = job.options, job.options.auto is not None
-    loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map)
+    loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map,
+                        generic=job.generic)
     if selections is None:
         selections = select_datasets((), loaded.is_bundled, job.samples, options.seed, auto=auto)
+    verification = None
+    if job.generic:  # the derived adapter is used only once `vtw verify` passed with it (CheckFailed otherwise)
+        from vtwcli.generic import adopt_with_section, verification_samples
+
+        verification = adopt_with_section(loaded.model, loaded.processor, *verification_samples(selections))
     total = sum(len(s.samples) for s in selections)  # with --samples auto: at most this many
     settings = {"model": model_section(loaded), "options": vars(options),
                 "data": [(s.dataset.sha256, [x.id for x in s.samples]) for s in selections]}
@@ -134,6 +141,8 @@ def _calibrate(job: CalibrationJob, progress, selections) -> CalibrationRun:
     profile["calibration"] = calibration_section(result)
     if result.evaluation is not None:
         profile["evaluation"] = result.evaluation
+    if verification is not None:
+        profile["verification"] = verification
     written = write_profile(profile, job.output, force=job.force or job.resume)
     store.finish()
     return CalibrationRun(result, profile, written)

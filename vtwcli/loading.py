@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vtwcli.adapters import adapter_for_architecture
+from vtwcli.adapters import adapter_for_architecture, has_entry
 from vtwcli.errors import VtwError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -164,7 +164,7 @@ def load_config(name_or_path: str):
         raise _offline_hint(name_or_path, error) from None
 
 
-def architecture_of(config) -> str:
+def architecture_of(config, *, generic: bool = False) -> str:
     architectures = getattr(config, "architectures", None) or []
     if not architectures:
         raise VtwError(f"model config ({config.model_type}) names no architecture; set `architectures` in config.json")
@@ -172,6 +172,8 @@ def architecture_of(config) -> str:
     if getattr(config, "vision_config", None) is None:
         raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
                        "tokens (see `vtw models`)")
+    if generic and not has_entry(architecture):
+        return architecture  # --generic derives an adapter after loading (vtwcli/generic.py), verified before use
     adapter = adapter_for_architecture(architecture)  # refuses unsupported families with the list of supported ones
     defect = adapter.upstream_defect(architecture) if adapter.upstream_defect is not None else None
     if defect:  # before loading weights: the model could not run a single forward
@@ -180,8 +182,9 @@ def architecture_of(config) -> str:
 
 
 def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: str = "auto",
-               attn: str = "sdpa", device_map: str | None = None) -> LoadedModel:
-    """Load model + processor for withdrawal; None loads the bundled demo model."""
+               attn: str = "sdpa", device_map: str | None = None, generic: bool = False) -> LoadedModel:
+    """Load model + processor for withdrawal; None loads the bundled demo model. ``generic`` also loads an
+    architecture without an adapter entry (the caller derives one: vtwcli.generic)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from transformers.utils import logging as hf_logging
@@ -194,7 +197,7 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = load_config(name_or_path)
-    architecture = architecture_of(config)
+    architecture = architecture_of(config, generic=generic)
     source = _resolve_source(name_or_path)
     try:
         model, info = AutoModelForImageTextToText.from_pretrained(

@@ -61,10 +61,24 @@ def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int |
 
 
 def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS, image_tokens: int | None = None,
-                   images: int = 1, attn: str = "sdpa", model=None, kinds: tuple[str, ...] | None = None) -> dict:
-    """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor)."""
+                   images: int = 1, attn: str = "sdpa", model=None, kinds: tuple[str, ...] | None = None,
+                   image_size: tuple[int, int] | None = None, source: str | None = None) -> dict:
+    """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor).
+
+    A family whose tokens depend on the image (an adapter with an ``image_tokens`` rule) also reads the image
+    processor's configuration (preprocessor_config.json) from ``source``: see :func:`run_flops_only_sized`."""
+    from vtwcli.adapters import adapter_for
+
     model = meta_model(config, attn=attn) if model is None else model
+    adapter = adapter_for(model)
+    if not adapter.fixed_image_layout and adapter.image_tokens is not None:
+        if image_tokens is not None:
+            raise _image_tokens_refused(adapter)
+        return run_flops_only_sized(model, source, layer=layer, text_tokens=text_tokens, images=images,
+                                    image_size=image_size, kinds=kinds)
     adapter = require_fixed_image_layout(model)  # before the layout below, which needs it
+    if image_size is not None:
+        raise _image_size_refused(adapter)
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     image_tokens = _layout_image_tokens(model.config, images, image_tokens)
@@ -74,6 +88,40 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     analytic = _analytic_or_none(model.config, layout, layer)
     return {"withdrawal": withdrawal_section(layer, kinds),
             "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META)}
+
+
+def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
+                         images: int = 1, image_size: tuple[int, int] | None = None,
+                         kinds: tuple[str, ...] | None = None) -> dict:
+    """Config-only sections of a family that sizes its vision tokens from each image: ``images`` images of
+    ``image_size`` (W, H; default: the vision config's size, else 448) counted on the meta device
+    (vtwcli/measure/config_flops.py), with the closed form of the language model and lm_head."""
+    from vtwcli.adapters import adapter_for
+    from vtwcli.measure.config_flops import COUNTER_CONFIG, count_flops_from_config, image_processor_for_flops
+
+    adapter = adapter_for(model)
+    check_layer(layer, num_decoder_layers(model), option="--layer")
+    adapter.check_kinds(model.config, kinds)
+    if kinds is not None and "image" not in kinds:
+        raise VtwError(f"--withdraw {','.join(kinds)} with --flops-only: config-only counting covers image prompts; "
+                       "add image to --withdraw or drop --flops-only")
+    image_processor = image_processor_for_flops(source or "", adapter.family)
+    counted, counts = count_flops_from_config(model, image_processor, layer=layer, images=images,
+                                              image_size=image_size or native_image_size(model.config),
+                                              text_tokens=text_tokens)
+    analytic = _analytic_or_none(model.config, counts, layer, vision=False)
+    return {"withdrawal": withdrawal_section(layer, kinds),
+            "flops": flops_section(counted, counts, analytic=analytic, counter=COUNTER_CONFIG)}
+
+
+def _image_tokens_refused(adapter) -> VtwError:
+    return VtwError(f"--image-tokens: {adapter.family} sizes the image tokens from each image; set them with --images "
+                    "N and --image-size WxH instead")
+
+
+def _image_size_refused(adapter) -> VtwError:
+    return VtwError(f"--image-size: {adapter.family} resizes every image to one size with a fixed token count; drop "
+                    "--image-size (use --images N for more images)")
 
 
 def withdrawal_section(layer: int, kinds: tuple[str, ...] | None) -> dict:
@@ -245,16 +293,14 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
                        "other inputs: drop --fvcore")
     if adapter.fixed_image_layout:
         if image_size is not None:
-            raise VtwError(f"--image-size: {adapter.family} resizes every image to one size with a fixed token count; "
-                           "drop --image-size (use --images N for more images)")
+            raise _image_size_refused(adapter)
         layout = PromptLayout.for_config(model.config, text_tokens=text_tokens,
                                          image_tokens=_layout_image_tokens(model.config, images, image_tokens))
         adapter.check_prompt_fits(model.config, layout.total)  # before building a prompt of that size
         inputs, prompt = prompt_inputs(loaded, layout, seed=seed), layout
     else:
         if image_tokens is not None:
-            raise VtwError(f"--image-tokens: {adapter.family} sizes the image tokens from each image; set them with "
-                           "--images N and --image-size WxH instead")
+            raise _image_tokens_refused(adapter)
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
                                           text_tokens=text_tokens, seed=seed, kinds=kinds)
     adapter.check_prompt_fits(model.config, prompt.total, extra=0 if flops_only else new_tokens,
@@ -302,6 +348,7 @@ class ProfileOptions:
     fvcore: bool = False
     seed: int = 0
     kinds: tuple[str, ...] | None = None  # None: --profile's calibration.withdraw, else every vision token
+    generic: bool = False               # an architecture without an entry: derived adapter, verified first
 
     @property
     def target(self) -> Path | None:
@@ -364,9 +411,11 @@ def _check_profile_options(options: ProfileOptions) -> None:
         raise VtwError(f"--attn {options.attn!r} is not supported; use {' or '.join(ATTENTION)}")
     if options.fvcore and options.flops_only:
         raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
-    if options.flops_only and (options.image_size is not None or options.videos):
-        raise VtwError(f"{'--image-size' if options.image_size is not None else '--videos'} needs the model's "
-                       "processor; drop --flops-only")
+    if options.flops_only and options.videos:
+        raise VtwError("--videos needs the model's video processor; drop --flops-only (config-only counting covers "
+                       "images)")
+    if options.generic and options.flops_only:
+        raise VtwError("--generic verifies the derived adapter on the model's weights first; drop --flops-only")
     check_seed(options.seed)
     if not options.flops_only:
         check_timing_options(new_tokens=options.new_tokens, plan=options.latency, threads=options.threads)
@@ -386,7 +435,8 @@ def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
     meta = meta_model(config, attn=options.attn)
     sections = run_flops_only(config, layer=options.layer, text_tokens=options.text_tokens,
                               image_tokens=options.image_tokens, images=options.images, attn=options.attn,
-                              model=meta, kinds=options.kinds)
+                              model=meta, kinds=options.kinds, image_size=options.image_size,
+                              source=str(bundled_model_path()) if options.model is None else options.model)
     block = flops_only_model_section("bundled" if options.model is None else options.model, meta, attn=options.attn,
                                      dtype=None if options.dtype == "auto" else options.dtype)
     return sections, block, "cpu"
@@ -406,14 +456,23 @@ def _measure_loaded(options: ProfileOptions, busy, base=None,
                     progress=None) -> tuple[dict, dict, torch.device]:
     from vtwcli.loading import load_model, model_section
 
-    loaded = load_model(options.model, device=options.device, dtype=options.dtype, attn=options.attn)
+    loaded = load_model(options.model, device=options.device, dtype=options.dtype, attn=options.attn,
+                        generic=options.generic)
     _check_same_model(options, base, model_section(loaded))
+    verification = None
+    if options.generic:  # the derived adapter is used only once `vtw verify` passed with it (CheckFailed otherwise)
+        from vtwcli.generic import adopt_with_section, verification_samples
+
+        with busy("--generic: verifying the derived adapter ..."):
+            verification = adopt_with_section(loaded.model, loaded.processor, *verification_samples())
     with busy(f"profiling at K={options.layer} ..."):
         sections = run_profile(loaded, layer=options.layer, text_tokens=options.text_tokens,
                                image_tokens=options.image_tokens, images=options.images, videos=options.videos,
                                image_size=options.image_size, kinds=options.kinds, new_tokens=options.new_tokens,
                                plan=options.latency, threads=options.threads, fvcore=options.fvcore,
                                seed=options.seed, progress=progress)
+    if verification is not None:
+        sections["verification"] = verification
     return sections, model_section(loaded), loaded.device
 
 

@@ -66,6 +66,9 @@ def calibrate_command(
                                            "image,video (families with video). Default: every vision token."),
     select: str = _SELECT, auto_target: Optional[float] = _AUTO_TARGET,
     auto_step: Optional[int] = _AUTO_STEP, auto_budget: Optional[int] = _AUTO_BUDGET,
+    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                                 "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
+                                 "exact)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
                                           "at least 1 (torch's own default, every core, slows down under outside load)."),
 ) -> None:
@@ -85,7 +88,7 @@ def calibrate_command(
         check_plot_path(plot)
     job = CalibrationJob(options, _output_for(output, force=force, resume=resume), model=model,
                          datasets=tuple(dataset or ()), samples=None if count == "auto" else count, device=device,
-                         dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume,
+                         dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume, generic=generic,
                          threads=threads)
     run = calibrate_to_profile(job, progress=lambda totals: _progress_bar(totals, hidden=as_json))
     if plot is not None:

@@ -29,7 +29,8 @@ def check_command(
     profiles: list[Path] = typer.Argument(..., metavar="PROFILE...", help="Profile YAML files to check."),
     max_accuracy_drop: float | None = typer.Option(
         None, "--max-accuracy-drop", metavar="POINTS",
-        help="Also fail when (baseline - withdrawn accuracy) x 100 exceeds POINTS percentage points."),
+        help="Also fail when (baseline - withdrawn accuracy) x 100 exceeds POINTS percentage points (and the "
+        "same for each evaluation.benchmarks entry: full - withdrawn)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Validate profiles and their internal consistency (exit 0 ok, 1 a check failed, 2 unreadable/invalid).
@@ -101,7 +102,7 @@ def compare_command(
                                         help="Fail if NEW's kl_mean at its chosen layer exceeds X."),
     max_accuracy_drop: float | None = typer.Option(
         None, "--max-accuracy-drop", metavar="POINTS", help="Fail if NEW's withdrawn accuracy is more than POINTS "
-        "percentage points below BASE's withdrawn accuracy."),
+        "percentage points below BASE's withdrawn accuracy (also per evaluation.benchmarks task and metric)."),
     same_layer: bool = typer.Option(False, "--same-layer", help="Fail if the withdrawal layer K differs."),
 ) -> None:
     """Compare two profiles side by side and gate CI on them (exit 0 ok, 1 a gate failed, 2 bad input).

@@ -27,7 +27,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": _status(a),
          "inputs": a.declared_kinds() or ["vision_mask"],
-         "flops_only": a.fixed_image_layout, "notes": a.notes}
+         "flops_only": a.fixed_image_layout or a.image_tokens is not None, "notes": a.notes}
         for a in ADAPTERS
     ]
     rows += [
@@ -53,3 +53,6 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
     print_table(table)
+    console.print("Not listed: `vtw verify --generic --model X` derives an adapter from the standard layout and "
+                  "uses it only if withdrawal verifies exact (docs/architectures.md, 'Unlisted architectures').",
+                  style="dim", highlight=False)

@@ -133,7 +133,8 @@ def profile_command(
     force: bool = typer.Option(False, "--force", help="Overwrite the output (with --profile and no --output: the "
                                "profile itself)."),
     flops_only: bool = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
-                                    "weights, no processor, any model size, seconds."),
+                                    "weights, no processor, any model size, seconds (families that size vision "
+                                    "tokens from the image also read preprocessor_config.json)."),
     text_tokens: int = typer.Option(DEFAULT_TEXT_TOKENS, "--text-tokens", help="Text tokens of the synthetic prompt."),
     image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="LLaVA-1.5 layout: vision tokens (a "
                                                "multiple of one image's count, 576 for LLaVA-1.5). Default: --images."),
@@ -164,6 +165,9 @@ def profile_command(
     videos: int = typer.Option(0, "--videos", help="Videos in the synthetic prompt (families with video; the "
                                "video processor needs torchvision)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
+    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                                 "from the standard layout and run `vtw verify` on 2 bundled photos first (needs "
+                                 "the weights; refused unless exact)."),
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.adapters import parse_kinds
@@ -176,7 +180,7 @@ def profile_command(
         image_size=None if image_size is None else _parse_image_size(image_size), new_tokens=new_tokens,
         latency=LatencyPlan(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
                             ci_target=ci_target), threads=threads, device=device, dtype=dtype,
-        attn=attn, fvcore=fvcore, seed=seed, kinds=parse_kinds(withdraw))
+        attn=attn, fvcore=fvcore, seed=seed, kinds=parse_kinds(withdraw), generic=generic)
     run = profile_model(options, busy=_busy(as_json), progress=None if as_json else _pair_progress())
     if as_json:
         typer.echo(json_text({**run.sections, "output": str(run.written) if run.written else None}))

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtwcli.errors import VtwError
+from vtwcli.gates.benchmarks import benchmark_checks
 from vtwcli.gates.results import EPS, CheckResult, failed, num, passed
 from vtwcli.gates.stability import check_accuracy_intervals, check_layer_under_rule, noise_note
 from vtwcli.profile import (FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS, Calibration, Flops, Latency, Memory, Profile,
-                            first_layer_under, read_profile_dict, typed_profile)
+                            Verification, first_layer_under, read_profile_dict, typed_profile)
 
 __all__ = ["REL_TOL_FLOPS", "REL_TOL_LATENCY", "FileCheck", "check_profile_dict", "check_typed_profile",
            "check_profile", "check_files", "check_failure_message", "kinds_text", "accuracy_drop_detail"]
@@ -178,12 +179,14 @@ def _check_memory(memory: Memory, src: str) -> list[CheckResult]:
                         "1 - withdrawn.kv_cache_bytes / baseline.kv_cache_bytes", src, minus_from_one=True)]
 
 
-def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResult:
+def _accuracy_drop_check(profile: Profile, limit: float, src: str) -> CheckResult | None:
     name = "max-accuracy-drop"
     evaluation = profile.evaluation
     if evaluation is None:
         return failed(name, f"--max-accuracy-drop {num(limit)} needs an evaluation section and the profile has none",
                       src)
+    if evaluation.withdrawn is None:
+        return None  # benchmarks only: benchmark_checks gates them
     if evaluation.withdrawn.accuracy is None:
         return failed(name, "evaluation.withdrawn.accuracy is null (no withdrawal layer was chosen)", src)
     ok, detail = accuracy_drop_detail(evaluation.baseline.accuracy, evaluation.withdrawn.accuracy, limit,
@@ -248,8 +251,9 @@ def check_typed_profile(profile: Profile, *, max_accuracy_drop: float | None = N
     results = _check_header(profile, src)
     if profile.calibration is not None:
         results += _check_calibration(profile.calibration, profile.model.num_layers, src)
-    if profile.evaluation is not None:
+    if profile.evaluation is not None and profile.evaluation.withdrawn is not None:
         results += _check_evaluation(profile, src)
+    results += benchmark_checks(profile, src, max_accuracy_drop)
     if profile.withdrawal is not None:
         results += _check_withdrawal(profile, src)
     if profile.flops is not None:
@@ -258,8 +262,45 @@ def check_typed_profile(profile: Profile, *, max_accuracy_drop: float | None = N
         results += _check_latency(profile.latency, profile.flops, src)
     if profile.memory is not None:
         results += _check_memory(profile.memory, src)
+    if profile.verification is not None:
+        results += _check_verification(profile.verification, profile, src)
     if max_accuracy_drop is not None:
-        results.append(_accuracy_drop_check(profile, max_accuracy_drop, src))
+        results += [r for r in [_accuracy_drop_check(profile, max_accuracy_drop, src)] if r is not None]
+    return results
+
+
+def _installed(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _check_verification(ver: Verification, profile: Profile, src: str) -> list[CheckResult]:
+    """`vtw verify`'s record: a recorded failure fails; so does a verification of another model config."""
+    failures = [check for check in ver.checks if not check.passed]
+    layers = ", ".join(str(k) for k in ver.layers)
+    if failures or not ver.passed:
+        first = f"first {failures[0].name}: {failures[0].detail}" if failures else "passed is false"
+        inconsistent = " (yet passed is true)" if ver.passed else ""
+        results = [failed("verification", f"withdrawal was NOT exact{inconsistent}: {len(failures)} failed "
+                          f"check(s), {first}", src)]
+    else:
+        installed = _installed("transformers")
+        note = ("" if installed in (None, ver.transformers) else
+                f"; transformers {installed} is installed now: re-run vtw verify after an upgrade")
+        results = [passed("verification", f"exact at K = {layers} ({len(ver.checks)} checks, {ver.dtype}, "
+                          f"transformers {ver.transformers}, vtwcli {ver.vtwcli}){note}", src)]
+    model = profile.model
+    if ver.config_sha256 != model.config_sha256:
+        results.append(failed("verification.config_sha256", f"{ver.config_sha256[:12]}... verified another model "
+                              f"config than model.config_sha256 {model.config_sha256[:12]}...", src))
+    out_of_range = [k for k in ver.layers if k >= model.num_layers]
+    if out_of_range:
+        results.append(failed("verification.layers", f"{out_of_range} not in 1..{model.num_layers - 1} for "
+                              f"{model.num_layers} decoder layers", src))
     return results
 
 

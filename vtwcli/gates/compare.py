@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from vtwcli.gates.benchmarks import benchmark_gates, benchmark_rows
 from vtwcli.gates.check import accuracy_drop_detail, kinds_text
 from vtwcli.gates.metrics import METRICS, MetricRow, MetricSpec, format_value, metric, value_of
 from vtwcli.gates.results import EPS, CheckResult, failed, not_applicable, num, passed
@@ -256,11 +257,14 @@ def compare_profiles(base, new, limits: GateLimits = GateLimits(), *, base_sourc
     if limits.max_kl is not None:
         gates.append(_kl_gate(base, new, limits.max_kl, sources))
     if limits.max_accuracy_drop is not None:
-        gates.append(_accuracy_gate(base, new, limits.max_accuracy_drop, sources))
+        bench = benchmark_gates(base, new, limits.max_accuracy_drop, sources)
+        if not bench or any(p.evaluation is not None and p.evaluation.withdrawn is not None for p in (base, new)):
+            gates.append(_accuracy_gate(base, new, limits.max_accuracy_drop, sources))
+        gates += bench
     if limits.same_layer:
         gates.append(_same_layer_gate(base, new, sources))
     rows = [row for row in (MetricRow.of(spec, base, new) for spec in METRICS)
-            if row.base is not None or row.new is not None]  # a figure neither profile has is no row
+            if row.base is not None or row.new is not None] + benchmark_rows(base, new)  # no row nobody has
     return Comparison(base_source, new_source, rows, gates, notes)
 
 

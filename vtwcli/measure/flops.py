@@ -447,9 +447,10 @@ def require_fixed_image_layout(model: nn.Module):
 
     adapter = adapter_for(model)
     if not adapter.fixed_image_layout:
-        raise UnsupportedError(f"config-only FLOPs (--flops-only, meta device) need a model whose config fixes its "
-                               f"image tokens (LLaVA-1.5); {adapter.family} sizes them from each image: drop "
-                               "--flops-only to count on the loaded model")
+        raise UnsupportedError(f"config-only FLOPs (--flops-only, meta device) need a config that fixes the image "
+                               f"tokens (LLaVA-1.5) or the family's vision-token rule (Adapter.image_tokens); "
+                               f"{adapter.family} sizes them from each image and has no rule yet: drop --flops-only "
+                               "to count on the loaded model")
     return adapter
 
 

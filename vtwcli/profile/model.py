@@ -22,9 +22,10 @@ from vtwcli.profile.yaml_text import ordered, plain
 __all__ = [
     "Profile", "ToolInfo", "ModelInfo", "DataInfo", "LayerKL", "Bootstrap", "DatasetCurve", "SampleKL",
     "CalibrationCost", "AttentionShare", "Selection", "SelectionWarning", "SamplesAuto", "AutoRoundRecord",
-    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Evaluation",
+    "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Benchmark", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
     "TimingStats", "LatencyRun", "Speedup", "SpeedupInterval", "SpeedupIntervals", "LatencyNoise", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
     "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
     "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
     "load_profile", "profile_to_dict", "save_profile", "as_profile",
@@ -183,11 +184,30 @@ class AccuracyInterval:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Benchmark:
+    """One lmms-eval task scored without and with the profile (`vtw eval`, vtwcli/benchmarks.py)."""
+
+    task: str
+    metric: str
+    full: float
+    withdrawn: float
     samples: int
-    baseline: Accuracy
-    withdrawn: WithdrawnAccuracy
+    layer: int
+    lmms_eval: str
+    higher_is_better: bool = True
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy on the calibration datasets (`vtw calibrate`; samples, baseline and withdrawn go together)
+    and/or on lmms-eval benchmarks (`vtw eval`)."""
+
+    samples: int | None = None
+    baseline: Accuracy | None = None
+    withdrawn: WithdrawnAccuracy | None = None
     interval: AccuracyInterval | None = None
+    benchmarks: tuple[Benchmark, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +356,49 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class VerificationCheck:
+    name: str
+    passed: bool
+    detail: str
+    layer: int | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class VerificationData:
+    name: str
+    sha256: str
+    sample_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DerivedAdapter:
+    derived: bool
+    notes: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """`vtw verify`: whether withdrawal was exact on this model, with which versions, checks and tolerance."""
+
+    passed: bool
+    vtwcli: str
+    transformers: str
+    config_sha256: str
+    dtype: str
+    reference: str
+    relative_tolerance: float
+    layers: tuple[int, ...]
+    checks: tuple[VerificationCheck, ...]
+    torch: str | None = None
+    weights_sha256: str | None = None
+    new_tokens: int | None = None
+    data: tuple[VerificationData, ...] | None = None
+    adapter: DerivedAdapter | None = None
+
+
+@dataclass(frozen=True)
 class Environment:
     vtwcli: str
     python: str
@@ -362,6 +425,7 @@ class Profile:
     flops: Flops | None = None
     latency: Latency | None = None
     memory: Memory | None = None
+    verification: Verification | None = None
     raw: dict = field(default_factory=dict, compare=False, repr=False)
     source: str = field(default="<profile>", compare=False, repr=False)
 

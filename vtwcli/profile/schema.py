@@ -92,6 +92,15 @@ def _describe(error) -> tuple[list, str]:
     if validator in ("oneOf", "anyOf"):
         alternatives = " or ".join(_alt_name(s) for s in expected)
         return path, f"expected {alternatives}, got {json_type(value)} {short_repr(value)}"
+    if validator == "dependentRequired":
+        for key, needs in expected.items():
+            missing = [need for need in needs if isinstance(value, dict) and key in value and need not in value]
+            if missing:
+                return path + missing[:1], f"required key is missing (it goes with {key})"
+    if validator == "minProperties":
+        return path, "expected a non-empty mapping"
+    if validator == "minItems":
+        return path, f"expected a list of at least {expected} item(s), got {len(value)}"
     return path, error.message
 
 

@@ -13,7 +13,7 @@ __all__ = ["SECTION_ORDER", "Loader", "plain", "ordered", "dump_profile_yaml"]
 
 # Readable order of the top-level keys when writing: header, inputs, results, environment; unknown keys last.
 SECTION_ORDER = ("schema_version", "created_at", "tool", "model", "data", "calibration", "evaluation", "withdrawal",
-                 "flops", "latency", "memory", "environment")
+                 "flops", "latency", "memory", "verification", "environment")
 
 
 class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when present: ~10x faster

@@ -1,0 +1,121 @@
+"""Config-only FLOPs of dynamic-resolution families (vtwcli.measure.config_flops, `--flops-only`).
+
+References: ``count_flops`` on the loaded tiny model of the same config (the real forward through the real
+withdrawal hooks, on the processor's real prompt for an image of that size), and the closed form
+(``analytic_flops``) for the language model, lm_head and decode step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from arch_models import FAMILIES, image
+
+from vtwcli.measure.config_flops import count_flops_from_config
+from vtwcli.measure.flops import analytic_flops, count_flops, meta_model
+
+PROMPTS = {"llava_next": "USER: <image>\nwhat color is this ?\nASSISTANT:",
+           "llava_onevision": "USER: <image>\n<image>\nwhat color is this ?\nASSISTANT:",
+           "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>what color is this ?",
+           "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>what ?",
+           "gemma3": "<start_of_image>what color is this ?", "internvl": "<IMG_CONTEXT>\nwhat color ?"}
+SIZES = {"llava_next": (100, 37), "llava_onevision": (24, 40), "qwen2_vl": (100, 37), "qwen2_5_vl": (48, 48),
+         "gemma3": (30, 70), "internvl": (100, 37)}
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name):
+    family = FAMILIES[name]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    width, height = SIZES[name]
+    placeholders = {"llava_next": 1, "llava_onevision": 2, "qwen2_vl": 1, "qwen2_5_vl": 2, "gemma3": 1, "internvl": 1}
+    images = placeholders[name]
+    inputs = dict(processor(text=[PROMPTS[name]], images=[[image(width, height, i) for i in range(images)]],
+                            return_tensors="pt"))
+    ids = inputs["input_ids"][0]
+    vision = int(torch.isin(ids, torch.tensor(family.vision_ids(model.config))).sum())
+    for layer in (1, 3):
+        expected = count_flops(model, inputs, layer)
+        got, counts = count_flops_from_config(meta_model(model.config), processor.image_processor, layer=layer,
+                                              images=images, image_size=(width, height),
+                                              text_tokens=len(ids) - vision)
+        assert counts.vision_tokens == vision
+        assert got == expected
+        closed = analytic_flops(model.config, counts, layer, vision=False)
+        for variant in ("baseline", "withdrawn"):
+            assert closed[variant]["language_model"] == got[variant]["language_model"]
+            assert closed[variant]["lm_head"] == got[variant]["lm_head"]
+            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+        assert got["withdrawn"]["language_model"] < got["baseline"]["language_model"]
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from vtwcli.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name", ["llava_next", "gemma3"])
+def test_vtw_profile_flops_only_reads_a_config_only_directory(name, tmp_path, capsys):
+    """config.json + preprocessor_config.json, no weights, no tokenizer: `vtw profile --flops-only` counts the
+    same FLOPs as the loaded model of that config on the real processor's prompt."""
+    import json
+
+    family = FAMILIES[name]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    processor = family.processor()
+    processor.image_processor.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "preprocessor_config.json"]
+    width, height = 100, 37
+    prompt = PROMPTS[name]
+    inputs = dict(processor(text=[prompt], images=[[image(width, height, 0)]], return_tensors="pt"))
+    vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
+    text = inputs["input_ids"].shape[1] - vision
+    code, out, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1", "--image-size",
+                              f"{width}x{height}", "--text-tokens", str(text), "--json"], capsys)
+    assert code == 0, err
+    flops = json.loads(out)["flops"]
+    expected = count_flops(model, inputs, 1)
+    assert flops["tokens"] == {"vision": vision, "text": text, "images": 1}
+    for variant in ("baseline", "withdrawn"):
+        assert flops[variant] == expected[variant]
+    assert flops["decode_per_token"]["withdrawn"] == expected["decode_per_token"]["withdrawn"]
+
+
+def test_flops_only_without_preprocessor_config_is_one_line(tmp_path, capsys):
+    family = FAMILIES["qwen2_vl"]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    code, _, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "needs preprocessor_config.json beside config.json" in lines[0]
+
+
+@pytest.mark.parametrize("name, patches_per_side, merge", [("qwen2.5-vl-7b-flops", 448 // 14, 2),
+                                                          ("gemma-3-27b-flops", 896 // 14, 4)])
+def test_committed_7b_and_27b_profiles_match_their_shapes(name, patches_per_side, merge):
+    """The committed config-only profiles: one 448 px image is (448/14)^2 patches merged 2x2 for Qwen2.5-VL, one
+    896 px image (896/14)^2 patches pooled 4x4 for Gemma 3: 256 tokens each; and the counted language model
+    equals the closed form (CI re-counts them: .ci/regression)."""
+    import yaml
+
+    flops = yaml.safe_load((REPO / "profiles" / f"{name}.yaml").read_text())["flops"]
+    assert flops["tokens"]["vision"] == (patches_per_side // merge) ** 2 == 256
+    for variant in ("baseline", "withdrawn"):
+        assert flops["analytic"][variant]["language_model"] == flops[variant]["language_model"]
+    assert flops["withdrawn"]["vision_tower"] == flops["baseline"]["vision_tower"] > 0
+    assert flops["reduction"] > 0.25

@@ -1,0 +1,92 @@
+"""How many vision tokens one image of W x H becomes, from the config files alone (no weights, no pixels).
+
+Each rule takes the model config, the image processor built from ``preprocessor_config.json`` (transformers'
+own class for it, PIL backend where torchvision is missing: configuration only), the image size and the
+number of images in the prompt, and returns the tokens the processor inserts for one such image, i.e. what
+withdrawal removes. An adapter entry
+names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-resolution family in
+``vtw profile --flops-only`` is one line there when one of these rules fits.
+
+* :func:`merged_patches` — Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4.xV style: the image is resized to a
+  multiple of patch x merge within [min_pixels, max_pixels]; tokens = patches / merge^2.
+* :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, LLaVA-1.5's
+  patch grid.
+* :func:`tiles` — InternVL: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile.
+* :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (not
+  named by their adapter yet: their vision tower reads tensor values, so it cannot run on the meta device).
+* :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision: the base view + the best-fitting pinpoint grid, unpadded,
+  one newline feature per row (OneVision: pooled down to ``anyres_max_N`` base views).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "anyres", "image_processor_of"]
+
+
+def image_processor_of(name_or_path: str):
+    """The image processor of a model directory or hub id, from its preprocessor_config.json only."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def _side(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def merged_patches(config, images, width: int, height: int, count: int = 1) -> int:
+    merge = getattr(images, "merge_size", None) or config.vision_config.spatial_merge_size
+    return int(images.get_number_of_image_patches(height, width, {})) // merge ** 2
+
+
+def fixed_per_image(config, images, width: int, height: int, count: int = 1) -> int:
+    per_image = getattr(config, "mm_tokens_per_image", None)
+    if per_image is not None:
+        return int(per_image)
+    from vtwcli.measure.flops import tokens_per_image
+
+    return tokens_per_image(config)
+
+
+def tiles(config, images, width: int, height: int, count: int = 1) -> int:
+    vision = config.vision_config
+    per_tile = int((_side(vision.image_size) // _side(vision.patch_size)) ** 2 * config.downsample_ratio ** 2)
+    return int(images.get_number_of_image_patches(height, width, {})) * per_tile
+
+
+def split_tiles(config, images, width: int, height: int, count: int = 1) -> int:
+    vision = config.vision_config
+    per_tile = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor ** 2
+    count, _, _ = images.get_number_of_image_patches(height, width, {})
+    return max(int(count), 1) * per_tile  # no split: the image alone
+
+
+def anyres(config, images, width: int, height: int, count: int = 1) -> int:
+    """Base view + the pinpoint grid closest to the image, with its padding rows/columns removed and one
+    newline feature per row of patches (as LLaVA-NeXT packs its features). OneVision with several images
+    in a prompt (``count`` > 1) gives each only its base view and one newline feature."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    from vtwcli.measure.flops import tokens_per_image
+
+    aspect = getattr(config, "vision_aspect_ratio", None)
+    if count > 1 and isinstance(aspect, str) and aspect.startswith("anyres_max_"):
+        return tokens_per_image(config) + 1
+    vision = config.vision_config
+    side = _side(vision.image_size)
+    grid = side // _side(vision.patch_size)
+    best_height, best_width = select_best_resolution((height, width), config.image_grid_pinpoints)
+    rows, cols = grid * (best_height // side), grid * (best_width // side)
+    if width / height > cols / rows:  # wider than the grid: padding rows above and below
+        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
+    newlines = rows
+    if isinstance(aspect, str) and aspect.startswith("anyres_max_"):  # OneVision pools big grids down
+        ratio = math.sqrt(rows * cols / (int(aspect.removeprefix("anyres_max_")) * grid ** 2))
+        if ratio > 1.1:
+            rows, cols = int(rows // ratio), int(cols // ratio)
+            newlines = rows
+    return rows * cols + newlines + tokens_per_image(config)
