@@ -140,7 +140,8 @@ def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
     counts = []
     for size in ("16x16", "32x24"):  # both within the tiny processor's pixel bounds: not resized
         code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
-                                    "--image-size", size, "--images", "2", "--new-tokens", "2", "--min-runs", "1", "--max-time", "0",
+                                    "--image-size", size, "--images", "2", "--new-tokens", "2", "--min-runs", "1",
+                                    "--max-time", "0",
                                     "--min-time", "0", "--warmup", "0"], capsys)
         assert code == 0, err
         counts.append(data["flops"]["tokens"]["vision"])
@@ -161,7 +162,8 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--images", "1", "--videos", "1", "--image-size", "16x16", "--withdraw", kinds,
-                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"], capsys)
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
+                                "--warmup", "0"], capsys)
     assert code == 0, err
     assert data["withdrawal"] == {"layer": K, "kinds": kinds.split(",")}
     tokens = data["flops"]["tokens"]
