@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_speedup import build_model, synthetic_inputs  # noqa: E402
 
 from vtwcli.measure.flops import count_flops_meta, meta_model  # noqa: E402
-from vtwcli.measure.latency import device_name, measure_latency  # noqa: E402
+from vtwcli.measure.latency import LatencyPlan, device_name, measure_latency  # noqa: E402
 from vtwcli.measure.memory import measure_memory  # noqa: E402
 from vtwcli.withdrawal import num_decoder_layers  # noqa: E402
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--min-runs", type=int, default=10)
     parser.add_argument("--min-time", type=float, default=10.0)
+    parser.add_argument("--max-time", type=float, default=60.0, help="time budget of the timed pairs")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU path)")
     args = parser.parse_args()
     if args.threads:
@@ -63,8 +64,9 @@ def main() -> None:
     flops = count_flops_meta(meta_model(model.config.__class__.from_dict(model.config.to_dict()), attn=args.attn),
                              layout, layer)
     ratio = flops["baseline"]["total"] / flops["withdrawn"]["total"]
-    latency = measure_latency(model, inputs, layer, new_tokens=args.new_tokens, warmup=args.warmup,
-                              min_runs=args.min_runs, min_time_s=args.min_time, flops_ratio=ratio)
+    latency = measure_latency(model, inputs, layer, new_tokens=args.new_tokens, flops_ratio=ratio,
+                              plan=LatencyPlan(warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time,
+                                               max_time_s=max(args.min_time, args.max_time)))
     memory = measure_memory(model, inputs, layer, new_tokens=args.new_tokens)
 
     print(f"device: {device_name(device)} ({device}), {dtype}, attn {args.attn}, torch {torch.__version__}")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_speedup import load_or_build, machine, synthetic_inputs, timing_arguments  # noqa: E402
 
-from vtwcli.measure.latency import measure_latency  # noqa: E402
+from vtwcli.measure.latency import LatencyPlan, measure_latency  # noqa: E402
 from vtwcli.withdrawal import num_decoder_layers  # noqa: E402
 
 METRICS = (("prefill", "prefill_ms", "prefill"), ("decode / token", "decode_ms_per_token", "decode_per_token"),
@@ -53,7 +53,8 @@ def main() -> None:
     _, layout = synthetic_inputs(model, args.text_tokens)
     device = next(model.parameters()).device
     inputs = {"input_ids": text_only_ids(model, layout.total).to(device)}
-    common = dict(new_tokens=args.new_tokens, warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time,
+    common = dict(new_tokens=args.new_tokens, plan=LatencyPlan(warmup=args.warmup, min_runs=args.min_runs,
+                  min_time_s=args.min_time, max_time_s=max(args.min_time, args.max_time)),
                   threads=args.threads)
     hooked = measure_latency(model, inputs, 1, **common)          # every hook runs, nothing withdrawn
     floor = measure_latency(model, inputs, layers, **common)      # K = L: nothing attached (noise floor)

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vtwcli.measure.flops import PromptLayout, count_flops  # noqa: E402
-from vtwcli.measure.latency import device_name, measure_latency  # noqa: E402
+from vtwcli.measure.latency import LatencyPlan, device_name, measure_latency  # noqa: E402
 from vtwcli.withdrawal import num_decoder_layers  # noqa: E402
 
 SHAPES = {
@@ -112,6 +112,7 @@ def timing_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-runs", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=5.0)
+    parser.add_argument("--max-time", type=float, default=60.0, help="time budget of the timed pairs")
     parser.add_argument("--threads", type=int, default=2)
     return parser
 
@@ -128,8 +129,9 @@ def main() -> None:
     inputs, layout = synthetic_inputs(model, args.text_tokens)
     counted = count_flops(model, layout, layer)
     flops_ratio = counted["baseline"]["total"] / counted["withdrawn"]["total"]
-    latency = measure_latency(model, inputs, layer, new_tokens=args.new_tokens, warmup=args.warmup,
-                              min_runs=args.min_runs, min_time_s=args.min_time, threads=args.threads,
+    latency = measure_latency(model, inputs, layer, new_tokens=args.new_tokens, threads=args.threads,
+                              plan=LatencyPlan(warmup=args.warmup, min_runs=args.min_runs, min_time_s=args.min_time,
+                                               max_time_s=max(args.min_time, args.max_time)),
                               flops_ratio=flops_ratio)
     decode_ratio = counted["decode_per_token"]["baseline"] / counted["decode_per_token"]["withdrawn"]
 

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vtw calibrate --output profiles/bundled.yaml --force
-vtw profile --profile profiles/bundled.yaml --force --threads 1
+vtw profile --profile profiles/bundled.yaml --force --threads 1 --max-time 120
 vtw check profiles/bundled.yaml

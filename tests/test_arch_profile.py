@@ -92,7 +92,7 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"], capsys)
     assert code == 0, err
     flops = data["flops"]
     vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
@@ -141,6 +141,7 @@ def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
     for size in ("16x16", "32x24"):  # both within the tiny processor's pixel bounds: not resized
         code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                     "--image-size", size, "--images", "2", "--new-tokens", "2", "--min-runs", "1",
+                                    "--max-time", "0",
                                     "--min-time", "0", "--warmup", "0"], capsys)
         assert code == 0, err
         counts.append(data["flops"]["tokens"]["vision"])
@@ -161,7 +162,8 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--images", "1", "--videos", "1", "--image-size", "16x16", "--withdraw", kinds,
-                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
+                                "--warmup", "0"], capsys)
     assert code == 0, err
     assert data["withdrawal"] == {"layer": K, "kinds": kinds.split(",")}
     tokens = data["flops"]["tokens"]
@@ -212,7 +214,8 @@ def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, caps
     directory, config = saved("gemma4")
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"],
+                               capsys)
     assert code == 0, err
     text_config = config.text_config
     assert text_config.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
@@ -324,7 +327,8 @@ def test_profile_of_families_with_conv_or_recurrent_layers(name, saved, capsys):
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
                                 "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--warmup", "0"], capsys)
+                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"],
+                               capsys)
     assert code == 0, err
     flops, text_config = data["flops"], config.text_config
     vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]

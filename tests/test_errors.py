@@ -868,3 +868,25 @@ def test_withdrawing_one_kind_keeps_bidirectional_blocks(gemma4_dir, data_dir, t
     line = one_line_error(["profile", "--model", gemma4_dir, "--layer", "2", "--videos", "1", "--withdraw", "image",
                            "--device", "cpu"], capsys)
     assert expected in line
+
+
+# -------------------------------------------------------------------------- threads, latency plan (#15)
+
+@pytest.mark.parametrize("command", [["calibrate", "--output", "{tmp}/c.yaml"],
+                                     ["profile", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["verify", "--output", "{tmp}/v.yaml"]])
+def test_threads_below_one(model_dir, tmp_path, capsys, command):
+    args = [part.format(tmp=tmp_path) for part in command] + ["--model", model_dir, "--threads", "0"]
+    assert one_line_error(args, capsys) == "error: --threads 0: use 1 or more"
+    assert not list(tmp_path.iterdir())
+
+
+def test_max_time_below_min_time(model_dir, tmp_path, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--min-time", "5", "--max-time", "1"],
+                          capsys)
+    assert line == "error: --max-time 1 is below --min-time 5; raise --max-time"
+
+
+def test_ci_target_out_of_range(model_dir, tmp_path, capsys):
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--ci-target", "5"], capsys)
+    assert line == "error: --ci-target 5: use a fraction between 0 and 1 (0.03 = +-3%)"

@@ -180,7 +180,7 @@ def test_cli_flops_only_on_config_only_dirs(tmp_path):
     out7 = tmp_path / "7b.yaml"
     result = run_cli(["profile", "--model", str(LLAVA_7B), "--flops-only", "--layer", "16", "--output", str(out7)])
     assert result.exit_code == 0, result.output
-    assert "576 vision tokens (1 image(s)) + 64 text tokens" in " ".join(result.output.split())
+    assert "576 vision tokens (1 image) + 64 text tokens" in " ".join(result.output.split())
     seven = read_profile_dict(out7)
     assert seven["flops"]["tokens"] == {"vision": 576, "text": 64, "images": 1}
     assert seven["withdrawal"] == {"layer": 16}

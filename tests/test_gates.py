@@ -366,7 +366,7 @@ def test_compare_markdown_shape(tmp_path):
         if not line.startswith("|"):
             break
         body.append(line)
-    assert len(body) == 17
+    assert len(body) == 20  # 17 figures + 3 speedups
     assert "| FLOPs, withdrawn | 600.000 kFLOPs | 700.000 kFLOPs | +100.000 kFLOPs | +16.67% |" in body
     assert all(line.count(" | ") == 4 for line in body)
     gates = lines.index("| gate | status | detail |")

@@ -91,7 +91,7 @@ def test_cli_profile_on_saved_tiny_llava(tmp_path):
     model_dir = save_tiny_llava(tmp_path / "model")
     out = tmp_path / "prof.yaml"
     result = CliRunner().invoke(app, ["profile", "--model", model_dir, "--layer", "2", "--text-tokens", "6",
-                                      "--new-tokens", "3", "--warmup", "0", "--min-runs", "2", "--min-time", "0",
+                                      "--new-tokens", "3", "--warmup", "0", "--min-runs", "2", "--min-time", "0", "--max-time", "0",
                                       "--threads", "1", "--device", "cpu", "--output", str(out), "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
@@ -104,8 +104,12 @@ def test_cli_profile_on_saved_tiny_llava(tmp_path):
         for metric in ("prefill_ms", "decode_ms_per_token", "end_to_end_ms"):
             stats = latency[variant][metric]
             assert stats["runs"] >= 2 and stats["p10"] <= stats["median"] <= stats["p90"]
-    assert latency["speedup"]["prefill"] == pytest.approx(
-        latency["baseline"]["prefill_ms"]["median"] / latency["withdrawn"]["prefill_ms"]["median"])
+    # pairs: the speedup is the median of the pairs' ratios; the 95% interval needs 6 pairs, 2 give none
+    assert latency["pairs"] == latency["baseline"]["prefill_ms"]["runs"] == latency["withdrawn"]["prefill_ms"]["runs"]
+    interval = latency["speedup_interval"]["prefill"]
+    assert interval["low"] is None and interval["p10"] <= latency["speedup"]["prefill"] <= interval["p90"]
+    assert latency["noise"]["noisy"] and "too few for a 95% interval" in latency["noise"]["reasons"][0]
+    assert latency["noise"]["cpus"] >= 1 and latency["noise"]["max_time_s"] == 0
     assert latency["flops_ratio"] == pytest.approx(data["flops"]["baseline"]["total"] / data["flops"]["withdrawn"]["total"])
     assert data["flops"]["counter"] == "torch.utils.flop_counter.FlopCounterMode"
     assert data["flops"]["analytic"]["baseline"] == data["flops"]["baseline"]

@@ -246,7 +246,7 @@ def test_generic_calibrate_and_profile_verify_first(tmp_path, monkeypatch, capsy
     assert profile["verification"]["passed"] is True and profile["verification"]["adapter"]["derived"] is True
     code, out, err = run_cli(["profile", "--model", directory, "--device", "cpu", "--layer", "2", "--generic",
                               "--json", "--image-size", "32x32", "--min-runs", "1", "--min-time", "0",
-                              "--warmup", "0", "--new-tokens", "2"], capsys)
+                              "--max-time", "0", "--warmup", "0", "--new-tokens", "2"], capsys)
     assert code == 0, err
     sections = json_output(out)
     assert sections["verification"]["passed"] is True

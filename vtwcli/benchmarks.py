@@ -66,6 +66,7 @@ class EvalOptions:
     device: str | None = None
     strict: bool = True                          # refuse a profile made for another model
     datasets: tuple[str, ...] = ()               # vtwcli datasets, evaluated as local tasks (local_task.write_task)
+    threads: int | None = None                   # torch threads of lmms-eval (OMP_NUM_THREADS); None: default_threads()
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self):
@@ -201,7 +202,7 @@ def _why(log: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _run(command: list[str], output_dir: Path, log: Path, what: str) -> Path:
+def _run(command: list[str], output_dir: Path, log: Path, what: str, threads: int | None = None) -> Path:
     """Run one lmms-eval command, its output into ``log``; return the results file it wrote.
 
     lmms-eval 0.7 exits 0 even when the evaluation failed (it logs the error), so a run without a new
@@ -209,7 +210,8 @@ def _run(command: list[str], output_dir: Path, log: Path, what: str) -> Path:
     """
     before = set(Path(output_dir).rglob("*_results.json"))
     with open(log, "w", encoding="utf-8") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ), check=False)
+        env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch reads it
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
     written = sorted(set(Path(output_dir).rglob("*_results.json")) - before, key=lambda p: p.stat().st_mtime)
     if done.returncode != 0 or not written:
         status = f"exit {done.returncode}" if done.returncode != 0 else "no results written"
@@ -227,6 +229,15 @@ def _layer_to_evaluate(profile_path: Path | str) -> int:
     return layer
 
 
+def threads_or_default(threads: int | None) -> int:
+    """``threads`` (>= 1), or :func:`vtwcli.defaults.default_threads` for None."""
+    from vtwcli.defaults import default_threads
+
+    if threads is not None and threads < 1:
+        raise VtwError(f"--threads {threads}: use 1 or more")
+    return default_threads() if threads is None else threads
+
+
 def run_benchmarks(profile_path: Path | str, options: EvalOptions, work: Path, *, progress=None) -> BenchmarkResult:
     """Run ``options.tasks`` without and with the profile (logs and results under ``work``); return the
     ``evaluation.benchmarks`` entries. ``progress(step: str)`` is called before each run."""
@@ -240,7 +251,7 @@ def run_benchmarks(profile_path: Path | str, options: EvalOptions, work: Path, *
         if progress is not None:
             progress(label)
         what = "without the profile" if with_profile is None else f"with the profile (K = {layer})"
-        runs[label] = (_run(command, out, work / f"{label}.log", what), command)
+        runs[label] = (_run(command, out, work / f"{label}.log", what, threads_or_default(options.threads)), command)
     entries = []
     for task in options.tasks:
         key, full, samples, higher = read_results(runs["full"][0], task, options.metric)

@@ -14,7 +14,8 @@ from pathlib import Path
 from vtwcli.calibration import CalibrationOptions, CalibrationResult, DatasetSelection, calibrate, calibration_section
 from vtwcli.errors import VtwError, is_out_of_memory
 
-__all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section"]
+__all__ = ["CalibrationJob", "CalibrationRun", "calibrate_to_profile", "select_datasets", "data_section",
+           "recorded_path"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class CalibrationJob:
     force: bool = False
     resume: bool = False
     generic: bool = False               # an architecture without an entry: derived adapter, verified first
+    threads: int | None = None          # torch threads; None: vtwcli.defaults.default_threads()
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,19 @@ def select_datasets(names, is_bundled: bool, samples: int | None, seed: int, *,
     return selections
 
 
+def recorded_path(path: Path) -> str:
+    """A dataset's path as a profile records it: a bundled set relative to the installed package
+    (``vtwcli/data/datasets/...``, the same on every machine), any other file as given."""
+    package = Path(__file__).resolve().parent
+    try:
+        return str(Path(package.name) / Path(path).resolve().relative_to(package))
+    except ValueError:
+        return str(path)
+
+
 def data_section(selections: list[DatasetSelection]) -> list[dict]:
     """The profile's ``data`` block: which samples of which file (by hash) the calibration saw."""
-    return [{"name": s.dataset.name, "path": str(s.dataset.path), "sha256": s.dataset.sha256,
+    return [{"name": s.dataset.name, "path": recorded_path(s.dataset.path), "sha256": s.dataset.sha256,
              "samples": len(s.samples), "seed": s.seed, "sample_ids": [x.id for x in s.samples]}
             for s in selections]
 
@@ -77,10 +89,9 @@ def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRu
     ``progress(totals)``, where given, is a context manager around the search whose value is called
     ``(phase, n)`` as batches finish (phases ``kl`` and ``eval``). An interrupt (Ctrl-C, SIGTERM made one)
     leaves the finished batches in the checkpoint and becomes a VtwError (exit 130) saying how to resume.
+    torch runs with ``job.threads`` threads (restored after).
     """
-    from vtwcli.checkpoint import CheckpointStore, checkpoint_path
-    from vtwcli.loading import load_model, model_section
-    from vtwcli.profile import new_profile, write_profile
+    from vtwcli.loading import torch_threads
 
     options = job.options
     options.check_values()
@@ -89,6 +100,16 @@ def calibrate_to_profile(job: CalibrationJob, *, progress=None) -> CalibrationRu
     # named datasets are read and checked before the model loads (the defaults depend on the model)
     auto = options.auto is not None
     selections = select_datasets(job.datasets, False, job.samples, options.seed, auto=auto) if job.datasets else None
+    with torch_threads(job.threads):  # the whole run, restored after
+        return _calibrate(job, progress, selections)
+
+
+def _calibrate(job: CalibrationJob, progress, selections) -> CalibrationRun:
+    from vtwcli.checkpoint import CheckpointStore, checkpoint_path
+    from vtwcli.loading import load_model, model_section
+    from vtwcli.profile import new_profile, write_profile
+
+    options, auto = job.options, job.options.auto is not None
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map,
                         generic=job.generic)
     if selections is None:

@@ -298,6 +298,7 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         auto = samples_auto([len(s.samples) for s in selections], measure_round, options.auto)
         selections = _first_drawn(selections, auto.counts)
 
+    search_seconds = time.perf_counter() - started  # the KL search alone: the accuracy below is timed apart
     kl, owners = rows_of(selections)
     per_sample = [{"dataset": s.dataset.name, "id": x.id, "kl": measured[(d, x.id)]}
                   for d, s in enumerate(selections) for x in s.samples]
@@ -340,14 +341,14 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
         low, high = accuracy_interval(float(np.mean(correct)), len(correct))
         return {"accuracy": float(np.mean(correct)), "accuracy_ci": [low, high]}
 
-    evaluation = None
+    evaluation, evaluation_started = None, time.perf_counter()
     if options.evaluate:
         withdrawn = accuracy(chosen) if chosen is not None else {"accuracy": None, "accuracy_ci": None}
         evaluation = {"samples": len(kl), "baseline": accuracy(None), "withdrawn": dict(withdrawn, layer=chosen),
                       "interval": {"method": "wilson", "confidence": ACCURACY_CONFIDENCE}}
 
-    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"],
-            "seconds": time.perf_counter() - started,
+    cost = {"full_forward_equivalents": (work["full"] + work["candidates"]) / work["full"], "seconds": search_seconds,
+            "evaluation_seconds": time.perf_counter() - evaluation_started if options.evaluate else None,
             "shared_prefix": prefix_is_shared(adapter.layer_types(text_config, num_layers), min(layers))}
     return CalibrationResult(layers=layers, per_layer=per_layer, layer=chosen, per_dataset=per_dataset,
                              per_sample=per_sample, cost=cost, diagnose=diagnose, evaluation=evaluation,

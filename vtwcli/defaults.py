@@ -2,3 +2,18 @@
 
 DEFAULT_THRESHOLD = 0.003  # the reference implementation's eta for LLaVA-1.5-7B
 DEFAULT_TEXT_TOKENS = 64  # text tokens of `vtw profile`'s synthetic prompt (576 image tokens + 64 for LLaVA-1.5)
+
+
+def default_threads() -> int:
+    """torch threads when --threads is not given: half the CPU cores (at least 1). torch's own default (every
+    core) makes each forward wait for OpenMP peers that other processes deschedule on a shared machine
+    (a 7 s calibration took 37-67 s); half leaves room for them and for the rest of this process."""
+    import os
+
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+# `vtw profile`'s latency plan (vtwcli.measure.latency.LatencyPlan)
+DEFAULT_MIN_PAIRS = 6          # the fewest pairs with a 95% interval of the median: P(Binomial(6, 1/2) = 0) = 1/64
+DEFAULT_MAX_TIME_S = 60.0      # the time budget of the timed pairs
+DEFAULT_CI_TARGET = 0.03       # stop once every speedup's 95% interval is within +-3% of its median

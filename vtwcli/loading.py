@@ -6,6 +6,7 @@ Real models (hub ids or local directories) and the bundled demo model go through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,22 @@ _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype",
                          "_attn_implementation_internal", "_commit_hash", "use_cache", "output_attentions",
                          "output_hidden_states", "return_dict"}
 
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, option: str = "--threads"):
+    """For its duration: ``torch.set_num_threads(threads)`` (None: :func:`vtwcli.defaults.default_threads`),
+    restored after. Yields the count in use."""
+    from vtwcli.defaults import default_threads
+
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise VtwError(f"{option} {threads}: use 1 or more")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 def bundled_model_path() -> Path:
     """Directory of the bundled tiny demo LLaVA (a test model; real users pass a hub id or a path)."""

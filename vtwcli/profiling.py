@@ -25,7 +25,7 @@ from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLay
                                   count_flops_meta, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS
-from vtwcli.measure.latency import measure_latency
+from vtwcli.measure.latency import LatencyPlan, measure_latency
 from vtwcli.measure.memory import measure_memory
 from vtwcli.withdrawal import check_layer, num_decoder_layers, refuse_kept_blocks, withdraw
 
@@ -267,16 +267,17 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
 
 def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
                 image_tokens: int | None = None, images: int = 1, videos: int = 0,
-                image_size: tuple[int, int] | None = None, new_tokens: int = 8, warmup: int = 1, min_runs: int = 5,
-                min_time_s: float = 2.0, threads: int | None = None, fvcore: bool = False, flops_only: bool = False,
-                seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict:
+                image_size: tuple[int, int] | None = None, new_tokens: int = 8, plan: LatencyPlan = LatencyPlan(),
+                threads: int | None = None, fvcore: bool = False, flops_only: bool = False, seed: int = 0,
+                kinds: tuple[str, ...] | None = None, progress=None) -> dict:
     """``withdrawal``, ``flops``, ``latency`` and ``memory`` sections for a loaded model at layer K.
 
     The prompt: on the fixed LLaVA-1.5 layout, random ordinary token ids around ``images`` image blocks
     (exactly ``text_tokens`` text tokens; the closed form covers every component); for every other family,
     the model's processor and chat template around seeded random images of ``image_size`` (the closed form
     covers the language model and lm_head). FLOPs are counted on the real model through the real withdrawal
-    hooks; ``flops_only`` stops there.
+    hooks; ``flops_only`` stops there. Latency is timed in pairs as ``plan`` says (``progress``: see
+    :func:`vtwcli.measure.latency.measure_latency`).
     """
     from vtwcli.adapters import adapter_for
 
@@ -313,9 +314,8 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     if flops_only:
         return sections
     ratio = flops["baseline"]["total"] / flops["withdrawn"]["total"] if flops["withdrawn"]["total"] else None
-    sections["latency"] = measure_latency(model, inputs, layer, new_tokens=new_tokens, warmup=warmup,
-                                          min_runs=min_runs, min_time_s=min_time_s, threads=threads,
-                                          flops_ratio=ratio, kinds=kinds)
+    sections["latency"] = measure_latency(model, inputs, layer, new_tokens=new_tokens, plan=plan, threads=threads,
+                                          flops_ratio=ratio, kinds=kinds, progress=progress)
     sections["memory"] = measure_memory(model, inputs, layer, new_tokens=new_tokens, kinds=kinds)
     if loaded.device.type == "cuda":
         torch.cuda.empty_cache()
@@ -340,10 +340,8 @@ class ProfileOptions:
     videos: int = 0
     image_size: tuple[int, int] | None = None
     new_tokens: int = 8
-    warmup: int = 1
-    min_runs: int = 5
-    min_time_s: float = 2.0
-    threads: int | None = None
+    latency: LatencyPlan = LatencyPlan()  # pairs, time budget, interval target
+    threads: int | None = None          # None: vtwcli.defaults.default_threads()
     device: str = "auto"
     dtype: str = "auto"
     attn: str = "sdpa"
@@ -420,8 +418,7 @@ def _check_profile_options(options: ProfileOptions) -> None:
         raise VtwError("--generic verifies the derived adapter on the model's weights first; drop --flops-only")
     check_seed(options.seed)
     if not options.flops_only:
-        check_timing_options(new_tokens=options.new_tokens, warmup=options.warmup, min_runs=options.min_runs,
-                             min_time_s=options.min_time_s, threads=options.threads)
+        check_timing_options(new_tokens=options.new_tokens, plan=options.latency, threads=options.threads)
     elif options.threads is not None and options.threads < 1:
         raise VtwError(f"--threads {options.threads}: use 1 or more")
     if options.target is not None:
@@ -455,7 +452,8 @@ def _check_same_model(options: ProfileOptions, base, block: dict) -> None:
                        f"({block['config_sha256'][:12]}...); profile the calibrated model")
 
 
-def _measure_loaded(options: ProfileOptions, busy, base=None) -> tuple[dict, dict, torch.device]:
+def _measure_loaded(options: ProfileOptions, busy, base=None,
+                    progress=None) -> tuple[dict, dict, torch.device]:
     from vtwcli.loading import load_model, model_section
 
     loaded = load_model(options.model, device=options.device, dtype=options.dtype, attn=options.attn,
@@ -471,23 +469,26 @@ def _measure_loaded(options: ProfileOptions, busy, base=None) -> tuple[dict, dic
         sections = run_profile(loaded, layer=options.layer, text_tokens=options.text_tokens,
                                image_tokens=options.image_tokens, images=options.images, videos=options.videos,
                                image_size=options.image_size, kinds=options.kinds, new_tokens=options.new_tokens,
-                               warmup=options.warmup, min_runs=options.min_runs, min_time_s=options.min_time_s,
-                               threads=options.threads, fvcore=options.fvcore, seed=options.seed)
+                               plan=options.latency, threads=options.threads, fvcore=options.fvcore,
+                               seed=options.seed, progress=progress)
     if verification is not None:
         sections["verification"] = verification
     return sections, model_section(loaded), loaded.device
 
 
-def profile_model(options: ProfileOptions, *, busy=lambda text: contextlib.nullcontext()) -> ProfileRun:
+def profile_model(options: ProfileOptions, *, busy=lambda text: contextlib.nullcontext(), progress=None) -> ProfileRun:
     """`vtw profile` as one call: resolve K / kinds / model from the base profile, measure (config only or
     the loaded model), check the base profile was made for this model, extend it (or start a new profile)
-    and write it when there is a target. ``busy(text)`` is a context manager shown around the measuring."""
+    and write it when there is a target. ``busy(text)`` is a context manager shown around the measuring;
+    ``progress(state)`` hears about each timed latency pair."""
     from vtwcli.profile import extend_profile, new_profile, write_profile
 
     _check_profile_options(options)
     options, base = resolve_from_base(options)
-    sections, block, device = (_measure_config_only(options) if options.flops_only
-                               else _measure_loaded(options, busy, base))
+    if options.flops_only:
+        sections, block, device = _measure_config_only(options)
+    else:
+        sections, block, device = _measure_loaded(options, busy, base, progress)
     if base is None:
         data = new_profile(block, device)
         data.update(sections)

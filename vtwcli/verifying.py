@@ -35,6 +35,7 @@ class VerifyJob:
     device_map: str | None = None
     generic: bool = False               # an architecture without an entry: derive an adapter
     output: Path | None = None          # the profile that receives the `verification` section
+    threads: int | None = None          # torch threads; None: vtwcli.defaults.default_threads()
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,23 @@ def _prompts(job: VerifyJob) -> tuple[list, list[dict]]:
 def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
     """Verify and (with ``job.output``) store the section; ``progress(total, description)``, where given, is a
     context manager around the checks whose value is called with the number of finished steps."""
-    from vtwcli.generic import forget, register
-    from vtwcli.loading import load_model
+    from vtwcli.loading import torch_threads
     from vtwcli.profile import check_output_path
-    from vtwcli.verify import layers_to_check, verification_section, verify
 
     if job.output is not None:
         check_output_path(job.output, "vtw-verify.yaml")
     if job.batch_size < 1:
         raise VtwError(f"--batch-size {job.batch_size}: use 1 or more")
     chosen, data = _prompts(job)
+    with torch_threads(job.threads):  # the whole run, restored after
+        return _verify(job, chosen, data, progress)
+
+
+def _verify(job: VerifyJob, chosen, data, progress) -> VerifyRun:
+    from vtwcli.generic import forget, register
+    from vtwcli.loading import load_model
+    from vtwcli.verify import layers_to_check, verification_section, verify
+
     loaded = load_model(job.model, device=job.device, dtype=job.dtype, attn=job.attn, device_map=job.device_map,
                         generic=job.generic)
     derived = register(loaded.model) if job.generic else None

@@ -64,7 +64,7 @@ def output_path_for(path: Path, force: bool) -> Path:
 
 def kl_table(result) -> Table:
     table = Table(title=f"KL({'P_K || P_full' if result.options.direction == 'withdrawn_to_full' else 'P_full || P_K'})"
-                  f" by withdrawal layer K, {result.options.criterion}, threshold {result.options.threshold:g}")
+                  f" per K ({result.options.criterion}, threshold {result.options.threshold:g})")
     for column in ("K", "mean KL", "95% CI", "p90", "max", "chosen by"):
         table.add_column(column, justify="right")
     from vtwcli.selection import percent

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.defaults import DEFAULT_THRESHOLD
 from vtwcli.errors import CheckFailed, VtwError
@@ -39,18 +40,25 @@ _RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from
                        "(<output>.partial.jsonl); gives the same profile as an uninterrupted run.")
 _WITHDRAW = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or image,video "
                          "(families with video). Default: every vision token.")
+_DATASET = typer.Option(None, "--dataset", help="Bundled dataset name or JSONL path (repeatable). "
+                        "Default: the synthetic sets for the bundled model, the photograph sets otherwise.")
+_THRESHOLD = typer.Option(DEFAULT_THRESHOLD, "--threshold",
+                          help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
+                          "the reference's value for LLaVA-1.5-7B).")
+_GENERIC = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                        "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
+                        "exact).")
+_THREADS = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
+                        "at least 1 (torch's own default, every core, slows down under outside load).")
 
 
 @app.command("calibrate")
 def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
-    dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Bundled dataset name or JSONL path (repeatable). "
-                                                "Default: the synthetic sets for the bundled model, the photograph sets otherwise."),
+    dataset: Optional[list[str]] = _DATASET,
     samples: Optional[str] = _SAMPLES,
     seed: int = typer.Option(0, "--seed", help="Seed of the sample draw and of the bootstrap."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold",
-                                    help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
-                                    "the reference's value for LLaVA-1.5-7B)."),
+    threshold: float = _THRESHOLD,
     min_layer: int = typer.Option(1, "--min-layer", help="First candidate layer (0-based decoder layer index)."),
     criterion: str = _CRITERION,
     direction: str = _DIRECTION,
@@ -70,9 +78,8 @@ def calibrate_command(
     withdraw: Optional[str] = _WITHDRAW,
     select: str = _SELECT, auto_target: Optional[float] = _AUTO_TARGET,
     auto_step: Optional[int] = _AUTO_STEP, auto_budget: Optional[int] = _AUTO_BUDGET,
-    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
-                                 "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
-                                 "exact)."),
+    generic: bool = _GENERIC,
+    threads: Optional[int] = _THREADS,
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.
@@ -90,7 +97,8 @@ def calibrate_command(
         check_plot_path(plot)
     job = CalibrationJob(options, _output_for(output, force=force, resume=resume), model=model,
                          datasets=tuple(dataset or ()), samples=None if count == "auto" else count, device=device,
-                         dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume, generic=generic)
+                         dtype=dtype, attn=attn, device_map=device_map, force=force, resume=resume, generic=generic,
+                         threads=threads)
     run = calibrate_to_profile(job, progress=lambda totals: _progress_bar(totals, hidden=as_json))
     if plot is not None:
         save_plot(run.result, plot)
@@ -168,26 +176,70 @@ def _progress_bar(totals: dict, *, hidden: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     labels = {"kl": "KL, every layer", "eval": "accuracy, full and at K"}
+    if not hidden and not err_console.is_terminal:  # a log: plain lines every few seconds, not a bar
+        yield _plain_progress(totals, labels)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=hidden) as bar:  # SIGTERM: see cli.main
         tasks = {phase: bar.add_task(labels[phase], total=total) for phase, total in totals.items()}  # None: unknown
         yield lambda phase, n: bar.advance(tasks[phase], n)
 
 
+def _diagnose_table(result):
+    """A short view of --diagnose (the profile has every layer): the first layers, those around K, the last."""
+    from rich.table import Table
+
+    shares = result.diagnose  # one entry per attention layer, labelled with its index
+    around = {entry["layer"] for entry in (*shares[:2], shares[-1])}
+    if result.layer is not None:
+        around |= {result.layer - 1, result.layer, result.layer + 1}
+    table = Table(title="attention of the last prompt token", caption="--diagnose; every layer is in the profile")
+    for column in ("layer", "system", "vision", "text"):
+        table.add_column(column, justify="right")
+    for entry in shares:
+        if entry["layer"] in around:
+            chosen = entry["layer"] == result.layer
+            table.add_row(f"{entry['layer']}{' = K' if chosen else ''}", f"{entry['system']:.1%}",
+                          f"{entry['vision']:.1%}", f"{entry['text']:.1%}", style="bold green" if chosen else "")
+    return table
+
+
+def _plain_progress(totals: dict, labels: dict):
+    from vtwcli.cli._progress import PlainProgress
+
+    def write(text: str) -> None:
+        err_console.print(text, highlight=False, soft_wrap=True)
+
+    lines = {phase: PlainProgress(f"calibrate: {labels[phase]}", total, write=write) for phase, total in totals.items()}
+    previous = {}
+
+    def advance(phase: str, n: int) -> None:
+        if lines[phase].done == 0 and previous:  # a phase's clock starts when the one before it ended
+            lines[phase].started = lines[previous["phase"]].last
+        previous["phase"] = phase
+        lines[phase].advance(n, " samples" if phase == "kl" else " answers")
+    return advance
+
+
 def _render(run) -> None:
     from vtwcli.cli._render import kl_chart, kl_table
 
     result = run.result
-    console.print(kl_table(result))
+    print_table(kl_table(result))
     console.print(kl_chart(result))
+    if result.diagnose:
+        print_table(_diagnose_table(result))
     for entry in result.per_dataset:
         own = entry["layer"] if entry["layer"] is not None else "none"
         console.print(f"  {entry['name']}: first layer under the threshold = {own}")
     console.print(stability_text(result), soft_wrap=True)
     if result.evaluation:
         console.print(accuracy_text(result.evaluation, result.layer), soft_wrap=True)
-    console.print(f"cost: {result.cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
-                  f"{len(result.layers)} candidate layers, {result.cost['seconds']:.1f} s")
+    cost = result.cost
+    evaluation = "" if cost.get("evaluation_seconds") is None else \
+        f"; accuracy evaluation {cost['evaluation_seconds']:.1f} s"
+    console.print(f"cost of the KL search: {cost['full_forward_equivalents']:.2f} full-forward equivalents for all "
+                  f"{len(result.layers)} candidate layers, {cost['seconds']:.1f} s{evaluation}", soft_wrap=True)
     if result.limit is not None:
         console.print(f"candidates stop at layer {result.layers[-1]}: withdrawal after it cannot be exact on this "
                       f"model ({result.limit})")

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 from vtwcli.datasets import bundled_datasets
 
@@ -38,4 +39,4 @@ def datasets_command(as_json: bool = typer.Option(False, "--json", help="Machine
             info.licence,
             info.description,
         )
-    console.print(table)
+    print_table(table)

@@ -39,6 +39,8 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Keep lmms-eval's logs and results here "
                                          "(default: a new temporary folder, said on screen)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads of the lmms-eval runs "
+                                          "(OMP_NUM_THREADS). Default: half the CPU cores, at least 1."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Run lmms-eval tasks without and with PROFILE's withdrawal; record the scores in evaluation.benchmarks.
@@ -48,7 +50,7 @@ def eval_command(
     """
     options = EvalOptions(model=model, model_args=model_args, tasks=_split(tasks), datasets=_split(dataset),
                           metric=metric, limit=limit, include_path=include_path, batch_size=batch_size, device=device,
-                          strict=strict)
+                          strict=strict, threads=threads)
     steps = {"full": "lmms-eval without the profile (1/2)", "withdrawn": "lmms-eval with the profile (2/2)"}
     with console.status("lmms-eval") as status:
         outcome = evaluate_profile(profile, options, output=output, force=force, work_dir=work_dir,

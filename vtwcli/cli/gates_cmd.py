@@ -11,6 +11,7 @@ from rich.table import Table
 
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 from vtwcli.errors import CheckFailed, VtwError
 from vtwcli.gates import (Comparison, FileCheck, GateLimits, check_failure_message, check_files, compare_files,
@@ -62,11 +63,11 @@ def _render_checks(files: list[FileCheck]) -> None:
             continue
         for result in item.results:
             table.add_row(escape(item.source), escape(result.name), _status(result.status), escape(result.detail))
-    console.print(table)
+    print_table(table, layout="lines")
     failed = sum(1 for f in files for r in f.results if not r.passed)
     unreadable = sum(1 for f in files if f.error is not None)
     if not failed and not unreadable:
-        console.print(f"[green]all checks passed[/] ({len(files)} file(s))")
+        console.print(f"[green]all checks passed[/] ({len(files)} file{'' if len(files) == 1 else 's'})")
 
 
 class OutputFormat(str, Enum):
@@ -88,6 +89,12 @@ def compare_command(
     max_latency_increase: float | None = typer.Option(
         None, "--max-latency-increase", metavar="PCT", help="Fail if any withdrawn latency median (prefill, decode "
         "per token, end to end) of NEW exceeds BASE's by more than PCT percent."),
+    min_speedup: float | None = typer.Option(
+        None, "--min-speedup", metavar="X", help="Fail if NEW's prefill speedup (median of baseline/withdrawn pairs) "
+        "is below X (e.g. 1.2)."),
+    max_speedup_drop: float | None = typer.Option(
+        None, "--max-speedup-drop", metavar="PCT", help="Fail if NEW's prefill speedup is more than PCT percent below "
+        "BASE's (ratios timed in pairs: robust to a slower runner, unlike --max-latency-increase)."),
     max_memory_increase: float | None = typer.Option(
         None, "--max-memory-increase", metavar="PCT", help="Fail if NEW's withdrawn peak RSS or KV cache exceeds "
         "BASE's by more than PCT percent."),
@@ -103,6 +110,7 @@ def compare_command(
     A gate is n/a when its section is in neither profile; it fails when only one profile lacks its figures.
     """
     limits = GateLimits(max_flops_increase=max_flops_increase, max_latency_increase=max_latency_increase,
+                        min_speedup=min_speedup, max_speedup_drop=max_speedup_drop,
                         max_memory_increase=max_memory_increase, max_kl=max_kl, max_accuracy_drop=max_accuracy_drop,
                         same_layer=same_layer)
     comparison = compare_files(base, new, limits)
@@ -126,7 +134,7 @@ def _render_comparison(comparison: Comparison) -> None:
     for row in comparison.rows:
         absolute, pct = format_delta(row)
         table.add_row(row.metric, format_value(row.base, row.unit), format_value(row.new, row.unit), absolute, pct)
-    console.print(table)
+    _print_rows(table, comparison)
     if comparison.gates:
         gates = Table(title="gates")
         gates.add_column("gate", no_wrap=True)
@@ -134,11 +142,33 @@ def _render_comparison(comparison: Comparison) -> None:
         gates.add_column("detail", overflow="fold")
         for gate in comparison.gates:
             gates.add_row(gate.name, _status(gate.status), escape(gate.detail))
-        console.print(gates)
+        print_table(gates, layout="lines")
     else:
         console.print("[dim]no gates requested[/]")
     for note in comparison.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+
+
+def _print_rows(table: Table, comparison: Comparison) -> None:
+    """The table where it fits (without the absolute Δ if need be); in a narrow log one line per figure."""
+    from vtwcli.cli._tables import fits
+
+    if fits(table, console):
+        console.print(table)
+        return
+    narrow = Table(title=table.title)
+    for column in ("metric", "BASE", "NEW", "Δ %"):
+        narrow.add_column(column, justify="left" if column == "metric" else "right", no_wrap=column != "metric")
+    for row in comparison.rows:
+        narrow.add_row(row.metric, format_value(row.base, row.unit), format_value(row.new, row.unit), format_delta(row)[1])
+    if fits(narrow, console):
+        console.print(narrow)
+        return
+    console.print(table.title, highlight=False, soft_wrap=True)
+    for row in comparison.rows:
+        pct = format_delta(row)[1]
+        console.print(f"  {row.metric}: {format_value(row.base, row.unit)} -> {format_value(row.new, row.unit)}"
+                      + ("" if pct == "—" else f" ({pct})"), highlight=False, soft_wrap=True)
 
 
 def _cell(text: str) -> str:

@@ -9,6 +9,7 @@ from rich.table import Table
 from vtwcli.adapters import ADAPTERS, NOT_APPLICABLE, PLANNED
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console
 
 
@@ -51,7 +52,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
                  "blocked upstream": "red"}.get(row["status"], "dim")
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
                       ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
-    console.print(table)
+    print_table(table)
     console.print("Not listed: `vtw verify --generic --model X` derives an adapter from the standard layout and "
                   "uses it only if withdrawal verifies exact (docs/architectures.md, 'Unlisted architectures').",
                   style="dim", highlight=False)

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from vtwcli.cli import app
 from vtwcli.cli._render import json_text
+from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
-from vtwcli.defaults import DEFAULT_TEXT_TOKENS
+from vtwcli.defaults import DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS, DEFAULT_TEXT_TOKENS
 from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
 
 MAX_IMAGE_SIDE = 8192  # --image-size: the synthetic images are held in memory
@@ -41,30 +42,59 @@ def _flops_table(flops: dict, kinds: Optional[tuple] = None) -> Table:
         reduction = f"{1 - new / base:.1%}" if base else "-"
         table.add_row(key, _scaled(base, scale), _scaled(new, scale), reduction, style="bold" if key == "total" else "")
     decode = flops.get("decode_per_token")
-    if decode:
+    if decode:  # in its own unit: a 7B decode step is GFLOPs beside TFLOPs of prefill
         base, new = decode["baseline"], decode["withdrawn"]
-        table.add_row(f"decode / token (context {decode['context_tokens']['baseline']} -> "
-                      f"{decode['context_tokens']['withdrawn']} in layers >= K)", _scaled(base, scale),
-                      _scaled(new, scale),
+        decode_scale, decode_unit = _unit(base)
+        table.add_row(f"decode / token ({decode_unit})", _scaled(base, decode_scale), _scaled(new, decode_scale),
                       f"{1 - new / base:.1%}" if base else "-", style="dim")
+        table.caption = (f"decode: context {decode['context_tokens']['baseline']} -> "
+                         f"{decode['context_tokens']['withdrawn']} tokens in layers >= K")
     return table
 
 
 def _latency_table(latency: dict) -> Table:
-    table = Table(title=f"Latency (ms, median \\[p10..p90] of runs; {latency['device_name']}, {latency['threads']} threads, "
-                  f"{latency['new_tokens']} new tokens)")
-    for column in ("", "baseline", "withdrawn", "speedup"):
+    pairs = f"{latency['pairs']} pairs" if latency.get("pairs") else "runs"
+    table = Table(pad_edge=False, title=f"Latency (ms, median (p10..p90) of {pairs}; {latency['device_name']}, "
+                  f"{latency['threads']} threads, {latency['new_tokens']} new tokens)")
+    interval = latency.get("speedup_interval")
+    for column in ("", "baseline", "withdrawn", "speedup (95% CI)" if interval else "speedup"):
         table.add_column(column, justify="right" if column else "left")
-    for _, key, speed in LATENCY_FIGURES:
+    for label, key, speed in LATENCY_FIGURES:
         cells = []
         for variant in VARIANTS:
             stats = latency[variant][key]
-            cells.append(f"{stats['median']:.2f} \\[{stats['p10']:.2f}..{stats['p90']:.2f}] n={stats['runs']}")
+            cells.append(f"{_ms(stats['median'])} ({_ms(stats['p10'])}..{_ms(stats['p90'])})")
         value = latency["speedup"][speed]
-        table.add_row(key.removesuffix("_ms"), *cells, f"{value:.2f}x" if value else "-")
+        cell = f"{value:.2f}x" if value else "-"
+        bounds = (interval or {}).get(speed) or {}
+        if bounds.get("low") is not None:
+            cell += f" ({bounds['low']:.2f}..{bounds['high']:.2f})"
+        table.add_row(label, *cells, cell)
     if latency.get("flops_ratio"):
-        table.add_row("FLOPs ratio (prefill)", "", "", f"{latency['flops_ratio']:.2f}x", style="dim")
+        table.add_row("FLOPs ratio", "", "", f"{latency['flops_ratio']:.2f}x (prefill)", style="dim")
     return table
+
+
+def _ms(value: float) -> str:
+    """3 significant digits (whole milliseconds from 1000 up): the table must fit 80 columns in a log."""
+    return f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+def _noise_lines(latency: dict) -> list[tuple[str, str]]:
+    """(text, style) lines under the latency table: the conditions, and plainly whether to trust it."""
+    noise = latency.get("noise")
+    if not noise:
+        return []
+    load = "" if noise.get("load_start") is None else \
+        f"; load average {noise['load_start']:.2f} -> {noise['load_end']:.2f} on {noise['cpus']} CPUs"
+    lines = [(f"timed {noise['seconds']:.1f} s of at most {noise['max_time_s']:g} s, interval target "
+              f"+-{noise['ci_target']:.1%}{load}", "dim")]
+    lines += [(f"note: {note}", "yellow") for note in latency.get("notes") or ()]
+    if noise["noisy"]:
+        lines.append(("latency figures are too noisy to use:", "bold yellow"))
+        lines += [(f"  - {reason}", "yellow") for reason in noise["reasons"]]
+        lines.append(("  rerun on a quieter machine, with --max-time higher, or with --threads 1", "yellow"))
+    return lines
 
 
 def _memory_table(memory: dict) -> Table:
@@ -126,10 +156,16 @@ def profile_command(
     images: int = typer.Option(1, "--images", help="Images in the synthetic prompt."),
     image_size: Optional[str] = _IMAGE_SIZE,
     new_tokens: int = typer.Option(8, "--new-tokens", help="Tokens generated per latency run (min = max)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed runs of each variant first."),
-    min_runs: int = typer.Option(5, "--min-runs", help="Timed runs of each variant, at least."),
-    min_time: float = typer.Option(2.0, "--min-time", help="Seconds of timed runs, at least (both variants together)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch.set_num_threads for the timing (recorded)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed pairs of runs first."),
+    min_runs: int = typer.Option(DEFAULT_MIN_PAIRS, "--min-runs", help="Timed pairs (baseline + withdrawn), at "
+                                 f"least ({DEFAULT_MIN_PAIRS} give a 95% interval)."),
+    min_time: float = typer.Option(2.0, "--min-time", help="Seconds of timed pairs, at least."),
+    max_time: float = typer.Option(DEFAULT_MAX_TIME_S, "--max-time", help="Time budget in seconds: pairs repeat until every "
+                                   "speedup's 95% interval meets --ci-target or this is spent."),
+    ci_target: float = typer.Option(DEFAULT_CI_TARGET, "--ci-target", help="Stop once each speedup's 95% interval is within "
+                                    "this share of its median (0.03 = +-3%); wider at the end is flagged noisy."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads while measuring (recorded). "
+                                          "Default: half the CPU cores, at least 1."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     attn: str = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa or eager."),
@@ -144,16 +180,17 @@ def profile_command(
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.adapters import parse_kinds
+    from vtwcli.measure.latency import LatencyPlan
     from vtwcli.profiling import ProfileOptions, profile_model
 
     options = ProfileOptions(
         model=model, layer=layer, profile=profile, output=output, force=force, flops_only=flops_only,
         text_tokens=text_tokens, image_tokens=image_tokens, images=images, videos=videos,
         image_size=None if image_size is None else _parse_image_size(image_size), new_tokens=new_tokens,
-        warmup=warmup, min_runs=min_runs, min_time_s=min_time, threads=threads, device=device, dtype=dtype,
+        latency=LatencyPlan(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
+                            ci_target=ci_target), threads=threads, device=device, dtype=dtype,
         attn=attn, fvcore=fvcore, seed=seed, kinds=parse_kinds(withdraw), generic=generic)
-    run = profile_model(options, busy=(lambda text: _nothing()) if as_json else
-                        (lambda text: console.status(text, spinner="dots")))
+    run = profile_model(options, busy=_busy(as_json), progress=None if as_json else _pair_progress())
     if as_json:
         typer.echo(json_text({**run.sections, "output": str(run.written) if run.written else None}))
     else:
@@ -162,37 +199,44 @@ def profile_command(
 
 def _render_run(run) -> None:
     sections, kinds, layer = run.sections, run.options.kinds, run.options.layer
-    console.print(_flops_table(sections["flops"], kinds))
-    console.print(f"counter: {sections['flops']['counter']}")
+    print_table(_flops_table(sections["flops"], kinds))
+    console.print(f"counter: {sections['flops']['counter']}", soft_wrap=True)
     if "fvcore" in sections["flops"]:
         fv = sections["flops"]["fvcore"]
         console.print(f"fvcore cross-check: baseline {fv['baseline_total']:,}, withdrawn {fv['withdrawn_total']:,} "
-                      f"FLOPs ({fv['note']})", style="dim", highlight=False)
+                      f"FLOPs ({fv['note']})", style="dim", highlight=False, soft_wrap=True)
     if "latency" in sections:
-        console.print(_latency_table(sections["latency"]))
+        print_table(_latency_table(sections["latency"]))
+        for text, style in _noise_lines(sections["latency"]):
+            console.print(text, style=style, highlight=False, soft_wrap=True)  # a log wraps it, not us
     if "memory" in sections:
-        console.print(_memory_table(sections["memory"]))
+        print_table(_memory_table(sections["memory"]))
         from vtwcli.measure.memory import peak_rss_per_variant
 
         if not peak_rss_per_variant():
             err_console.print("[yellow]peak RSS could not be reset between variants on this OS: both figures are the "
                               "process's peak so far and are not comparable[/]")
-    console.print(_prompt_line(sections["flops"]["tokens"], layer, kinds))
+    console.print(_prompt_line(sections["flops"]["tokens"], layer, kinds), soft_wrap=True)
     analytic = sections["flops"].get("analytic")
     if analytic is not None:
         console.print(f"closed form ({', '.join(analytic['covers'])}): baseline {analytic['baseline']['total']:,}, "
-                      f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False)
+                      f"withdrawn {analytic['withdrawn']['total']:,} FLOPs", style="dim", highlight=False, soft_wrap=True)
     _render_written(run)
 
 
 def _prompt_line(tokens: dict, layer: int, kinds: Optional[tuple]) -> str:
-    media = f"{tokens.get('images', 1)} image(s)" + (f", {tokens['videos']} video(s)" if tokens.get("videos") else "")
+    media = _count(tokens.get("images", 1), "image") + (f", {_count(tokens['videos'], 'video')}"
+                                                       if tokens.get("videos") else "")
     if kinds is None:
         return (f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
                 f"{tokens['text']} text tokens (--text-tokens), batch 1")
     # tokens of a kind that stays count as kept, with the text
     return (f"K = {layer}; synthetic prompt ({media}): {tokens['vision']} {' and '.join(kinds)} tokens "
             f"withdrawn, {tokens['text']} tokens kept (text and the other vision kinds), batch 1")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _render_written(run) -> None:
@@ -218,6 +262,30 @@ def _parse_image_size(text: str) -> tuple[int, int]:
         raise VtwError(f"--image-size {text!r}: a side of at most {MAX_IMAGE_SIDE} pixels (the synthetic image is "
                        "held in memory)")
     return (values[0], values[-1])
+
+
+def _busy(hidden: bool):
+    """A spinner on a terminal; nothing in a log (the pairs' progress lines say what happens there)."""
+    if hidden or not err_console.is_terminal:
+        return lambda text: _nothing()
+    return lambda text: err_console.status(text, spinner="dots")
+
+
+def _pair_progress():
+    """In a log (stderr not a terminal): a line every few seconds about the latency pairs."""
+    if err_console.is_terminal:
+        return None
+    from vtwcli.cli._progress import PlainProgress, duration
+
+    lines = PlainProgress("profile: latency pairs", None, write=lambda text: err_console.print(text, highlight=False,
+                                                                                               soft_wrap=True))
+
+    def heard(state: dict) -> None:
+        width = state["half_width"]
+        widest = "no interval yet" if width == float("inf") else f"widest 95% interval +-{width:.1%}"
+        lines.advance(1, f" ({widest}, target +-{state['ci_target']:.1%}; at most "
+                         f"{duration(max(0.0, state['max_time_s'] - state['seconds']))} left)")
+    return heard
 
 
 class _nothing:

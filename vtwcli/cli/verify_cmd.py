@@ -37,6 +37,8 @@ def verify_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Store the result as the `verification` section "
                                           "of this profile (created if missing; an existing profile of the same model "
                                           "keeps its other sections)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
+                                          "at least 1."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check that withdrawal is exact on this model: vision tokens, K = L, an independent reference, generate()."""
@@ -44,7 +46,7 @@ def verify_command(
 
     job = VerifyJob(model=model, layers=tuple(layer or ()), datasets=tuple(dataset or ()), samples=samples, seed=seed,
                     new_tokens=new_tokens, batch_size=batch_size, device=device, dtype=dtype, attn=attn,
-                    device_map=device_map, generic=generic, output=output)
+                    device_map=device_map, generic=generic, output=output, threads=threads)
     run = verify_to_profile(job, progress=lambda total, text: _progress_bar(total, text, hidden=as_json))
     if as_json:
         typer.echo(json.dumps({**run.section, "output": str(run.written) if run.written else None}, indent=2))

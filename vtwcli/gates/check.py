@@ -135,18 +135,42 @@ def _median(run, stats: str):
     return None if timing is None else timing.median
 
 
+def _interval_check(stated, interval) -> tuple[bool, str]:
+    """A median per-pair speedup lies within its pairs' p10..p90 and its 95% interval (pairs are not stored,
+    so this is what can be re-derived)."""
+    bounds = [("p10..p90", interval.p10, interval.p90)]
+    if interval.low is not None and interval.high is not None:
+        bounds.append(("95% interval", interval.low, interval.high))
+    for what, low, high in bounds:
+        if stated is None or not low - EPS <= stated <= high + EPS:
+            return False, f"is {num(stated)} but lies outside its {what} {num(low)}..{num(high)}"
+    return True, f"{num(stated)} within " + " and ".join(f"{what} {num(low)}..{num(high)}" for what, low, high in bounds)
+
+
 def _check_latency(latency: Latency, flops: Flops | None, src: str) -> list[CheckResult]:
     results = []
+    if latency.speedup_interval is not None:  # paired runs: the median of per-pair speedups
+        for _, _, speedup in LATENCY_FIGURES:
+            interval, name = getattr(latency.speedup_interval, speedup), f"latency.speedup.{speedup}"
+            if interval is None:
+                continue
+            ok, detail = _interval_check(getattr(latency.speedup, speedup), interval)
+            results.append(passed(name, detail, src) if ok else failed(name, detail, src))
+        results += _check_flops_ratio(latency, flops, src)
+        return results
     for _, stats, speedup in LATENCY_FIGURES:
         base, new = _median(latency.baseline, stats), _median(latency.withdrawn, stats)
         results.append(ratio_check(f"latency.speedup.{speedup}", getattr(latency.speedup, speedup), base, new,
                                    REL_TOL_LATENCY,
                                    f"baseline median / withdrawn median ({num(base)} / {num(new)} ms)", src))
-    if latency.flops_ratio is not None and flops is not None:
-        results.append(ratio_check("latency.flops_ratio", latency.flops_ratio, flops.baseline.total,
-                                   flops.withdrawn.total, REL_TOL_LATENCY,
-                                   "flops.baseline.total / flops.withdrawn.total", src))
-    return results
+    return results + _check_flops_ratio(latency, flops, src)
+
+
+def _check_flops_ratio(latency: Latency, flops: Flops | None, src: str) -> list[CheckResult]:
+    if latency.flops_ratio is None or flops is None:
+        return []
+    return [ratio_check("latency.flops_ratio", latency.flops_ratio, flops.baseline.total, flops.withdrawn.total,
+                        REL_TOL_LATENCY, "flops.baseline.total / flops.withdrawn.total", src)]
 
 
 def _check_memory(memory: Memory, src: str) -> list[CheckResult]:

@@ -27,6 +27,8 @@ class GateLimits:
 
     max_flops_increase: float | None = None      # percent, withdrawn total FLOPs NEW vs BASE
     max_latency_increase: float | None = None    # percent, each withdrawn median NEW vs BASE
+    min_speedup: float | None = None             # NEW's prefill speedup (median per-pair ratio) at least this
+    max_speedup_drop: float | None = None        # percent, NEW's prefill speedup below BASE's
     max_memory_increase: float | None = None     # percent, withdrawn peak RSS and KV cache NEW vs BASE
     max_kl: float | None = None                  # NEW's kl_mean at its chosen layer
     max_accuracy_drop: float | None = None       # points, NEW withdrawn accuracy vs BASE withdrawn accuracy
@@ -70,23 +72,36 @@ def _absent(values, sources) -> list[str]:
     return [f"{side} ({source})" for side, value, source in zip(("BASE", "NEW"), values, sources) if value is None]
 
 
-def _increase_gate(spec: MetricSpec, base: Profile, new: Profile, limit: float, sources: tuple[str, str],
-                   suffix: str = "") -> CheckResult:
-    gate = spec.gate
+def _gate_outcome(gate, b, n, limit: float) -> tuple[bool, str]:
+    """(passed, '<change> <op> <limit>') of one gate of ``gate.kind`` on BASE ``b`` and NEW ``n``."""
+    if gate.kind == "minimum":
+        ok = n >= limit - EPS
+        return ok, f"{'>=' if ok else '<'} minimum {num(limit)}x"
+    if b == 0:
+        change = 0.0 if n == 0 else math.inf
+    else:
+        change = (n - b) / abs(b) * 100
+    if gate.kind == "drop":
+        ok = -change <= limit + EPS
+        return ok, f"({change:+.2f}%) {'within' if ok else 'beyond'} limit -{num(limit)}%"
+    ok = change <= limit + EPS
+    return ok, f"({change:+.2f}%) {'<=' if ok else '>'} limit +{num(limit)}%"
+
+
+def _metric_gate(spec: MetricSpec, gate, base: Profile, new: Profile, limit: float, sources: tuple[str, str],
+                 suffix: str = "") -> CheckResult:
     if (skipped := _missing(gate.name, spec.path[0], base, new)) is not None:
         return skipped
     b, n = value_of(base, spec.path), value_of(new, spec.path)
-    absent = _absent((b, n), sources)
+    absent = _absent((0 if gate.kind == "minimum" else b, n), sources)  # a minimum reads NEW only
     if absent:
         return failed(gate.name, f"{'.'.join(spec.path)} is missing or null in {' and '.join(absent)}; cannot "
                       f"compare {gate.label}")
-    if b == 0:
-        increase = 0.0 if n == 0 else math.inf
+    ok, outcome = _gate_outcome(gate, b, n, limit)
+    if gate.kind == "minimum":
+        detail = f"NEW {gate.label} {format_value(n, spec.unit)} {outcome} (BASE {format_value(b, spec.unit)}){suffix}"
     else:
-        increase = (n - b) / abs(b) * 100
-    ok = increase <= limit + EPS
-    detail = (f"{gate.label} {format_value(b, spec.unit)} -> {format_value(n, spec.unit)} ({increase:+.2f}%) "
-              f"{'<=' if ok else '>'} limit +{num(limit)}%{suffix}")
+        detail = f"{gate.label} {format_value(b, spec.unit)} -> {format_value(n, spec.unit)} {outcome}{suffix}"
     return passed(gate.name, detail) if ok else failed(gate.name, detail)
 
 
@@ -106,12 +121,63 @@ def _device_note(base: Profile, new: Profile) -> str | None:
             "compare different hardware")
 
 
+def _conditions_note(base: Profile, new: Profile) -> str | None:
+    """Absolute latency compares machines as much as withdrawal: say when the timing conditions differ (another
+    machine, thread count, or figures flagged noisy) so a reader gates on the speedups instead."""
+    if base.latency is None or new.latency is None:
+        return None
+    differences = []
+    for side, profile in (("BASE", base), ("NEW", new)):
+        if profile.latency.noise is not None and profile.latency.noise.noisy:
+            differences.append(f"{side}'s latency is flagged noisy")
+    if base.environment.platform != new.environment.platform:
+        differences.append(f"machines differ ({base.environment.platform} vs {new.environment.platform})")
+    if base.latency.threads != new.latency.threads:
+        differences.append(f"threads differ ({base.latency.threads} vs {new.latency.threads})")
+    if not differences:
+        return None
+    return ("absolute latency compares the conditions as much as withdrawal: " + "; ".join(differences)
+            + "; gate on --min-speedup / --max-speedup-drop, which compare ratios timed in pairs")
+
+
+def _data_note(base: Profile, new: Profile) -> str | None:
+    """Accuracy and KL on other samples are other figures: name how the data differs."""
+    if not base.data or not new.data:
+        return None
+    b, n = ({entry.name: entry for entry in p.data} for p in (base, new))
+    differences = []
+    if set(b) != set(n):
+        differences.append(f"datasets {', '.join(sorted(b))} vs {', '.join(sorted(n))}")
+    for name in sorted(set(b) & set(n)):
+        if b[name].sha256 != n[name].sha256:
+            differences.append(f"{name}: file content differs (sha256 {b[name].sha256[:12]}... vs "
+                               f"{n[name].sha256[:12]}...)")
+        elif tuple(b[name].sample_ids) != tuple(n[name].sample_ids):
+            differences.append(f"{name}: other samples ({b[name].samples} vs {n[name].samples}, ids differ)")
+    if not differences:
+        return None
+    return "the profiles were calibrated on different data: " + "; ".join(differences) + \
+        "; KL and accuracy deltas compare the data as much as the model"
+
+
+def _versions_note(base: Profile, new: Profile) -> str | None:
+    keys = ("vtwcli", "transformers", "torch")
+    differing = [f"{key} {getattr(base.environment, key)} vs {getattr(new.environment, key)}" for key in keys
+                 if getattr(base.environment, key) != getattr(new.environment, key)]
+    return None if not differing else "different software: " + ", ".join(differing)
+
+
 def _model_note(base: Profile, new: Profile) -> str | None:
     b, n = base.model, new.model
     if b.config_sha256 == n.config_sha256 and b.architecture == n.architecture:
         return None
     return (f"the profiles describe different models: BASE {b.name_or_path} ({b.architecture}, {b.num_layers} "
             f"layers) vs NEW {n.name_or_path} ({n.architecture}, {n.num_layers} layers)")
+
+
+def _noisy_suffix(new: Profile) -> str:
+    noise = new.latency.noise if new.latency is not None else None
+    return " (NEW's latency is flagged noisy)" if noise is not None and noise.noisy else ""
 
 
 def _kl_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
@@ -173,14 +239,18 @@ def compare_profiles(base, new, limits: GateLimits = GateLimits(), *, base_sourc
     """Side-by-side figures of two validated profiles (typed, or dicts) and the requested gates."""
     base, new = _typed(base, base_source), _typed(new, new_source)
     sources = (base_source, new_source)
-    device_note = _device_note(base, new)
-    notes = [note for note in (_model_note(base, new), device_note) if note]
+    device_note, conditions_note = _device_note(base, new), _conditions_note(base, new)
+    notes = [note for note in (_model_note(base, new), _data_note(base, new), _versions_note(base, new), device_note,
+                               conditions_note) if note]
+    bound_suffix = " (different devices)" if device_note else " (see note: conditions differ)" if conditions_note \
+        else ""
     gates = []
     for spec in METRICS:
-        limit = getattr(limits, spec.gate.limit) if spec.gate is not None else None
-        if limit is not None:
-            suffix = " (different devices)" if device_note and spec.gate.device_bound else ""
-            gates.append(_increase_gate(spec, base, new, limit, sources, suffix))
+        for gate in spec.gates:
+            limit = getattr(limits, gate.limit)
+            if limit is not None:
+                suffix = bound_suffix if gate.device_bound else _noisy_suffix(new) if spec.unit == "ratio" else ""
+                gates.append(_metric_gate(spec, gate, base, new, limit, sources, suffix))
     if limits.max_kl is not None:
         gates.append(_kl_gate(base, new, limits.max_kl, sources))
     if limits.max_accuracy_drop is not None:
@@ -190,7 +260,8 @@ def compare_profiles(base, new, limits: GateLimits = GateLimits(), *, base_sourc
         gates += bench
     if limits.same_layer:
         gates.append(_same_layer_gate(base, new, sources))
-    rows = [MetricRow.of(spec, base, new) for spec in METRICS] + benchmark_rows(base, new)
+    rows = [row for row in (MetricRow.of(spec, base, new) for spec in METRICS)
+            if row.base is not None or row.new is not None] + benchmark_rows(base, new)  # no row nobody has
     return Comparison(base_source, new_source, rows, gates, notes)
 
 

@@ -19,12 +19,15 @@ __all__ = ["Gate", "MetricSpec", "METRICS", "MEMORY_FIGURES", "metric", "value_o
 
 @dataclass(frozen=True)
 class Gate:
-    """An increase gate on a metric: NEW may exceed BASE by at most ``GateLimits.<limit>`` percent."""
+    """A gate on a metric, by ``kind``: ``increase``: NEW may exceed BASE by at most ``GateLimits.<limit>``
+    percent; ``minimum``: NEW must be at least the limit; ``drop``: NEW may fall below BASE by at most the
+    limit, in percent."""
 
     limit: str                    # the GateLimits field (and --option, dashed)
     name: str                     # the gate's name in the output
     label: str                    # what its detail line calls the figure
-    device_bound: bool = False    # a figure of the hardware: say so when the devices differ
+    device_bound: bool = False    # an absolute figure of the hardware: say so when devices, machines or noise differ
+    kind: str = "increase"        # increase | minimum | drop
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,9 @@ class MetricSpec:
     key: str                      # stable machine name (JSON rows)
     label: str                    # the comparison table's label
     path: tuple[str, ...]         # where it is in the profile
-    unit: str                     # layer | kl | fraction | flops | ms | bytes
+    unit: str                     # layer | kl | fraction | flops | ms | bytes | ratio
     direction: str                # lower | higher (is better) | none
-    gate: Gate | None = None
+    gates: tuple[Gate, ...] = ()
 
 
 # (label, key under memory.<variant>) of the memory figures
@@ -47,7 +50,18 @@ def _latency_specs():
             gate = Gate("max_latency_increase", f"max-latency-increase ({key})", f"withdrawn {label} median",
                         device_bound=True) if variant == "withdrawn" else None
             yield MetricSpec(f"latency.{key}.{variant}", f"{label} median, {variant}",
-                             ("latency", variant, stats, "median"), "ms", "lower", gate)
+                             ("latency", variant, stats, "median"), "ms", "lower", (gate,) if gate else ())
+
+
+def _speedup_specs():
+    """Speedups: the median per-pair ratio cancels most machine drift, so they are what CI can gate latency on;
+    the gates read the prefill speedup (what withdrawal saves; decode barely changes)."""
+    for label, _, key in LATENCY_FIGURES:
+        gates = (Gate("min_speedup", "min-speedup (prefill)", "prefill speedup", kind="minimum"),
+                 Gate("max_speedup_drop", "max-speedup-drop (prefill)", "prefill speedup", kind="drop")) \
+            if key == "prefill" else ()
+        yield MetricSpec(f"latency.speedup.{key}", f"{label} speedup", ("latency", "speedup", key), "ratio", "higher",
+                         gates)
 
 
 def _memory_specs():
@@ -57,7 +71,7 @@ def _memory_specs():
             gate = Gate("max_memory_increase", f"max-memory-increase ({short})", f"withdrawn {label}") \
                 if variant == "withdrawn" else None
             yield MetricSpec(f"memory.{short}.{variant}", f"{label}, {variant}", ("memory", variant, figure), "bytes",
-                             "lower", gate)
+                             "lower", (gate,) if gate else ())
 
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -68,9 +82,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "higher"),
     MetricSpec("flops.baseline", "FLOPs, baseline", ("flops", "baseline", "total"), "flops", "lower"),
     MetricSpec("flops.withdrawn", "FLOPs, withdrawn", ("flops", "withdrawn", "total"), "flops", "lower",
-               Gate("max_flops_increase", "max-flops-increase", "withdrawn total FLOPs")),
+               (Gate("max_flops_increase", "max-flops-increase", "withdrawn total FLOPs"),)),
     MetricSpec("flops.reduction", "FLOPs reduction", ("flops", "reduction"), "fraction", "higher"),
     *_latency_specs(),
+    *_speedup_specs(),
     *_memory_specs(),
 )
 
@@ -147,6 +162,8 @@ def format_value(value, unit: str) -> str:
         return _si(value, "FLOPs")
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "ratio":
+        return f"{value:.2f}x"
     if unit == "bytes":
         return _binary(value)
     return num(value)

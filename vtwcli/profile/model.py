@@ -24,7 +24,7 @@ __all__ = [
     "CalibrationCost", "AttentionShare", "Selection", "SelectionWarning", "SamplesAuto", "AutoRoundRecord",
     "Calibration", "Accuracy", "WithdrawnAccuracy", "AccuracyInterval", "Benchmark", "Evaluation",
     "Withdrawal", "TokenCounts", "FlopsBreakdown", "ContextTokens", "DecodeFlops", "AnalyticFlops", "Flops",
-    "TimingStats", "LatencyRun", "Speedup", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
+    "TimingStats", "LatencyRun", "Speedup", "SpeedupInterval", "SpeedupIntervals", "LatencyNoise", "Latency", "MemoryRun", "Memory", "Environment", "Choice",
     "VerificationCheck", "VerificationData", "DerivedAdapter", "Verification",
     "VARIANTS", "FLOPS_COMPONENTS", "LATENCY_FIGURES",
     "choice_of", "first_layer_under", "model_differences", "MATCHED_MODEL_KEYS", "typed_profile", "profile_from_dict",
@@ -92,8 +92,9 @@ class SampleKL:
 
 @dataclass(frozen=True)
 class CalibrationCost:
-    full_forward_equivalents: float
-    seconds: float
+    full_forward_equivalents: float     # of the KL search over every candidate K
+    seconds: float                      # the KL search (not the accuracy evaluation)
+    evaluation_seconds: float | None = None   # the accuracy evaluation, full and at K (null: --no-eval)
     # False where the candidates recompute the text before the first image (windowed or conv / recurrent
     # layers among them); its work is in full_forward_equivalents either way. None: profiles from before.
     shared_prefix: bool | None = None
@@ -290,6 +291,38 @@ class Speedup:
 
 
 @dataclass(frozen=True)
+class SpeedupInterval:
+    """Of one speedup figure: the 95% confidence interval of the median per-pair speedup (null: too few
+    pairs) and the spread of the pairs (p10, p90)."""
+
+    p10: float
+    p90: float
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class SpeedupIntervals:
+    prefill: SpeedupInterval
+    end_to_end: SpeedupInterval
+    decode_per_token: SpeedupInterval | None = None
+
+
+@dataclass(frozen=True)
+class LatencyNoise:
+    """Whether the latency figures are usable, and the conditions they were taken in."""
+
+    noisy: bool
+    reasons: tuple[str, ...] = ()
+    ci_target: float | None = None      # relative half-width of the 95% intervals aimed at
+    max_time_s: float | None = None     # the time budget
+    seconds: float | None = None        # timed seconds spent
+    load_start: float | None = None     # 1-minute load average before / after the timing
+    load_end: float | None = None
+    cpus: int | None = None
+
+
+@dataclass(frozen=True)
 class Latency:
     device: str
     device_name: str
@@ -299,6 +332,10 @@ class Latency:
     threads: int | None = None
     new_tokens: int | None = None
     flops_ratio: float | None = None
+    speedup_interval: SpeedupIntervals | None = None   # absent in profiles measured before pairs
+    pairs: int | None = None
+    noise: LatencyNoise | None = None
+    notes: tuple[str, ...] = ()        # what a reader needs to read the figures (e.g. why it is a slowdown)
 
 
 @dataclass(frozen=True)
