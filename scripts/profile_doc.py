@@ -132,7 +132,8 @@ def generate(schema: dict) -> str:
              "[profile-rules.md](profile-rules.md).",
              "* **req**: required when its section (or record) is present; the header keys `schema_version`, "
              "`created_at`, `model`, `environment` are required in every profile.", "",
-             "## Key reference", "", "### Header", ""]
+             "## Key reference", "", "### Header", "",
+             "Every writer puts these first (`vtwcli.profile.new_profile`).", ""]
     header = []
     for key in HEADER:
         header += rows(props[key], key, key in required)

@@ -527,7 +527,7 @@ def weights_sha256(model: nn.Module) -> str | None:
 
 
 def verification_section(result: VerifyResult, model: nn.Module, data: list[dict]) -> dict:
-    """The profile's ``verification`` block (docs/profile-keys.md)."""
+    """The profile's ``verification`` block (docs/profile-schema.md)."""
     import transformers
 
     from vtwcli import __version__

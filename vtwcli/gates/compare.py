@@ -1,6 +1,6 @@
 """`vtw compare`: the figures of two profiles side by side, and the CI gates requested between them.
 
-Gate policy (docs/profile-schema.md, "CI gates"): a requested gate whose section is absent from BOTH
+Gate policy (docs/profile-rules.md, "CI gates"): a requested gate whose section is absent from BOTH
 profiles is reported "n/a" (not applicable, stated in the output, does not fail); a gate whose figures
 are present in one profile but missing or null in the other FAILS, so a pipeline that silently stops
 measuring something never passes a gate.
