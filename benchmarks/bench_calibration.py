@@ -1,7 +1,7 @@
 """Calibration cost: shared-prefix search over every K versus one full forward and the naive search.
 
 Prints, side by side in one run (same model, same samples, same batches):
-  (a) calibrating every candidate K with the shared prefix (vtwcli.calibration.shared_prefix_kl),
+  (a) calibrating every candidate K with the shared prefix (vtwcli.shared_prefix.shared_prefix_kl),
   (b) one full forward over the same samples,
   (c) the naive search: one full forward plus one withdrawn forward per candidate K (what the
       reference implementation pays),
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vtwcli.calibration import shared_prefix_kl
+from vtwcli.shared_prefix import shared_prefix_kl
 from vtwcli.datasets import default_datasets, load_dataset, sample_dataset
 from vtwcli.loading import load_model
 from vtwcli.profile import environment_section

@@ -65,7 +65,7 @@ PALIGEMMA = Family("PaliGemma", "PaliGemmaForConditionalGeneration", tiny_palige
 
 
 def unlisted(monkeypatch, *architectures: str) -> None:
-    """Make ``architectures`` have no adapter entry for this test (whatever vtwcli/adapters.py lists)."""
+    """Make ``architectures`` have no adapter entry for this test (whatever vtwcli/adapters/ lists)."""
     from vtwcli import adapters
 
     monkeypatch.setattr(adapters, "ADAPTERS", tuple(a for a in adapters.ADAPTERS

@@ -18,7 +18,6 @@ are in :mod:`vtwcli.prompts`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -30,6 +29,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from vtwcli.atomic import not_regular
+from vtwcli.dataset_meta import file_sha256, read_meta
 from vtwcli.errors import VtwError
 
 __all__ = [
@@ -159,97 +159,6 @@ class Dataset:
             source=self.source,
             description=self.description,
         )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Hashing and metadata
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as error:
-        raise VtwError(f"cannot read {path}: {error.strerror or error}; check the path and its permissions") from None
-    return digest.hexdigest()
-
-
-_README_KEY = re.compile(r"^\s*(?:[-*]\s+)?\**\s*(licen[cs]e|source)\s*\**\s*:\s*\**\s*(.+)$", re.IGNORECASE)
-
-
-def _first_clause(text: str) -> str:
-    """Up to the first sentence end or semicolon, markdown emphasis removed."""
-    text = text.replace("**", "").replace("`", "").strip()
-    cut = re.split(r"(?<=[^\s.])[.;](?:\s|$)", text, maxsplit=1)[0]
-    return cut.strip()
-
-
-def _first_paragraph(lines: list[str], limit: int = 160) -> str:
-    """The README's first prose paragraph (no heading, list, table, code), first sentence, at most ``limit``."""
-    words: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if not stripped:
-            if words:
-                break
-            continue
-        if stripped.startswith(("#", "-", "*", "|", "```", "<", ">")):
-            if words:
-                break
-            continue
-        words.append(stripped)
-    text = _first_clause(" ".join(words))
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _read_meta(directory: Path) -> dict[str, str]:
-    """Description / licence / source of a dataset directory: meta.json, else README front matter."""
-    meta: dict[str, str] = {}
-    readme = directory / "README.md"
-    if readme.is_file():
-        try:
-            text = readme.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            text = ""
-        lines = text.splitlines()
-        body_start = 0
-        if lines and lines[0].strip() == "---":
-            for index, line in enumerate(lines[1:], start=1):
-                if line.strip() == "---":
-                    body_start = index + 1
-                    break
-                key, sep, value = line.partition(":")
-                if sep:
-                    meta[key.strip().lower().replace("license", "licence")] = value.strip().strip("\"'")
-        body = lines[body_start:]
-        # "- **Licence**: CC0 1.0 (...)" / "Source: ..." lines in the body fill keys the front matter lacks.
-        for index, line in enumerate(body):
-            match = _README_KEY.match(line)
-            if match:
-                value = [match.group(2)]
-                for more in body[index + 1:]:  # indented continuation lines of the same list item
-                    if not more.strip() or not more[:1].isspace() or more.strip().startswith(("-", "*")):
-                        break
-                    value.append(more.strip())
-                key = match.group(1).lower().replace("license", "licence")
-                meta.setdefault(key, _first_clause(" ".join(value)))
-        if "description" not in meta:
-            meta["description"] = _first_paragraph(body)
-    meta_json = directory / "meta.json"
-    if meta_json.is_file():
-        try:
-            loaded = json.loads(meta_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise VtwError(f"{meta_json}: not valid JSON ({error}); fix or delete the file") from None
-        if not isinstance(loaded, dict):
-            raise VtwError(f"{meta_json}: must be a JSON object with description/licence/source keys")
-        meta.update(
-            {str(k).lower().replace("license", "licence"): str(v) for k, v in loaded.items() if isinstance(v, (str, int, float))}
-        )
-    return meta
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -490,7 +399,7 @@ def bundled_datasets() -> list[DatasetInfo]:
     for name, directory in _bundled_dirs().items():
         jsonl = directory / DATA_FILE
         samples = _parse_jsonl(jsonl, check_images=False)
-        meta = _read_meta(directory)
+        meta = read_meta(directory)
         infos.append(
             DatasetInfo(
                 name=name,
@@ -547,7 +456,7 @@ def load_dataset(name_or_path: str | Path) -> Dataset:
     """
     name, path, bundled = _resolve(name_or_path)
     samples = _parse_jsonl(path, check_images=True)
-    meta = _read_meta(path.parent) if path.name == DATA_FILE else {}
+    meta = read_meta(path.parent) if path.name == DATA_FILE else {}
     return Dataset(
         name=name,
         path=path,

@@ -151,6 +151,11 @@ def _offline_hint(name: str, error: Exception) -> VtwError:
                     "a hub id needs network access, else pass a local directory")
 
 
+def _load_failed(name: str, source, error: Exception, in_directory: str) -> VtwError:
+    """Why loading failed: ``in_directory`` (what is wrong, what to do) for a local directory, else the hub hint."""
+    return VtwError(f"--model {name}: {in_directory}") if Path(source).is_dir() else _offline_hint(name, error)
+
+
 def load_config(name_or_path: str):
     from transformers import AutoConfig
 
@@ -158,10 +163,8 @@ def load_config(name_or_path: str):
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
-        if Path(source).is_dir():
-            raise VtwError(f"--model {name_or_path}: config.json could not be read ({error}); "
-                           "re-save the model with save_pretrained") from None
-        raise _offline_hint(name_or_path, error) from None
+        raise _load_failed(name_or_path, source, error, f"config.json could not be read ({error}); re-save the model "
+                           "with save_pretrained") from None
 
 
 def architecture_of(config, *, generic: bool = False) -> str:
@@ -216,10 +219,9 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
         raise VtwError(f"--model {name_or_path}: the weights do not match config.json (tensor shapes differ); "
                        "re-save the model with save_pretrained") from None
     except (OSError, ValueError) as error:
-        if Path(source).is_dir():
-            raise VtwError(f"--model {name_or_path}: no loadable weights in the directory ({error.__class__.__name__}); "
-                           "it needs model.safetensors (or pytorch_model.bin) from save_pretrained") from None
-        raise _offline_hint(name_or_path, error) from None
+        raise _load_failed(name_or_path, source, error, f"no loadable weights in the directory "
+                           f"({error.__class__.__name__}); it needs model.safetensors (or pytorch_model.bin) from "
+                           "save_pretrained") from None
     except Exception as error:
         if type(error).__name__ != "SafetensorError":
             raise

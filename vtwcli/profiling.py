@@ -6,7 +6,7 @@
   FLOPs of any size (7B, 13B, 72B) are counted on a laptop in seconds.
 
 Both return ``{"withdrawal": ..., "flops": ..., ["latency": ..., "memory": ...]}`` shaped as
-docs/profile-keys.md says, plus :func:`flops_only_model_section` / :func:`vtwcli.loading.model_section`
+docs/profile-schema.md says, plus :func:`flops_only_model_section` / :func:`vtwcli.loading.model_section`
 for the profile's ``model`` block. No file I/O here (the CLI writes the YAML).
 """
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
+from vtwcli.profile.model import VerificationCheck, record_dict
 from vtwcli.withdrawal import exact_layers, withdraw
 
 __all__ = ["RELATIVE_TOLERANCE", "ATTENTION_TYPES", "VerifyCheck", "VerifyResult", "default_layers", "layers_to_check",
@@ -48,23 +49,9 @@ ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 DEFAULT_NEW_TOKENS = 4
 
 
-@dataclass(frozen=True)
-class VerifyCheck:
-    """One check: ``name`` says which (vision tokens, removed, bit-identical, reference, generate)."""
-
-    name: str
-    passed: bool
-    detail: str
-    layer: int | None = None
-    max_abs_diff: float | None = None
-    tolerance: float | None = None
-
-    def to_dict(self) -> dict:
-        out = {"name": self.name, "passed": self.passed, "detail": self.detail}
-        for key in ("layer", "max_abs_diff", "tolerance"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+# One check: ``name`` says which (vision tokens, removed, bit-identical, reference, generate). The profile's
+# record (verification.checks[]), so the result serialises straight into the profile.
+VerifyCheck = VerificationCheck
 
 
 @dataclass
@@ -540,7 +527,7 @@ def weights_sha256(model: nn.Module) -> str | None:
 
 
 def verification_section(result: VerifyResult, model: nn.Module, data: list[dict]) -> dict:
-    """The profile's ``verification`` block (docs/profile-keys.md)."""
+    """The profile's ``verification`` block (docs/profile-schema.md)."""
     import transformers
 
     from vtwcli import __version__
@@ -559,5 +546,5 @@ def verification_section(result: VerifyResult, model: nn.Module, data: list[dict
         "layers": list(result.layers),
         "new_tokens": result.new_tokens,
         "data": data,
-        "checks": [check.to_dict() for check in result.checks],
+        "checks": [record_dict(check) for check in result.checks],
     }

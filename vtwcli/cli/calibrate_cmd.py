@@ -29,24 +29,39 @@ _AUTO_TARGET = typer.Option(None, "--auto-target", help="--samples auto: stop wh
 _AUTO_STEP = typer.Option(None, "--auto-step", help="--samples auto: samples added per dataset per round (default 5).")
 _AUTO_BUDGET = typer.Option(None, "--auto-budget", help="--samples auto: at most this many samples per dataset "
                             "(default: all).")
+# Options whose help runs over several lines, kept out of the signature.
+_CRITERION = typer.Option("last_token", "--criterion", help="last_token: KL of the first answer token's distribution; "
+                          "teacher_forced: mean KL over every reference answer token.")
+_DIRECTION = typer.Option("withdrawn_to_full", "--direction",
+                          help="withdrawn_to_full = KL(P_K || P_full) (the reference's); or full_to_withdrawn.")
+_DIAGNOSE = typer.Option(False, "--diagnose", help="Record the share of the last prompt token's attention on "
+                         "system / vision / text tokens per layer (needs --attn eager).")
+_RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
+                       "(<output>.partial.jsonl); gives the same profile as an uninterrupted run.")
+_WITHDRAW = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or image,video "
+                         "(families with video). Default: every vision token.")
+_DATASET = typer.Option(None, "--dataset", help="Bundled dataset name or JSONL path (repeatable). "
+                        "Default: the synthetic sets for the bundled model, the photograph sets otherwise.")
+_THRESHOLD = typer.Option(DEFAULT_THRESHOLD, "--threshold",
+                          help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
+                          "the reference's value for LLaVA-1.5-7B).")
+_GENERIC = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                        "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
+                        "exact).")
+_THREADS = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
+                        "at least 1 (torch's own default, every core, slows down under outside load).")
 
 
 @app.command("calibrate")
 def calibrate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory. Default: the bundled demo model."),
-    dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Bundled dataset name or JSONL path (repeatable). "
-                                                "Default: the synthetic sets for the bundled model, the photograph sets otherwise."),
+    dataset: Optional[list[str]] = _DATASET,
     samples: Optional[str] = _SAMPLES,
     seed: int = typer.Option(0, "--seed", help="Seed of the sample draw and of the bootstrap."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold",
-                                    help=f"Choose the first layer whose mean KL is <= this (default {DEFAULT_THRESHOLD}, "
-                                    "the reference's value for LLaVA-1.5-7B)."),
+    threshold: float = _THRESHOLD,
     min_layer: int = typer.Option(1, "--min-layer", help="First candidate layer (0-based decoder layer index)."),
-    criterion: str = typer.Option("last_token", "--criterion",
-                                  help="last_token: KL of the first answer token's distribution; teacher_forced: "
-                                  "mean KL over every reference answer token."),
-    direction: str = typer.Option("withdrawn_to_full", "--direction",
-                                  help="withdrawn_to_full = KL(P_K || P_full) (the reference's); or full_to_withdrawn."),
+    criterion: str = _CRITERION,
+    direction: str = _DIRECTION,
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (KL is float32 anyway)."),
@@ -56,21 +71,15 @@ def calibrate_command(
     force: bool = typer.Option(False, "--force", help="Overwrite --output if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON instead of tables."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a PNG of KL vs layer (needs matplotlib)."),
-    diagnose: bool = typer.Option(False, "--diagnose", help="Record the share of the last prompt token's attention on "
-                                  "system / vision / text tokens per layer (needs --attn eager)."),
+    diagnose: bool = _DIAGNOSE,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Measure greedy-answer accuracy, full and at K."),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Tokens generated per answer for the accuracy."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint "
-                                "(<output>.partial.jsonl); gives the same profile as an uninterrupted run."),
-    withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
-                                           "image,video (families with video). Default: every vision token."),
+    resume: bool = _RESUME,
+    withdraw: Optional[str] = _WITHDRAW,
     select: str = _SELECT, auto_target: Optional[float] = _AUTO_TARGET,
     auto_step: Optional[int] = _AUTO_STEP, auto_budget: Optional[int] = _AUTO_BUDGET,
-    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
-                                 "from the standard layout and run `vtw verify` on 2 samples first (refused unless "
-                                 "exact)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (CPU). Default: half the CPU cores, "
-                                          "at least 1 (torch's own default, every core, slows down under outside load)."),
+    generic: bool = _GENERIC,
+    threads: Optional[int] = _THREADS,
 ) -> None:
     """Calibrate the withdrawal layer K by the KL criterion and write a YAML profile."""
     # Heavy imports here, not at module level: `vtw --help` must not wait for torch.

@@ -35,7 +35,7 @@ def check_command(
 ) -> None:
     """Validate profiles and their internal consistency (exit 0 ok, 1 a check failed, 2 unreadable/invalid).
 
-    Checks the schema, then the rules in docs/profile-schema.md (layer, KL, FLOPs, latency, memory, data).
+    Checks the schema, then the rules in docs/profile-rules.md (layer, KL, FLOPs, latency, memory, data).
     """
     files = check_files(profiles, max_accuracy_drop=max_accuracy_drop)
     if as_json:

@@ -118,30 +118,43 @@ def _memory_table(memory: dict) -> Table:
     return table
 
 
+# Options whose help runs over several lines, kept out of the signature.
+_MODEL = typer.Option(None, "--model", help="Hub id or local directory (with --flops-only a directory "
+                      "holding just config.json is enough). Default: the --profile's model, else the "
+                      "bundled demo model.")
+_OUTPUT = typer.Option(None, "--output", "-o", help="Profile to write (YAML). Default with --profile: "
+                       "<stem>.profile.yaml beside it (in place with --force); without --profile "
+                       "nothing is written.")
+_FLOPS_ONLY = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
+                           "weights, no processor, any model size, seconds (families that size vision "
+                           "tokens from the image also read preprocessor_config.json).")
+_IMAGE_SIZE = typer.Option(None, "--image-size", help="WxH (or N for NxN) of the synthetic images, "
+                           "for families that size their vision tokens from the image (LLaVA-NeXT, "
+                           "Qwen2-VL, ...). Default: the vision config's image size, else 448.")
+_WITHDRAW = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
+                         "image,video. Default: --profile's calibration.withdraw, else every vision "
+                         "token.")
+_GENERIC = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
+                        "from the standard layout and run `vtw verify` on 2 bundled photos first (needs "
+                        "the weights; refused unless exact).")
+
+
 @app.command("profile")
 def profile_command(
-    model: Optional[str] = typer.Option(None, "--model", help="Hub id or local directory (with --flops-only a directory "
-                                        "holding just config.json is enough). Default: the --profile's model, else the "
-                                        "bundled demo model."),
+    model: Optional[str] = _MODEL,
     layer: Optional[int] = typer.Option(None, "--layer", help="Withdrawal layer K (1..L). Default: --profile's "
                                         "calibration.layer."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Calibration profile: K = calibration.layer, and "
                                            "the measurements extend this profile's data."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Profile to write (YAML). Default with --profile: "
-                                          "<stem>.profile.yaml beside it (in place with --force); without --profile "
-                                          "nothing is written."),
+    output: Optional[Path] = _OUTPUT,
     force: bool = typer.Option(False, "--force", help="Overwrite the output (with --profile and no --output: the "
                                "profile itself)."),
-    flops_only: bool = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
-                                    "weights, no processor, any model size, seconds (families that size vision "
-                                    "tokens from the image also read preprocessor_config.json)."),
+    flops_only: bool = _FLOPS_ONLY,
     text_tokens: int = typer.Option(DEFAULT_TEXT_TOKENS, "--text-tokens", help="Text tokens of the synthetic prompt."),
     image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="LLaVA-1.5 layout: vision tokens (a "
                                                "multiple of one image's count, 576 for LLaVA-1.5). Default: --images."),
     images: int = typer.Option(1, "--images", help="Images in the synthetic prompt."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WxH (or N for NxN) of the synthetic images, "
-                                             "for families that size their vision tokens from the image (LLaVA-NeXT, "
-                                             "Qwen2-VL, ...). Default: the vision config's image size, else 448."),
+    image_size: Optional[str] = _IMAGE_SIZE,
     new_tokens: int = typer.Option(8, "--new-tokens", help="Tokens generated per latency run (min = max)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed pairs of runs first."),
     min_runs: int = typer.Option(DEFAULT_MIN_PAIRS, "--min-runs", help="Timed pairs (baseline + withdrawn), at "
@@ -159,15 +172,11 @@ def profile_command(
     fvcore: bool = typer.Option(False, "--fvcore", help="Cross-check the prefill FLOPs with fvcore (jit trace; needs "
                                 "weights, so not with --flops-only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompt and image."),
-    withdraw: Optional[str] = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
-                                           "image,video. Default: --profile's calibration.withdraw, else every vision "
-                                           "token."),
+    withdraw: Optional[str] = _WITHDRAW,
     videos: int = typer.Option(0, "--videos", help="Videos in the synthetic prompt (families with video; the "
                                "video processor needs torchvision)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
-    generic: bool = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
-                                 "from the standard layout and run `vtw verify` on 2 bundled photos first (needs "
-                                 "the weights; refused unless exact)."),
+    generic: bool = _GENERIC,
 ) -> None:
     """Measure FLOPs, latency and memory with and without withdrawal at layer K; write them into a profile."""
     from vtwcli.adapters import parse_kinds

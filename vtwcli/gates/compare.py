@@ -1,6 +1,6 @@
 """`vtw compare`: the figures of two profiles side by side, and the CI gates requested between them.
 
-Gate policy (docs/profile-schema.md, "CI gates"): a requested gate whose section is absent from BOTH
+Gate policy (docs/profile-rules.md, "CI gates"): a requested gate whose section is absent from BOTH
 profiles is reported "n/a" (not applicable, stated in the output, does not fail); a gate whose figures
 are present in one profile but missing or null in the other FAILS, so a pipeline that silently stops
 measuring something never passes a gate.
@@ -90,8 +90,7 @@ def _gate_outcome(gate, b, n, limit: float) -> tuple[bool, str]:
 
 def _metric_gate(spec: MetricSpec, gate, base: Profile, new: Profile, limit: float, sources: tuple[str, str],
                  suffix: str = "") -> CheckResult:
-    skipped = _missing(gate.name, spec.path[0], base, new)
-    if skipped is not None:
+    if (skipped := _missing(gate.name, spec.path[0], base, new)) is not None:
         return skipped
     b, n = value_of(base, spec.path), value_of(new, spec.path)
     absent = _absent((0 if gate.kind == "minimum" else b, n), sources)  # a minimum reads NEW only
@@ -183,8 +182,7 @@ def _noisy_suffix(new: Profile) -> str:
 
 def _kl_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
     name = "max-kl"
-    skipped = _missing(name, "calibration", base, new)
-    if skipped is not None:
+    if (skipped := _missing(name, "calibration", base, new)) is not None:
         return skipped
     if new.calibration is None:
         return failed(name, f"NEW ({sources[1]}) has no calibration section; cannot check its KL")
@@ -201,8 +199,7 @@ def _kl_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
 
 def _accuracy_gate(base: Profile, new: Profile, limit: float, sources) -> CheckResult:
     name = "max-accuracy-drop"
-    skipped = _missing(name, "evaluation", base, new)
-    if skipped is not None:
+    if (skipped := _missing(name, "evaluation", base, new)) is not None:
         return skipped
     path = metric("accuracy.withdrawn").path
     b, n = value_of(base, path), value_of(new, path)

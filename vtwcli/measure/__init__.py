@@ -1,7 +1,7 @@
 """Measurements of what withdrawal saves: FLOPs (counted and analytic), latency, memory.
 
 Each module measures one thing for the baseline model and the withdrawn model in the same call and
-returns plain dicts shaped like the profile sections (see docs/profile-keys.md, docs/measurement.md).
+returns plain dicts shaped like the profile sections (see docs/profile-schema.md, docs/measurement.md).
 No I/O here; :mod:`vtwcli.profiling` orchestrates and the CLI writes the YAML.
 """
 

@@ -43,7 +43,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.measure.runs import VARIANTS, generate_exactly, new_cache, variants
-from vtwcli.measure.text_layers import TEXT_MODELS, decoder_layer_flops, text_model_of
+from vtwcli.adapters.mechanism import config_layer_types
+from vtwcli.adapters.model_types import TEXT_MODELS, VISION_TOWERS, text_model_of, vision_tower_of
+from vtwcli.measure.text_layers import decoder_layer_flops, mm_flops
 from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
 
@@ -61,17 +63,14 @@ COUNTER_META = ("torch.utils.flop_counter.FlopCounterMode on the meta device (co
 COMPONENTS = FLOPS_COMPONENTS
 LM_HEAD_NOTE = "lm_head counted on the last position only (logits_to_keep=1, as generate() runs the prefill)"
 
-# Vision towers: (patch conv, attention, 2-matrix MLP); whether a CLS token is prepended.
-_VISION_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
-
-
 # -- prompt layout --------------------------------------------------------------------------------
 def tokens_per_image(config) -> int:
     """Vision tokens one image becomes in the language model (576 for LLaVA-1.5's 336px CLIP-L/14)."""
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
     strategy = getattr(config, "vision_feature_select_strategy", "default")
-    has_cls = _VISION_TOWERS.get(vision.model_type, True)
+    spec = vision_tower_of(vision)
+    has_cls = True if spec is None else spec.cls_token
     return patches + (1 if strategy == "full" and has_cls else 0)
 
 
@@ -159,10 +158,6 @@ class PromptCounts:
 
 
 # -- analytic -------------------------------------------------------------------------------------
-def _mm(m: int, k: int, n: int) -> int:
-    return 2 * m * k * n
-
-
 def _text_dims(config):
     """(hidden, layers, vocab) of a text model the closed form knows (vtwcli.measure.text_layers)."""
     text = config.text_config
@@ -171,27 +166,24 @@ def _text_dims(config):
     return text.hidden_size, text.num_hidden_layers, text.vocab_size
 
 
-def _layer_types(text_config, num_layers: int) -> list[str]:
-    return list(getattr(text_config, "layer_types", None) or ["full_attention"] * num_layers)[:num_layers]
-
-
 def _vision_flops(config, images: int) -> tuple[int, int]:
     """(vision tower, projector) FLOPs for ``images`` images."""
     vision = config.vision_config
-    if vision.model_type not in _VISION_TOWERS:
-        raise UnsupportedError(f"analytic FLOPs know vision towers {', '.join(_VISION_TOWERS)}, not {vision.model_type}")
+    spec = vision_tower_of(vision)
+    if spec is None:
+        raise UnsupportedError(f"analytic FLOPs know vision towers {', '.join(VISION_TOWERS)}, not {vision.model_type}")
     hidden, inter, heads = vision.hidden_size, vision.intermediate_size, vision.num_attention_heads
     patches = (vision.image_size // vision.patch_size) ** 2
     channels = getattr(vision, "num_channels", 3)
-    seq = patches + (1 if _VISION_TOWERS[vision.model_type] else 0)
-    patch_conv = _mm(patches, channels * vision.patch_size ** 2, hidden)
+    seq = patches + (1 if spec.cls_token else 0)
+    patch_conv = mm_flops(patches, channels * vision.patch_size ** 2, hidden)
     head_dim = hidden // heads
-    layer = 4 * _mm(seq, hidden, hidden) + 2 * heads * _mm(seq, head_dim, seq) + 2 * _mm(seq, hidden, inter)
+    layer = 4 * mm_flops(seq, hidden, hidden) + 2 * heads * mm_flops(seq, head_dim, seq) + 2 * mm_flops(seq, hidden, inter)
     tower = images * (patch_conv + vision.num_hidden_layers * layer)
     feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
     text_hidden = config.text_config.hidden_size
     per_image = tokens_per_image(config)
-    projector = images * (_mm(per_image, hidden * feature_layers, text_hidden) + _mm(per_image, text_hidden, text_hidden))
+    projector = images * (mm_flops(per_image, hidden * feature_layers, text_hidden) + mm_flops(per_image, text_hidden, text_hidden))
     return tower, projector
 
 
@@ -212,9 +204,9 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     hidden, num_layers, vocab = _text_dims(config)
     check_layer(layer, num_layers)
     text = config.text_config
-    types = _layer_types(text, num_layers)
+    types = config_layer_types(text, num_layers)
     n, kept = prompt.total, prompt.text_tokens
-    lm_head = _mm(1, hidden, vocab)
+    lm_head = mm_flops(1, hidden, vocab)
     full_lm = sum(decoder_layer_flops(text, kind, n, n) for kind in types)
     withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n) if i < layer else decoder_layer_flops(text, kind, kept, kept)
                        for i, kind in enumerate(types))

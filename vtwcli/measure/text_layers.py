@@ -19,42 +19,20 @@ Token mixers, by the config's layer type:
 MLPs: a 3-matrix gated MLP, or a mixture of experts counted on the ACTIVE experts only (the router, the
 ``num_experts_per_tok`` routed experts and the shared expert with its gate, per token), as the model runs it.
 
-Which mixer and MLP a text model has is a per-model fact, kept in ``TEXT_MODELS`` (keyed by the text
-config's ``model_type``).
+Which mixer and MLP a text model has is a per-model fact, kept in the adapters layer
+(``vtwcli.adapters.model_types.TEXT_MODELS``, keyed by the text config's ``model_type``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vtwcli.adapters.model_types import TEXT_MODELS, TextModel, text_model_of
 
-__all__ = ["TEXT_MODELS", "TextModel", "decoder_layer_flops", "mlp_intermediate_size", "text_model_of"]
-
-
-@dataclass(frozen=True)
-class TextModel:
-    # Attention's q projection also yields an output gate of the same width (Qwen3.5: q_proj -> 2 x heads x d).
-    gated_query: bool = False
-    # "dense" (3-matrix gated MLP), "moe" (active experts + shared expert) or "lfm2" (dense, LFM2's sizing).
-    mlp: str = "dense"
+# TEXT_MODELS, TextModel, text_model_of: re-exported from the adapters layer, where the facts live
+__all__ = ["TEXT_MODELS", "TextModel", "decoder_layer_flops", "mlp_intermediate_size", "mm_flops", "text_model_of"]
 
 
-TEXT_MODELS: dict[str, TextModel] = {
-    "llama": TextModel(), "mistral": TextModel(), "qwen2": TextModel(), "qwen2_vl_text": TextModel(),
-    "qwen2_5_vl_text": TextModel(), "gemma3_text": TextModel(),
-    # dense text models of the Qwen3-VL / GLM-4V / Cohere2 / Granite families (same layer shape)
-    "gemma": TextModel(), "qwen3": TextModel(), "qwen3_vl_text": TextModel(), "glm4v_text": TextModel(),
-    "cohere2": TextModel(), "granite4_vision_text": TextModel(),
-    "qwen3_5_text": TextModel(gated_query=True),
-    "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
-    "lfm2": TextModel(mlp="lfm2"),
-}
-
-
-def text_model_of(text_config) -> TextModel | None:
-    return TEXT_MODELS.get(text_config.model_type)
-
-
-def _mm(m: int, k: int, n: int) -> int:
+def mm_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of an (m x k) @ (k x n) matmul: 2 x multiply-accumulates."""
     return 2 * m * k * n
 
 
@@ -64,9 +42,9 @@ def _attention(text, queries: int, keys: int, gated_query: bool) -> int:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     hidden = text.hidden_size
     q_width = heads * head_dim * (2 if gated_query else 1)
-    projections = _mm(queries, hidden, q_width) + _mm(queries, heads * head_dim, hidden) \
-        + 2 * _mm(queries, hidden, kv_heads * head_dim)
-    return projections + 2 * heads * _mm(queries, head_dim, keys)
+    projections = mm_flops(queries, hidden, q_width) + mm_flops(queries, heads * head_dim, hidden) \
+        + 2 * mm_flops(queries, hidden, kv_heads * head_dim)
+    return projections + 2 * heads * mm_flops(queries, head_dim, keys)
 
 
 def _gated_deltanet(text, queries: int) -> int:
@@ -75,16 +53,16 @@ def _gated_deltanet(text, queries: int) -> int:
     value_heads, value_dim = text.linear_num_value_heads, text.linear_value_head_dim
     value_width = value_heads * value_dim
     conv_channels = 2 * key_width + value_width
-    projections = _mm(queries, hidden, conv_channels) + _mm(queries, hidden, value_width) \
-        + 2 * _mm(queries, hidden, value_heads) + _mm(queries, value_width, hidden)
-    conv = _mm(queries, conv_channels, text.linear_conv_kernel_dim)  # depthwise: taps per channel
-    recurrence = 3 * value_heads * _mm(queries, text.linear_key_head_dim, value_dim)
+    projections = mm_flops(queries, hidden, conv_channels) + mm_flops(queries, hidden, value_width) \
+        + 2 * mm_flops(queries, hidden, value_heads) + mm_flops(queries, value_width, hidden)
+    conv = mm_flops(queries, conv_channels, text.linear_conv_kernel_dim)  # depthwise: taps per channel
+    recurrence = 3 * value_heads * mm_flops(queries, text.linear_key_head_dim, value_dim)
     return projections + conv + recurrence
 
 
 def _short_conv(text, queries: int) -> int:
     hidden = text.hidden_size
-    return _mm(queries, hidden, 3 * hidden) + _mm(queries, hidden, text.conv_L_cache) + _mm(queries, hidden, hidden)
+    return mm_flops(queries, hidden, 3 * hidden) + mm_flops(queries, hidden, text.conv_L_cache) + mm_flops(queries, hidden, hidden)
 
 
 def mlp_intermediate_size(text) -> int:
@@ -101,11 +79,11 @@ def mlp_intermediate_size(text) -> int:
 def _mlp(text, queries: int, kind: str) -> int:
     hidden = text.hidden_size
     if kind == "moe":
-        router = _mm(queries, hidden, text.num_experts)
-        routed = text.num_experts_per_tok * 3 * _mm(queries, hidden, text.moe_intermediate_size)
-        shared = 3 * _mm(queries, hidden, text.shared_expert_intermediate_size) + _mm(queries, hidden, 1)
+        router = mm_flops(queries, hidden, text.num_experts)
+        routed = text.num_experts_per_tok * 3 * mm_flops(queries, hidden, text.moe_intermediate_size)
+        shared = 3 * mm_flops(queries, hidden, text.shared_expert_intermediate_size) + mm_flops(queries, hidden, 1)
         return router + routed + shared
-    return 3 * _mm(queries, hidden, mlp_intermediate_size(text))
+    return 3 * mm_flops(queries, hidden, mlp_intermediate_size(text))
 
 
 def decoder_layer_flops(text, layer_type: str, queries: int, keys: int) -> int:

@@ -543,6 +543,11 @@ def _unbuild(value, raw):
     return value
 
 
+def record_dict(record) -> dict:
+    """Plain data of one profile record (a dataclass of this module), optional keys at their default left out."""
+    return _unbuild(record, None)
+
+
 def typed_profile(data: dict, source: str = "<profile>") -> Profile:
     """A typed :class:`Profile` over an ALREADY VALIDATED profile dict (see :func:`profile_from_dict`)."""
     hints = _hints(Profile)

@@ -1,0 +1,56 @@
+"""Per-model facts the closed-form FLOPs need, keyed by a sub-config's ``model_type`` (the text model or the
+vision tower of a family; one text model serves several families, so the key is the config's, not the entry's).
+
+:mod:`vtwcli.measure.text_layers` and :mod:`vtwcli.measure.flops` hold the formulas; which formula applies to a
+model is a fact kept here, beside the adapter entries, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TEXT_MODELS", "TextModel", "VISION_TOWERS", "VisionTower", "text_model_of", "vision_tower_of"]
+
+
+@dataclass(frozen=True)
+class TextModel:
+    # Attention's q projection also yields an output gate of the same width (Qwen3.5: q_proj -> 2 x heads x d).
+    gated_query: bool = False
+    # "dense" (3-matrix gated MLP), "moe" (active experts + shared expert) or "lfm2" (dense, LFM2's sizing).
+    mlp: str = "dense"
+
+
+TEXT_MODELS: dict[str, TextModel] = {
+    "llama": TextModel(), "mistral": TextModel(), "qwen2": TextModel(), "qwen2_vl_text": TextModel(),
+    "qwen2_5_vl_text": TextModel(), "gemma3_text": TextModel(),
+    # dense text models of the Qwen3-VL / GLM-4V / Cohere2 / Granite families (same layer shape)
+    "gemma": TextModel(), "qwen3": TextModel(), "qwen3_vl_text": TextModel(), "glm4v_text": TextModel(),
+    "cohere2": TextModel(), "granite4_vision_text": TextModel(),
+    "qwen3_5_text": TextModel(gated_query=True),
+    "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
+    "lfm2": TextModel(mlp="lfm2"),
+}
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """A ViT tower of the fixed image layout: patch conv, attention, 2-matrix MLP per layer."""
+
+    # A CLS token is prepended to the patches (CLIP), which the "full" feature strategy hands on.
+    cls_token: bool = True
+
+
+VISION_TOWERS: dict[str, VisionTower] = {
+    "clip_vision_model": VisionTower(cls_token=True),
+    "siglip_vision_model": VisionTower(cls_token=False),
+}
+
+
+def text_model_of(text_config) -> TextModel | None:
+    """The closed form's facts for this text config, or None where there is none."""
+    return TEXT_MODELS.get(text_config.model_type)
+
+
+def vision_tower_of(vision_config) -> VisionTower | None:
+    """The closed form's facts for this vision config, or None where there is none."""
+    return VISION_TOWERS.get(vision_config.model_type)
