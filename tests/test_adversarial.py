@@ -603,3 +603,17 @@ def test_every_row_names_a_test_that_exists():
         names = re.findall(r"`(test_\w+)`", line.rsplit("|", 2)[-2])
         assert names, line
         assert set(names) <= defined, (line, set(names) - defined)
+
+
+# ------------------------------------------------------------- the second pass (vtw verify, --threads, config FLOPs)
+
+@pytest.mark.parametrize("command", [["calibrate", "--output", "{tmp}/c.yaml"],
+                                     ["profile", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["profile", "--flops-only", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["verify", "--output", "{tmp}/v.yaml"]])
+def test_threads_above_what_torch_can_start(model_dir, tmp_path, capsys, command):
+    """--threads 1e20 overflowed torch.set_num_threads (a traceback); a million would start a million threads."""
+    for threads in ("99999999999999999999", "1025"):
+        args = [part.format(tmp=tmp_path) for part in command] + ["--model", model_dir, "--threads", threads]
+        assert one_line_error(args, capsys) == f"error: --threads {threads}: at most 1024; use the CPU cores or fewer"
+    assert not list(tmp_path.iterdir())

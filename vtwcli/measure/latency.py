@@ -152,8 +152,9 @@ def check_timing_options(*, new_tokens: int, plan: "LatencyPlan", threads: int |
     if new_tokens < 2:
         raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
     plan.check()
-    if threads is not None and threads < 1:
-        raise VtwError(f"--threads {threads}: use 1 or more")
+    from vtwcli.defaults import check_threads
+
+    check_threads(threads)
 
 
 def _order_rank(n: int, confidence: float = CONFIDENCE) -> int:
