@@ -617,3 +617,24 @@ def test_threads_above_what_torch_can_start(model_dir, tmp_path, capsys, command
         args = [part.format(tmp=tmp_path) for part in command] + ["--model", model_dir, "--threads", threads]
         assert one_line_error(args, capsys) == f"error: --threads {threads}: at most 1024; use the CPU cores or fewer"
     assert not list(tmp_path.iterdir())
+
+
+QWEN_CONFIG = Path(__file__).parent.parent / "profiles" / "configs" / "qwen2.5-vl-7b"
+
+
+def test_flops_only_images_past_any_context(tmp_path, capsys):
+    """--flops-only --images 1e20 on a configs/ dir: OverflowError building the kept positions (a traceback);
+    now row 82's refusal, before any tensor of that length."""
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG),
+                           "--images", "99999999999999999999", "--output", str(tmp_path / "p.yaml")], capsys)
+    assert "more than the model's context of 128000 tokens (max_position_embeddings)" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_flops_only_image_size_the_processor_rejects(tmp_path, capsys):
+    """Qwen2.5-VL's processor refuses an aspect ratio of 200 or more: was its ValueError as a traceback."""
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG),
+                           "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
+    assert line.startswith("error: --image-size 1x8192: the image processor rejects it (absolute aspect ratio")
+    assert line.endswith("; use a less extreme size")
+    assert not list(tmp_path.iterdir())
