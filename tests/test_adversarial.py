@@ -638,3 +638,19 @@ def test_flops_only_image_size_the_processor_rejects(tmp_path, capsys):
     assert line.startswith("error: --image-size 1x8192: the image processor rejects it (absolute aspect ratio")
     assert line.endswith("; use a less extreme size")
     assert not list(tmp_path.iterdir())
+
+
+def test_verify_new_tokens_zero_before_the_model_loads(model_dir, tmp_path, capsys, no_model_load):
+    """vtw verify --new-tokens 0 was refused only after the model loaded; 99999999999 generated until killed."""
+    args = ["verify", "--model", model_dir, "--output", str(tmp_path / "v.yaml"), "--new-tokens", "0"]
+    assert one_line_error(args, capsys) == "error: --new-tokens 0: generate at least 1 token"
+
+
+def test_verify_new_tokens_longer_than_the_context(model_dir, tmp_path, capsys):
+    args = ["verify", "--model", model_dir, "--output", str(tmp_path / "v.yaml"), "--new-tokens", "99999999999"]
+    started = time.monotonic()
+    line = one_line_error(args, capsys)
+    assert time.monotonic() - started < 60
+    assert " + 99999999999 new tokens (--new-tokens), more than the model's context of " in line
+    assert line.startswith("error: the verify prompt is ") and line.endswith("; lower --new-tokens")
+    assert not list(tmp_path.iterdir())
