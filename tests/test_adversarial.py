@@ -654,3 +654,12 @@ def test_verify_new_tokens_longer_than_the_context(model_dir, tmp_path, capsys):
     assert " + 99999999999 new tokens (--new-tokens), more than the model's context of " in line
     assert line.startswith("error: the verify prompt is ") and line.endswith("; lower --new-tokens")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option", ["--min-speedup", "--max-speedup-drop", "--max-kl", "--max-flops-increase"])
+def test_compare_nan_limit_is_bad_input(tmp_path, capsys, option):
+    """A NaN limit failed its gate (exit 1, "below minimum nanx"): a CI job read it as a regression."""
+    profile = tmp_path / "p.yaml"
+    profile.write_text(dump_profile_yaml(example_profile()))
+    line = one_line_error(["compare", str(profile), str(profile), option, "nan"], capsys)
+    assert line == f"error: {option} nan: give a number"
