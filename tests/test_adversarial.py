@@ -663,3 +663,13 @@ def test_compare_nan_limit_is_bad_input(tmp_path, capsys, option):
     profile.write_text(dump_profile_yaml(example_profile()))
     line = one_line_error(["compare", str(profile), str(profile), option, "nan"], capsys)
     assert line == f"error: {option} nan: give a number"
+
+
+def test_profile_section_of_the_wrong_container_type(tmp_path, capsys):
+    """A hand-edited `verification: [1, 2]` was reported as "got array a array"."""
+    data = example_profile()
+    data["verification"] = [1, 2]
+    profile = tmp_path / "p.yaml"
+    profile.write_text(dump_profile_yaml(data))
+    line = one_line_error(["check", str(profile)], capsys)
+    assert line.endswith(": verification: expected mapping, got an array (invalid profile; see docs/profile-schema.md)")
