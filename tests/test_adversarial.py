@@ -673,3 +673,12 @@ def test_profile_section_of_the_wrong_container_type(tmp_path, capsys):
     profile.write_text(dump_profile_yaml(data))
     line = one_line_error(["check", str(profile)], capsys)
     assert line.endswith(": verification: expected mapping, got an array (invalid profile; see docs/profile-schema.md)")
+
+
+def test_profile_min_runs_without_end(model_dir, tmp_path, capsys, no_model_load):
+    """--min-runs 1e20 is a floor that --max-time does not cut: the profile timed pairs until killed."""
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--output", str(tmp_path / "p.yaml"),
+                           "--min-runs", "99999999999999999999"], capsys)
+    assert line == ("error: --min-runs 99999999999999999999: at most 10000 pairs; --ci-target and --max-time decide "
+                    "how many more")
+    assert not list(tmp_path.iterdir())
