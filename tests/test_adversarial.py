@@ -603,3 +603,82 @@ def test_every_row_names_a_test_that_exists():
         names = re.findall(r"`(test_\w+)`", line.rsplit("|", 2)[-2])
         assert names, line
         assert set(names) <= defined, (line, set(names) - defined)
+
+
+# ------------------------------------------------------------- the second pass (vtw verify, --threads, config FLOPs)
+
+@pytest.mark.parametrize("command", [["calibrate", "--output", "{tmp}/c.yaml"],
+                                     ["profile", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["profile", "--flops-only", "--layer", "2", "--output", "{tmp}/p.yaml"],
+                                     ["verify", "--output", "{tmp}/v.yaml"]])
+def test_threads_above_what_torch_can_start(model_dir, tmp_path, capsys, command):
+    """--threads 1e20 overflowed torch.set_num_threads (a traceback); a million would start a million threads."""
+    for threads in ("99999999999999999999", "1025"):
+        args = [part.format(tmp=tmp_path) for part in command] + ["--model", model_dir, "--threads", threads]
+        assert one_line_error(args, capsys) == f"error: --threads {threads}: at most 1024; use the CPU cores or fewer"
+    assert not list(tmp_path.iterdir())
+
+
+QWEN_CONFIG = Path(__file__).parent.parent / "profiles" / "configs" / "qwen2.5-vl-7b"
+
+
+def test_flops_only_images_past_any_context(tmp_path, capsys):
+    """--flops-only --images 1e20 on a configs/ dir: OverflowError building the kept positions (a traceback);
+    now row 82's refusal, before any tensor of that length."""
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG),
+                           "--images", "99999999999999999999", "--output", str(tmp_path / "p.yaml")], capsys)
+    assert "more than the model's context of 128000 tokens (max_position_embeddings)" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_flops_only_image_size_the_processor_rejects(tmp_path, capsys):
+    """Qwen2.5-VL's processor refuses an aspect ratio of 200 or more: was its ValueError as a traceback."""
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG),
+                           "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
+    assert line.startswith("error: --image-size 1x8192: the image processor rejects it (absolute aspect ratio")
+    assert line.endswith("; use a less extreme size")
+    assert not list(tmp_path.iterdir())
+
+
+def test_verify_new_tokens_zero_before_the_model_loads(model_dir, tmp_path, capsys, no_model_load):
+    """vtw verify --new-tokens 0 was refused only after the model loaded; 99999999999 generated until killed."""
+    args = ["verify", "--model", model_dir, "--output", str(tmp_path / "v.yaml"), "--new-tokens", "0"]
+    assert one_line_error(args, capsys) == "error: --new-tokens 0: generate at least 1 token"
+
+
+def test_verify_new_tokens_longer_than_the_context(model_dir, tmp_path, capsys):
+    args = ["verify", "--model", model_dir, "--output", str(tmp_path / "v.yaml"), "--new-tokens", "99999999999"]
+    started = time.monotonic()
+    line = one_line_error(args, capsys)
+    assert time.monotonic() - started < 60
+    assert " + 99999999999 new tokens (--new-tokens), more than the model's context of " in line
+    assert line.startswith("error: the verify prompt is ") and line.endswith("; lower --new-tokens")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option", ["--min-speedup", "--max-speedup-drop", "--max-kl", "--max-flops-increase"])
+def test_compare_nan_limit_is_bad_input(tmp_path, capsys, option):
+    """A NaN limit failed its gate (exit 1, "below minimum nanx"): a CI job read it as a regression."""
+    profile = tmp_path / "p.yaml"
+    profile.write_text(dump_profile_yaml(example_profile()))
+    line = one_line_error(["compare", str(profile), str(profile), option, "nan"], capsys)
+    assert line == f"error: {option} nan: give a number"
+
+
+def test_profile_section_of_the_wrong_container_type(tmp_path, capsys):
+    """A hand-edited `verification: [1, 2]` was reported as "got array a array"."""
+    data = example_profile()
+    data["verification"] = [1, 2]
+    profile = tmp_path / "p.yaml"
+    profile.write_text(dump_profile_yaml(data))
+    line = one_line_error(["check", str(profile)], capsys)
+    assert line.endswith(": verification: expected mapping, got an array (invalid profile; see docs/profile-schema.md)")
+
+
+def test_profile_min_runs_without_end(model_dir, tmp_path, capsys, no_model_load):
+    """--min-runs 1e20 is a floor that --max-time does not cut: the profile timed pairs until killed."""
+    line = one_line_error(["profile", "--model", model_dir, "--layer", "2", "--output", str(tmp_path / "p.yaml"),
+                           "--min-runs", "99999999999999999999"], capsys)
+    assert line == ("error: --min-runs 99999999999999999999: at most 10000 pairs; --ci-target and --max-time decide "
+                    "how many more")
+    assert not list(tmp_path.iterdir())

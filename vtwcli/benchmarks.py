@@ -231,10 +231,9 @@ def _layer_to_evaluate(profile_path: Path | str) -> int:
 
 def threads_or_default(threads: int | None) -> int:
     """``threads`` (>= 1), or :func:`vtwcli.defaults.default_threads` for None."""
-    from vtwcli.defaults import default_threads
+    from vtwcli.defaults import check_threads, default_threads
 
-    if threads is not None and threads < 1:
-        raise VtwError(f"--threads {threads}: use 1 or more")
+    check_threads(threads)
     return default_threads() if threads is None else threads
 
 

@@ -13,6 +13,19 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+MAX_THREADS = 1024  # torch would try to start that many OpenMP threads (and overflows past 2**63)
+
+
+def check_threads(threads: int | None, option: str = "--threads") -> None:
+    """Refuse a thread count torch cannot use: below 1, or above MAX_THREADS."""
+    from vtwcli.errors import VtwError
+
+    if threads is not None and threads < 1:
+        raise VtwError(f"{option} {threads}: use 1 or more")
+    if threads is not None and threads > MAX_THREADS:
+        raise VtwError(f"{option} {threads}: at most {MAX_THREADS}; use the CPU cores or fewer")
+
+
 # `vtw profile`'s latency plan (vtwcli.measure.latency.LatencyPlan)
 DEFAULT_MIN_PAIRS = 6          # the fewest pairs with a 95% interval of the median: P(Binomial(6, 1/2) = 0) = 1/64
 DEFAULT_MAX_TIME_S = 60.0      # the time budget of the timed pairs

@@ -32,11 +32,10 @@ _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype",
 def torch_threads(threads: int | None, option: str = "--threads"):
     """For its duration: ``torch.set_num_threads(threads)`` (None: :func:`vtwcli.defaults.default_threads`),
     restored after. Yields the count in use."""
-    from vtwcli.defaults import default_threads
+    from vtwcli.defaults import check_threads, default_threads
 
+    check_threads(threads, option)
     threads = default_threads() if threads is None else threads
-    if threads < 1:
-        raise VtwError(f"{option} {threads}: use 1 or more")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

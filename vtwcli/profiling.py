@@ -419,8 +419,10 @@ def _check_profile_options(options: ProfileOptions) -> None:
     check_seed(options.seed)
     if not options.flops_only:
         check_timing_options(new_tokens=options.new_tokens, plan=options.latency, threads=options.threads)
-    elif options.threads is not None and options.threads < 1:
-        raise VtwError(f"--threads {options.threads}: use 1 or more")
+    else:
+        from vtwcli.defaults import check_threads
+
+        check_threads(options.threads)
     if options.target is not None:
         # an existing output is refused now, not after the measurements (--profile itself only with --force)
         check_output_path(options.target, "vtw-profile.yaml",

@@ -375,6 +375,8 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         chunk = samples[start:start + batch_size]
         batch = _inputs(processor, chunk, device)
         ids = batch["input_ids"]
+        adapter.check_prompt_fits(model.config, ids.shape[1], extra=new_tokens, what="the verify prompt",
+                                  why=f" + {new_tokens} new tokens (--new-tokens)", fix="lower --new-tokens")
         padding = batch.get("attention_mask")
         real = padding.bool() if padding is not None else torch.ones_like(ids, dtype=torch.bool)
         capture = _Capture(language_model, decoder_layers, layers)

@@ -77,6 +77,8 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
         check_output_path(job.output, "vtw-verify.yaml")
     if job.batch_size < 1:
         raise VtwError(f"--batch-size {job.batch_size}: use 1 or more")
+    if job.new_tokens < 1:  # before the model loads (verify() checks it again)
+        raise VtwError(f"--new-tokens {job.new_tokens}: generate at least 1 token")
     chosen, data = _prompts(job)
     with torch_threads(job.threads):  # the whole run, restored after
         return _verify(job, chosen, data, progress)

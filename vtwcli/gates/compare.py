@@ -34,6 +34,17 @@ class GateLimits:
     max_accuracy_drop: float | None = None       # points, NEW withdrawn accuracy vs BASE withdrawn accuracy
     same_layer: bool = False                     # K must be equal
 
+    def __post_init__(self):
+        """A NaN limit failed every gate as a "failed check" (exit 1); it is bad input (exit 2)."""
+        from dataclasses import fields
+
+        from vtwcli.errors import VtwError
+
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise VtwError(f"--{field.name.replace('_', '-')} nan: give a number")
+
 
 @dataclass
 class Comparison:

@@ -40,7 +40,11 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
     if adapter.image_tokens is None:
         raise UnsupportedError(f"config-only FLOPs (--flops-only) of {adapter.family} need its vision-token rule "
                                "(Adapter.image_tokens); drop --flops-only to count on the loaded model")
-    return int(adapter.image_tokens(model.config, image_processor, width, height, images))
+    try:
+        return int(adapter.image_tokens(model.config, image_processor, width, height, images))
+    except ValueError as error:  # the image processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
+        raise VtwError(f"--image-size {width}x{height}: the image processor rejects it ({error}); use a less "
+                       "extreme size") from None
 
 
 _debug_meta = False
@@ -219,6 +223,7 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
                             image_size: tuple[int, int], text_tokens: int, seed: int = 0) -> tuple[dict, PromptCounts]:
     """Counted FLOPs (the keys of ``count_flops``) of a prompt of ``images`` images of ``image_size`` (W, H)
     and ``text_tokens`` text tokens, from the config alone; and the prompt's token counts."""
+    from vtwcli.adapters import adapter_for
     from vtwcli.withdrawal import num_decoder_layers
 
     if images < 1:
@@ -230,6 +235,7 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     per_image = vision_tokens_per_image(model, image_processor, width, height, images)
     vision = images * per_image
     total = vision + text_tokens
+    adapter_for(model).check_prompt_fits(model.config, total)  # before tensors of that length are built
     before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the images
     kept = torch.cat([torch.arange(before), torch.arange(before + vision, total)]).to("meta")
     tower = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), vision)

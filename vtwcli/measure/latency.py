@@ -144,6 +144,7 @@ def _one_run(model: nn.Module, inputs: dict, new_tokens: int, device: torch.devi
 
 
 CONFIDENCE = 0.95
+MAX_MIN_PAIRS = 10_000  # --min-runs is a floor that --max-time does not cut
 FLOPS_MARGIN = 0.15   # a prefill speedup above the FLOPs ratio by more than this share is noise, not saving
 
 
@@ -152,8 +153,9 @@ def check_timing_options(*, new_tokens: int, plan: "LatencyPlan", threads: int |
     if new_tokens < 2:
         raise VtwError(f"--new-tokens {new_tokens}: decode timing needs at least 2 new tokens")
     plan.check()
-    if threads is not None and threads < 1:
-        raise VtwError(f"--threads {threads}: use 1 or more")
+    from vtwcli.defaults import check_threads
+
+    check_threads(threads)
 
 
 def _order_rank(n: int, confidence: float = CONFIDENCE) -> int:
@@ -280,6 +282,9 @@ class LatencyPlan:
         if self.min_runs < 1 or self.warmup < 0 or not math.isfinite(self.min_time_s) or self.min_time_s < 0:
             raise VtwError(f"--min-runs must be >= 1, --warmup and --min-time finite and >= 0 (got --min-runs "
                            f"{self.min_runs}, --warmup {self.warmup}, --min-time {self.min_time_s})")
+        if self.min_runs > MAX_MIN_PAIRS:  # a floor --max-time does not cut: 1e20 pairs would never end
+            raise VtwError(f"--min-runs {self.min_runs}: at most {MAX_MIN_PAIRS} pairs; --ci-target and --max-time "
+                           "decide how many more")
         if not math.isfinite(self.max_time_s):
             raise VtwError(f"--max-time {self.max_time_s}: the time budget must be a finite number of seconds")
         if self.max_time_s < self.min_time_s:

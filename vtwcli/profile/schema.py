@@ -59,8 +59,13 @@ def json_type(value) -> str:
 def short_repr(value, limit: int = 40) -> str:
     text = repr(value)
     if isinstance(value, (dict, list)):
-        text = f"a {json_type(value)}"
+        text = f"an {json_type(value)}"  # array, object
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _got(value) -> str:
+    """``string 'abc'``, ``integer 5``; ``an array`` (not ``array an array``)."""
+    return short_repr(value) if isinstance(value, (dict, list)) else f"{json_type(value)} {short_repr(value)}"
 
 
 def _describe(error) -> tuple[list, str]:
@@ -73,7 +78,7 @@ def _describe(error) -> tuple[list, str]:
     if validator == "type":
         kinds = expected if isinstance(expected, list) else [expected]
         kinds = ["mapping" if k == "object" else k for k in kinds]
-        return path, f"expected {' or '.join(kinds)}, got {json_type(value)} {short_repr(value)}"
+        return path, f"expected {' or '.join(kinds)}, got {_got(value)}"
     if validator == "const":
         return path, f"expected {expected!r}, got {short_repr(value)}"
     if validator == "enum":
@@ -91,7 +96,7 @@ def _describe(error) -> tuple[list, str]:
         return path, f"expected a non-empty string, got {short_repr(value)}"
     if validator in ("oneOf", "anyOf"):
         alternatives = " or ".join(_alt_name(s) for s in expected)
-        return path, f"expected {alternatives}, got {json_type(value)} {short_repr(value)}"
+        return path, f"expected {alternatives}, got {_got(value)}"
     if validator == "dependentRequired":
         for key, needs in expected.items():
             missing = [need for need in needs if isinstance(value, dict) and key in value and need not in value]
