@@ -15,7 +15,7 @@ import torch
 import transformers
 from arch_models import FAMILIES, save_and_serve
 
-from vtwcli.cli import main
+from cli_run import run_cli
 
 LAYERS, K, TEXT = 4, 2, 40
 
@@ -60,12 +60,7 @@ def cache_length(tokens: int, window) -> int:
 
 
 def run_json(args: list[str], capsys) -> tuple[int, dict | None, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 0
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(args, capsys)
     return code, (json.loads(out) if code == 0 else None), err
 
 

@@ -13,6 +13,7 @@ from arch_models import FAMILIES, image
 
 from vtwcli.measure.config_flops import count_flops_from_config
 from vtwcli.measure.flops import analytic_flops, count_flops, meta_model
+from cli_run import run_cli
 
 PROMPTS = {"llava_next": "USER: <image>\nwhat color is this ?\nASSISTANT:",
            "llava_onevision": "USER: <image>\n<image>\nwhat color is this ?\nASSISTANT:",
@@ -52,18 +53,6 @@ def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from vtwcli.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("name", ["llava_next", "gemma3"])

@@ -19,6 +19,7 @@ from profile_fixtures import example_profile
 from tiny_models import save_tiny_llava, tiny_processor
 
 from vtwcli.cli import main
+from cli_run import run_cli
 
 torch.set_num_threads(1)
 
@@ -26,17 +27,6 @@ PHOTO = Path(__file__).resolve().parent.parent / "vtwcli" / "data" / "datasets" 
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """vtwcli.cli.main(args) -> (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(args: list[str], capsys, *, code: int = 2) -> str:

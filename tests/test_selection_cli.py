@@ -16,6 +16,7 @@ from vtwcli import gates as G
 from vtwcli.cli import main
 from vtwcli.datasets import load_dataset, sample_dataset
 from vtwcli.selection import wilson_interval
+from cli_run import run_cli
 
 SETS = ("photo_vqa", "photo_mc")
 
@@ -25,14 +26,7 @@ def model_dir(tmp_path_factory) -> str:
     return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), num_layers=4)
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def calibrate(model_dir, output, capsys, *extra):

@@ -17,12 +17,12 @@ from generic_models import LIGHTON, PALIGEMMA, tiny_lighton_ocr, unlisted
 from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
 
 from vtwcli import adapters, withdraw
-from vtwcli.cli import main
 from vtwcli.datasets import load_dataset, sample_dataset
 from vtwcli.prompts import make_batch
 from vtwcli.generic import derive_adapter
 from vtwcli.verify import masked_reference_logits, recompute_reference_logits, tolerance, verify
 from vtwcli.withdrawal import exact_layers
+from cli_run import run_cli
 
 torch.set_num_threads(1)
 LAYERS = 4
@@ -37,17 +37,6 @@ def _no_derived_adapters(monkeypatch):
 @pytest.fixture(scope="module")
 def photos():
     return sample_dataset(load_dataset("photo_vqa"), 2, 0)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()  # only the command's own output (not save_pretrained's progress before it)
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------------------------- verify
