@@ -324,6 +324,16 @@ def independent_kl(p_logits, q_logits):
     return (p * (torch.log(p) - torch.log_softmax(q_logits.double(), -1))).sum(-1)
 
 
+def assert_curve_equals_plain_withdrawn_forwards(model, batch: dict, per_layer: list[dict], kinds=None):
+    """Each stored layer's mean KL equals that of a plain forward withdrawn at that layer (<= 1e-5)."""
+    with torch.no_grad():
+        full = model(**batch).logits[:, -1]
+        for entry in per_layer:
+            with withdraw(model, layer=entry["layer"], kinds=kinds):
+                withdrawn = model(**batch).logits[:, -1]
+            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+
+
 @pytest.mark.parametrize("attn", ATTN)
 @pytest.mark.parametrize("name", NAMES)
 def test_shared_prefix_kl_equals_plain_withdrawn_forward(name, attn):
@@ -646,13 +656,8 @@ def test_vtw_calibrate_with_kv_sharing_stops_at_the_last_exact_layer(name, tmp_p
     data = load_dataset("photo_vqa")
     batch = dict(make_batch(processor, sample_dataset(data, 3, 0)))
     batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # as generate() numbers them
-    with torch.no_grad():
-        full = model(**batch).logits[:, -1]
-        for entry in calibration["per_layer"]:
-            with withdraw(model, layer=entry["layer"]):
-                withdrawn = model(**batch).logits[:, -1]
-            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
-        assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
+    assert_curve_equals_plain_withdrawn_forwards(model, batch, calibration["per_layer"])
+    assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
 
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "gemma3", "gemma4"])
@@ -780,13 +785,7 @@ def test_vtw_calibrate_on_video_samples_withdraws_the_selected_kinds(name, tmp_p
         assert sorted(handle.vision_token_ids) == sorted(ids[k] for k in kinds.split(","))
         handle.remove()
         curves[kinds] = [entry["kl_mean"] for entry in calibration["per_layer"]]
-        with torch.no_grad():
-            full = model(**batch).logits[:, -1]
-            for entry in calibration["per_layer"]:
-                with withdraw(model, layer=entry["layer"], kinds=tuple(kinds.split(","))):
-                    withdrawn = model(**batch).logits[:, -1]
-                expected = independent_kl(withdrawn, full).mean()
-                assert entry["kl_mean"] == pytest.approx(float(expected), abs=1e-5)
+        assert_curve_equals_plain_withdrawn_forwards(model, batch, calibration["per_layer"], tuple(kinds.split(",")))
     assert len({tuple(curve) for curve in curves.values()}) == 3
 
 
@@ -1077,12 +1076,7 @@ def test_vtw_calibrate_gemma4_on_video_samples_equals_plain_withdrawn_forwards(t
     assert (batch["input_ids"] == model.config.video_token_id).sum() > 0
     batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     assert [entry["layer"] for entry in calibration["per_layer"]] == [1, 2]
-    with torch.no_grad():
-        full = model(**batch).logits[:, -1]
-        for entry in calibration["per_layer"]:
-            with withdraw(model, layer=entry["layer"]):
-                withdrawn = model(**batch).logits[:, -1]
-            assert entry["kl_mean"] == pytest.approx(float(independent_kl(withdrawn, full).mean()), abs=1e-5)
+    assert_curve_equals_plain_withdrawn_forwards(model, batch, calibration["per_layer"])
     assert min(entry["kl_mean"] for entry in calibration["per_layer"]) > 0
 
 
