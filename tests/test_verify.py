@@ -50,6 +50,8 @@ def test_verify_passes_on_every_supported_family(name, photos):
         model, processor, ids = family.build(LAYERS, "sdpa", 0), family.processor(), family.vision_ids
     result = verify(model, processor, photos, new_tokens=2)  # K = 1, 2, 3 where withdrawal can be exact
     assert result.passed, result.failure_message()
+    # every tiny model's image features reach layer 0, so the pixel test (not its fallback) located them
+    assert "no pixel change reaches layer 0" not in result.checks[0].detail
     adapter = adapters.adapter_for(model)
     exact = exact_layers(adapter, adapter.text_config(model.config), LAYERS)
     assert result.layers == [k for k in (1, 2, 3) if k in exact] and result.layers
