@@ -104,7 +104,7 @@ def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: 
     model and lm_head. The image (video) processor is built from ``source``'s config files only."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_flops import COUNTER_CONFIG, count_flops_from_config, image_processor_for_flops
-    from vtwcli.measure.config_video import check_videos, video_processor_for_flops
+    from vtwcli.measure.config_video import COUNTER_CONFIG_VIDEOS, check_videos, video_processor_for_flops
     from vtwcli.validate import check_frames
 
     adapter = adapter_for(model)
@@ -121,7 +121,8 @@ def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: 
                                               video_processor=video_processor, kinds=kinds)
     analytic = _analytic_or_none(model.config, counts, layer, vision=False)
     return {"withdrawal": withdrawal_section(layer, kinds),
-            "flops": flops_section(counted, counts, analytic=analytic, counter=COUNTER_CONFIG)}
+            "flops": flops_section(counted, counts, analytic=analytic,
+                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG)}
 
 
 def _check_withdrawn_media(kinds: tuple[str, ...] | None, images: int, videos: int) -> None:

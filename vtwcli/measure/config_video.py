@@ -16,8 +16,12 @@ from torch import nn
 
 from vtwcli.errors import UnsupportedError, VtwError
 
-__all__ = ["check_videos", "video_processor_for_flops", "video_tokens_per_video", "video_processor_output",
+__all__ = ["COUNTER_CONFIG_VIDEOS", "check_videos", "video_processor_for_flops", "video_tokens_per_video", "video_processor_output",
            "frames_as_given"]
+
+COUNTER_CONFIG_VIDEOS = ("torch.utils.flop_counter.FlopCounterMode on the meta device (config.json and the processor "
+                         "config files only: the vision features of seeded random W x H images and videos of F frames, "
+                         "then the language model on text + vision positions, layers >= K on the text positions)")
 
 
 def check_videos(adapter, config, videos: int, *, config_only: bool = False) -> None:
