@@ -128,7 +128,8 @@ _OUTPUT = typer.Option(None, "--output", "-o", help="Profile to write (YAML). De
                        "nothing is written.")
 _FLOPS_ONLY = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
                            "weights, no processor, any model size, seconds (families that size vision "
-                           "tokens from the image also read preprocessor_config.json).")
+                           "tokens from the image also read preprocessor_config.json; with --videos, "
+                           "the video processor's config).")
 _IMAGE_SIZE = typer.Option(None, "--image-size", help="WxH (or N for NxN) of the synthetic images, "
                            "for families that size their vision tokens from the image (LLaVA-NeXT, "
                            "Qwen2-VL, ...). Default: the vision config's image size, else 448.")
