@@ -23,8 +23,10 @@ def _has_torchvision() -> bool:
     return True
 
 
-# Qwen2-VL, LLaVA-OneVision and InternVL processors need a video processor, which needs torchvision: with it
-# the real processors are tested; without it (CPU torch here) stand-ins that prepare the same inputs.
+# The Qwen2-VL / Qwen3-VL, GLM-4V, LLaVA-OneVision, InternVL and Gemma 4 processors need a video processor,
+# which needs torchvision, and the Pixtral, LFM2-VL and Cohere2 Vision ones need it outright: with it the real
+# processors are tested; without it (CPU torch here) stand-ins that prepare the same inputs
+# (tests/test_processor_standins.py compares them where torchvision imports).
 HAS_TORCHVISION = _has_torchvision()
 VOCAB = 128
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -191,23 +193,32 @@ def tiny_qwen2_vl(num_layers=4, attn="sdpa", seed=0, version="2"):
     return _finish(cls(config), [QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END])
 
 
+QWEN_SIZE = {"shortest_edge": 8 * 8, "longest_edge": 32 * 32}  # pixels per image (Qwen3-VL videos: all frames)
+
+
 def qwen_processor(version="2"):
     """The family's processor where it can be built (it needs torchvision for its video processor), else
-    ``QwenInputs``, which prepares the same inputs from the image processor and the tokenizer."""
+    ``QwenInputs`` / ``Qwen3VLInputs`` (Qwen3-VL, Qwen3.5), which prepare the same inputs from the image
+    processor and the tokenizer (tests/test_processor_standins.py compares them)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                      size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, size=QWEN_SIZE)
     tokenizer = word_tokenizer(QWEN_SPECIALS)
-    if version == "3":  # the real Qwen3VLProcessor is not yet checked against the stand-in: always the stand-in
-        return Qwen3VLInputs(images, tokenizer)
     if not HAS_TORCHVISION:  # the real processor needs its video processor, which needs torchvision
-        return QwenInputs(images, tokenizer)
+        return (Qwen3VLInputs if version == "3" else QwenInputs)(images, tokenizer)
+    if version == "3":
+        from transformers import Qwen3VLProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        # cap_pixels_per_frame: the announced default (same sizes here), without the warning
+        videos = Qwen3VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2, size=QWEN_SIZE,
+                                       cap_pixels_per_frame=True)
+        return Qwen3VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos,
+                                chat_template=QWEN_TEMPLATE)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                   size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2, size=QWEN_SIZE)
     cls = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
     return cls(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=QWEN_TEMPLATE)
 
@@ -232,20 +243,20 @@ class ShimProcessor:
 
 
 QWEN_VIDEO_GRID = (2, 4, 4)  # (t, h, w) patches of the tiny video: 2 * 4 * 4 / merge 2**2 = 8 video tokens
+# Frames arrive without metadata (vtwcli passes pre-sampled frames): the processors take 24 fps for timestamps
+VIDEO_FPS = 24
 
 
 class QwenInputs(ShimProcessor):
     """What Qwen2VLProcessor does for images, spelled out: pads expanded per image grid, mm_token_type_ids.
-    Videos (``videos=`` a count per row) get random patches of grid QWEN_VIDEO_GRID."""
+    Videos (``videos=`` a count per row, or the videos: 4 frames each) get random patches of grid
+    QWEN_VIDEO_GRID."""
 
     chat_template = QWEN_TEMPLATE
     image_token, image_id, video_id = "<|image_pad|>", QWEN_IMAGE, QWEN_VIDEO
 
-    def __init__(self, image_processor, tokenizer, frames_apart: bool = False):
+    def __init__(self, image_processor, tokenizer):
         self.image_processor, self.tokenizer = image_processor, tokenizer
-        # Qwen3-VL / Qwen3.5 layout: each video frame in its own <|vision_start|> ... <|vision_end|> block
-        # (the real processor also writes a timestamp before each; it is plain text)
-        self.frames_apart = frames_apart
 
     def __call__(self, text, images=None, videos=None, padding=True, return_tensors="pt"):
         flat = [img for row in images or [] for img in row]
@@ -276,22 +287,21 @@ class QwenInputs(ShimProcessor):
 
     def expand_videos(self, text: str, total: int) -> str:
         t, h, w = QWEN_VIDEO_GRID
-        if self.frames_apart:
-            frame = "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
-            return text.replace("<|vision_start|><|video_pad|><|vision_end|>", frame * t)
         return _expand(text, "<|video_pad|>", iter([t * h * w // 4] * total))
 
 
 class Qwen3VLInputs(QwenInputs):
-    """Qwen3VLProcessor's video layout: each temporal patch of frames is its own vision block after a
-    timestamp ("<0.5 seconds>", here two words of the tiny vocabulary)."""
+    """Qwen3VLProcessor's video layout (Qwen3-VL, Qwen3.5): <|video_pad|> (the template's <|vision_start|> /
+    <|vision_end|> stay around it) becomes, per temporal patch of frames, its timestamp "<0.1 seconds>" (the
+    mean of the patch's two frame times at VIDEO_FPS) and its own <|vision_start|> <|video_pad|> x n
+    <|vision_end|> block."""
 
     def expand_videos(self, text: str, total: int) -> str:
         t, h, w = QWEN_VIDEO_GRID
-        block = "<|vision_start|><|video_pad|><|vision_end|>"
-        frames = "".join(f" w{frame} seconds " + "<|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
-                         for frame in range(t))
-        return text.replace(block, frames)
+        seconds = [(frame / VIDEO_FPS + (frame + 1) / VIDEO_FPS) / 2 for frame in range(0, 2 * t, 2)]
+        frames = "".join(f"<{second:.1f} seconds><|vision_start|>" + "<|video_pad|>" * (h * w // 4) + "<|vision_end|>"
+                         for second in seconds)
+        return text.replace("<|video_pad|>", frames)
 
 
 def _features(data: dict):
@@ -303,6 +313,28 @@ def _features(data: dict):
 def _expand(text: str, token: str, counts) -> str:
     parts = text.split(token)
     return parts[0] + "".join(token * next(counts) + part for part in parts[1:])
+
+
+def torch_pixels(img: Image.Image) -> torch.Tensor:
+    """uint8 (3, H, W), as the torchvision image processors read a PIL image."""
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+
+def torch_resize(pixels: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """What the torchvision image processors do to uint8 (..., 3, H, W) pixels on the CPU: antialiased
+    resampling of the uint8 values (torch's own kernel, the one torchvision calls), nothing at the same size."""
+    if tuple(pixels.shape[-2:]) == (height, width):
+        return pixels
+    flat = pixels.reshape(-1, *pixels.shape[-3:])
+    resized = torch.nn.functional.interpolate(flat, size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+    return resized.reshape(*pixels.shape[:-2], height, width)
+
+
+def torch_normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """The torchvision backend's rescale (1 / 255) and normalize, fused as it fuses them, in float32."""
+    mean, std = (torch.tensor(values) * (1.0 / (1 / 255)) for values in (mean, std))
+    return (pixels.to(torch.float32) - mean[:, None, None]) / std[:, None, None]
 
 
 def qwen_rows(processor):
@@ -698,18 +730,24 @@ def tiny_glm4v(num_layers=4, attn="sdpa", seed=0, variant="4.1"):
 
 
 class GlmInputs(QwenInputs):
-    """What Glm4vProcessor does for images (it needs torchvision for its video processor): <|image|> expanded
-    per image grid, mm_token_type_ids 1 on image tokens."""
+    """What Glm4vProcessor / Glm46VProcessor do (they need torchvision for their video processor): <|image|>
+    expanded per image grid, mm_token_type_ids 1 on image tokens, 2 on those of video frames."""
 
     chat_template = GLM_TEMPLATE
     image_token, image_id, video_id = "<|image|>", GLM_IMAGE, GLM_VIDEO
 
+    def __init__(self, image_processor, tokenizer, seconds: bool = False):
+        super().__init__(image_processor, tokenizer)
+        self.seconds = seconds  # GLM-4.6V writes "0.1 seconds" after each frame, GLM-4.1V / 4.5V whole seconds
+
     def expand_videos(self, text: str, total: int) -> str:
-        """Glm4vProcessor's video layout: per frame <|begin_of_image|> <|image|> x n <|end_of_image|> and its
-        timestamp, all between <|begin_of_video|> and <|end_of_video|>."""
+        """The video layout: per temporal patch a frame <|begin_of_image|> <|image|> x n <|end_of_image|> and
+        the time of its first frame at VIDEO_FPS, all between <|begin_of_video|> and <|end_of_video|>."""
         t, h, w = QWEN_VIDEO_GRID
-        frames = "".join("<|begin_of_image|>" + "<|image|>" * (h * w // 4) + f"<|end_of_image|> w{frame} "
-                         for frame in range(t))
+        times = [frame / VIDEO_FPS for frame in range(0, 2 * t, 2)]
+        stamps = [f"{time:.1f} seconds" if self.seconds else str(int(time)) for time in times]
+        frames = "".join("<|begin_of_image|>" + "<|image|>" * (h * w // 4) + "<|end_of_image|>" + stamp
+                         for stamp in stamps)
         return text.replace("<|video|>", frames)
 
     def token_types(self, ids: torch.Tensor) -> torch.Tensor:
@@ -720,13 +758,28 @@ class GlmInputs(QwenInputs):
         return torch.where(image, torch.where(starts > ends, 2, 1), 0)
 
 
-def glm_processor():
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+def glm_processor(variant: str = "4.1"):
+    """Glm4vProcessor (GLM-4.1V, GLM-4.5V) or Glm46VProcessor (GLM-4.6V) where torchvision imports, else
+    ``GlmInputs`` (tests/test_processor_standins.py compares them)."""
+    if variant == "4.6":
+        from transformers.models.glm46v.image_processing_pil_glm46v import Glm46VImageProcessorPil as Images
+    else:
+        from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil as Images
 
-    images = Glm4vImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                    size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    # the real Glm4vProcessor (torchvision) is not yet checked against the stand-in: always the stand-in
-    return GlmInputs(images, word_tokenizer(GLM_SPECIALS))
+    images = Images(patch_size=4, merge_size=2, temporal_patch_size=2, size=QWEN_SIZE)
+    tokenizer = word_tokenizer(GLM_SPECIALS)
+    if not HAS_TORCHVISION:
+        return GlmInputs(images, tokenizer, seconds=variant == "4.6")
+    if variant == "4.6":
+        from transformers import Glm46VProcessor as Processor
+        from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessor as Videos
+    else:
+        from transformers import Glm4vProcessor as Processor
+        from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor as Videos
+
+    # do_sample_frames=False: GLM's frame sampling needs the video's fps, which pre-sampled frames do not carry
+    videos = Videos(patch_size=4, merge_size=2, temporal_patch_size=2, size=QWEN_SIZE, do_sample_frames=False)
+    return Processor(image_processor=images, tokenizer=tokenizer, video_processor=videos, chat_template=GLM_TEMPLATE)
 
 
 def glm_rows(processor):
@@ -791,27 +844,82 @@ def aya_vision_processor():
                               img_size=16, downsample_factor=2, chat_template=LLAVA_TEMPLATE)
 
 
+# Cohere2VisionProcessor takes the tokenizer's image_token (the patch token) as the prompt's placeholder, and its
+# boi / eoi / line-break tokens from the tokenizer too; tiles of 16 x 16 pixels, at most COHERE2_TILES per image
+COHERE2_TOKENS = {**AYA_SPECIALS, "image_token": "<|IMG_PATCH|>", "boi_token": "<|START_OF_IMG|>",
+                  "eoi_token": "<|END_OF_IMG|>", "img_line_break_token": "<|IMG_LINE_BREAK|>"}
+COHERE2_TEMPLATE = LLAVA_TEMPLATE.replace("<image>", "<|IMG_PATCH|>")
+COHERE2_TILE, COHERE2_TILES = 16, 4
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def cohere2_grid(height: int, width: int) -> tuple[int, int]:
+    """Cohere2VisionImageProcessor's tiling, (columns, rows): of the grids of at most COHERE2_TILES tiles (by
+    area), the first that covers the image with the least upscaling, or, where every grid must shrink it, the
+    first with the least downscaling."""
+    grids = sorted(((cols, rows) for cols in range(1, COHERE2_TILES + 1) for rows in range(1, COHERE2_TILES + 1)
+                    if cols * rows <= COHERE2_TILES), key=lambda grid: grid[0] * grid[1])
+    scales = [min(COHERE2_TILE * cols / width, COHERE2_TILE * rows / height) for cols, rows in grids]
+    if all(scale < 1 for scale in scales):
+        return grids[scales.index(max(scales))]
+    return grids[scales.index(min(scale for scale in scales if scale >= 1))]
+
+
 class Cohere2VisionInputs(ShimProcessor):
-    """What Cohere2VisionProcessor does (its image processor needs torchvision): per image,
-    <|START_OF_IMG|> + (<|IMG_PATCH|> x 4 + <|IMG_LINE_BREAK|>) per tile + <|END_OF_IMG|>; the tiles come
-    from the GOT-OCR2 tiler here (the model takes any number of 16x16 tiles)."""
+    """What Cohere2VisionProcessor does (its image processor needs torchvision): per image, the grid of
+    ``cohere2_grid`` (the image resized bicubically to it and cut into 16 x 16 tiles) and, where it has more
+    than one tile, a 16 x 16 thumbnail; <|IMG_PATCH|> becomes <|START_OF_IMG|> + (<|IMG_PATCH|> x 4 +
+    <|IMG_LINE_BREAK|>) per tile + <|END_OF_IMG|>."""
 
-    chat_template = LLAVA_TEMPLATE
+    chat_template = COHERE2_TEMPLATE
 
-    def __init__(self):
-        self.image_processor, self.tokenizer = _tiles_processor(), word_tokenizer(AYA_SPECIALS)
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
 
     def __call__(self, text, images=None, padding=True, return_tensors="pt", **kwargs):
         flat = [img for row in images or [] for img in row]
-        out, texts = {}, list(text)
+        out, texts, tiles = {}, list(text), []
+        for img in flat:
+            pixels = torch_pixels(img)
+            cols, rows = cohere2_grid(*pixels.shape[-2:])
+            canvas = torch_resize(pixels, rows * COHERE2_TILE, cols * COHERE2_TILE, "bicubic")
+            crops = [canvas[:, r * COHERE2_TILE:(r + 1) * COHERE2_TILE, c * COHERE2_TILE:(c + 1) * COHERE2_TILE]
+                     for r in range(rows) for c in range(cols)]
+            if len(crops) > 1:
+                crops.append(torch_resize(pixels, COHERE2_TILE, COHERE2_TILE, "bicubic"))
+            tiles.append(len(crops))
+            out.setdefault("pixel_values", []).extend(torch_normalize(crop, CLIP_MEAN, CLIP_STD) for crop in crops)
         if flat:
-            vision = self.image_processor(images=flat, return_tensors="pt")
-            out["pixel_values"] = vision["pixel_values"]
-            tiles = iter(vision["num_patches"].tolist())
-            texts = [_expand_with(t, "<image>", lambda: "<|START_OF_IMG|>" + (
-                "<|IMG_PATCH|>" * 4 + "<|IMG_LINE_BREAK|>") * next(tiles) + "<|END_OF_IMG|>") for t in texts]
+            out["pixel_values"] = torch.stack(out["pixel_values"])
+            counts = iter(tiles)
+            texts = [_expand_with(t, "<|IMG_PATCH|>", lambda: "<|START_OF_IMG|>" + (
+                "<|IMG_PATCH|>" * 4 + "<|IMG_LINE_BREAK|>") * next(counts) + "<|END_OF_IMG|>") for t in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         return _features({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], **out})
+
+
+def cohere2_vision_processor():
+    """Cohere2VisionProcessor where torchvision imports, else ``Cohere2VisionInputs``
+    (tests/test_processor_standins.py compares them)."""
+    tokenizer = word_tokenizer(AYA_SPECIALS, extra_special=COHERE2_TOKENS)
+    if not HAS_TORCHVISION:
+        return Cohere2VisionInputs(tokenizer)
+    from transformers import Cohere2VisionProcessor
+    from transformers.models.cohere2_vision.image_processing_cohere2_vision import Cohere2VisionImageProcessor
+
+    # patch_size: image tokens per tile side (16 px tiles, 4 px SigLIP patches, downsample factor 2)
+    images = Cohere2VisionImageProcessor(size={"height": COHERE2_TILE, "width": COHERE2_TILE}, patch_size=2,
+                                         max_patches=COHERE2_TILES)
+    return Cohere2VisionProcessor(image_processor=images, tokenizer=tokenizer, chat_template=COHERE2_TEMPLATE)
+
+
+def cohere2_vision_rows(processor):
+    """llava_rows with the patch token as placeholder and a 24 x 16 image in place of the 16 x 16 one: with
+    Cohere2's tiling, 16 x 16 tiles would give both rows 16 image tokens (40 x 20: 2 x 1 tiles + thumbnail,
+    20 x 44: 1 x 3 + thumbnail); 24 x 16 is upscaled to 2 x 1 tiles + thumbnail."""
+    return [("USER: what color <|IMG_PATCH|>\nthe <|IMG_PATCH|>\nis this ? \nASSISTANT:",
+             [image(40, 20, 1), image(24, 16, 2)]),
+            ("USER: <|IMG_PATCH|>\nhow many ?\nASSISTANT:", [image(20, 44, 3)])]
 
 
 VIDEO_SPECIALS = {"image_token": "<image>", "video_token": "<video>"}
@@ -1142,8 +1250,11 @@ GLM_BEAMS = dict(beam_rows=glm_one_image_rows,
 # Gemma 4: sliding + full layers, bidirectional image blocks on sliding layers only, per-layer inputs (PLE)
 # passed positionally to every layer, KV sharing (the last layer reuses the keys/values of layer 2)
 
+# The audio tokens: Gemma4Processor (transformers 5.24) refuses a tokenizer without boa / eoa tokens, even
+# without audio (real Gemma 4 tokenizers have them)
 GEMMA4_SPECIALS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-                   "video_token": "<|video|>", "start_turn": "<|turn>", "end_turn": "<turn|>"}
+                   "video_token": "<|video|>", "start_turn": "<|turn>", "end_turn": "<turn|>",
+                   "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
 GEMMA4_IMAGE, GEMMA4_BOI = token_id(GEMMA4_SPECIALS, "image_token"), token_id(GEMMA4_SPECIALS, "boi_token")
 GEMMA4_EOI, GEMMA4_VIDEO = token_id(GEMMA4_SPECIALS, "eoi_token"), token_id(GEMMA4_SPECIALS, "video_token")
 GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replace("<start_of_turn>", "<|turn>") \
@@ -1174,8 +1285,9 @@ def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
 class Gemma4Inputs(ShimProcessor):
     """What Gemma4Processor does (it needs torchvision for its video processor): each <|image|> becomes
     <|image> + one <|image|> per soft token of that image + <image|>; each <|video|> becomes, per frame,
-    "00:0s <|image>" + one <|video|> per soft token of that frame + "<image|>" (frames through the image
-    processor, as the video processor patchifies them); mm_token_type_ids marks image (1) and video (2) tokens."""
+    "mm:ss <|image>" + one <|video|> per soft token of that frame + "<image|>" (the frame's time at VIDEO_FPS;
+    frames through the image processor, which patchifies them as the video processor does, resizing with PIL
+    where it resizes with torchvision); mm_token_type_ids marks image (1) and video (2) tokens."""
 
     chat_template = GEMMA4_TEMPLATE
 
@@ -1196,7 +1308,9 @@ class Gemma4Inputs(ShimProcessor):
             out.update(pixel_values_videos=frames["pixel_values"], video_position_ids=frames["image_position_ids"],
                        num_frames_per_video=torch.tensor([len(clip) for clip in clips]))
             per_frame = iter(frames["num_soft_tokens_per_image"].tolist())
-            layouts = iter([" ".join(f"00:0{t} <|image>" + "<|video|>" * next(per_frame) + "<image|>"
+            stamps = [f"{int(second // 60):02d}:{int(second % 60):02d}"
+                      for second in (frame / VIDEO_FPS for frame in range(max(map(len, clips))))]
+            layouts = iter([" ".join(f"{stamps[t]} <|image>" + "<|video|>" * next(per_frame) + "<image|>"
                                      for t in range(len(clip))) for clip in clips])
             texts = [_expand_with(t, "<|video|>", lambda: next(layouts)) for t in texts]
         encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
@@ -1210,7 +1324,17 @@ def gemma4_processor():
     from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
     images = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70)
-    return Gemma4Inputs(images, word_tokenizer(GEMMA4_SPECIALS))
+    if not HAS_TORCHVISION:
+        return Gemma4Inputs(images, word_tokenizer(GEMMA4_SPECIALS))
+    from transformers import Gemma4Processor
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.video_processing_gemma4 import Gemma4VideoProcessor
+
+    # do_sample_frames=False: the frames arrive sampled (its default samples 32 of them)
+    videos = Gemma4VideoProcessor(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70, do_sample_frames=False)
+    return Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=images,
+                           tokenizer=word_tokenizer(GEMMA4_SPECIALS), video_processor=videos,
+                           chat_template=GEMMA4_TEMPLATE)
 
 
 def gemma4_blocks(ids: torch.Tensor, config) -> torch.Tensor:
@@ -1250,13 +1374,15 @@ FAMILIES: dict[str, Family] = {
                         lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.5"), glm_processor, glm_rows,
                         lambda config: [config.image_token_id], **GLM_BEAMS),
     "glm46v": Family("GLM-4.6V", "Glm46VForConditionalGeneration",
-                     lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.6"), glm_processor, glm_rows,
+                     lambda n, a="sdpa", s=0: tiny_glm4v(n, a, s, variant="4.6"), lambda: glm_processor("4.6"),
+                     glm_rows,
                      lambda config: [config.image_token_id], **GLM_BEAMS),
     "aya_vision": Family("Aya Vision", "AyaVisionForConditionalGeneration", tiny_aya_vision, aya_vision_processor,
                          llava_rows, lambda config: [config.image_token_id]),
     "cohere2_vision": Family("Cohere2 Vision", "Cohere2VisionForConditionalGeneration",
                              lambda n, a="sdpa", s=0: tiny_aya_vision(n, a, s, cohere2_vision=True),
-                             Cohere2VisionInputs, llava_rows, lambda config: [config.image_token_id]),
+                             cohere2_vision_processor, cohere2_vision_rows,
+                             lambda config: [config.image_token_id]),
     "vipllava": Family("VipLLaVA", "VipLlavaForConditionalGeneration", tiny_vipllava, vipllava_processor, llava_rows,
                        lambda config: [config.image_token_id]),
     "llava_next_video": Family("LLaVA-NeXT-Video", "LlavaNextVideoForConditionalGeneration", tiny_llava_next_video,
@@ -1446,7 +1572,8 @@ def tiny_qwen3_5(num_layers=4, attn="sdpa", seed=0, moe=False):
 LFM2_SPECIALS = {"image_token": "<image>", "image_start": "<|image_start|>", "image_end": "<|image_end|>"}
 LFM2_IMAGE = token_id(LFM2_SPECIALS, "image_token")
 LFM2_START, LFM2_END = token_id(LFM2_SPECIALS, "image_start"), token_id(LFM2_SPECIALS, "image_end")
-LFM2_PATCH, LFM2_FACTOR, LFM2_MAX_PATCHES = 4, 2, 64
+LFM2_PATCH, LFM2_FACTOR, LFM2_MAX_TOKENS = 4, 2, 16  # at most 16 image tokens (1024 pixels) per image
+LFM2_MAX_PATCHES = LFM2_MAX_TOKENS * LFM2_FACTOR ** 2
 
 
 def tiny_lfm2_vl(num_layers=4, attn="sdpa", seed=0):
@@ -1466,11 +1593,24 @@ def tiny_lfm2_vl(num_layers=4, attn="sdpa", seed=0):
     return _finish(Lfm2VlForConditionalGeneration(config), [LFM2_IMAGE, LFM2_START, LFM2_END])
 
 
+def lfm2_size(height: int, width: int) -> tuple[int, int]:
+    """Lfm2VlImageProcessor.smart_resize for one tile of at most LFM2_MAX_TOKENS image tokens: each side rounded
+    to whole downsampling blocks, and where that exceeds the budget, both sides scaled down together (its
+    minimum of one token is never binding: a side is at least one block)."""
+    block = LFM2_PATCH * LFM2_FACTOR
+    most = LFM2_MAX_TOKENS * block ** 2
+    rounded_height, rounded_width = (max(block, round(side / block) * block) for side in (height, width))
+    if rounded_height * rounded_width <= most:
+        return rounded_height, rounded_width
+    beta = math.sqrt(height * width / most)
+    return tuple(max(block, math.floor(side / beta / block) * block) for side in (height, width))
+
+
 class Lfm2VlInputs(ShimProcessor):
     """What Lfm2VlProcessor does for one tile per image (its image processor needs torchvision): each image
-    resized to whole downsampling blocks (at most 32 x 32), cut into flattened 4 x 4 patches padded to
-    LFM2_MAX_PATCHES, with `spatial_shapes` and `pixel_attention_mask`; the placeholder becomes
-    <|image_start|> + one <image> per 2 x 2 block of patches + <|image_end|>."""
+    resized (bilinear) to ``lfm2_size``, cut into flattened 4 x 4 patches padded to LFM2_MAX_PATCHES, with
+    `spatial_shapes` and `pixel_attention_mask`; the placeholder becomes <|image_start|> + one <image> per
+    2 x 2 block of patches + <|image_end|>."""
 
     chat_template = LLAVA_TEMPLATE
 
@@ -1481,18 +1621,17 @@ class Lfm2VlInputs(ShimProcessor):
         flat = [img for row in images or [] for img in row]
         out, texts = {}, list(text)
         if flat:
-            block = LFM2_PATCH * LFM2_FACTOR
             pixels, shapes, masks, counts = [], [], [], []
             for img in flat:
-                width, height = (min(32, max(block, round(side / block) * block)) for side in img.size)
-                array = np.asarray(img.convert("RGB").resize((width, height)), dtype=np.float32) / 127.5 - 1.0
-                rows, cols = height // LFM2_PATCH, width // LFM2_PATCH
-                patches = torch.from_numpy(array).reshape(rows, LFM2_PATCH, cols, LFM2_PATCH, 3)
-                patches = patches.permute(0, 2, 1, 3, 4).reshape(rows * cols, -1)
+                array = torch_resize(torch_pixels(img), *lfm2_size(img.height, img.width), "bilinear")
+                array = torch_normalize(array, (0.5,) * 3, (0.5,) * 3)
+                rows, cols = array.shape[1] // LFM2_PATCH, array.shape[2] // LFM2_PATCH
+                patches = array.reshape(3, rows, LFM2_PATCH, cols, LFM2_PATCH).permute(1, 3, 2, 4, 0)
+                patches = patches.reshape(rows * cols, -1)
                 padded = torch.zeros(LFM2_MAX_PATCHES, patches.shape[1])
                 padded[:len(patches)] = patches
-                mask = torch.zeros(LFM2_MAX_PATCHES, dtype=torch.bool)
-                mask[:len(patches)] = True
+                mask = torch.zeros(LFM2_MAX_PATCHES, dtype=torch.int32)
+                mask[:len(patches)] = 1
                 pixels.append(padded), masks.append(mask), shapes.append([rows, cols])
                 counts.append((rows // LFM2_FACTOR) * (cols // LFM2_FACTOR))
             out.update(pixel_values=torch.stack(pixels), pixel_attention_mask=torch.stack(masks),
@@ -1505,17 +1644,22 @@ class Lfm2VlInputs(ShimProcessor):
 
 
 def lfm2_vl_processor():
-    return Lfm2VlInputs(word_tokenizer(LFM2_SPECIALS))
+    """Lfm2VlProcessor (one tile per image) where torchvision imports, else ``Lfm2VlInputs``
+    (tests/test_processor_standins.py compares them)."""
+    tokenizer = word_tokenizer(LFM2_SPECIALS)
+    if not HAS_TORCHVISION:
+        return Lfm2VlInputs(tokenizer)
+    from transformers import Lfm2VlProcessor
+    from transformers.models.lfm2_vl.image_processing_lfm2_vl import Lfm2VlImageProcessor
+
+    images = Lfm2VlImageProcessor(encoder_patch_size=LFM2_PATCH, downsample_factor=LFM2_FACTOR,
+                                  do_image_splitting=False, min_image_tokens=1, max_image_tokens=LFM2_MAX_TOKENS)
+    return Lfm2VlProcessor(image_processor=images, tokenizer=tokenizer, chat_template=LLAVA_TEMPLATE)
 
 
 def qwen3_5_processor():
-    """Qwen3.5 uses Qwen3VLProcessor (its video processor needs torchvision): the stand-in in both environments,
-    with images as Qwen2-VL lays them out and video frames apart."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                      size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
-    return QwenInputs(images, word_tokenizer(QWEN_SPECIALS), frames_apart=True)
+    """Qwen3.5 uses Qwen3VLProcessor, like Qwen3-VL."""
+    return qwen_processor("3")
 
 
 FAMILIES.update({

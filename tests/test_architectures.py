@@ -422,9 +422,12 @@ def test_glm_video_frames_are_withdrawn_with_the_images(attn):
     """GLM-4V's video frames carry the image token (one kind): a video prompt, its frames withdrawn, against the
     per-row reference; cached greedy generate() against a no-cache recompute. (An image AND a video in one
     prompt fail in transformers 5.24's GLM-4V itself: its placeholder check counts the frames as images.)"""
+    import numpy as np
+
     model = model_of("glm4v", attn)
     text = "<|user|>\ndescribe <|begin_of_video|><|video|><|end_of_video|> this video ?\n<|assistant|>\n"
-    row = dict(FAMILIES["glm4v"].processor()([text], videos=[1]))
+    frames = np.random.default_rng(9).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    row = dict(FAMILIES["glm4v"].processor()(text=[text], videos=[frames], return_tensors="pt"))
     assert (row["mm_token_type_ids"] == 2).sum() == (row["input_ids"] == model.config.image_token_id).sum() > 0
     with torch.no_grad():
         with withdraw(model, layer=2):
