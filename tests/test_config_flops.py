@@ -22,18 +22,30 @@ PROMPTS = {"llava_next": "USER: <image>\nwhat color is this ?\nASSISTANT:",
            "gemma3": "<start_of_image>what color is this ?", "internvl": "<IMG_CONTEXT>\nwhat color ?"}
 SIZES = {"llava_next": (100, 37), "llava_onevision": (24, 40), "qwen2_vl": (100, 37), "qwen2_5_vl": (48, 48),
          "gemma3": (30, 70), "internvl": (100, 37)}
+PLACEHOLDERS = {"llava_next": 1, "llava_onevision": 2, "qwen2_vl": 1, "qwen2_5_vl": 2, "gemma3": 1, "internvl": 1}
+# Families whose prompt is N image blocks and a question: several sizes (resized down or kept, wide and tall),
+# one and two images
+QWEN_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
+GLM_BLOCK = "<|begin_of_image|><|image|><|end_of_image|>"
+IMAGE_BLOCKS = {"qwen3_vl": QWEN_BLOCK, "qwen3_vl_moe": QWEN_BLOCK, "qwen3_5": QWEN_BLOCK, "qwen3_5_moe": QWEN_BLOCK,
+                "glm4v": GLM_BLOCK, "glm4v_moe": GLM_BLOCK, "glm46v": GLM_BLOCK}
+SHAPES = [((100, 37), 1), ((20, 44), 2), ((48, 48), 1)]
+CASES = [(name, SIZES[name], PLACEHOLDERS[name]) for name in PROMPTS] + \
+    [(name, size, images) for name in IMAGE_BLOCKS for size, images in SHAPES]
 
 
-@pytest.mark.parametrize("name", list(PROMPTS))
-def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name):
+def prompt_of(name: str, images: int) -> str:
+    return PROMPTS[name] if name in PROMPTS else IMAGE_BLOCKS[name] * images + "what color is this ?"
+
+
+@pytest.mark.parametrize("name, size, images", CASES, ids=[f"{n}-{w}x{h}-{i}" for n, (w, h), i in CASES])
+def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name, size, images):
     family = FAMILIES[name]
     model = family.build(4, "sdpa", 0)
     model.config.architectures = [family.architecture]
     processor = family.processor()
-    width, height = SIZES[name]
-    placeholders = {"llava_next": 1, "llava_onevision": 2, "qwen2_vl": 1, "qwen2_5_vl": 2, "gemma3": 1, "internvl": 1}
-    images = placeholders[name]
-    inputs = dict(processor(text=[PROMPTS[name]], images=[[image(width, height, i) for i in range(images)]],
+    width, height = size
+    inputs = dict(processor(text=[prompt_of(name, images)], images=[[image(width, height, i) for i in range(images)]],
                             return_tensors="pt"))
     ids = inputs["input_ids"][0]
     vision = int(torch.isin(ids, torch.tensor(family.vision_ids(model.config))).sum())
@@ -46,9 +58,18 @@ def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name
         assert got == expected
         closed = analytic_flops(model.config, counts, layer, vision=False)
         for variant in ("baseline", "withdrawn"):
-            assert closed[variant]["language_model"] == got[variant]["language_model"]
             assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+        decode = {source: figures["decode_per_token"] for source, figures in (("closed", closed), ("counted", got))}
+        if "linear_attention" in (getattr(model.config.text_config, "layer_types", None) or ()):
+            # Gated DeltaNet: the closed form is the recurrence (3 matrix-vector products per token and head);
+            # torch's chunked prefill kernel and its decode step multiply differently, so only what withdrawal
+            # saves in a decode step (the attention layers >= K attend over the text alone) is the same
+            assert decode["closed"]["baseline"] - decode["closed"]["withdrawn"] == \
+                decode["counted"]["baseline"] - decode["counted"]["withdrawn"]
+        else:
+            assert decode["closed"] == decode["counted"]
+            for variant in ("baseline", "withdrawn"):
+                assert closed[variant]["language_model"] == got[variant]["language_model"]
         assert got["withdrawn"]["language_model"] < got["baseline"]["language_model"]
 
 
