@@ -76,21 +76,21 @@ def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["llava_next", "gemma3"])
+@pytest.mark.parametrize("name", ["llava_next", "gemma3", "qwen3_vl_moe", "qwen3_5", "glm4v_moe"])
 def test_vtw_profile_flops_only_reads_a_config_only_directory(name, tmp_path, capsys):
     """config.json + preprocessor_config.json, no weights, no tokenizer: `vtw profile --flops-only` counts the
     same FLOPs as the loaded model of that config on the real processor's prompt."""
     import json
 
     family = FAMILIES[name]
-    model = family.build(2, "sdpa", 0)
+    model = family.build(3, "sdpa", 0)  # Qwen3.5: two Gated DeltaNet layers, then attention
     model.config.architectures = [family.architecture]
     model.config.save_pretrained(tmp_path)
     processor = family.processor()
     processor.image_processor.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "preprocessor_config.json"]
     width, height = 100, 37
-    prompt = PROMPTS[name]
+    prompt = prompt_of(name, 1)
     inputs = dict(processor(text=[prompt], images=[[image(width, height, 0)]], return_tensors="pt"))
     vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
     text = inputs["input_ids"].shape[1] - vision
