@@ -116,11 +116,13 @@ def test_flops_only_without_preprocessor_config_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, patches_per_side, merge", [("qwen2.5-vl-7b-flops", 448 // 14, 2),
+                                                          ("qwen3-vl-8b-flops", 512 // 16, 2),
                                                           ("gemma-3-27b-flops", 896 // 14, 4)])
-def test_committed_7b_and_27b_profiles_match_their_shapes(name, patches_per_side, merge):
+def test_committed_config_only_profiles_match_their_shapes(name, patches_per_side, merge):
     """The committed config-only profiles: one 448 px image is (448/14)^2 patches merged 2x2 for Qwen2.5-VL, one
-    896 px image (896/14)^2 patches pooled 4x4 for Gemma 3: 256 tokens each; and the counted language model
-    equals the closed form (CI re-counts them: .ci/regression)."""
+    512 px image (512/16)^2 patches merged 2x2 for Qwen3-VL, one 896 px image (896/14)^2 patches pooled 4x4 for
+    Gemma 3: 256 tokens each; and the counted language model equals the closed form (CI re-counts them:
+    .ci/regression)."""
     import yaml
 
     flops = yaml.safe_load((REPO / "profiles" / f"{name}.yaml").read_text())["flops"]
@@ -129,3 +131,38 @@ def test_committed_7b_and_27b_profiles_match_their_shapes(name, patches_per_side
         assert flops["analytic"][variant]["language_model"] == flops[variant]["language_model"]
     assert flops["withdrawn"]["vision_tower"] == flops["baseline"]["vision_tower"] > 0
     assert flops["reduction"] > 0.25
+
+
+def test_committed_qwen3_vl_8b_profile_by_hand():
+    """profiles/qwen3-vl-8b-flops.yaml against matmul counts written out from its config.json: one 512 x 512 image,
+    64 text tokens, K = 18. Vision: a 16 px x 2 frames patch embedding, 27 ViT blocks (qkv, proj, 2-matrix MLP,
+    QK^T and AV over the 1024 patches), then four 2x2 mergers on the 256 merged tokens — the final one and the
+    three DeepStack ones, all the projector's. Text: 36 Llama-shaped layers with GQA."""
+    import json
+
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles" / "qwen3-vl-8b-flops.yaml").read_text())
+    config = json.loads((REPO / "profiles" / "configs" / "qwen3-vl-8b" / "config.json").read_text())
+    vision, text = config["vision_config"], config["text_config"]
+    patches, hidden, heads = (512 // vision["patch_size"]) ** 2, vision["hidden_size"], vision["num_heads"]
+    patch_embed = 2 * patches * (3 * vision["temporal_patch_size"] * vision["patch_size"] ** 2) * hidden
+    block = 2 * patches * hidden * 4 * hidden + 2 * 2 * patches * hidden * vision["intermediate_size"] \
+        + heads * 2 * 2 * patches * (hidden // heads) * patches
+    tokens, merged = patches // 4, 4 * hidden
+    merger = 2 * tokens * merged * merged + 2 * tokens * merged * vision["out_hidden_size"]
+    width, d = text["hidden_size"], text["head_dim"]
+
+    def layer(n: int) -> int:
+        projections = 2 * n * width * d * (2 * text["num_attention_heads"] + 2 * text["num_key_value_heads"])
+        return projections + text["num_attention_heads"] * 2 * 2 * n * d * n + 3 * 2 * n * width * text["intermediate_size"]
+
+    n, kept, k, layers = tokens + 64, 64, 18, text["num_hidden_layers"]
+    flops = profile["flops"]
+    assert profile["model"]["dtype"] == text["dtype"] == "bfloat16"
+    assert flops["tokens"] == {"vision": tokens, "text": kept, "images": 1}
+    assert flops["baseline"]["vision_tower"] == patch_embed + vision["depth"] * block
+    assert flops["baseline"]["projector"] == (1 + len(vision["deepstack_visual_indexes"])) * merger
+    assert flops["baseline"]["language_model"] == layers * layer(n)
+    assert flops["withdrawn"]["language_model"] == k * layer(n) + (layers - k) * layer(kept)
+    assert flops["baseline"]["lm_head"] == 2 * width * text["vocab_size"]
