@@ -711,7 +711,8 @@ def test_verify_not_exact(model_dir, capsys, monkeypatch):
     monkeypatch.setattr(adapters, "ADAPTERS", tuple(wrong if a is entry else a for a in adapters.ADAPTERS))
     line = one_line_error(verify_args(model_dir, "--layer", "2"), capsys, code=1)
     assert line.startswith("error: withdrawal is not exact on this model: vision tokens: ")
-    assert "mark 0 tokens, the model put vision features at 16 positions" in line
+    assert ("the model put per-image vision features at token id(s) [3] (16 positions), which the adapter's vision "
+            "token ids [0] leave out (they mark 0 tokens)") in line
 
 
 def test_verify_layer_out_of_range(model_dir, capsys):

@@ -184,7 +184,7 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     from transformers import DynamicCache
 
     from vtwcli.adapters import adapter_for
-    from vtwcli.verify import language_model_of
+    from vtwcli.model_vision import language_model_of
 
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
