@@ -249,7 +249,7 @@ def test_profile_gemma4_counts_per_layer_inputs_and_kv_shared_layers(saved, caps
         keys = [c + 1 for c in cached[variant]]
         expected = ple_projection(1) + sum(gemma4_layer_flops(text_config, 1, k, own_kv=True) for k in keys) + \
             gemma4_layer_flops(text_config, 1, keys[2], own_kv=False) + head
-        assert decode[variant] == expected == flops["analytic"]["decode_per_token"][variant], variant
+        assert decode[variant] == expected, variant
     assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
     assert "analytic" not in flops or not flops["analytic"]  # no closed form for Gemma 4's layers
 
