@@ -106,14 +106,11 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     assert base["vision_tower"] > 0 and base["projector"] > 0
     assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"])
     assert flops["reduction"] == pytest.approx(1 - new["total"] / base["total"])
-    # the closed form covers the text part of the dense families, and agrees exactly (MoE: counted only)
-    if mlp_flops(text_config, 1, LAYERS - 1) != 3 * 2 * text_config.hidden_size * text_config.intermediate_size:
-        assert "analytic" not in flops
-    else:
-        assert flops["analytic"]["covers"] == ["language_model", "lm_head"]
-        assert flops["analytic"]["baseline"] == {"total": expected_full + head, "language_model": expected_full,
-                                                 "lm_head": head}
-        assert flops["analytic"]["withdrawn"]["language_model"] == expected_withdrawn
+    # the closed form covers the text part (MoE: the active experts, the dense layers' MLP), and agrees exactly
+    assert flops["analytic"]["covers"] == ["language_model", "lm_head"]
+    assert flops["analytic"]["baseline"] == {"total": expected_full + head, "language_model": expected_full,
+                                             "lm_head": head}
+    assert flops["analytic"]["withdrawn"]["language_model"] == expected_withdrawn
     # what each layer caches after prefill: all n tokens, or the text tokens in layers >= K after withdrawal;
     # a sliding-window layer (Gemma 3) keeps only its last window - 1
     windows = sliding_windows(text_config)
@@ -125,7 +122,7 @@ def test_profile_counts_every_family_per_component(name, saved, capsys):
     for variant in ("baseline", "withdrawn"):
         expected = sum(decoder_layer_flops(text_config, 1, keys + 1, i)
                        for i, keys in enumerate(cached[variant])) + head
-        assert decode[variant] == expected, variant
+        assert decode[variant] == expected == flops["analytic"]["decode_per_token"][variant], variant
     assert data["memory"]["kv_cache_reduction"] == pytest.approx(1 - sum(cached["withdrawn"]) / sum(cached["baseline"]))
     assert data["latency"]["baseline"]["prefill_ms"]["runs"] >= 1
 

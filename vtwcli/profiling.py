@@ -41,11 +41,15 @@ def _analytic_or_none(config, prompt, layer: int, *, vision: bool = True) -> dic
         return None  # an architecture the closed form does not know: the counted figures stand alone
 
 
+def checkpoint_dtype(config) -> str:
+    """The dtype config.json records: top-level (Qwen2.5-VL) or in the text model's config (Qwen3-VL). Read it
+    before a model is built from ``config``: building resets the sub-configs' dtype."""
+    return str(getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None) or "float32")
+
+
 def flops_only_model_section(name_or_path: str, model, *, attn: str, dtype: str | None = None) -> dict:
     """The profile's ``model`` block for a config-only (meta device) model."""
-    config = model.config
-    if dtype is None:
-        dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    dtype = checkpoint_dtype(model.config) if dtype is None else dtype
     return model_block(name_or_path, model, dtype=dtype, device="meta", attn=attn)
 
 
@@ -455,6 +459,7 @@ def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
 
     config = load_config(str(bundled_model_path()) if options.model is None else options.model)
     architecture_of(config)
+    dtype = checkpoint_dtype(config) if options.dtype == "auto" else options.dtype
     meta = meta_model(config, attn=options.attn)
     sections = run_flops_only(config, layer=options.layer, text_tokens=options.text_tokens,
                               image_tokens=options.image_tokens, images=options.images, attn=options.attn,
@@ -462,7 +467,7 @@ def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
                               source=str(bundled_model_path()) if options.model is None else options.model,
                               videos=options.videos, frames=options.frames)
     block = flops_only_model_section("bundled" if options.model is None else options.model, meta, attn=options.attn,
-                                     dtype=None if options.dtype == "auto" else options.dtype)
+                                     dtype=dtype)
     return sections, block, "cpu"
 
 

@@ -146,6 +146,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={**QWEN_VL_COMPONENTS,
                           "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
         deepstack=QWEN3_VL_DEEPSTACK,
+        image_tokens=vision_tokens.merged_patches,
         notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
               "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
@@ -161,6 +162,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                                            "model.visual.post_layernorm", "model.visual.downsample"),
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.merged_patches,
         notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
               "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
     ),
@@ -321,6 +323,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.merged_patches,
         notes="Gated DeltaNet (linear attention: conv + recurrent state) interleaved with full attention; M-RoPE; "
               "image and video pads withdrawn",
     ),

@@ -16,8 +16,14 @@ __all__ = ["TEXT_MODELS", "TextModel", "VISION_TOWERS", "VisionTower", "text_mod
 class TextModel:
     # Attention's q projection also yields an output gate of the same width (Qwen3.5: q_proj -> 2 x heads x d).
     gated_query: bool = False
-    # "dense" (3-matrix gated MLP), "moe" (active experts + shared expert) or "lfm2" (dense, LFM2's sizing).
+    # "dense" (3-matrix gated MLP), "moe" (router + active experts + shared experts) or "lfm2" (dense, LFM2's sizing).
     mlp: str = "dense"
+    # MoE: the config key of the number of routed experts (the router's width), and the shared experts: "gated"
+    # (Qwen3.5-MoE: one of shared_expert_intermediate_size, scaled by a 1-wide sigmoid gate), "per_expert" (GLM-4.5V:
+    # n_shared_experts x moe_intermediate_size wide) or None. Which layers are sparse is the config's
+    # (first_k_dense_replace, mlp_only_layers, decoder_sparse_step; text_layers.sparse_layer).
+    experts_key: str = "num_experts"
+    shared_experts: str | None = None
 
 
 TEXT_MODELS: dict[str, TextModel] = {
@@ -27,7 +33,9 @@ TEXT_MODELS: dict[str, TextModel] = {
     "gemma": TextModel(), "qwen3": TextModel(), "qwen3_vl_text": TextModel(), "glm4v_text": TextModel(),
     "cohere2": TextModel(), "granite4_vision_text": TextModel(),
     "qwen3_5_text": TextModel(gated_query=True),
-    "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
+    "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe", shared_experts="gated"),
+    "qwen3_vl_moe_text": TextModel(mlp="moe"),
+    "glm4v_moe_text": TextModel(mlp="moe", experts_key="n_routed_experts", shared_experts="per_expert"),
     "lfm2": TextModel(mlp="lfm2"),
 }
 

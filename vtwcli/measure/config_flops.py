@@ -25,10 +25,12 @@ import inspect
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from vtwcli.defaults import DEFAULT_VIDEO_FRAMES
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.flops import PromptCounts, _counter, _model_dtype
+from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype
 
 __all__ = ["COUNTER_CONFIG", "vision_tokens_per_image", "count_flops_from_config"]
 
@@ -54,6 +56,35 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
 _debug_meta = False
 # Vision-tower modules (by attribute name) whose inputs are moved to meta: they derive tables from integer grids.
 _META_INPUT_MODULES = ("rotary_pos_emb", "rotary_emb", "rope", "embeddings")
+
+
+class _OnMeta(TorchFunctionMode):
+    """What a real device does and the meta device does not, while the config-only model runs:
+
+    * host-side float tables meet the weights on the device: a CPU floating-point tensor in an op with a meta
+      tensor goes to meta (e.g. Qwen3-VL's position-embedding interpolation weights, computed from the integer
+      grid). Integer and bool tensors stay where they are: their values may fix shapes;
+    * the MoE experts' grouped matmul runs in bfloat16 (torch's meta kernel accepts nothing else; FLOPs do
+      not depend on the dtype), its result cast back."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if any(t.is_meta for t in tensors) and any(_host_float(t) for t in tensors):
+            move = (lambda t: t.to("meta") if isinstance(t, torch.Tensor) and _host_float(t) else t)
+            args, kwargs = pytree.tree_map(move, (args, kwargs))
+        if func in _GROUPED_MM and tensors[0].is_meta and tensors[0].dtype != torch.bfloat16:
+            bf16 = (lambda t: t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
+            return func(*pytree.tree_map(bf16, args), **pytree.tree_map(bf16, kwargs)).to(tensors[0].dtype)
+        return func(*args, **kwargs)
+
+
+_GROUPED_MM = tuple(f for f in (getattr(torch, "_grouped_mm", None), getattr(torch.nn.functional, "grouped_mm", None))
+                    if f is not None)
+
+
+def _host_float(tensor: torch.Tensor) -> bool:
+    return not tensor.is_meta and tensor.is_floating_point() and tensor.dim() > 0
 
 
 def _to_meta(module, args, kwargs):
@@ -113,7 +144,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with counter:
+        with counter, _OnMeta():
             output = getattr(model.model, features)(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
@@ -160,7 +191,7 @@ def _cut(value, index: torch.Tensor, dim: int):
 
 @torch.no_grad()
 def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int | None) -> tuple[int, int, int, int]:
-    """(prefill language model, lm_head, decode step, cached tokens of the last layer) on meta."""
+    """(prefill language model, lm_head, decode step, cached tokens of the last layer with keys/values) on meta."""
     from transformers import DynamicCache
 
     from vtwcli.adapters import adapter_for
@@ -202,7 +233,7 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     cache = DynamicCache(config=text_config)
     try:
         counter = _counter()
-        with counter:
+        with counter, _OnMeta():
             hidden = language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
         prefill = int(counter.get_total_flops())
     finally:
@@ -212,10 +243,10 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     with counter:
         model.lm_head(hidden[:, -1:])
     head = int(counter.get_total_flops())
-    context = int(cache.get_seq_length(len(layers) - 1))
+    context = int(cache.get_seq_length(_last_cached_layer(cache)))
     position = torch.full((1, 1), total, dtype=torch.long, device="meta")
     counter = _counter()
-    with counter:
+    with counter, _OnMeta():
         step = language_model(inputs_embeds=embeds[:, :1], cache=cache, use_cache=True,
                               position_ids=position).last_hidden_state
         model.lm_head(step)

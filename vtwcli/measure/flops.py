@@ -208,9 +208,9 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     types = config_layer_types(text, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = mm_flops(1, hidden, vocab)
-    full_lm = sum(decoder_layer_flops(text, kind, n, n) for kind in types)
-    withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n) if i < layer else decoder_layer_flops(text, kind, kept, kept)
-                       for i, kind in enumerate(types))
+    full_lm = sum(decoder_layer_flops(text, kind, n, n, i) for i, kind in enumerate(types))
+    withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n, i) if i < layer else
+                       decoder_layer_flops(text, kind, kept, kept, i) for i, kind in enumerate(types))
     baseline = {"language_model": full_lm, "lm_head": lm_head}
     withdrawn = {"language_model": withdrawn_lm, "lm_head": lm_head}
     if vision:
@@ -220,7 +220,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     windows = _sliding_windows(config.text_config, num_layers)
 
     def decode_step(context_of_layer) -> int:  # one new token against each layer's cached context
-        return sum(decoder_layer_flops(text, types[i], 1, _decode_keys(context_of_layer(i), windows[i]))
+        return sum(decoder_layer_flops(text, types[i], 1, _decode_keys(context_of_layer(i), windows[i]), i)
                    for i in range(num_layers)) + lm_head
 
     decode_kept = kept if layer < num_layers else n

@@ -17,7 +17,8 @@ Token mixers, by the config's layer type:
   of ``conv_L_cache`` taps, the output projection.
 
 MLPs: a 3-matrix gated MLP, or a mixture of experts counted on the ACTIVE experts only (the router, the
-``num_experts_per_tok`` routed experts and the shared expert with its gate, per token), as the model runs it.
+``num_experts_per_tok`` routed experts and the shared experts, with their gate where there is one, per token),
+as the model runs it; a MoE model's dense layers (``sparse_layer``) have the 3-matrix MLP.
 
 Which mixer and MLP a text model has is a per-model fact, kept in the adapters layer
 (``vtwcli.adapters.model_types.TEXT_MODELS``, keyed by the text config's ``model_type``).
@@ -28,7 +29,8 @@ from __future__ import annotations
 from vtwcli.adapters.model_types import TEXT_MODELS, TextModel, text_model_of
 
 # TEXT_MODELS, TextModel, text_model_of: re-exported from the adapters layer, where the facts live
-__all__ = ["TEXT_MODELS", "TextModel", "decoder_layer_flops", "mlp_intermediate_size", "mm_flops", "text_model_of"]
+__all__ = ["TEXT_MODELS", "TextModel", "decoder_layer_flops", "mlp_intermediate_size", "mm_flops", "sparse_layer",
+           "text_model_of"]
 
 
 def mm_flops(m: int, k: int, n: int) -> int:
@@ -76,18 +78,31 @@ def mlp_intermediate_size(text) -> int:
     return size
 
 
-def _mlp(text, queries: int, kind: str) -> int:
+def sparse_layer(text, index: int) -> bool:
+    """Whether decoder layer ``index`` of a MoE text model has the experts (else a dense MLP of
+    ``intermediate_size``): GLM-4.5V's first ``first_k_dense_replace`` layers and Qwen3-VL-MoE's
+    ``mlp_only_layers`` are dense, and with ``decoder_sparse_step`` s only every s-th layer is sparse."""
+    return index >= (getattr(text, "first_k_dense_replace", None) or 0) and \
+        index not in (getattr(text, "mlp_only_layers", None) or ()) and \
+        (index + 1) % (getattr(text, "decoder_sparse_step", None) or 1) == 0
+
+
+def _mlp(text, queries: int, spec: TextModel, index: int) -> int:
     hidden = text.hidden_size
-    if kind == "moe":
-        router = mm_flops(queries, hidden, text.num_experts)
+    if spec.mlp == "moe" and sparse_layer(text, index):
+        router = mm_flops(queries, hidden, getattr(text, spec.experts_key))
         routed = text.num_experts_per_tok * 3 * mm_flops(queries, hidden, text.moe_intermediate_size)
-        shared = 3 * mm_flops(queries, hidden, text.shared_expert_intermediate_size) + mm_flops(queries, hidden, 1)
+        shared = 0
+        if spec.shared_experts == "gated":
+            shared = 3 * mm_flops(queries, hidden, text.shared_expert_intermediate_size) + mm_flops(queries, hidden, 1)
+        elif spec.shared_experts == "per_expert":
+            shared = text.n_shared_experts * 3 * mm_flops(queries, hidden, text.moe_intermediate_size)
         return router + routed + shared
     return 3 * mm_flops(queries, hidden, mlp_intermediate_size(text))
 
 
-def decoder_layer_flops(text, layer_type: str, queries: int, keys: int) -> int:
-    """One decoder layer of type ``layer_type`` on ``queries`` new tokens attending over ``keys`` keys
+def decoder_layer_flops(text, layer_type: str, queries: int, keys: int, index: int) -> int:
+    """Decoder layer ``index`` (of type ``layer_type``) on ``queries`` new tokens attending over ``keys`` keys
     (ignored by conv / recurrent layers, whose cost per token does not depend on the context)."""
     spec = text_model_of(text)
     if spec is None:
@@ -98,4 +113,4 @@ def decoder_layer_flops(text, layer_type: str, queries: int, keys: int) -> int:
         mixer = _short_conv(text, queries)
     else:
         mixer = _attention(text, queries, keys, spec.gated_query)
-    return mixer + _mlp(text, queries, spec.mlp)
+    return mixer + _mlp(text, queries, spec, index)
