@@ -22,6 +22,8 @@ import inspect
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
 
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.measure.flops import PromptCounts, _counter, _model_dtype
@@ -48,13 +50,6 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
 
 
 _debug_meta = False
-# Vision-tower modules (by attribute name) whose inputs are moved to meta: they derive tables from integer grids.
-_META_INPUT_MODULES = ("rotary_pos_emb", "rotary_emb", "rope", "embeddings")
-
-
-def _to_meta(module, args, kwargs):
-    move = (lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v)
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
 
 def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, height: int, seed: int) -> dict:
@@ -68,10 +63,42 @@ def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, he
         raise VtwError(f"the image processor rejected {images} image(s) of {width}x{height}: {error}") from None
     accepted = inspect.signature(model.model.get_image_features).parameters
     dtype = _model_dtype(model)
-    # Pixels (and pixel masks) go to meta; integer grids and sizes stay the values they are.
-    return {key: (value.to("meta", dtype=dtype) if value.is_floating_point() else
-                  value.to("meta") if value.dtype == torch.bool else value)
+    # Real CPU tensors (pixels in the model's dtype): what the model reads of their values (grids, sizes, masks,
+    # padding checks) is what the loaded model reads; they go to meta where they meet the weights (_MetaAtWeights).
+    return {key: (value.to(dtype) if value.is_floating_point() else value)
             for key, value in out.items() if key in accepted and isinstance(value, torch.Tensor)}
+
+
+_META = torch.device("meta")
+_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+             torch.ops.aten._unsafe_index.Tensor)
+
+
+class _MetaAtWeights(TorchDispatchMode):
+    """Real where the values come from the inputs, meta where they come from the weights: an op that mixes real
+    and meta tensors runs on meta, with a real boolean index turned into the positions it selects (so a mask
+    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if func is torch.ops.aten._to_copy.default and not tensors[0].is_meta and kwargs.get("device") == _META:
+            return func(*args, **{**kwargs, "device": tensors[0].device})  # a real value stays real
+        if any(t.is_meta for t in tensors) and not all(t.is_meta for t in tensors):
+            if func in _INDEXING:
+                args = (args[0], [i for index in args[1] for i in _positions(index)], *args[2:])
+            args, kwargs = tree_map(_meta, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _positions(index) -> list:
+    if isinstance(index, torch.Tensor) and index.dtype == torch.bool and not index.is_meta:
+        return list(index.nonzero().unbind(1))
+    return [index]
+
+
+def _meta(value):
+    return value.to("meta") if isinstance(value, torch.Tensor) and not value.is_meta else value
 
 
 def _feature_rows(features, width: int) -> int:
@@ -83,16 +110,9 @@ def _feature_rows(features, width: int) -> int:
 @torch.no_grad()
 def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
     """{vision_tower, projector} of one get_image_features call on meta; its feature count checked."""
-    import torch.fx.experimental._config as fx_config
-
     from vtwcli.adapters import adapter_for
 
-    # Rotary tables and patch position ids computed from integer grids or masks: their inputs go to meta too
-    # (the values do not matter for FLOPs; the grids' integers stay real where shapes depend on them).
-    hooks = [module.register_forward_pre_hook(_to_meta, with_kwargs=True) for name, module in model.named_modules()
-             if name.rsplit(".", 1)[-1] in _META_INPUT_MODULES]
-    previous = fx_config.meta_nonzero_assume_all_nonzero
-    fx_config.meta_nonzero_assume_all_nonzero = True  # every synthetic image is a real one (Idefics3's check)
+    hooks = []
     counter = _counter()
     components = {name: paths for name, paths in adapter_for(model).flops_components.items()
                   if name in ("vision_tower", "projector")}
@@ -102,7 +122,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with counter:
+        with counter, _MetaAtWeights():
             output = model.model.get_image_features(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
@@ -110,7 +130,6 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
         raise UnsupportedError(f"{type(model).__name__}: the vision tower does not run on the meta device "
                                f"({type(error).__name__}); drop --flops-only to count on the loaded model") from None
     finally:
-        fx_config.meta_nonzero_assume_all_nonzero = previous
         for hook in hooks:
             hook.remove()
     features = getattr(output, "pooler_output", output)
