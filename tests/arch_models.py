@@ -396,6 +396,8 @@ class FeatureCountInputs(ShimProcessor):
     """Inputs for families whose processor needs torchvision (a video processor): the image processor's
     pixels, and each placeholder expanded to as many tokens as the model makes features for it."""
 
+    image_kwargs: dict = {}  # what the real processor hands its image processor on each call
+
     def __init__(self, image_processor, tokenizer, build_model, image_token: str, video_token: str | None = None,
                  wrap: Callable[[str, int], str] | None = None, chat_template: str = ""):
         self.image_processor, self.tokenizer, self.chat_template = image_processor, tokenizer, chat_template
@@ -408,7 +410,8 @@ class FeatureCountInputs(ShimProcessor):
         out, texts = {}, list(text)
         flat = [img for row in images or [] for img in row]
         if flat:
-            vision = dict(self.image_processor(images=[list(row) for row in images], return_tensors="pt"))
+            vision = dict(self.image_processor(images=[list(row) for row in images], return_tensors="pt",
+                                               **self.image_kwargs))
             vision.pop("num_patches", None)
             out.update(vision)
             counts = iter(self._image_counts(vision))
@@ -479,14 +482,18 @@ def tiny_mistral3(num_layers=4, attn="sdpa", seed=0):
 
 
 class PixtralInputs(FeatureCountInputs):
-    """What PixtralProcessor does (it needs torchvision): per image, rows of [IMG] x width closed by
-    [IMG_BREAK], the last row closed by [IMG_END]; width/height in merged patches of the resized image."""
+    """What PixtralProcessor does (it needs torchvision): the image processor resizes each side to a multiple of
+    patch size x spatial merge; per image, rows of [IMG] x width closed by [IMG_BREAK], the last row closed by
+    [IMG_END]; width/height in merged patches of the resized image."""
+
+    unit = 4 * 2  # patch size x spatial merge
+    image_kwargs = {"patch_size": {"height": unit, "width": unit}}
 
     def __call__(self, text, images=None, **kwargs):
         flat = [img for row in images or [] for img in row]
-        sizes = iter(self.image_processor(images=[list(row) for row in images], return_tensors="pt")["image_sizes"].tolist()
-                     if flat else [])
-        unit = 4 * 2  # patch size x spatial merge
+        sizes = iter(self.image_processor(images=[list(row) for row in images], return_tensors="pt",
+                                          **self.image_kwargs)["image_sizes"].tolist() if flat else [])
+        unit = self.unit
 
         def layout(token, count):
             height, width = next(sizes)

@@ -134,6 +134,9 @@ class Adapter:
     # from preprocessor_config.json, width, height) -> int, a rule of vtwcli/vision_tokens.py. With it,
     # `vtw profile --flops-only --image-size WxH` counts this family from its config on the meta device.
     image_tokens: Callable[..., int] | None = None
+    # What the family's processor hands its image processor on every call, from the config (PixtralProcessor:
+    # patch_size x spatial_merge_size): the rule and the config-only count see the image processor with it.
+    image_processor_kwargs: Callable[[object], dict] | None = None
     # Vision features injected inside the decoder (DeepStack), or None.
     deepstack: DeepStack | None = None
     # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one

@@ -4,13 +4,15 @@ Nothing but the config files is needed: ``config.json`` (the model, built on the
 any size) and ``preprocessor_config.json`` (the image processor: how an image of W x H is resized / tiled).
 
 * Vision tokens per image: the adapter's rule (``Adapter.image_tokens``, vtwcli/vision_tokens.py).
-* Vision tower + projector: the model's own ``get_image_features`` on the meta device, fed what the image
-  processor makes of seeded random images of W x H (pixels moved to meta, grids and sizes kept as the
-  integers they are); the features it returns must number what the rule says.
-* Language model + lm_head: the language model's own forward on meta ``inputs_embeds`` of text + vision
-  tokens; withdrawn: pre-hooks hand layers >= K the kept positions only (hidden states, rotary tables and
-  position ids cut at the text positions), as the definition of VTW says; then one decode step against the
-  prefill's cache (whose layers >= K hold the kept tokens only).
+* Vision tower + projector: the model's own ``get_image_features``, fed what the image processor makes of
+  seeded random images of W x H as real CPU tensors: what the model computes from them alone (grids, masks,
+  padding checks, pooling maps) stays real, what touches a weight runs on the meta device (``_MetaAtWeights``);
+  the features it returns must number what the rule says.
+* Language model + lm_head: the language model's own forward on meta token ids of text + vision positions
+  (embedding lookups cost no FLOPs); withdrawn: pre-hooks hand layers >= K the kept positions only (hidden
+  states, per-position layer arguments, rotary tables and position ids cut at the text positions), as the
+  definition of VTW says; then one decode step against the prefill's cache (whose layers >= K hold the kept
+  tokens only).
 
 Same keys as :func:`vtwcli.measure.flops.count_flops`; the test suite checks the figures against
 ``count_flops`` on the loaded tiny model of the same config (real hooks, real processor prompt).
@@ -18,6 +20,7 @@ Same keys as :func:`vtwcli.measure.flops.count_flops`; the test suite checks the
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -26,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.flops import PromptCounts, _counter, _model_dtype
+from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype, _parameters_frozen
 
 __all__ = ["COUNTER_CONFIG", "vision_tokens_per_image", "count_flops_from_config"]
 
@@ -43,10 +46,21 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
         raise UnsupportedError(f"config-only FLOPs (--flops-only) of {adapter.family} need its vision-token rule "
                                "(Adapter.image_tokens); drop --flops-only to count on the loaded model")
     try:
-        return int(adapter.image_tokens(model.config, image_processor, width, height, images))
+        return int(adapter.image_tokens(model.config, _as_called(adapter, model.config, image_processor), width, height,
+                                        images))
     except ValueError as error:  # the image processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
         raise VtwError(f"--image-size {width}x{height}: the image processor rejects it ({error}); use a less "
                        "extreme size") from None
+
+
+def _as_called(adapter, config, image_processor):
+    """The image processor as the family's processor calls it (``Adapter.image_processor_kwargs``; a copy)."""
+    if adapter.image_processor_kwargs is None:
+        return image_processor
+    image_processor = copy.copy(image_processor)
+    for key, value in adapter.image_processor_kwargs(config).items():
+        setattr(image_processor, key, value)
+    return image_processor
 
 
 _debug_meta = False
@@ -122,7 +136,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with counter, _MetaAtWeights():
+        with _parameters_frozen(model), counter, _MetaAtWeights():
             output = model.model.get_image_features(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
@@ -178,40 +192,34 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     layers = adapter.decoder_layers(model)
     language_model = language_model_of(model, layers)
     text_config = adapter.text_config(model.config)
-    dtype = _model_dtype(model)
-    embeds = torch.empty(1, total, text_config.hidden_size, device="meta", dtype=dtype)
+    ids = torch.zeros(1, total, dtype=torch.long, device="meta")  # token ids: what every language model takes
+    # count_flops asks the model for the last position's logits only; a language model that takes the request
+    # itself (Gemma 4: its KV-shared layers then run the last query only) gets it here too
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(language_model.forward).parameters else {}
     hooks = []
     if layer is not None:
-        def cut(module, args, kwargs):
+        def cut(module, args, kwargs):  # layer K cuts the hidden states; layers > K receive them cut already
             kwargs = dict(kwargs)
-            hidden = args[0] if args else kwargs.pop("hidden_states")
+            args = list(args) if args else [kwargs.pop("hidden_states")]
             if module is layers[layer]:
-                hidden = hidden.index_select(1, kept)
-            if kwargs.get("position_embeddings") is not None:
-                kwargs["position_embeddings"] = _cut(kwargs["position_embeddings"], kept,
-                                                     adapter.position_embeddings_seq_dim)
-            if kwargs.get("position_ids") is not None:
-                kwargs["position_ids"] = _cut(kwargs["position_ids"], kept, adapter.position_ids_seq_dim)
-            kwargs["attention_mask"] = None  # causal over the kept tokens; FLOPs are charged on the full grid
-            return (hidden, *args[1:]), kwargs
-
-        def carry(module, args, kwargs):  # layers > K receive the kept hidden states already
-            kwargs = dict(kwargs)
+                args[0] = args[0].index_select(1, kept)
+            for index in adapter.per_position_layer_args:  # e.g. Gemma 4's per-layer inputs, sliced likewise
+                if index < len(args) and _seq_len(args[index], 1) == total:
+                    args[index] = _cut(args[index], kept, 1)
             for key, dim in (("position_embeddings", adapter.position_embeddings_seq_dim),
                              ("position_ids", adapter.position_ids_seq_dim)):
                 value = kwargs.get(key)
                 if value is not None and _seq_len(value, dim) == total:
                     kwargs[key] = _cut(value, kept, dim)
-            kwargs["attention_mask"] = None
-            return args, kwargs
+            kwargs["attention_mask"] = None  # causal over the kept tokens; FLOPs are charged on the full grid
+            return tuple(args), kwargs
 
-        hooks.append(layers[layer].register_forward_pre_hook(cut, with_kwargs=True))
-        hooks += [later.register_forward_pre_hook(carry, with_kwargs=True) for later in layers[layer + 1:]]
+        hooks += [later.register_forward_pre_hook(cut, with_kwargs=True) for later in layers[layer:]]
     cache = DynamicCache(config=text_config)
     try:
         counter = _counter()
         with counter:
-            hidden = language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+            hidden = language_model(input_ids=ids, cache=cache, use_cache=True, **last).last_hidden_state
         prefill = int(counter.get_total_flops())
     finally:
         for hook in hooks:
@@ -220,11 +228,11 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     with counter:
         model.lm_head(hidden[:, -1:])
     head = int(counter.get_total_flops())
-    context = int(cache.get_seq_length(len(layers) - 1))
+    context = int(cache.get_seq_length(_last_cached_layer(cache)))
     position = torch.full((1, 1), total, dtype=torch.long, device="meta")
     counter = _counter()
     with counter:
-        step = language_model(inputs_embeds=embeds[:, :1], cache=cache, use_cache=True,
+        step = language_model(input_ids=ids[:, :1], cache=cache, use_cache=True,
                               position_ids=position).last_hidden_state
         model.lm_head(step)
     return prefill, head, int(counter.get_total_flops()), context
@@ -243,18 +251,21 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     """Counted FLOPs (the keys of ``count_flops``) of a prompt of ``images`` images of ``image_size`` (W, H)
     and ``text_tokens`` text tokens, from the config alone; and the prompt's token counts."""
     from vtwcli.adapters import adapter_for
-    from vtwcli.withdrawal import num_decoder_layers
+    from vtwcli.withdrawal import check_exact, num_decoder_layers
 
+    adapter = adapter_for(model)
+    check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
     if images < 1:
         raise VtwError(f"--images {images}: the prompt needs at least 1 image")
     if text_tokens < 1:
         raise VtwError(f"--text-tokens {text_tokens}: the prompt needs at least 1 text token (withdrawal keeps only "
                        "text tokens)")
     width, height = image_size
+    image_processor = _as_called(adapter, model.config, image_processor)
     per_image = vision_tokens_per_image(model, image_processor, width, height, images)
     vision = images * per_image
     total = vision + text_tokens
-    adapter_for(model).check_prompt_fits(model.config, total)  # before tensors of that length are built
+    adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
     before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the images
     kept = torch.cat([torch.arange(before), torch.arange(before + vision, total)]).to("meta")
     tower = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), vision)
