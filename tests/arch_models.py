@@ -1152,17 +1152,19 @@ GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replac
     .replace("<end_of_turn>", "<turn|>").replace("{% else %}", "{% elif item['type'] == 'video' %}<|video|>{% else %}")
 
 
-def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
+def tiny_gemma4(num_layers=4, attn="sdpa", seed=0, **text_overrides):
     """Layers S S F .. F (every third full, the last full); the last layer reuses the keys/values of the last
-    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only."""
+    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only.
+    ``text_overrides``: other Gemma4TextConfig values (e.g. global_head_dim, attention_k_eq_v)."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
 
     types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
     types[-1] = "full_attention"
-    text = Gemma4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8, layer_types=types,
-                                    sliding_window=GEMMA_WINDOW, hidden_size_per_layer_input=8,
-                                    vocab_size_per_layer_input=VOCAB, num_kv_shared_layers=1,
-                                    use_bidirectional_attention="vision"))
+    text = Gemma4TextConfig(**_text(**{**dict(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8,
+                                              layer_types=types, sliding_window=GEMMA_WINDOW,
+                                              hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB,
+                                              num_kv_shared_layers=1, use_bidirectional_attention="vision"),
+                                       **text_overrides}))
     vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                                 num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=2,
                                 position_embedding_size=64)

@@ -18,6 +18,13 @@ class TextModel:
     gated_query: bool = False
     # "dense" (3-matrix gated MLP), "moe" (active experts + shared expert) or "lfm2" (dense, LFM2's sizing).
     mlp: str = "dense"
+    # KV sharing (the config's `kv_sharing_modes`): a "reuse" layer attends with another layer's keys/values (no k/v
+    # projections, a double-wide MLP where `use_double_wide_mlp`) and, in a prefill asked for the last logits only,
+    # runs the last query only; full layers with `attention_k_eq_v` project keys only (values = keys).
+    kv_sharing: bool = False
+    # Per-layer inputs (PLE, `hidden_size_per_layer_input`): the embeddings projected once to layers x that width,
+    # and per layer a gate to it and a projection back.
+    per_layer_inputs: bool = False
 
 
 TEXT_MODELS: dict[str, TextModel] = {
@@ -29,6 +36,7 @@ TEXT_MODELS: dict[str, TextModel] = {
     "qwen3_5_text": TextModel(gated_query=True),
     "qwen3_5_moe_text": TextModel(gated_query=True, mlp="moe"),
     "lfm2": TextModel(mlp="lfm2"),
+    "gemma4_text": TextModel(kv_sharing=True, per_layer_inputs=True),
 }
 
 
