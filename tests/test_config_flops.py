@@ -184,3 +184,20 @@ def test_committed_7b_and_27b_profiles_match_their_shapes(name, patches_per_side
         assert flops["analytic"][variant]["language_model"] == flops[variant]["language_model"]
     assert flops["withdrawn"]["vision_tower"] == flops["baseline"]["vision_tower"] > 0
     assert flops["reduction"] > 0.25
+
+
+def test_committed_mistral_small_profile_matches_its_shapes():
+    """The committed config-only Mistral-Small-3.1-24B profile: one 1540 px image is (1540 / (14 x 2))^2 merged
+    patches (the longest edge Pixtral accepts, in 14 px patches merged 2x2), 40 layers withdrawn at 20; the counted
+    language model equals the closed form (CI re-counts it: .ci/regression)."""
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles" / "mistral-small-3.1-24b-flops.yaml").read_text())
+    flops = profile["flops"]
+    assert flops["tokens"] == {"vision": (1540 // (14 * 2)) ** 2, "text": 64, "images": 1}
+    assert (profile["model"]["num_layers"], profile["withdrawal"]["layer"]) == (40, 20)
+    for variant in ("baseline", "withdrawn"):
+        assert flops["analytic"][variant]["language_model"] == flops[variant]["language_model"]
+        assert flops["analytic"]["decode_per_token"][variant] == flops["decode_per_token"][variant]
+    assert flops["withdrawn"]["vision_tower"] == flops["baseline"]["vision_tower"] > 0
+    assert flops["decode_per_token"]["context_tokens"] == {"baseline": 3025 + 64, "withdrawn": 64}
