@@ -342,7 +342,12 @@ def tiny_gemma3(num_layers=4, attn="sdpa", seed=0):
                           boi_token_index=GEMMA_BOI, eoi_token_index=GEMMA_EOI)
     config._attn_implementation = attn
     torch.manual_seed(seed)
-    return _finish(Gemma3ForConditionalGeneration(config), [GEMMA_IMAGE, GEMMA_BOI, GEMMA_EOI])
+    model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the image projection to zeros: random ones, so image features are not all zero
+    # (else every check that image content reaches the text would pass vacuously)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
+    return _finish(model, [GEMMA_IMAGE, GEMMA_BOI, GEMMA_EOI])
 
 
 def gemma3_processor():

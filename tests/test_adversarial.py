@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from profile_fixtures import example_profile
 from test_errors import PHOTO, model_dir, one_line_error, run_cli, write_jsonl  # noqa: F401 (model_dir: a fixture)
+from arch_models import HAS_TORCHVISION
 from tiny_models import save_tiny_llava, tiny_llava, tiny_processor
 
 from vtwcli.cli import _debug_first, main
@@ -681,4 +682,62 @@ def test_profile_min_runs_without_end(model_dir, tmp_path, capsys, no_model_load
                            "--min-runs", "99999999999999999999"], capsys)
     assert line == ("error: --min-runs 99999999999999999999: at most 10000 pairs; --ci-target and --max-time decide "
                     "how many more")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------- videos in config-only FLOPs (--videos, --frames)
+
+@pytest.mark.parametrize("frames, videos, message", [
+    ("0", "1", "--frames 0: use 1..2048 frames per video (each synthetic frame is held in memory)"),
+    ("2049", "1", "--frames 2049: use 1..2048 frames per video (each synthetic frame is held in memory)"),
+    ("8", "0", "--frames 8: the synthetic prompt has no video; add --videos N or drop --frames")])
+@pytest.mark.parametrize("flops_only", [True, False])
+def test_frames_out_of_range_or_without_videos(model_dir, tmp_path, capsys, no_model_load, frames, videos, message,
+                                               flops_only):
+    """--frames is checked with the other options, before any model or config loads."""
+    args = ["profile", "--model", model_dir, "--layer", "2", "--videos", videos, "--frames", frames,
+            "--output", str(tmp_path / "p.yaml")] + (["--flops-only"] if flops_only else [])
+    assert one_line_error(args, capsys) == f"error: {message}"
+    assert not list(tmp_path.iterdir())
+
+
+def test_flops_only_videos_without_a_video_rule(tmp_path, capsys):
+    """LLaVA-NeXT-Video takes video but has no config-only video-token rule (Adapter.video_tokens)."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES["llava_next_video"]
+    model = family.build(1, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only", "--videos", "1"],
+                          capsys)
+    assert line == ("error: --videos with --flops-only: LLaVA-NeXT-Video has no config-only video-token rule "
+                    "(Adapter.video_tokens) yet; drop --flops-only to count on the loaded model, or drop --videos")
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision imports here: the video processor can be built")
+def test_flops_only_videos_without_torchvision(tmp_path, capsys):
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG), "--videos", "1",
+                           "--output", str(tmp_path / "p.yaml")], capsys)
+    assert line.startswith("error: --videos with --flops-only: Qwen2-VL / Qwen2.5-VL's video processor (transformers) "
+                           "needs torchvision, which does not import here; install the torchvision that matches torch ")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processor needs torchvision, which does not import here")
+def test_flops_only_videos_without_processor_config(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text((QWEN_CONFIG / "config.json").read_text())
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(tmp_path / "m"), "--images", "0",
+                           "--videos", "1"], capsys)
+    assert line.startswith("error: --videos with --flops-only: Qwen2-VL / Qwen2.5-VL sizes its video tokens from the "
+                           "video processor, so it needs video_preprocessor_config.json (or preprocessor_config.json) "
+                           f"beside config.json in {tmp_path / 'm'} (")
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processor needs torchvision, which does not import here")
+def test_flops_only_video_size_the_processor_rejects(tmp_path, capsys):
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG), "--images", "0",
+                           "--videos", "1", "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
+    assert line.startswith("error: --image-size 1x8192: the video processor rejects it for frames (absolute aspect")
     assert not list(tmp_path.iterdir())

@@ -147,8 +147,9 @@ def test_larger_images_give_anyres_families_more_vision_tokens(saved, capsys):
 @pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
 @pytest.mark.parametrize("kinds", ["image", "video", "image,video"])
 def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, capsys):
-    """An image and a video in the prompt; --withdraw picks which are withdrawn. The KV cache of layers >= K
-    loses exactly the withdrawn kind's tokens, counted here from the ids of a plain processor call."""
+    """An image and a video of 5 frames (--frames) in the prompt; --withdraw picks which are withdrawn. The KV
+    cache of layers >= K loses exactly the withdrawn kind's tokens, counted here from the ids of a plain
+    processor call on a 5-frame video."""
     import numpy as np
     from PIL import Image
 
@@ -156,16 +157,17 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
 
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
-                                "--images", "1", "--videos", "1", "--image-size", "16x16", "--withdraw", kinds,
+                                "--images", "1", "--videos", "1", "--frames", "5", "--image-size", "16x16",
+                                "--withdraw", kinds,
                                 "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
                                 "--warmup", "0"], capsys)
     assert code == 0, err
     assert data["withdrawal"] == {"layer": K, "kinds": kinds.split(",")}
     tokens = data["flops"]["tokens"]
-    assert tokens["images"] == 1 and tokens["videos"] == 1
+    assert tokens["images"] == 1 and tokens["videos"] == 1 and tokens["frames"] == 5
     # an independent count of each kind's tokens in the same prompt
     processor = transformers.AutoProcessor.from_pretrained(directory)
-    frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
     ids = processor(text=[chat_prompt(processor, 1, "the", videos=1)], images=[[Image.new("RGB", (16, 16))]],
                     videos=[frames], return_tensors="pt")["input_ids"][0]
     per_kind = {"image": int((ids == config.image_token_id).sum()), "video": int((ids == config.video_token_id).sum())}

@@ -7,9 +7,10 @@ withdrawal hooks, on the processor's real prompt for an image of that size), and
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from arch_models import FAMILIES, image
+from arch_models import FAMILIES, HAS_TORCHVISION, image
 
 from vtwcli.measure.config_flops import count_flops_from_config
 from vtwcli.measure.flops import analytic_flops, count_flops, meta_model
@@ -201,3 +202,138 @@ def test_committed_mistral_small_profile_matches_its_shapes():
         assert flops["analytic"]["decode_per_token"][variant] == flops["decode_per_token"][variant]
     assert flops["withdrawn"]["vision_tower"] == flops["baseline"]["vision_tower"] > 0
     assert flops["decode_per_token"]["context_tokens"] == {"baseline": 3025 + 64, "withdrawn": 64}
+
+
+# ------------------------------------------------------------------------------------------------------ videos
+# The real video processors of transformers need torchvision (.ci/real-processors runs these); here without it,
+# `--flops-only --videos` is one line (tests/test_adversarial.py).
+needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processors of transformers need "
+                                       "torchvision, which does not import here")
+VIDEO_PROMPTS = {
+    "qwen2_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
+    "qwen2_5_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
+    "llava_onevision": ("<image>\n", "<video>\n")}
+# (images, videos, frames, W x H): odd frame counts for Qwen's temporal patch of 2 (the processor repeats the
+# last frame), a video alone, two videos beside an image
+VIDEO_CASES = [(1, 1, 3, (100, 37)), (0, 1, 4, (48, 48)), (1, 2, 5, (24, 40)), (0, 2, 1, (64, 30))]
+
+
+def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> list:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8) for _ in range(videos)]
+
+
+def video_prompt(name, processor, images, videos, frames, width, height):
+    image_tag, video_tag = VIDEO_PROMPTS[name]
+    text = image_tag * images + video_tag * videos + "what color is this ?"
+    media = {"images": [[image(width, height, i) for i in range(images)]]} if images else {}
+    return dict(processor(text=[text], videos=clips(videos, frames, width, height), return_tensors="pt", **media))
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name", list(VIDEO_PROMPTS))
+@pytest.mark.parametrize("images, videos, frames, size", VIDEO_CASES)
+def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_form(name, images, videos, frames, size):
+    """Videos of F frames of W x H (with or without images): the config-only count equals count_flops on the loaded
+    tiny model of the same config, on the real processor's prompt, per component; withdrawing only the images
+    keeps the video tokens (and vice versa); the language model and lm_head equal the closed form."""
+    family = FAMILIES[name]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    width, height = size
+    inputs = video_prompt(name, processor, images, videos, frames, width, height)
+    ids = inputs["input_ids"][0]
+    inserted = {kind: int((ids == getattr(model.config, f"{kind}_token_id")).sum()) for kind in ("image", "video")}
+    assert inserted["video"] > 0 and (inserted["image"] > 0) == (images > 0)
+    meta = meta_model(model.config)
+    for layer, kinds in ((1, None), (3, None), (2, ("image",)), (2, ("video",))):
+        if kinds is not None and not images:
+            continue
+        expected = count_flops(model, inputs, layer, kinds=kinds)
+        got, counts = count_flops_from_config(meta, processor.image_processor if images else None, layer=layer,
+                                              images=images, image_size=size, videos=videos, frames=frames,
+                                              video_processor=processor.video_processor, kinds=kinds,
+                                              text_tokens=len(ids) - sum(inserted.values()))
+        withdrawn = sum(inserted[kind] for kind in kinds or ("image", "video"))
+        assert (counts.vision_tokens, counts.total, counts.frames) == (withdrawn, len(ids), frames)
+        assert got == expected
+        closed = analytic_flops(model.config, counts, layer, vision=False)
+        for variant in ("baseline", "withdrawn"):
+            assert closed[variant]["language_model"] == got[variant]["language_model"]
+            assert closed[variant]["lm_head"] == got[variant]["lm_head"]
+            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+
+
+@needs_torchvision
+@pytest.mark.parametrize("cap", [False, True])
+def test_qwen_video_rule_is_what_the_video_processor_makes(cap):
+    """Tokens of one video by the rule (vision_tokens.merged_video_patches) = the real video processor's grid / 2^2
+    over sizes and frame counts, with and without the per-frame pixel cap (a budget small enough to bind)."""
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from vtwcli.vision_tokens import merged_video_patches
+
+    config = FAMILIES["qwen2_vl"].build(1, "sdpa", 0).config
+    videos = Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2, cap_pixels_per_frame=cap,
+                                   max_video_tokens=30, size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    capped = 0
+    for frames in (1, 2, 3, 8):
+        for width, height in ((100, 37), (32, 32), (300, 200), (9, 90)):
+            grid = videos(videos=clips(1, frames, width, height), return_tensors="pt")["video_grid_thw"][0]
+            uncapped = videos.get_num_of_video_patches(frames, height, width, {}) // 4
+            assert merged_video_patches(config, videos, frames, width, height) == int(grid.prod()) // 4
+            capped += int(grid.prod()) // 4 < uncapped
+    assert (capped > 0) == cap
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision"])
+def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name, tmp_path, capsys):
+    """config.json + the processor config files, no weights, no tokenizer: `vtw profile --flops-only --videos 2
+    --frames 3` counts what the loaded model of that config counts on the real processor's prompt."""
+    import json
+
+    family = FAMILIES[name]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    processor = family.processor()
+    processor.image_processor.save_pretrained(tmp_path)
+    processor.video_processor.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "preprocessor_config.json",
+                                                         "video_preprocessor_config.json"]
+    width, height = 100, 37
+    inputs = video_prompt(name, processor, 1, 2, 3, width, height)
+    vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
+    text = inputs["input_ids"].shape[1] - vision
+    code, out, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1", "--image-size",
+                              f"{width}x{height}", "--text-tokens", str(text), "--videos", "2", "--frames", "3",
+                              "--json"], capsys)
+    assert code == 0, err
+    flops = json.loads(out)["flops"]
+    expected = count_flops(model, inputs, 1)
+    assert flops["tokens"] == {"vision": vision, "text": text, "images": 1, "videos": 2, "frames": 3}
+    for variant in ("baseline", "withdrawn"):
+        assert flops[variant] == expected[variant]
+        assert flops["decode_per_token"][variant] == expected["decode_per_token"][variant]
+
+
+@needs_torchvision
+def test_frames_reach_the_loaded_prompt_and_the_config_only_count_alike(tmp_path):
+    """`--frames` drives both paths: the loaded model's synthetic prompt (processor_prompt, the model's own
+    processor) and the config-only count give the same tokens and FLOPs for 1 image + 1 video of 5 frames."""
+    from arch_models import save_family
+
+    from vtwcli.loading import load_config, load_model
+    from vtwcli.profiling import run_flops_only, run_profile
+
+    directory, shim = save_family(FAMILIES["qwen2_vl"], tmp_path / "m", num_layers=2)
+    assert shim is None
+    loaded = load_model(directory, device="cpu", dtype="float32")
+    options = dict(layer=1, text_tokens=24, images=1, videos=1, frames=5, image_size=(60, 44))
+    measured = run_profile(loaded, flops_only=True, **options)["flops"]
+    counted = run_flops_only(load_config(directory), source=directory, **options)["flops"]
+    assert measured["tokens"] == counted["tokens"] and measured["tokens"]["frames"] == 5
+    for key in ("baseline", "withdrawn", "decode_per_token"):
+        assert measured[key] == counted[key]

@@ -328,7 +328,7 @@ def test_flops_only_without_preprocessor_config(next_dir, tmp_path, capsys):
 
 def test_flops_only_with_videos(next_dir, capsys):
     line = one_line_error(["profile", "--model", next_dir, "--layer", "1", "--flops-only", "--videos", "1"], capsys)
-    assert "--videos needs the model's video processor; drop --flops-only" in line
+    assert line == "error: --videos 1: LLaVA-NeXT takes no video input; drop --videos"
 
 
 def test_flops_only_withdrawing_video_only(tmp_path, capsys):
@@ -340,7 +340,8 @@ def test_flops_only_withdrawing_video_only(tmp_path, capsys):
     model.config.save_pretrained(tmp_path)
     line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only", "--withdraw", "video"],
                           capsys)
-    assert "--withdraw video with --flops-only: config-only counting covers image prompts" in line
+    assert line == ("error: --withdraw video: the synthetic prompt has no video (--videos 0), so nothing would be "
+                    "withdrawn; add --videos N or change --withdraw")
 
 
 def test_image_tokens_with_flops_only_on_a_sized_family(next_dir, capsys):
@@ -711,7 +712,8 @@ def test_verify_not_exact(model_dir, capsys, monkeypatch):
     monkeypatch.setattr(adapters, "ADAPTERS", tuple(wrong if a is entry else a for a in adapters.ADAPTERS))
     line = one_line_error(verify_args(model_dir, "--layer", "2"), capsys, code=1)
     assert line.startswith("error: withdrawal is not exact on this model: vision tokens: ")
-    assert "mark 0 tokens, the model put vision features at 16 positions" in line
+    assert ("the model put per-image vision features at token id(s) [3] (16 positions), which the adapter's vision "
+            "token ids [0] leave out (they mark 0 tokens)") in line
 
 
 def test_verify_layer_out_of_range(model_dir, capsys):

@@ -41,15 +41,8 @@ def photos():
 
 # ----------------------------------------------------------------------------------------------- verify
 
-# Families whose kept tokens also get embeddings from the vision side, which the vision-token check reads as
-# vision features (it compares the language model's input with the token embeddings): a known limit of the check.
-KNOWN_LIMITS = {"ovis2": "Ovis2's kept visual indicator tokens take their embeddings from the visual table"}
-
-
 @pytest.mark.parametrize("name", ["llava"] + list(FAMILIES))
 def test_verify_passes_on_every_supported_family(name, photos):
-    if name in KNOWN_LIMITS:
-        pytest.xfail(KNOWN_LIMITS[name])
     if name == "llava":
         model, processor, ids = tiny_llava(LAYERS), tiny_processor(), lambda config: [config.image_token_id]
     else:
@@ -57,6 +50,8 @@ def test_verify_passes_on_every_supported_family(name, photos):
         model, processor, ids = family.build(LAYERS, "sdpa", 0), family.processor(), family.vision_ids
     result = verify(model, processor, photos, new_tokens=2)  # K = 1, 2, 3 where withdrawal can be exact
     assert result.passed, result.failure_message()
+    # every tiny model's image features reach layer 0, so the pixel test (not its fallback) located them
+    assert "no pixel change reaches layer 0" not in result.checks[0].detail
     adapter = adapters.adapter_for(model)
     exact = exact_layers(adapter, adapter.text_config(model.config), LAYERS)
     assert result.layers == [k for k in (1, 2, 3) if k in exact] and result.layers
@@ -147,6 +142,91 @@ def test_verify_fails_when_the_adapter_withdraws_too_much(monkeypatch, photos):
     failed = {c.name for c in result.failed}
     assert {"vision tokens", "removed at K=2", "reference at K=2"} <= failed
     assert "mark" in result.checks[0].detail
+
+
+def test_model_vision_tells_per_image_features_from_constant_vision_side_inputs(photos):
+    """The model's own vision positions, against the tests' family facts: Ovis2 puts inputs from its visual
+    table at <IMG_ATOM> (per-image features) and at the kept indicators (the same rows for any image); only
+    the atoms change with the pixels. LLaVA-NeXT's <image> slots include its constant image_newline ones:
+    the vision ids are per token id, so all of them are vision tokens. Gemma 3: all of its slots, by the
+    normal path (not the fallback for features that reach only deeper layers)."""
+    from arch_models import OVIS_ATOM, OVIS_INDICATORS
+
+    from vtwcli.model_vision import model_vision
+
+    for name, constant_ids in (("ovis2", set(OVIS_INDICATORS)), ("llava_next", set()), ("gemma3", set())):
+        family = FAMILIES[name]
+        model = family.build(LAYERS, "sdpa", 0)
+        batch = dict(make_batch(family.processor(), photos))
+        adapter = adapters.adapter_for(model)
+        located = model_vision(model, adapter.decoder_layers(model), batch, adapter.pixel_input_keys)
+        ids = batch["input_ids"]
+        image = torch.isin(ids, torch.tensor(family.vision_ids(model.config)))
+        assert located.ids == family.vision_ids(model.config)
+        assert not (located.content & ~image).any() and located.content.any(1).all()
+        assert not located.deep.any()
+        assert {int(i) for i in ids[located.inserted & ~image].tolist()} == constant_ids
+        if name == "ovis2":
+            assert family.vision_ids(model.config) == [OVIS_ATOM]
+            assert torch.equal(located.content, image)  # every atom carries this image's features
+        elif name == "llava_next":  # a learned newline after each row of features: on <image> slots, the same
+            assert (image & ~located.content).any()  # for any pixels
+        else:  # Gemma 3: every image slot carries features (its tiny model has a random, non-zero projection)
+            assert torch.equal(located.content, image)
+
+
+def test_verify_locates_features_that_reach_only_deeper_layers(photos):
+    """Granite 4 Vision zeroes its <image> placeholders and adds the features through DeepStack; with no injection
+    into layer 0 nothing at the first layer changes with the pixels, and the vision tokens are read off the
+    inserted (zeroed) inputs instead: verify still passes, and says so."""
+    from transformers import Granite4VisionForConditionalGeneration
+
+    from vtwcli.model_vision import model_vision
+
+    family = FAMILIES["granite4_vision"]
+    config = family.build(LAYERS, "sdpa", 0).config
+    config.deepstack_layer_map = [(1, 1), (2, 2)]  # vision layer -> LLM layer: none into layer 0
+    torch.manual_seed(0)
+    model = Granite4VisionForConditionalGeneration(config).eval()
+    processor = family.processor()
+    batch = dict(make_batch(processor, photos))
+    adapter = adapters.adapter_for(model)
+    located = model_vision(model, adapter.decoder_layers(model), batch, adapter.pixel_input_keys)
+    image = batch["input_ids"] == config.image_token_id
+    assert located.deep.all() and not located.content.any() and torch.equal(located.inserted, image)
+    result = verify(model, processor, photos, layers=[1, 3], new_tokens=1)
+    assert result.passed, result.failure_message()
+    assert "2 prompt(s) by the inserted inputs" in result.checks[0].detail
+
+
+@pytest.mark.parametrize("breakage", ["indicators withdrawn too", "an indicator as the image id"])
+def test_verify_fails_on_ovis2_with_a_broken_adapter(breakage, tmp_path, monkeypatch, capsys):
+    """Ovis2's indicators take inputs from the vision side but are kept markers: an adapter that withdraws them
+    (with the atoms, or instead of them) fails verify, exit 1, naming the vision-token check."""
+    import json
+
+    from arch_models import OVIS_INDICATORS
+
+    directory = save_and_serve(FAMILIES["ovis2"], tmp_path / "model", monkeypatch, num_layers=LAYERS)
+    args = ["verify", "--model", directory, "--device", "cpu", "--samples", "2", "--layer", "2",
+            "--new-tokens", "1", "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config.update({f"indicator_{i}_id": token for i, token in enumerate(OVIS_INDICATORS)})
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    indicators = tuple(f"indicator_{i}_id" for i in range(len(OVIS_INDICATORS)))
+    keys = ("image_token_id", *indicators) if breakage == "indicators withdrawn too" else indicators[:1]
+    broken(monkeypatch, "Ovis2ForConditionalGeneration", vision_token_id_keys=keys)
+    code, out, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("error: withdrawal is not exact on this model: vision tokens: ")
+    checks = {c["name"]: c for c in json_output(out)["checks"]}
+    assert not checks["vision tokens"]["passed"]
+    expected = "same for any pixels" if breakage == "indicators withdrawn too" else "leave out"
+    assert expected in checks["vision tokens"]["detail"]
+    assert not checks["removed at K=2"]["passed"] and not checks["reference at K=2"]["passed"]
 
 
 def test_verify_output_extends_a_profile_of_the_same_model_and_check_reads_it(tmp_path, capsys):

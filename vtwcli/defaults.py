@@ -2,6 +2,8 @@
 
 DEFAULT_THRESHOLD = 0.003  # the reference implementation's eta for LLaVA-1.5-7B
 DEFAULT_TEXT_TOKENS = 64  # text tokens of `vtw profile`'s synthetic prompt (576 image tokens + 64 for LLaVA-1.5)
+DEFAULT_VIDEO_FRAMES = 4  # frames of each synthetic video (`--frames`): two temporal patches for Qwen2-VL
+MAX_VIDEO_FRAMES = 2048   # the most any transformers video processor samples (GLM-5 Next's max_frames)
 
 
 def default_threads() -> int:

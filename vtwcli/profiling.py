@@ -24,7 +24,7 @@ from vtwcli.loading import LoadedModel, model_block
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
                                   count_flops_meta, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
-from vtwcli.defaults import DEFAULT_TEXT_TOKENS
+from vtwcli.defaults import DEFAULT_TEXT_TOKENS, DEFAULT_VIDEO_FRAMES
 from vtwcli.measure.latency import LatencyPlan, measure_latency
 from vtwcli.measure.memory import measure_memory
 from vtwcli.withdrawal import check_layer, num_decoder_layers, refuse_kept_blocks, withdraw
@@ -62,20 +62,25 @@ def _layout_image_tokens(config, images: int, image_tokens: int | None) -> int |
 
 def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS, image_tokens: int | None = None,
                    images: int = 1, attn: str = "sdpa", model=None, kinds: tuple[str, ...] | None = None,
-                   image_size: tuple[int, int] | None = None, source: str | None = None) -> dict:
+                   image_size: tuple[int, int] | None = None, source: str | None = None, videos: int = 0,
+                   frames: int | None = None) -> dict:
     """``withdrawal`` and ``flops`` sections from a config alone (meta device, no weights, no processor).
 
     A family whose tokens depend on the image (an adapter with an ``image_tokens`` rule) also reads the image
     processor's configuration (preprocessor_config.json) from ``source``: see :func:`run_flops_only_sized`."""
     from vtwcli.adapters import adapter_for
+    from vtwcli.measure.config_video import check_videos
+    from vtwcli.validate import check_frames
 
     model = meta_model(config, attn=attn) if model is None else model
     adapter = adapter_for(model)
+    check_frames(frames, videos)  # resolved by run_flops_only_sized
+    check_videos(adapter, model.config, videos, config_only=True)
     if not adapter.fixed_image_layout and adapter.image_tokens is not None:
         if image_tokens is not None:
             raise _image_tokens_refused(adapter)
         return run_flops_only_sized(model, source, layer=layer, text_tokens=text_tokens, images=images,
-                                    image_size=image_size, kinds=kinds)
+                                    image_size=image_size, kinds=kinds, videos=videos, frames=frames)
     adapter = require_fixed_image_layout(model)  # before the layout below, which needs it
     if image_size is not None:
         raise _image_size_refused(adapter)
@@ -92,26 +97,41 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
 
 def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
                          images: int = 1, image_size: tuple[int, int] | None = None,
-                         kinds: tuple[str, ...] | None = None) -> dict:
-    """Config-only sections of a family that sizes its vision tokens from each image: ``images`` images of
-    ``image_size`` (W, H; default: the vision config's size, else 448) counted on the meta device
-    (vtwcli/measure/config_flops.py), with the closed form of the language model and lm_head."""
+                         kinds: tuple[str, ...] | None = None, videos: int = 0, frames: int | None = None) -> dict:
+    """Config-only sections of a family that sizes its vision tokens from each image: ``images`` images and
+    ``videos`` videos of ``frames`` frames, all of ``image_size`` (W, H; default: the vision config's size, else
+    448), counted on the meta device (vtwcli/measure/config_flops.py), with the closed form of the language
+    model and lm_head. The image (video) processor is built from ``source``'s config files only."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_flops import COUNTER_CONFIG, count_flops_from_config, image_processor_for_flops
+    from vtwcli.measure.config_video import COUNTER_CONFIG_VIDEOS, check_videos, video_processor_for_flops
+    from vtwcli.validate import check_frames
 
     adapter = adapter_for(model)
+    frames = check_frames(frames, videos)
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
-    if kinds is not None and "image" not in kinds:
-        raise VtwError(f"--withdraw {','.join(kinds)} with --flops-only: config-only counting covers image prompts; "
-                       "add image to --withdraw or drop --flops-only")
-    image_processor = image_processor_for_flops(source or "", adapter.family)
+    check_videos(adapter, model.config, videos, config_only=True)
+    _check_withdrawn_media(kinds, images, videos)
+    image_processor = image_processor_for_flops(source or "", adapter.family) if images else None
+    video_processor = video_processor_for_flops(source or "", adapter.family) if videos else None
     counted, counts = count_flops_from_config(model, image_processor, layer=layer, images=images,
                                               image_size=image_size or native_image_size(model.config),
-                                              text_tokens=text_tokens)
+                                              text_tokens=text_tokens, videos=videos, frames=frames,
+                                              video_processor=video_processor, kinds=kinds)
     analytic = _analytic_or_none(model.config, counts, layer, vision=False)
     return {"withdrawal": withdrawal_section(layer, kinds),
-            "flops": flops_section(counted, counts, analytic=analytic, counter=COUNTER_CONFIG)}
+            "flops": flops_section(counted, counts, analytic=analytic,
+                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG)}
+
+
+def _check_withdrawn_media(kinds: tuple[str, ...] | None, images: int, videos: int) -> None:
+    """A --withdraw selection must name something the synthetic prompt holds (else nothing is withdrawn)."""
+    held = {"image": images, "video": videos}
+    if kinds is not None and not any(held[kind] for kind in kinds):
+        missing = " and ".join(f"no {kind} (--{kind}s 0)" for kind in kinds)
+        raise VtwError(f"--withdraw {','.join(kinds)}: the synthetic prompt has {missing}, so nothing would be "
+                       f"withdrawn; add --{kinds[0]}s N or change --withdraw")
 
 
 def _image_tokens_refused(adapter) -> VtwError:
@@ -187,15 +207,13 @@ def _filler_words(tokenizer) -> list[str]:
     return words or ["the"]
 
 
-VIDEO_FRAMES = 4  # frames of each synthetic video (two temporal patches for Qwen2-VL)
-
-
 def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
                      image_size: tuple[int, int] | None = None, text_tokens: int = DEFAULT_TEXT_TOKENS,
-                     seed: int = 0, kinds: tuple[str, ...] | None = None) -> tuple[dict, PromptCounts]:
+                     seed: int = 0, kinds: tuple[str, ...] | None = None,
+                     frames: int = DEFAULT_VIDEO_FRAMES) -> tuple[dict, PromptCounts]:
     """A batch-1 prompt built the way users build theirs: the chat template around ``images`` seeded random
-    images of ``image_size`` (width, height), ``videos`` random videos of VIDEO_FRAMES such frames, and
-    filler words, through the model's own processor.
+    images of ``image_size`` (width, height), ``videos`` random videos of ``frames`` such frames (all of them
+    seen: the processor's frame sampling is off), and filler words, through the model's own processor.
 
     Filler words are added until the prompt holds ``text_tokens`` non-vision tokens (template and
     image-delimiter tokens count as text: withdrawal keeps them). Returns the inputs on the model's device
@@ -206,6 +224,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     from PIL import Image
 
     from vtwcli.adapters import adapter_for
+    from vtwcli.measure.config_video import frames_as_given
     from vtwcli.prompts import chat_prompt
 
     model, processor = loaded.model, loaded.processor
@@ -220,7 +239,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
     width, height = image_size or native_image_size(model.config)
     rng = np.random.default_rng(seed)
     pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
-    clips = [rng.integers(0, 256, size=(VIDEO_FRAMES, height, width, 3), dtype=np.uint8) for _ in range(videos)]
+    clips = [rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8) for _ in range(videos)]
     tokenizer = getattr(processor, "tokenizer", processor)
     words = _filler_words(tokenizer)
     order = np.random.default_rng(seed + 1).integers(len(words), size=4 * text_tokens + 64)
@@ -230,13 +249,13 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         text = " ".join(words[i] for i in order[:count])
         media = {"images": [pictures]} if pictures else {}
         if clips:
-            media["videos"] = clips
+            media.update(videos=clips, **frames_as_given(processor))
         try:
             inputs = processor(text=[chat_prompt(processor, images, text, videos=videos)], return_tensors="pt",
                                **media)
         except (ValueError, TypeError, ImportError) as error:
             raise VtwError(f"{loaded.name_or_path}: the processor rejected the synthetic prompt ({images} image(s), "
-                           f"{videos} video(s) of {width}x{height}): {error}") from None
+                           f"{videos} video(s) of {frames} frame(s), {width}x{height}): {error}") from None
         inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
         ids = inputs["input_ids"][0]
         vision = int(torch.isin(ids, vision_ids).sum())
@@ -262,32 +281,35 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         vision, text = withdrawn, text + vision - withdrawn
     on_device = {k: (v.to(loaded.device, dtype=loaded.dtype) if v.is_floating_point() else v.to(loaded.device))
                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    return on_device, PromptCounts(images=images, vision_tokens=vision, text_tokens=text, videos=videos)
+    return on_device, PromptCounts(images=images, vision_tokens=vision, text_tokens=text, videos=videos,
+                                   frames=frames if videos else 0)
 
 
 def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
                 image_tokens: int | None = None, images: int = 1, videos: int = 0,
                 image_size: tuple[int, int] | None = None, new_tokens: int = 8, plan: LatencyPlan = LatencyPlan(),
                 threads: int | None = None, fvcore: bool = False, flops_only: bool = False, seed: int = 0,
-                kinds: tuple[str, ...] | None = None, progress=None) -> dict:
+                kinds: tuple[str, ...] | None = None, progress=None, frames: int | None = None) -> dict:
     """``withdrawal``, ``flops``, ``latency`` and ``memory`` sections for a loaded model at layer K.
 
     The prompt: on the fixed LLaVA-1.5 layout, random ordinary token ids around ``images`` image blocks
     (exactly ``text_tokens`` text tokens; the closed form covers every component); for every other family,
-    the model's processor and chat template around seeded random images of ``image_size`` (the closed form
-    covers the language model and lm_head). FLOPs are counted on the real model through the real withdrawal
+    the model's processor and chat template around seeded random images of ``image_size`` and ``videos`` videos
+    of ``frames`` frames (the closed form covers the language model and lm_head). FLOPs are counted on the real model through the real withdrawal
     hooks; ``flops_only`` stops there. Latency is timed in pairs as ``plan`` says (``progress``: see
     :func:`vtwcli.measure.latency.measure_latency`).
     """
     from vtwcli.adapters import adapter_for
+    from vtwcli.measure.config_video import check_videos
+    from vtwcli.validate import check_frames
 
     model = loaded.model
     adapter = adapter_for(model)
+    frames = check_frames(frames, videos)
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
-    if videos and not adapter.accepts_video(model.config):
-        raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
+    check_videos(adapter, model.config, videos)
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "
                        "other inputs: drop --fvcore")
@@ -302,7 +324,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
         if image_tokens is not None:
             raise _image_tokens_refused(adapter)
         inputs, prompt = processor_prompt(loaded, images=images, videos=videos, image_size=image_size,
-                                          text_tokens=text_tokens, seed=seed, kinds=kinds)
+                                          text_tokens=text_tokens, seed=seed, kinds=kinds, frames=frames)
     adapter.check_prompt_fits(model.config, prompt.total, extra=0 if flops_only else new_tokens,
                               why="" if flops_only else f" + {new_tokens} new tokens (--new-tokens)")
     refuse_kept_blocks(adapter, model.config, kinds, inputs["input_ids"])  # before any measuring, like the layer
@@ -338,6 +360,7 @@ class ProfileOptions:
     image_tokens: int | None = None
     images: int = 1
     videos: int = 0
+    frames: int | None = None           # frames of each video; None: DEFAULT_VIDEO_FRAMES (only with videos)
     image_size: tuple[int, int] | None = None
     new_tokens: int = 8
     latency: LatencyPlan = LatencyPlan()  # pairs, time budget, interval target
@@ -405,15 +428,13 @@ def _check_profile_options(options: ProfileOptions) -> None:
     from vtwcli.loading import ATTENTION
     from vtwcli.measure.latency import check_timing_options
     from vtwcli.profile import check_output_path
-    from vtwcli.validate import check_seed
+    from vtwcli.validate import check_frames, check_seed
 
     if options.attn not in ATTENTION:
         raise VtwError(f"--attn {options.attn!r} is not supported; use {' or '.join(ATTENTION)}")
     if options.fvcore and options.flops_only:
         raise VtwError("--fvcore traces the real model and needs weights; drop --flops-only (or --fvcore)")
-    if options.flops_only and options.videos:
-        raise VtwError("--videos needs the model's video processor; drop --flops-only (config-only counting covers "
-                       "images)")
+    check_frames(options.frames, options.videos)
     if options.generic and options.flops_only:
         raise VtwError("--generic verifies the derived adapter on the model's weights first; drop --flops-only")
     check_seed(options.seed)
@@ -438,7 +459,8 @@ def _measure_config_only(options: ProfileOptions) -> tuple[dict, dict, str]:
     sections = run_flops_only(config, layer=options.layer, text_tokens=options.text_tokens,
                               image_tokens=options.image_tokens, images=options.images, attn=options.attn,
                               model=meta, kinds=options.kinds, image_size=options.image_size,
-                              source=str(bundled_model_path()) if options.model is None else options.model)
+                              source=str(bundled_model_path()) if options.model is None else options.model,
+                              videos=options.videos, frames=options.frames)
     block = flops_only_model_section("bundled" if options.model is None else options.model, meta, attn=options.attn,
                                      dtype=None if options.dtype == "auto" else options.dtype)
     return sections, block, "cpu"
@@ -472,7 +494,7 @@ def _measure_loaded(options: ProfileOptions, busy, base=None,
                                image_tokens=options.image_tokens, images=options.images, videos=options.videos,
                                image_size=options.image_size, kinds=options.kinds, new_tokens=options.new_tokens,
                                plan=options.latency, threads=options.threads, fvcore=options.fvcore,
-                               seed=options.seed, progress=progress)
+                               seed=options.seed, progress=progress, frames=options.frames)
     if verification is not None:
         sections["verification"] = verification
     return sections, model_section(loaded), loaded.device

@@ -15,6 +15,20 @@ def check_seed(seed: int, option: str = "--seed") -> int:
     return seed
 
 
+def check_frames(frames: int | None, videos: int) -> int:
+    """``--frames`` (None: the default): 1..MAX_VIDEO_FRAMES frames per video, and only with ``--videos``."""
+    from vtwcli.defaults import DEFAULT_VIDEO_FRAMES, MAX_VIDEO_FRAMES
+
+    if frames is None:
+        return DEFAULT_VIDEO_FRAMES
+    if not videos:
+        raise VtwError(f"--frames {frames}: the synthetic prompt has no video; add --videos N or drop --frames")
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_VIDEO_FRAMES:
+        raise VtwError(f"--frames {frames}: use 1..{MAX_VIDEO_FRAMES} frames per video (each synthetic frame is "
+                       "held in memory)")
+    return frames
+
+
 def check_finite(value: float, option: str, *, minimum: float = 0.0) -> float:
     """A finite number >= ``minimum`` (NaN and inf are refused, not silently ignored)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

@@ -3,10 +3,14 @@
 The exactness suite of the tests runs on tiny random models; this runs the same kind of checks on the
 real thing (weights, processor, chat template, installed transformers), on a few prompts:
 
-* **vision tokens** — the positions the adapter marks as vision tokens (its ids in ``input_ids``) are
-  exactly the positions where the model itself put vision features into the language model's input
-  (``inputs_embeds`` differs from the embedding of the token id there). transformers refuses a forward whose
-  placeholder count differs from its feature count, so this also checks the processor's count per image.
+* **vision tokens** — the adapter's vision token ids are the model's own (vtwcli/model_vision.py, read off the
+  model, not the adapter): every position they mark holds a language-model input that is not its token's
+  embedding (the model put something from the vision side there), every token id at which the first layer's
+  input changes with the pixels (the same prompt run again with other pixel values) is one of them, and each
+  of them is found there. Kept markers whose inputs come from the vision
+  side but are the same for any image (Ovis2's visual indicators) are text-side tokens, as to withdrawal.
+  transformers refuses a forward whose placeholder count differs from its feature count, so this also checks
+  the processor's count per image.
 * **removed at K** — under ``withdraw(model, K)`` layer K receives, per row, exactly the full model's hidden
   states at the non-vision, non-padding positions, and nothing else (the vision tokens are gone).
 * **K = L** — withdrawal at the last layer gives bit-identical logits.
@@ -15,7 +19,7 @@ real thing (weights, processor, chat template, installed transformers), on a few
   vision tokens but masks them out of every attention of layers >= K through explicit 4-D masks (the model's
   own mask minus the vision columns; sliding windows and chunks counted in kept tokens, as withdrawal counts
   them). Otherwise (recurrent or convolutional layers): layers >= K re-run by hand on the kept tokens.
-  The vision positions of the reference come from the model's own input (above), not from the adapter.
+  The vision positions of the reference are the model's vision token ids (above), not the adapter's.
 * **generate at K** — cached greedy ``generate()`` of the withdrawn model equals ``generate(use_cache=False)``
   token for token, logits within the tolerance.
 
@@ -37,6 +41,7 @@ from torch import nn
 
 from vtwcli.adapters import adapter_for
 from vtwcli.errors import VtwError
+from vtwcli.model_vision import language_model_of, model_vision, vision_problem
 from vtwcli.profile.model import VerificationCheck, record_dict
 from vtwcli.withdrawal import exact_layers, withdraw
 
@@ -108,15 +113,6 @@ def tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
     return relative * max(1.0, float(reference.detach().abs().max()))
 
 
-def language_model_of(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
-    """The module that owns the decoder layers (what the multimodal model calls with ``inputs_embeds``)."""
-    for module in model.modules():
-        if any(child is layers for child in module.children()):
-            return module
-    raise VtwError(f"{type(model).__name__}: the decoder layers are not a child of any module; the adapter's "
-                   "decoder_layers is wrong")
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 def _last_logits(output) -> torch.Tensor:
@@ -124,17 +120,12 @@ def _last_logits(output) -> torch.Tensor:
 
 
 class _Capture:
-    """Forward pre-hooks that record, in one forward, what the language model and chosen layers receive."""
+    """Forward pre-hooks that record, in one forward, the hidden states chosen layers receive."""
 
-    def __init__(self, language_model: nn.Module, layers: nn.ModuleList, record_layers=()):
-        self.inputs_embeds: torch.Tensor | None = None
+    def __init__(self, layers: nn.ModuleList, record_layers=()):
         self.hidden: dict[int, torch.Tensor] = {}
-        self._hooks = [language_model.register_forward_pre_hook(self._language_model, with_kwargs=True)]
-        for index in record_layers:
-            self._hooks.append(layers[index].register_forward_pre_hook(self._layer(index), with_kwargs=True))
-
-    def _language_model(self, module, args, kwargs):
-        self.inputs_embeds = kwargs.get("inputs_embeds")
+        self._hooks = [layers[index].register_forward_pre_hook(self._layer(index), with_kwargs=True)
+                       for index in record_layers]
 
     def _layer(self, index):
         def hook(module, args, kwargs):
@@ -144,20 +135,6 @@ class _Capture:
     def remove(self):
         for hook in self._hooks:
             hook.remove()
-
-
-def _inserted_vision(model: nn.Module, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
-    """(B, S) bool: positions whose language-model input is not the embedding of their token id, i.e. where
-    the model scattered vision features. Independent of the adapter's vision token ids."""
-    if inputs_embeds is None:
-        raise VtwError(f"{type(model).__name__}: the language model received no inputs_embeds, so the positions of "
-                       "the vision features cannot be read off the model; this layout cannot be verified")
-    embedding = model.get_input_embeddings()
-    ids = input_ids.to(embedding.weight.device)
-    in_range = ids < embedding.num_embeddings
-    text = embedding(ids.clamp(max=embedding.num_embeddings - 1))
-    differs = (inputs_embeds.to(text.device) != text).any(-1) | ~in_range
-    return differs.to(input_ids.device)
 
 
 def _allowed(mask, length: int, device) -> torch.Tensor:
@@ -198,31 +175,38 @@ def _float_mask(pattern: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill(~pattern, torch.finfo(dtype).min)[None, None]
 
 
+def _model_kept(model: nn.Module, row: dict, vision_ids: list[int] | None) -> torch.Tensor:
+    """(S,) bool: the positions of one row that do not hold the model's vision token ids (``vision_ids``, or read
+    off the model on this row: model_vision), whatever the adapter says."""
+    if vision_ids is None:
+        adapter = adapter_for(model)
+        vision_ids = model_vision(model, adapter.decoder_layers(model), row, adapter.pixel_input_keys).ids
+    ids = row["input_ids"][0]
+    return ~torch.isin(ids, torch.tensor(vision_ids, dtype=ids.dtype, device=ids.device))
+
+
 @torch.no_grad()
-def masked_reference_logits(model: nn.Module, row: dict, layer: int) -> torch.Tensor:
-    """Last-token logits (float32) of one unpadded row with its vision tokens masked out of every attention of
-    layers >= ``layer``: an ordinary forward, no gather, no position change, only explicit 4-D masks."""
+def masked_reference_logits(model: nn.Module, row: dict, layer: int, vision_ids: list[int] | None = None
+                            ) -> torch.Tensor:
+    """Last-token logits (float32) of one unpadded row with its vision tokens (the model's: see
+    :func:`_model_kept`) masked out of every attention of layers >= ``layer``: an ordinary forward, no gather,
+    no position change, only explicit 4-D masks."""
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
     text_config = adapter.text_config(model.config)
     types = adapter.layer_types(text_config, len(layers))
-    state: dict = {}
-
-    def read_vision(module, args, kwargs):
-        vision = _inserted_vision(model, row["input_ids"], kwargs.get("inputs_embeds"))[0]
-        state["keep"] = ~vision
+    kept = _model_kept(model, row, vision_ids)
 
     def mask_layer(index):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            keep = state["keep"].to(hidden.device)
+            keep = kept.to(hidden.device)
             allowed = _allowed(kwargs.get("attention_mask"), hidden.shape[1], hidden.device)
             pattern = _withdrawn_pattern(allowed, keep, types[index], text_config)
             return args, {**kwargs, "attention_mask": _float_mask(pattern, hidden.dtype)}
         return hook
 
-    hooks = [language_model_of(model, layers).register_forward_pre_hook(read_vision, with_kwargs=True)]
-    hooks += [layers[i].register_forward_pre_hook(mask_layer(i), with_kwargs=True) for i in range(layer, len(layers))]
+    hooks = [layers[i].register_forward_pre_hook(mask_layer(i), with_kwargs=True) for i in range(layer, len(layers))]
     try:
         return _last_logits(model(**row, use_cache=False))[0]
     finally:
@@ -231,8 +215,10 @@ def masked_reference_logits(model: nn.Module, row: dict, layer: int) -> torch.Te
 
 
 @torch.no_grad()
-def recompute_reference_logits(model: nn.Module, row: dict, layer: int) -> torch.Tensor:
-    """Last-token logits (float32) of one unpadded row, layers >= ``layer`` re-run by hand on the kept tokens.
+def recompute_reference_logits(model: nn.Module, row: dict, layer: int, vision_ids: list[int] | None = None
+                               ) -> torch.Tensor:
+    """Last-token logits (float32) of one unpadded row, layers >= ``layer`` re-run by hand on the kept tokens
+    (the tokens without the model's vision token ids: see :func:`_model_kept`).
 
     One ordinary forward (no cache) records what every layer receives; then layers ``layer``..L-1 run again on
     the kept hidden states, each given its recorded arguments cut to the kept positions: the rotary tables
@@ -244,19 +230,14 @@ def recompute_reference_logits(model: nn.Module, row: dict, layer: int) -> torch
     text_config = adapter.text_config(model.config)
     types = adapter.layer_types(text_config, len(layers))
     seen: dict[int, tuple] = {}
-    state: dict = {}
-
-    def read_vision(module, args, kwargs):
-        state["keep"] = ~_inserted_vision(model, row["input_ids"], kwargs.get("inputs_embeds"))[0]
+    keep = _model_kept(model, row, vision_ids)
 
     def record(index):
         def hook(module, args, kwargs):
             seen[index] = (args, dict(kwargs))
         return hook
 
-    language_model = language_model_of(model, layers)
-    hooks = [language_model.register_forward_pre_hook(read_vision, with_kwargs=True)]
-    hooks += [layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in range(layer, len(layers))]
+    hooks = [layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in range(layer, len(layers))]
     try:
         model(**row, use_cache=False)
     finally:
@@ -266,7 +247,7 @@ def recompute_reference_logits(model: nn.Module, row: dict, layer: int) -> torch
     args, _ = seen[layer]
     hidden = args[0] if args else seen[layer][1]["hidden_states"]
     length = hidden.shape[1]
-    kept = state["keep"].to(hidden.device).nonzero().squeeze(1)
+    kept = keep.to(hidden.device).nonzero().squeeze(1)
 
     def cut(value, dim: int):
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[dim] == length:
@@ -353,7 +334,6 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
     result = VerifyResult(layers=layers, num_layers=num_layers, dtype=dtype, reference=reference_kind(model),
                           samples=len(samples), new_tokens=new_tokens)
     reference = masked_reference_logits if result.reference == "attention masks" else recompute_reference_logits
-    language_model = language_model_of(model, decoder_layers)
     vision_ids = adapter.vision_token_ids(model.config)
     device = model.device
     tick = progress or (lambda n: None)
@@ -370,7 +350,9 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
 
     removal_problems: dict[int, str] = {}
     effect: dict[int, float] = {}  # K -> max |full - withdrawn logit|: what withdrawal changes (not vacuous)
-    vision_problem: str | None = None
+    vision_fault: str | None = None
+    constant_kept: set[int] = set()  # kept ids whose inputs come from the vision side, the same for any pixels
+    deep_rows = 0  # prompts whose features do not reach the first layer: located by the inserted inputs
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = _inputs(processor, chunk, device)
@@ -379,21 +361,26 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
                                   why=f" + {new_tokens} new tokens (--new-tokens)", fix="lower --new-tokens")
         padding = batch.get("attention_mask")
         real = padding.bool() if padding is not None else torch.ones_like(ids, dtype=torch.bool)
-        capture = _Capture(language_model, decoder_layers, layers)
+        capture = _Capture(decoder_layers, layers)
         try:
             full = _last_logits(model(**batch))
         finally:
             capture.remove()
         try:
-            inserted = _inserted_vision(model, ids, capture.inputs_embeds) & real
+            located = model_vision(model, decoder_layers, batch, adapter.pixel_input_keys)
+            inserted, features, model_ids = located.inserted & real, located.features & real, located.ids
+            deep_rows += int(located.deep.sum())
         except VtwError as error:
-            vision_problem = str(error)
-            inserted = torch.zeros_like(real)
+            vision_fault = vision_fault or str(error)
+            inserted, features, model_ids = torch.zeros_like(real), torch.zeros_like(real), []
         marked = torch.isin(ids, torch.tensor(vision_ids, device=ids.device)) & real
+        vision = torch.isin(ids, torch.tensor(model_ids, dtype=ids.dtype, device=ids.device)) & real
+        constant_kept.update(int(i) for i in ids[inserted & ~vision].tolist())
         for row, sample in enumerate(chunk):
             found.append(int(marked[row].sum()))
             media.append((len(sample.images), len(sample.videos)))
-            vision_problem = vision_problem or _vision_problem(sample, vision_ids, marked[row], inserted[row])
+            vision_fault = vision_fault or vision_problem(sample.where(), vision_ids, ids[row], marked[row],
+                                                          inserted[row], features[row])
         tick(1)
 
         with withdraw(model, layer=num_layers):
@@ -405,7 +392,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
             note("K = L bit-identical", num_layers, 0.0, 0.0)
         tick(1)
 
-        keep = ~inserted & real
+        keep = ~vision & real
         rows = [_inputs(processor, [sample], device) for sample in chunk]
         for k in layers:
             handle = withdraw(model, layer=k)
@@ -429,7 +416,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
                 removal_problems.setdefault(k, problem)
             for row, single in enumerate(rows):
                 try:
-                    expected = reference(model, single, k)
+                    expected = reference(model, single, k, model_ids)
                 except Exception as error:  # noqa: BLE001
                     note(f"reference at K={k}", k, float("inf"), 0.0, f"the reference raised {_error_text(error)}")
                     continue
@@ -440,9 +427,12 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
             note(f"generate at K={k}", k, *_generate_check(model, batch, k, new_tokens, vision_ids, dtype))
             tick(1)
 
+    notes = [f"kept: ids {sorted(constant_kept)}, vision-side inputs the same for any pixels"] if constant_kept else []
+    notes += [f"{deep_rows} prompt(s) by the inserted inputs: no pixel change reaches layer 0"] if deep_rows else []
     result.checks.append(VerifyCheck(
-        "vision tokens", vision_problem is None,
-        vision_problem or f"ids {vision_ids} = where the model put vision features; " + _describe_counts(found, media)))
+        "vision tokens", vision_fault is None,
+        vision_fault or f"ids {vision_ids} = where the model put per-image vision features"
+        + (f" ({'; '.join(notes)})" if notes else "") + "; " + _describe_counts(found, media)))
     details = {
         "K = L bit-identical": "withdraw(model, layer=L): bit-identical logits",
         "reference": f"batched withdrawn logits = {result.reference} reference per row",
@@ -463,17 +453,6 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         if (f"generate at K={k}", k) in worst:
             result.checks.append(from_worst(f"generate at K={k}", k, details["generate"]))
     return result
-
-
-def _vision_problem(sample, vision_ids: list[int], marked: torch.Tensor, inserted: torch.Tensor) -> str | None:
-    """Why the adapter's vision tokens of one row are not where the model put vision features, or None."""
-    if not torch.equal(marked, inserted):
-        return (f"{sample.where()}: the adapter's vision token ids {vision_ids} mark {int(marked.sum())} tokens, the "
-                f"model put vision features at {int(inserted.sum())} positions ({int((marked & inserted).sum())} "
-                "in common)")
-    if not inserted.any():
-        return f"{sample.where()}: the prompt holds no vision tokens at all"
-    return None
 
 
 def _removal_problem(entering: torch.Tensor, full: torch.Tensor, keep: torch.Tensor, chunk: list, layer: int):

@@ -22,6 +22,14 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
   patch x pooling kernel within ``max_soft_tokens`` x kernel^2 patches; one token per pooled kernel.
 * :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision: the base view + the best-fitting pinpoint grid, unpadded,
   one newline feature per row (OneVision: pooled down to ``anyres_max_N`` base views).
+
+Videos (``Adapter.video_tokens``): the tokens one video of F frames of W x H becomes, from the video processor
+built from ``video_preprocessor_config.json`` (else ``preprocessor_config.json``); F is the frames the model
+sees (the processor's own frame sampling is off: ``--frames`` is the sampled count).
+
+* :func:`merged_video_patches` — Qwen2-VL / Qwen2.5-VL: frames padded to a multiple of the temporal patch,
+  each resized like an image within the video pixel bounds; tokens = patches / merge^2.
+* :func:`pooled_frames` — LLaVA-OneVision: each frame's patch grid pooled 2 x 2, one newline per video.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "merged_grid", "pixtral_patch_size",
-           "pooled_patches", "anyres", "image_processor_of"]
+           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "pooled_frames"]
 
 
 def image_processor_of(name_or_path: str):
@@ -131,3 +139,26 @@ def anyres(config, images, width: int, height: int, count: int = 1) -> int:
             rows, cols = int(rows // ratio), int(cols // ratio)
             newlines = rows
     return rows * cols + newlines + tokens_per_image(config)
+
+
+# ---------------------------------------------------------------------------------------------------- videos
+def merged_video_patches(config, videos, frames: int, width: int, height: int) -> int:
+    """Qwen2-VL / Qwen2.5-VL: ``frames`` padded to a multiple of ``temporal_patch_size`` (the processor repeats the
+    last frame), every frame resized to a multiple of patch x merge within the video processor's pixel bounds;
+    with ``cap_pixels_per_frame`` each frame gets at most an even share of ``max_video_tokens`` tokens' worth of
+    pixels (floored at 1.05 x the minimum), as the processor's resize does. Tokens = patches / merge^2."""
+    shortest, longest = videos.size.shortest_edge, videos.size.longest_edge
+    if getattr(videos, "cap_pixels_per_frame", None):
+        factor = videos.patch_size * videos.merge_size
+        budget = int(videos.max_video_tokens * factor * factor * 0.9)
+        longest = max(min(longest, budget * videos.temporal_patch_size // frames), int(shortest * 1.05))
+    size = {"shortest_edge": shortest, "longest_edge": longest}
+    return int(videos.get_num_of_video_patches(frames, height, width, {"size": size})) // videos.merge_size ** 2
+
+
+def pooled_frames(config, videos, frames: int, width: int, height: int) -> int:
+    """LLaVA-OneVision: every frame resized to the vision tower's square, its patch grid pooled to half each side
+    (rounded up), all frames' features then one newline feature per video."""
+    vision = config.vision_config
+    grid = _side(vision.image_size) // _side(vision.patch_size)
+    return frames * math.ceil(grid / 2) ** 2 + 1

@@ -134,6 +134,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         positions_from_mask=False,  # M-RoPE: the model computes 3-D positions (and rope_deltas) itself
         flops_components=QWEN_VL_COMPONENTS,
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.merged_video_patches,
         notes="M-RoPE: original 3-D positions kept; image and video pads withdrawn, vision start/end kept",
     ),
     Adapter(
@@ -176,6 +177,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds={"image_token_id": "image", "video_token_id": "video"},
         image_tokens=vision_tokens.anyres,
+        video_tokens=vision_tokens.pooled_frames,
         notes="images (anyres) and video in one model; image and video tokens withdrawn",
     ),
     Adapter(

@@ -137,6 +137,10 @@ class Adapter:
     # What the family's processor hands its image processor on every call, from the config (PixtralProcessor:
     # patch_size x spatial_merge_size): the rule and the config-only count see the image processor with it.
     image_processor_kwargs: Callable[[object], dict] | None = None
+    # Vision tokens one video of F frames of W x H becomes, from the config files alone: (config, video processor
+    # built from video_preprocessor_config.json / preprocessor_config.json, frames, width, height) -> int, a rule
+    # of vtwcli/vision_tokens.py. With it, `vtw profile --flops-only --videos N --frames F` counts the videos too.
+    video_tokens: Callable[..., int] | None = None
     # Vision features injected inside the decoder (DeepStack), or None.
     deepstack: DeepStack | None = None
     # Bidirectional blocks of the prompt from the top-level forward's arguments: (B, S) block ids (tokens of one

@@ -21,18 +21,23 @@ def _status(adapter) -> str:
     return "supported" if adapter.vision_token_id_keys else "withdraw() only"
 
 
+def _flops_only_cell(row: dict) -> str:
+    return ("yes (+video)" if row["flops_only_videos"] else "yes") if row["flops_only"] else "no"
+
+
 @app.command("models")
 def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List every image-text-to-text family of transformers: supported, planned (and why) or not applicable."""
     rows = [
         {"family": a.family, "architectures": list(a.architectures), "status": _status(a),
          "inputs": a.declared_kinds() or ["vision_mask"],
-         "flops_only": a.fixed_image_layout or a.image_tokens is not None, "notes": a.notes}
+         "flops_only": a.fixed_image_layout or a.image_tokens is not None,
+         "flops_only_videos": a.video_tokens is not None, "notes": a.notes}
         for a in ADAPTERS
     ]
     rows += [
         {"family": family, "architectures": list(entry.architectures), "status": status, "inputs": [],
-         "flops_only": False, "notes": entry.reason}
+         "flops_only": False, "flops_only_videos": False, "notes": entry.reason}
         for status, entries in (("planned", PLANNED), ("not applicable", NOT_APPLICABLE))
         for family, entry in entries.items()
     ]
@@ -51,7 +56,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         style = {"supported": "green", "planned": "yellow", "withdraw() only": "yellow",
                  "blocked upstream": "red"}.get(row["status"], "dim")
         table.add_row(row["family"], "\n".join(row["architectures"]), f"[{style}]{row['status']}[/]",
-                      ", ".join(row["inputs"]), "yes" if row["flops_only"] else "no", row["notes"])
+                      ", ".join(row["inputs"]), _flops_only_cell(row), row["notes"])
     print_table(table)
     console.print("Not listed: `vtw verify --generic --model X` derives an adapter from the standard layout and "
                   "uses it only if withdrawal verifies exact (docs/architectures.md, 'Unlisted architectures').",

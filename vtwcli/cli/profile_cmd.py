@@ -13,7 +13,8 @@ from vtwcli.cli._render import json_text
 from vtwcli.cli._tables import print_table
 from vtwcli.cli._state import console, err_console
 from vtwcli.errors import VtwError
-from vtwcli.defaults import DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS, DEFAULT_TEXT_TOKENS
+from vtwcli.defaults import (DEFAULT_CI_TARGET, DEFAULT_MAX_TIME_S, DEFAULT_MIN_PAIRS, DEFAULT_TEXT_TOKENS,
+                             DEFAULT_VIDEO_FRAMES, MAX_VIDEO_FRAMES)
 from vtwcli.profile.model import FLOPS_COMPONENTS, LATENCY_FIGURES, VARIANTS
 
 MAX_IMAGE_SIDE = 8192  # --image-size: the synthetic images are held in memory
@@ -127,13 +128,17 @@ _OUTPUT = typer.Option(None, "--output", "-o", help="Profile to write (YAML). De
                        "nothing is written.")
 _FLOPS_ONLY = typer.Option(False, "--flops-only", help="Only FLOPs, from the config on the meta device: no "
                            "weights, no processor, any model size, seconds (families that size vision "
-                           "tokens from the image also read preprocessor_config.json).")
+                           "tokens from the image also read preprocessor_config.json; with --videos, "
+                           "the video processor's config).")
 _IMAGE_SIZE = typer.Option(None, "--image-size", help="WxH (or N for NxN) of the synthetic images, "
                            "for families that size their vision tokens from the image (LLaVA-NeXT, "
                            "Qwen2-VL, ...). Default: the vision config's image size, else 448.")
 _WITHDRAW = typer.Option(None, "--withdraw", help="Which vision tokens to withdraw: image, video or "
                          "image,video. Default: --profile's calibration.withdraw, else every vision "
                          "token.")
+_FRAMES = typer.Option(None, "--frames", help="Frames of each synthetic video, as the model sees them "
+                       f"(the processor's frame sampling is off; 1..{MAX_VIDEO_FRAMES}). Default: "
+                       f"{DEFAULT_VIDEO_FRAMES}; only with --videos.")
 _GENERIC = typer.Option(False, "--generic", help="For an architecture without an adapter entry: derive one "
                         "from the standard layout and run `vtw verify` on 2 bundled photos first (needs "
                         "the weights; refused unless exact).")
@@ -175,6 +180,7 @@ def profile_command(
     withdraw: Optional[str] = _WITHDRAW,
     videos: int = typer.Option(0, "--videos", help="Videos in the synthetic prompt (families with video; the "
                                "video processor needs torchvision)."),
+    frames: Optional[int] = _FRAMES,
     as_json: bool = typer.Option(False, "--json", help="Print the measured sections as JSON instead of tables."),
     generic: bool = _GENERIC,
 ) -> None:
@@ -185,7 +191,7 @@ def profile_command(
 
     options = ProfileOptions(
         model=model, layer=layer, profile=profile, output=output, force=force, flops_only=flops_only,
-        text_tokens=text_tokens, image_tokens=image_tokens, images=images, videos=videos,
+        text_tokens=text_tokens, image_tokens=image_tokens, images=images, videos=videos, frames=frames,
         image_size=None if image_size is None else _parse_image_size(image_size), new_tokens=new_tokens,
         latency=LatencyPlan(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
                             ci_target=ci_target), threads=threads, device=device, dtype=dtype,
@@ -225,8 +231,9 @@ def _render_run(run) -> None:
 
 
 def _prompt_line(tokens: dict, layer: int, kinds: Optional[tuple]) -> str:
-    media = _count(tokens.get("images", 1), "image") + (f", {_count(tokens['videos'], 'video')}"
-                                                       if tokens.get("videos") else "")
+    media = _count(tokens.get("images", 1), "image") + (
+        f", {_count(tokens['videos'], 'video')} of {_count(tokens.get('frames', 0), 'frame')}"
+        if tokens.get("videos") else "")
     if kinds is None:
         return (f"K = {layer}; synthetic prompt: {tokens['vision']} vision tokens ({media}) + "
                 f"{tokens['text']} text tokens (--text-tokens), batch 1")

@@ -1,13 +1,16 @@
 """Config-only FLOPs for families that size their vision tokens from the image (`vtw profile --flops-only`).
 
 Nothing but the config files is needed: ``config.json`` (the model, built on the meta device: shapes only,
-any size) and ``preprocessor_config.json`` (the image processor: how an image of W x H is resized / tiled).
+any size) and ``preprocessor_config.json`` (the image processor: how an image of W x H is resized / tiled; with
+videos, ``video_preprocessor_config.json`` where the model has one).
 
 * Vision tokens per image: the adapter's rule (``Adapter.image_tokens``, vtwcli/vision_tokens.py).
 * Vision tower + projector: the model's own ``get_image_features``, fed what the image processor makes of
   seeded random images of W x H as real CPU tensors: what the model computes from them alone (grids, masks,
   padding checks, pooling maps) stays real, what touches a weight runs on the meta device (``_MetaAtWeights``);
-  the features it returns must number what the rule says.
+  the features it returns must number what the rule says. Videos likewise: the adapter's
+  ``Adapter.video_tokens`` rule and the model's ``get_video_features`` on what the video processor makes of
+  seeded random videos (vtwcli/measure/config_video.py).
 * Language model + lm_head: the language model's own forward on meta token ids of text + vision positions
   (embedding lookups cost no FLOPs); withdrawn: pre-hooks hand layers >= K the kept positions only (hidden
   states, per-position layer arguments, rotary tables and position ids cut at the text positions), as the
@@ -28,6 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
+from vtwcli.defaults import DEFAULT_VIDEO_FRAMES
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype, _parameters_frozen
 
@@ -75,7 +79,12 @@ def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, he
         out = dict(image_processor(images=[pictures], return_tensors="pt"))
     except Exception as error:  # noqa: BLE001 - the image processor's own refusal, in one line
         raise VtwError(f"the image processor rejected {images} image(s) of {width}x{height}: {error}") from None
-    accepted = inspect.signature(model.model.get_image_features).parameters
+    return _feature_inputs(model, out, "get_image_features")
+
+
+def _feature_inputs(model: nn.Module, out: dict, features: str) -> dict:
+    """A processor's output as the arguments of ``model.model.<features>`` (real CPU tensors, see below)."""
+    accepted = inspect.signature(getattr(model.model, features)).parameters
     dtype = _model_dtype(model)
     # Real CPU tensors (pixels in the model's dtype): what the model reads of their values (grids, sizes, masks,
     # padding checks) is what the loaded model reads; they go to meta where they meet the weights (_MetaAtWeights).
@@ -122,8 +131,10 @@ def _feature_rows(features, width: int) -> int:
 
 
 @torch.no_grad()
-def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
-    """{vision_tower, projector} of one get_image_features call on meta; its feature count checked."""
+def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features: str = "get_image_features",
+                  rule: str = "Adapter.image_tokens") -> dict:
+    """{vision_tower, projector} of one ``features`` call (get_image_features / get_video_features) on meta; its
+    feature count checked against what the adapter's ``rule`` says."""
     from vtwcli.adapters import adapter_for
 
     hooks = []
@@ -137,7 +148,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
                 hooks += _meter(module, counter, spent, component)
     try:
         with _parameters_frozen(model), counter, _MetaAtWeights():
-            output = model.model.get_image_features(**pixels)
+            output = getattr(model.model, features)(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
             raise
@@ -150,7 +161,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int) -> dict:
     rows = _feature_rows(features, model.config.get_text_config().hidden_size)
     if rows != expected_tokens:
         raise VtwError(f"{type(model).__name__}: the vision-token rule gives {expected_tokens} tokens but the model "
-                       f"makes {rows} features; the rule (Adapter.image_tokens) does not fit this config")
+                       f"makes {rows} features; the rule ({rule}) does not fit this config")
     return spent
 
 
@@ -186,7 +197,7 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     from transformers import DynamicCache
 
     from vtwcli.adapters import adapter_for
-    from vtwcli.verify import language_model_of
+    from vtwcli.model_vision import language_model_of
 
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
@@ -247,28 +258,39 @@ def _seq_len(value, dim: int) -> int | None:
 
 
 def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, images: int = 1,
-                            image_size: tuple[int, int], text_tokens: int, seed: int = 0) -> tuple[dict, PromptCounts]:
-    """Counted FLOPs (the keys of ``count_flops``) of a prompt of ``images`` images of ``image_size`` (W, H)
-    and ``text_tokens`` text tokens, from the config alone; and the prompt's token counts."""
+                            image_size: tuple[int, int], text_tokens: int, seed: int = 0, videos: int = 0,
+                            frames: int = DEFAULT_VIDEO_FRAMES, video_processor=None,
+                            kinds: tuple[str, ...] | None = None) -> tuple[dict, PromptCounts]:
+    """Counted FLOPs (the keys of ``count_flops``) of a prompt of ``images`` images and ``videos`` videos of
+    ``frames`` frames, all of ``image_size`` (W, H), and ``text_tokens`` text tokens, from the config alone; and
+    the prompt's token counts (``kinds``: the vision tokens withdrawn, the others stay like text)."""
     from vtwcli.adapters import adapter_for
+    from vtwcli.measure.config_video import video_processor_output, video_tokens_per_video
     from vtwcli.withdrawal import check_exact, num_decoder_layers
 
     adapter = adapter_for(model)
     check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
-    if images < 1:
-        raise VtwError(f"--images {images}: the prompt needs at least 1 image")
+    if images < 0 or images < 1 and videos < 1:
+        raise VtwError(f"--images {images}: the prompt needs at least 1 image" + (" or video" if videos else ""))
     if text_tokens < 1:
         raise VtwError(f"--text-tokens {text_tokens}: the prompt needs at least 1 text token (withdrawal keeps only "
                        "text tokens)")
     width, height = image_size
     image_processor = _as_called(adapter, model.config, image_processor)
-    per_image = vision_tokens_per_image(model, image_processor, width, height, images)
-    vision = images * per_image
-    total = vision + text_tokens
+    image_vision = images * vision_tokens_per_image(model, image_processor, width, height, images) if images else 0
+    video_vision = videos * video_tokens_per_video(model, video_processor, frames, width, height) if videos else 0
+    total = image_vision + video_vision + text_tokens
     adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
-    before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the images
-    kept = torch.cat([torch.arange(before), torch.arange(before + vision, total)]).to("meta")
-    tower = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), vision)
+    kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds)
+    tower = dict.fromkeys(("vision_tower", "projector"), 0)
+    if images:
+        spent = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), image_vision)
+        tower = {key: tower[key] + spent[key] for key in tower}
+    if videos:
+        pixels = _feature_inputs(model, video_processor_output(video_processor, videos, frames, width, height, seed),
+                              "get_video_features")
+        spent = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
+        tower = {key: tower[key] + spent[key] for key in tower}
     num_layers = num_decoder_layers(model)
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
@@ -278,7 +300,25 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
                            "language_model": language, "lm_head": head}
         result["decode_per_token"][variant] = step
         result["decode_per_token"]["context_tokens"][variant] = context
-    return result, PromptCounts(images=images, vision_tokens=vision, text_tokens=text_tokens)
+    return result, PromptCounts(images=images, vision_tokens=withdrawn, text_tokens=total - withdrawn, videos=videos,
+                                frames=frames if videos else 0)
+
+
+def _kept_positions(text_tokens: int, image_vision: int, video_vision: int,
+                    kinds: tuple[str, ...] | None) -> tuple[torch.Tensor, int]:
+    """(positions kept in layers >= K, tokens withdrawn) of the prompt [BOS-like token] [image tokens] [video
+    tokens] [question]: the vision tokens of the ``kinds`` withdrawn (None: all), everything else kept."""
+    before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the vision tokens
+    blocks = ((before, False), (image_vision, kinds is None or "image" in kinds),
+              (video_vision, kinds is None or "video" in kinds), (text_tokens - before, False))
+    kept, start, withdrawn = [], 0, 0
+    for length, gone in blocks:
+        if gone:
+            withdrawn += length
+        else:
+            kept.append(torch.arange(start, start + length))
+        start += length
+    return torch.cat(kept).to("meta"), withdrawn
 
 
 def image_processor_for_flops(source: str, family: str):

@@ -151,6 +151,7 @@ class PromptCounts:
     vision_tokens: int
     text_tokens: int
     videos: int = 0
+    frames: int = 0  # frames of each video (`--frames`); 0 without videos
 
     @property
     def total(self) -> int:
@@ -568,7 +569,7 @@ def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None 
         "convention": CONVENTION,
         "counter": counter,
         "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens, "images": layout.images,
-                   **({"videos": layout.videos} if getattr(layout, "videos", 0) else {})},
+                   **({"videos": layout.videos, "frames": layout.frames} if getattr(layout, "videos", 0) else {})},
         "baseline": {k: int(baseline[k]) for k in ("total", *COMPONENTS)},
         "withdrawn": {k: int(withdrawn[k]) for k in ("total", *COMPONENTS)},
         "reduction": 1 - withdrawn["total"] / baseline["total"] if baseline["total"] else 0.0,

@@ -222,6 +222,7 @@ class TokenCounts:
     text: int
     images: int | None = None
     videos: int | None = None
+    frames: int | None = None
 
 
 @dataclass(frozen=True)
