@@ -741,3 +741,79 @@ def test_flops_only_video_size_the_processor_rejects(tmp_path, capsys):
                            "--videos", "1", "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
     assert line.startswith("error: --image-size 1x8192: the video processor rejects it for frames (absolute aspect")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------- the third pass (config-only FLOPs, vtw verify)
+
+def _flops_only_tokens(args: list[str], capsys) -> dict:
+    code, out, err = run_cli(["profile", "--flops-only", "--json", *args], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    return json.loads(out)["flops"]["tokens"]
+
+
+def _qwen25_tokens(width: int, height: int) -> int:
+    """Qwen2.5-VL's published resize rule, written out: each side rounded to a multiple of 28 (patch 14 x merge
+    2), scaled up to at least 3136 pixels; one token per 2 x 2 patches."""
+    factor, low = 28, 3136
+    rows, cols = round(height / factor) * factor, round(width / factor) * factor
+    if rows * cols < low:
+        beta = math.sqrt(low / (height * width))
+        rows, cols = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return (rows // 14) * (cols // 14) // 4
+
+
+@pytest.mark.parametrize("size", ["1x1", "150x1", "3x1", "4x4", "1x3"])
+def test_flops_only_image_one_or_three_pixels_high(tmp_path, capsys, size):
+    """An image 1 or 3 pixels high (or 4 x 4) went to the image processor as a bare array, which it read as
+    channels first: "the vision-token rule gives 25 tokens but the model makes 15 features" (exit 2), and a
+    1 x 3 image was counted as 3 x 1. Now a PIL image, as in the loaded model's prompt."""
+    width, height = map(int, size.split("x"))
+    tokens = _flops_only_tokens(["--layer", "2", "--model", str(QWEN_CONFIG), "--image-size", size], capsys)
+    assert tokens["vision"] == _qwen25_tokens(width, height)
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processor needs torchvision, which does not import here")
+@pytest.mark.parametrize("size", ["1x1", "150x1", "100x3"])
+def test_flops_only_video_frames_one_or_three_pixels_high(tmp_path, capsys, size):
+    """The same for video frames (an array of frames is never a PIL image): now handed over channels last."""
+    width, height = map(int, size.split("x"))
+    tokens = _flops_only_tokens(["--layer", "2", "--model", str(QWEN_CONFIG), "--images", "0", "--videos", "1",
+                                 "--frames", "2", "--image-size", size], capsys)
+    assert tokens["vision"] == _qwen25_tokens(width, height)  # 2 frames: one temporal patch
+
+
+def _config_only_dir(tmp_path: Path, name: str, **image_processor) -> Path:
+    """config.json of the family's tiny model + its image processor's preprocessor_config.json, edited."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES[name]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(tmp_path)
+    processor = family.processor().image_processor
+    for key, value in image_processor.items():
+        setattr(processor, key, value)
+    processor.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_flops_only_applies_what_the_processor_passes_its_image_processor(tmp_path, capsys):
+    """InternVLProcessor calls its image processor with crop_to_patches=True whatever preprocessor_config.json
+    says (the published InternVL configs say false): the config-only count read the file and counted 1 tile where
+    the model sees 3 (exit 0, a third of the vision tokens). A 40 x 20 image with 16-pixel tiles, 1..4 of them:
+    a 2 x 1 grid + the thumbnail = 3 tiles of (16 / 4)^2 x 0.5^2 = 4 tokens each."""
+    folder = _config_only_dir(tmp_path / "internvl", "internvl", crop_to_patches=False)
+    tokens = _flops_only_tokens(["--layer", "1", "--model", str(folder), "--image-size", "40x20"], capsys)
+    assert tokens["vision"] == 3 * 4
+
+
+def test_flops_only_gemma3_with_pan_and_scan_in_its_config(tmp_path, capsys):
+    """Gemma3Processor passes do_pan_and_scan=False on every call: a preprocessor_config.json that turns it on
+    made the config-only count fail ("the rule gives 4 tokens but the model makes 12 features") where the
+    loaded model's prompt holds one image of mm_tokens_per_image tokens."""
+    folder = _config_only_dir(tmp_path / "gemma3", "gemma3", do_pan_and_scan=True, pan_and_scan_min_crop_size=4,
+                              pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
+    config = json.loads((folder / "config.json").read_text())
+    tokens = _flops_only_tokens(["--layer", "1", "--model", str(folder), "--image-size", "120x30"], capsys)
+    assert tokens["vision"] == config["mm_tokens_per_image"]

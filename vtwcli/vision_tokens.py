@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "merged_grid", "pixtral_patch_size",
-           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "pooled_frames"]
+           "pooled_patches", "anyres", "image_processor_of", "processor_call_defaults", "merged_video_patches",
+           "pooled_frames"]
 
 
 def image_processor_of(name_or_path: str):
@@ -45,6 +46,57 @@ def image_processor_of(name_or_path: str):
     from transformers import AutoImageProcessor
 
     return AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def processor_call_defaults(config) -> dict:
+    """What the family's transformers processor hands its image processor on every call: the processor class's
+    ``images_kwargs`` (InternVL's and Aya Vision's ``crop_to_patches=True``, Gemma 3's ``do_pan_and_scan=False``,
+    LLaVA-NeXT's ``do_pad=True``, ...). They override the values in preprocessor_config.json, so an image processor
+    called on its own (the config-only count) must be given them too; ``return_tensors`` is left out."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if not isinstance(name, str):
+        return {}
+    for model_type, processor in PROCESSOR_MAPPING_NAMES.items():
+        if processor == name:
+            found = _class_attribute(model_type, name, "images_kwargs")
+            if found is not None:
+                return {key: value for key, value in found.items() if key != "return_tensors"}
+    return {}
+
+
+def _class_attribute(model_type: str, class_name: str, attribute: str) -> dict | None:
+    """``attribute`` of the processor class in transformers/models/<module>/processing_<module>.py; None where the
+    module does not define the class. Where the module cannot be imported (PixtralProcessor's needs torchvision),
+    the literal assigned in the class body is read from the source instead."""
+    import ast
+    import importlib
+    import importlib.util
+
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    module = model_type_to_module_name(model_type)
+    path = f"transformers.models.{module}.processing_{module}"
+    try:
+        spec = importlib.util.find_spec(path)
+    except ModuleNotFoundError:
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        found = getattr(importlib.import_module(path), class_name, None)
+        return None if found is None else dict(getattr(found, attribute, None) or {})
+    except ImportError:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for statement in node.body:
+                if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == attribute
+                                                             for t in statement.targets):
+                    return dict(ast.literal_eval(statement.value))
+            return {}
+    return None
 
 
 def _side(value) -> int:

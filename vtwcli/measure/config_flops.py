@@ -58,11 +58,16 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
 
 
 def _as_called(adapter, config, image_processor):
-    """The image processor as the family's processor calls it (``Adapter.image_processor_kwargs``; a copy)."""
-    if adapter.image_processor_kwargs is None:
-        return image_processor
+    """The image processor as the family's processor calls it (a copy): the processor class's call defaults
+    (``vision_tokens.processor_call_defaults``, over preprocessor_config.json's values), then what the processor
+    computes for every call (``Adapter.image_processor_kwargs``)."""
+    from vtwcli.vision_tokens import processor_call_defaults
+
     image_processor = copy.copy(image_processor)
-    for key, value in adapter.image_processor_kwargs(config).items():
+    for key, value in processor_call_defaults(config).items():
+        if hasattr(image_processor, key):  # settings of the image processor (not output switches)
+            setattr(image_processor, key, value)
+    for key, value in (adapter.image_processor_kwargs(config) if adapter.image_processor_kwargs else {}).items():
         setattr(image_processor, key, value)
     return image_processor
 
@@ -72,9 +77,12 @@ _debug_meta = False
 
 def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, height: int, seed: int) -> dict:
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
-    pictures = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(images)]
+    # PIL images, as the loaded model's synthetic prompt hands them over: an array of a height of 1 or 3 would be
+    # read as channels first by the image processor (a 1 x W image as W x 3, say)
+    pictures = [Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)) for _ in range(images)]
     try:
         out = dict(image_processor(images=[pictures], return_tensors="pt"))
     except Exception as error:  # noqa: BLE001 - the image processor's own refusal, in one line

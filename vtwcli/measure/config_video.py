@@ -70,10 +70,15 @@ def video_tokens_per_video(model: nn.Module, video_processor, frames: int, width
 
 
 def frames_as_given(processor) -> dict:
-    """Keyword arguments that make ``processor`` (or its video processor) take every frame it is given:
-    ``do_sample_frames=False`` where it would sample, nothing elsewhere (stand-ins take no such argument)."""
+    """Keyword arguments that make ``processor`` (or its video processor) take the synthetic frames as they are
+    given: every frame (``do_sample_frames=False`` where it would sample) and channels last (a frame 1 or 3 pixels
+    high would otherwise be read as channels first, ``input_data_format``); nothing a processor does not take
+    (stand-ins take no such argument)."""
     video_processor = getattr(processor, "video_processor", processor)
-    return {"do_sample_frames": False} if getattr(video_processor, "do_sample_frames", False) else {}
+    given = {"do_sample_frames": False} if getattr(video_processor, "do_sample_frames", False) else {}
+    if hasattr(video_processor, "input_data_format"):
+        given["input_data_format"] = "channels_last"
+    return given
 
 
 def video_processor_output(video_processor, videos: int, frames: int, width: int, height: int, seed: int) -> dict:
