@@ -817,3 +817,67 @@ def test_flops_only_gemma3_with_pan_and_scan_in_its_config(tmp_path, capsys):
     config = json.loads((folder / "config.json").read_text())
     tokens = _flops_only_tokens(["--layer", "1", "--model", str(folder), "--image-size", "120x30"], capsys)
     assert tokens["vision"] == config["mm_tokens_per_image"]
+
+
+def _qwen_copy(tmp_path: Path, edit=None, text: str | bytes | None = None) -> Path:
+    """profiles/configs/qwen2.5-vl-7b with its preprocessor_config.json edited (``edit(dict)``) or replaced."""
+    folder = tmp_path / "qwen"
+    folder.mkdir()
+    (folder / "config.json").write_text((QWEN_CONFIG / "config.json").read_text())
+    target = folder / "preprocessor_config.json"
+    if text is not None:
+        target.write_bytes(text if isinstance(text, bytes) else text.encode())
+    else:
+        values = json.loads((QWEN_CONFIG / "preprocessor_config.json").read_text())
+        edit(values)
+        target.write_text(json.dumps(values))
+    return folder
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", '"hello"', "", '{"patch_size": 14,', b"\xff\xfe{}",
+                                  '{"image_processor_type": "NoSuchImageProcessor"}'])
+def test_flops_only_processor_config_that_cannot_be_read(tmp_path, capsys, text):
+    """A preprocessor_config.json that is a list or a string was an AttributeError traceback; invalid JSON, bytes
+    that are not UTF-8 or an unknown processor type read "it needs preprocessor_config.json ...; copy it", about a
+    file that is there."""
+    folder = _qwen_copy(tmp_path, text=text)
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
+    assert line.startswith(f"error: --flops-only: the image processor cannot be built from preprocessor_config.json "
+                           f"in {folder} (")
+    assert line.endswith("); fix the file or copy it again from the model repository")
+
+
+@pytest.mark.parametrize("key, value", [("patch_size", 0), ("merge_size", 0), ("max_pixels", 0), ("patch_size", "14"),
+                                        ("image_processor_type", "CLIPImageProcessor")])
+def test_flops_only_processor_config_values_the_rule_cannot_use(tmp_path, capsys, key, value):
+    """A zero patch or merge size, no pixels allowed, a string patch size (ZeroDivisionError, TypeError) or another
+    family's image processor (AttributeError) were tracebacks."""
+    folder = _qwen_copy(tmp_path, lambda values: values.update({key: value}))
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
+    assert line.startswith("error: --flops-only: Qwen2-VL / Qwen2.5-VL's image-token rule cannot work with the image "
+                           "processor of preprocessor_config.json (")
+    assert line.endswith("); check its patch, merge and pixel-bound values against the model repository's file")
+
+
+@pytest.mark.parametrize("key, value", [("patch_size", 13), ("merge_size", 3), ("temporal_patch_size", 3)])
+def test_flops_only_processor_config_that_disagrees_with_the_model(tmp_path, capsys, key, value):
+    """A processor config whose patch, merge or temporal patch size is not the model's read "the vision tower does
+    not run on the meta device; drop --flops-only" (the loaded model fails on it the same way)."""
+    folder = _qwen_copy(tmp_path, lambda values: values.update({key: value}))
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
+    assert line.startswith("error: Qwen2_5_VLForConditionalGeneration: the vision tower failed on the meta device on "
+                           "what the processor made of the input (RuntimeError: shape ")
+    assert "check that the processor config agrees with config.json's vision_config" in line
+
+
+def test_flops_only_processor_out_of_memory(tmp_path, capsys, monkeypatch):
+    """torch's CPU allocator failing inside the image processor read "the image processor rejected 1 image(s)"."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    def exhausted(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 2157969408 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(Qwen2VLImageProcessorPil, "__call__", exhausted)
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG)], capsys)
+    assert line.startswith("error: out of memory ([enforce fail at alloc_cpu.cpp:127] err == 0.")

@@ -33,9 +33,19 @@ class CheckFailed(VtwError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """MemoryError, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at if already imported."""
+    """MemoryError, torch's CPU allocator failing, or torch's (CUDA/MPS) out-of-memory error; torch is only looked at
+    if already imported."""
     if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, RuntimeError) and "can't allocate memory" in str(error):  # torch's CPU allocator
         return True
     torch = sys.modules.get("torch")
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
     return isinstance(oom, type) and isinstance(error, oom)
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of an exception, on one line (the message cut at 200 characters): the cause quoted in
+    a one-line error."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from vtwcli.adapters import adapter_for
-from vtwcli.errors import VtwError
+from vtwcli.errors import VtwError, error_text
 from vtwcli.model_vision import language_model_of, model_vision, vision_problem
 from vtwcli.profile.model import VerificationCheck, record_dict
 from vtwcli.withdrawal import exact_layers, withdraw
@@ -291,11 +291,6 @@ def reference_kind(model: nn.Module) -> str:
     return "attention masks" if all(kind in ATTENTION_TYPES for kind in types) else "per-row recompute"
 
 
-def _error_text(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:200]}"
-
-
 # --------------------------------------------------------------------------------------------- verify
 
 def _inputs(processor, samples, device) -> dict:
@@ -404,7 +399,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
             try:
                 withdrawn = _last_logits(model(**batch))
             except Exception as error:  # noqa: BLE001 - a failure of the withdrawn forward is what verify reports
-                problem = f"the withdrawn forward raised {_error_text(error)}"
+                problem = f"the withdrawn forward raised {error_text(error)}"
                 note(f"reference at K={k}", k, float("inf"), 0.0, problem)
                 removal_problems.setdefault(k, problem)
                 continue
@@ -418,7 +413,7 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
                 try:
                     expected = reference(model, single, k, model_ids)
                 except Exception as error:  # noqa: BLE001
-                    note(f"reference at K={k}", k, float("inf"), 0.0, f"the reference raised {_error_text(error)}")
+                    note(f"reference at K={k}", k, float("inf"), 0.0, f"the reference raised {error_text(error)}")
                     continue
                 got = withdrawn[row].to(expected.device)
                 effect[k] = max(effect.get(k, 0.0), float((full[row].to(expected.device) - got).abs().max()))
@@ -480,7 +475,7 @@ def _generate_check(model, batch: dict, layer: int, new_tokens: int, vision_ids:
             cached = model.generate(**kwargs)
             uncached = model.generate(**kwargs, use_cache=False)
     except Exception as error:  # noqa: BLE001 - reported as the check's failure
-        return float("inf"), 0.0, f"generate() raised {_error_text(error)}"
+        return float("inf"), 0.0, f"generate() raised {error_text(error)}"
     diff, tol = 0.0, 0.0
     for got, expected in zip(cached.logits, uncached.logits):
         expected = expected.float()

@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from vtwcli.defaults import DEFAULT_VIDEO_FRAMES
-from vtwcli.errors import UnsupportedError, VtwError
+from vtwcli.errors import UnsupportedError, VtwError, error_text, is_out_of_memory
 from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype, _parameters_frozen
 
 __all__ = ["COUNTER_CONFIG", "vision_tokens_per_image", "count_flops_from_config"]
@@ -55,6 +55,18 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
     except ValueError as error:  # the image processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
         raise VtwError(f"--image-size {width}x{height}: the image processor rejects it ({error}); use a less "
                        "extreme size") from None
+    except RULE_FAULTS as error:  # a zero patch size, a string where a number belongs, another family's processor
+        raise rule_fault(adapter.family, "image", "preprocessor_config.json", error) from None
+
+
+# What a vision-token rule raises on an image (video) processor config with values it cannot work with.
+RULE_FAULTS = (ArithmeticError, TypeError, AttributeError, KeyError, IndexError)
+
+
+def rule_fault(family: str, kind: str, file: str, error: BaseException) -> VtwError:
+    return VtwError(f"--flops-only: {family}'s {kind}-token rule cannot work with the {kind} processor of {file} "
+                    f"({error_text(error)}); check its patch, merge and pixel-bound values "
+                    "against the model repository's file")
 
 
 def _as_called(adapter, config, image_processor):
@@ -86,7 +98,10 @@ def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, he
     try:
         out = dict(image_processor(images=[pictures], return_tensors="pt"))
     except Exception as error:  # noqa: BLE001 - the image processor's own refusal, in one line
-        raise VtwError(f"the image processor rejected {images} image(s) of {width}x{height}: {error}") from None
+        if is_out_of_memory(error):
+            raise
+        raise VtwError(f"the image processor rejected {images} image(s) of {width}x{height} ({error_text(error)}); "
+                       "check the values of its preprocessor_config.json, or use another --image-size") from None
     return _feature_inputs(model, out, "get_image_features")
 
 
@@ -168,11 +183,18 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
     try:
         with _parameters_frozen(model), counter, _MetaAtWeights():
             output = getattr(model.model, features)(**pixels)
-    except (NotImplementedError, RuntimeError) as error:
+    except NotImplementedError as error:
         if _debug_meta:
             raise
         raise UnsupportedError(f"{type(model).__name__}: the vision tower does not run on the meta device "
                                f"({type(error).__name__}); drop --flops-only to count on the loaded model") from None
+    except RuntimeError as error:  # a shape that does not fit (or an operation meta tensors cannot do)
+        if _debug_meta:
+            raise
+        raise UnsupportedError(f"{type(model).__name__}: the vision tower failed on the meta device on what the "
+                               f"processor made of the input ({error_text(error)}); check that the processor config "
+                               "agrees with config.json's vision_config (patch, merge and temporal patch sizes), else "
+                               "drop --flops-only to count on the loaded model") from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -340,13 +362,37 @@ def _kept_positions(text_tokens: int, image_vision: int, video_vision: int,
     return torch.cat(kept).to("meta"), withdrawn
 
 
+# The files transformers builds a processor from (processor_config.json: transformers 5's save_pretrained)
+PROCESSOR_FILES = {"image": ("preprocessor_config.json", "processor_config.json"),
+                   "video": ("video_preprocessor_config.json", "preprocessor_config.json", "processor_config.json")}
+# What transformers raises on a processor config file it cannot build a processor from
+PROCESSOR_FILE_FAULTS = (OSError, ValueError, TypeError, AttributeError, KeyError)
+
+
+def processor_file(source: str, kind: str) -> str | None:
+    """The processor config file of ``kind`` in the directory ``source`` that transformers reads, None if none."""
+    from pathlib import Path
+
+    return next((name for name in PROCESSOR_FILES[kind] if (Path(source) / name).is_file()), None)
+
+
+def broken_processor_file(source: str, kind: str, error: BaseException) -> VtwError | None:
+    """The one line for a processor config file that exists but cannot be read; None where none exists."""
+    name = processor_file(source, kind)
+    if name is None:
+        return None
+    return VtwError(f"--flops-only: the {kind} processor cannot be built from {name} in {source} "
+                    f"({error_text(error)}); fix the file or copy it again from the model "
+                    "repository")
+
+
 def image_processor_for_flops(source: str, family: str):
     """The image processor of a config-only directory (or hub id), from its preprocessor_config.json."""
     from vtwcli.vision_tokens import image_processor_of
 
     try:
         return image_processor_of(source)
-    except (OSError, ValueError) as error:
-        raise VtwError(f"--flops-only: {family} sizes its vision tokens from each image, so it needs "
-                       f"preprocessor_config.json beside config.json in {source} ({type(error).__name__}); copy it "
-                       "from the model repository") from None
+    except PROCESSOR_FILE_FAULTS as error:
+        raise broken_processor_file(source, "image", error) or VtwError(
+            f"--flops-only: {family} sizes its vision tokens from each image, so it needs preprocessor_config.json "
+            f"beside config.json in {source} ({type(error).__name__}); copy it from the model repository") from None

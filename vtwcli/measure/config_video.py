@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vtwcli.errors import UnsupportedError, VtwError
+from vtwcli.errors import UnsupportedError, VtwError, error_text, is_out_of_memory
+from vtwcli.measure.config_flops import PROCESSOR_FILE_FAULTS, RULE_FAULTS, broken_processor_file, rule_fault
 
 __all__ = ["COUNTER_CONFIG_VIDEOS", "check_videos", "video_processor_for_flops", "video_tokens_per_video", "video_processor_output",
            "frames_as_given"]
@@ -51,10 +52,11 @@ def video_processor_for_flops(source: str, family: str):
         raise VtwError(f"--videos with --flops-only: {family}'s video processor (transformers) needs torchvision, "
                        f"which does not import here; install the torchvision that matches torch {torch.__version__}, "
                        "or drop --videos") from None
-    except (OSError, ValueError) as error:
-        raise VtwError(f"--videos with --flops-only: {family} sizes its video tokens from the video processor, so it "
-                       "needs video_preprocessor_config.json (or preprocessor_config.json) beside config.json in "
-                       f"{source} ({type(error).__name__}); copy it from the model repository") from None
+    except PROCESSOR_FILE_FAULTS as error:
+        raise broken_processor_file(source, "video", error) or VtwError(
+            f"--videos with --flops-only: {family} sizes its video tokens from the video processor, so it needs "
+            "video_preprocessor_config.json (or preprocessor_config.json) beside config.json in "
+            f"{source} ({type(error).__name__}); copy it from the model repository") from None
 
 
 def video_tokens_per_video(model: nn.Module, video_processor, frames: int, width: int, height: int) -> int:
@@ -67,6 +69,8 @@ def video_tokens_per_video(model: nn.Module, video_processor, frames: int, width
     except ValueError as error:  # the processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
         raise VtwError(f"--image-size {width}x{height}: the video processor rejects it for frames ({error}); use a "
                        "less extreme size") from None
+    except RULE_FAULTS as error:
+        raise rule_fault(adapter.family, "video", "its video processor config", error) from None
 
 
 def frames_as_given(processor) -> dict:
@@ -90,5 +94,8 @@ def video_processor_output(video_processor, videos: int, frames: int, width: int
     try:
         return dict(video_processor(videos=clips, return_tensors="pt", **frames_as_given(video_processor)))
     except Exception as error:  # noqa: BLE001 - the video processor's own refusal, in one line
-        raise VtwError(f"the video processor rejected {videos} video(s) of {frames} frame(s) of {width}x{height}: "
-                       f"{error}") from None
+        if is_out_of_memory(error):
+            raise
+        raise VtwError(f"the video processor rejected {videos} video(s) of {frames} frame(s) of {width}x{height} "
+                       f"({error_text(error)}); check the values of its processor config, or use fewer --frames or "
+                       "another --image-size") from None
