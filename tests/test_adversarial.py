@@ -881,3 +881,70 @@ def test_flops_only_processor_out_of_memory(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Qwen2VLImageProcessorPil, "__call__", exhausted)
     line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG)], capsys)
     assert line.startswith("error: out of memory ([enforce fail at alloc_cpu.cpp:127] err == 0.")
+
+
+QWEN3_CONFIG = Path(__file__).parent.parent / "profiles" / "configs" / "qwen3-vl-8b"
+
+
+def _qwen3_copy(tmp_path: Path, edit) -> Path:
+    """profiles/configs/qwen3-vl-8b with its config.json edited (``edit(dict)``)."""
+    folder = tmp_path / "qwen3"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text((QWEN3_CONFIG / "preprocessor_config.json").read_text())
+    values = json.loads((QWEN3_CONFIG / "config.json").read_text())
+    edit(values)
+    (folder / "config.json").write_text(json.dumps(values))
+    return folder
+
+
+@pytest.mark.parametrize("edit", [lambda c: c.update(image_token_id="x"),
+                                  lambda c: c["text_config"].update(num_hidden_layers="36"),
+                                  lambda c: c.update(text_config=[1])], ids=["id", "layers", "text_config"])
+def test_config_value_of_the_wrong_type(tmp_path, capsys, edit):
+    """transformers 5 validates every config field: a string token id or layer count, a list for text_config
+    escaped as a StrictDataclassFieldValidationError traceback."""
+    folder = _qwen3_copy(tmp_path, edit)
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
+    assert line.startswith(f"error: --model {folder}: config.json has a value transformers refuses (Validation error "
+                           "for field '")
+    assert line.endswith("); fix that value or re-save the model with save_pretrained")
+
+
+@pytest.mark.parametrize("edit, key, value", [
+    (lambda c: c["text_config"].update(num_hidden_layers=10 ** 12), "num_hidden_layers", 10 ** 12),
+    (lambda c: c["vision_config"].update(depth=10 ** 12), "depth", 10 ** 12),
+    (lambda c: c["text_config"].update(num_hidden_layers=0), "num_hidden_layers", 0)], ids=["text", "vision", "none"])
+@pytest.mark.parametrize("flops_only", [True, False])
+def test_config_layer_counts_out_of_reach(tmp_path, capsys, edit, key, value, flops_only):
+    """10^12 layers: building the model never ended (killed after minutes); 0 layers read "--layer 2: out of
+    range ... use 1..0". Refused from config.json, before any model is built."""
+    folder = _qwen3_copy(tmp_path, edit)
+    started = time.monotonic()
+    args = ["profile", "--layer", "2", "--model", str(folder)] + (["--flops-only"] if flops_only else [])
+    line = one_line_error(args, capsys)
+    assert time.monotonic() - started < 60
+    assert line.startswith(f"error: --model {folder}: config.json sets {key} = {value} (Qwen3VL")
+    assert line.endswith("layers is out of reach (and no profile records it); fix the value" if value else
+                         "a model needs at least 1 decoder layer; fix the value")
+
+
+def test_flops_only_config_whose_heads_do_not_fit(tmp_path, capsys):
+    """7 attention heads for 8 key/value heads (head_dim given, so transformers builds it): a RuntimeError traceback
+    from the language model's forward on the meta device."""
+    folder = _qwen3_copy(tmp_path, lambda c: c["text_config"].update(num_attention_heads=7))
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
+    assert line.startswith("error: Qwen3VLForConditionalGeneration: the language model failed on the meta device "
+                           "(RuntimeError: ")
+    assert line.endswith("check config.json's text model values (attention and key/value heads, head size) against "
+                         "the model repository, else drop --flops-only to count on the loaded model")
+
+
+def test_config_architectures_given_as_one_string(tmp_path, capsys):
+    """`"architectures": "Qwen3VLForConditionalGeneration"` (a string, not a list) read "architecture Q has no
+    vtwcli adapter": its first letter. One class name is that class."""
+    folder = _qwen3_copy(tmp_path, lambda c: c.update(architectures="Qwen3VLForConditionalGeneration"))
+    output = tmp_path / "p.yaml"
+    code, _, err = run_cli(["profile", "--flops-only", "--layer", "2", "--model", str(folder), "--output", str(output)],
+                           capsys)
+    assert code == 0, err
+    assert yaml.safe_load(output.read_text())["model"]["architecture"] == "Qwen3VLForConditionalGeneration"

@@ -156,18 +156,48 @@ def _load_failed(name: str, source, error: Exception, in_directory: str) -> VtwE
 
 
 def load_config(name_or_path: str):
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     source = _resolve_source(name_or_path)
     try:
-        return AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise _load_failed(name_or_path, source, error, f"config.json could not be read ({error}); re-save the model "
                            "with save_pretrained") from None
+    except StrictDataclassError as error:  # a value of the wrong type (transformers 5 checks every field)
+        raise VtwError(f"--model {name_or_path}: config.json has a value transformers refuses "
+                       f"({' '.join(str(error).split())[:300]}); fix that value or re-save the model with "
+                       "save_pretrained") from None
+    _check_layer_counts(config, name_or_path)
+    return config
+
+
+def _check_layer_counts(config, name: str) -> None:
+    """Layer counts a model can be built with: at least one decoder layer, and no more layers in any part than a
+    profile records (``model.num_layers``' maximum in the profile schema); building more would not end."""
+    from vtwcli.profile.schema import schema
+
+    most = schema()["properties"]["model"]["properties"]["num_layers"]["maximum"]
+    text = config.get_text_config()
+    parts = [config, text] + [value for value in vars(config).values() if hasattr(value, "to_dict")]
+    for part in parts:
+        for key in ("depth", "num_layers", "num_hidden_layers"):  # depth first: its alias reads as depth
+            value = getattr(part, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > most:
+                raise VtwError(f"--model {name}: config.json sets {key} = {value} ({type(part).__name__}); a model "
+                               f"of more than {most} layers is out of reach (and no profile records it); fix the "
+                               "value")
+    layers = getattr(text, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers < 1:
+        raise VtwError(f"--model {name}: config.json sets num_hidden_layers = {layers} ({type(text).__name__}); a "
+                       "model needs at least 1 decoder layer; fix the value")
 
 
 def architecture_of(config, *, generic: bool = False) -> str:
     architectures = getattr(config, "architectures", None) or []
+    if isinstance(architectures, str):  # one class name where a list belongs: the class, not its first letter
+        architectures = [architectures]
     if not architectures:
         raise VtwError(f"model config ({config.model_type}) names no architecture; set `architectures` in config.json")
     architecture = architectures[0]

@@ -192,9 +192,9 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
         if _debug_meta:
             raise
         raise UnsupportedError(f"{type(model).__name__}: the vision tower failed on the meta device on what the "
-                               f"processor made of the input ({error_text(error)}); check that the processor config "
-                               "agrees with config.json's vision_config (patch, merge and temporal patch sizes), else "
-                               "drop --flops-only to count on the loaded model") from None
+                               f"processor made of the input ({error_text(error)}); check config.json's vision_config "
+                               "and that the processor config agrees with it (patch, merge and temporal patch sizes), "
+                               "else drop --flops-only to count on the loaded model") from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -273,6 +273,13 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
         with counter, _MetaAtWeights():
             hidden = language_model(input_ids=ids, cache=cache, use_cache=True, **last).last_hidden_state
         prefill = int(counter.get_total_flops())
+    except RuntimeError as error:  # shapes that do not fit, e.g. attention heads not a multiple of the kv heads
+        if _debug_meta:
+            raise
+        raise UnsupportedError(f"{type(model).__name__}: the language model failed on the meta device "
+                               f"({error_text(error)}); check config.json's text model values (attention and key/value "
+                               "heads, head size) against the model repository, else drop --flops-only to count on "
+                               "the loaded model") from None
     finally:
         for hook in hooks:
             hook.remove()
