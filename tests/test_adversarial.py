@@ -948,3 +948,19 @@ def test_config_architectures_given_as_one_string(tmp_path, capsys):
                            capsys)
     assert code == 0, err
     assert yaml.safe_load(output.read_text())["model"]["architecture"] == "Qwen3VLForConditionalGeneration"
+
+
+@pytest.mark.parametrize("flops_only", [True, False])
+def test_negative_videos(model_dir, tmp_path, capsys, no_model_load, flops_only):
+    """--videos -1 read "needs torchvision" (or, with it, "the video processor rejected -1 video(s): list index
+    out of range"); now refused with the other options, before any model or config loads."""
+    args = ["profile", "--model", model_dir, "--layer", "2", "--videos", "-1"] + (["--flops-only"] if flops_only else [])
+    assert one_line_error(args, capsys) == "error: --videos -1: use 0 or more videos"
+
+
+def test_flops_only_prompt_past_the_context_names_what_sized_it(tmp_path, capsys):
+    """A prompt made long by --image-size (or --videos / --frames) was told to "lower --text-tokens / --images"."""
+    line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG), "--images", "8",
+                           "--image-size", "8192x8192"], capsys)
+    assert line.startswith("error: the synthetic prompt is 131136 tokens (text and vision)")  # 8 x 16384 + 64
+    assert line.endswith("; lower --text-tokens / --images / --image-size")

@@ -16,9 +16,12 @@ def check_seed(seed: int, option: str = "--seed") -> int:
 
 
 def check_frames(frames: int | None, videos: int) -> int:
-    """``--frames`` (None: the default): 1..MAX_VIDEO_FRAMES frames per video, and only with ``--videos``."""
+    """``--videos`` (0 or more) and ``--frames`` (None: the default): 1..MAX_VIDEO_FRAMES frames per video, and only
+    with ``--videos``."""
     from vtwcli.defaults import DEFAULT_VIDEO_FRAMES, MAX_VIDEO_FRAMES
 
+    if videos < 0:
+        raise VtwError(f"--videos {videos}: use 0 or more videos")
     if frames is None:
         return DEFAULT_VIDEO_FRAMES
     if not videos:

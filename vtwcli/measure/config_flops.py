@@ -328,7 +328,8 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     image_vision = images * vision_tokens_per_image(model, image_processor, width, height, images) if images else 0
     video_vision = videos * video_tokens_per_video(model, video_processor, frames, width, height) if videos else 0
     total = image_vision + video_vision + text_tokens
-    adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
+    media = "--images / --image-size" + (" / --videos / --frames" if videos else "")
+    adapter.check_prompt_fits(model.config, total, fix=f"lower --text-tokens / {media}")  # before such tensors exist
     kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds)
     tower = dict.fromkeys(("vision_tower", "projector"), 0)
     if images:
