@@ -964,3 +964,41 @@ def test_flops_only_prompt_past_the_context_names_what_sized_it(tmp_path, capsys
                            "--image-size", "8192x8192"], capsys)
     assert line.startswith("error: the synthetic prompt is 131136 tokens (text and vision)")  # 8 x 16384 + 64
     assert line.endswith("; lower --text-tokens / --images / --image-size")
+
+
+def _frames_dataset(tmp_path: Path, **sample) -> Path:
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "images" / "cat.jpg").write_bytes(PHOTO.read_bytes())
+    row = {"id": "v1", "question": "what is shown?", "answer": "cat", **sample}
+    return write_jsonl(tmp_path / "set.jsonl", [row])
+
+
+def test_verify_video_sample_on_a_model_without_video(model_dir, tmp_path, capsys):
+    """A video sample on LLaVA-1.5 (no video input): the chat template dropped the video, and verify reported
+    "withdrawal is not exact on this model: ... the prompts carry no pixel input" (exit 1, a failed check about
+    the model) where `vtw calibrate` refuses the sample (row 57). Now the same refusal, exit 2."""
+    path = _frames_dataset(tmp_path, video=["images/cat.jpg", "images/cat.jpg"])
+    code, _, err = run_cli(["verify", "--model", model_dir, "--dataset", str(path)], capsys)
+    assert code == 2
+    assert err == (f"error: {path}:1: the sample has a video but LLaVA-1.5 takes no video input; drop its video (or "
+                   "verify a model with video input)\n")  # nothing else on stderr: no empty line before it
+
+
+def test_verify_sample_longer_than_the_context(model_dir, tmp_path, capsys):
+    """A question of 5000 words was "the verify prompt is 5019 tokens ... + 4 new tokens (--new-tokens) ...; lower
+    --new-tokens", which cannot help: now the sample and what to do about it, as `vtw calibrate` says."""
+    path = _frames_dataset(tmp_path, image="images/cat.jpg", question="word " * 5000)
+    line = one_line_error(["verify", "--model", model_dir, "--dataset", str(path)], capsys)
+    assert line.startswith(f"error: {path}:1: the prompt is ")
+    assert line.endswith(" tokens (text and vision), more than the model's context of 256 tokens "
+                         "(max_position_embeddings); shorten the question or drop the sample")
+
+
+def test_verify_output_of_another_model_before_the_model_loads(model_dir, tmp_path, capsys, no_model_load):
+    """Row 106 was reached only after every check had run (minutes on a 7B model): the config's hash is read from
+    config.json before the model loads."""
+    other = tmp_path / "other.yaml"
+    other.write_text(GOOD)
+    line = one_line_error(["verify", "--model", model_dir, "--output", str(other)], capsys)
+    assert line.startswith(f"error: --output {other} is a profile of another model (")
+    assert other.read_text() == GOOD

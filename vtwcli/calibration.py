@@ -200,18 +200,15 @@ def calibrate(model, processor, selections: list[DatasetSelection], options: Cal
     K distribution is stable (:func:`vtwcli.selection.samples_auto`), and the result keeps the drawn ones.
     """
     from vtwcli.calibration_records import answers_record_problem, kl_record_problem, refuse_non_finite_kl
-    from vtwcli.prompts import check_prompts_fit, make_batch, score_answer
+    from vtwcli.prompts import check_prompts_fit, make_batch, refuse_videos_without_video_input, score_answer
 
     store = store if store is not None else _NoStore()  # an empty CheckpointStore is falsy (len 0)
     adapter = adapter_for(model)
     num_layers = len(adapter.decoder_layers(model))
     options.validate(num_layers)
     adapter.check_kinds(model.config, options.kinds)
-    if not adapter.accepts_video(model.config):
-        with_video = next((s for selection in selections for s in selection.samples if s.videos), None)
-        if with_video is not None:  # its chat template and processor would drop the video without a word
-            raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; "
-                           "drop its video (or calibrate a model with video input)")
+    refuse_videos_without_video_input(adapter, model.config, [s for selection in selections for s in selection.samples],
+                                      "calibrate")
     text_config = adapter.text_config(model.config)
     exact = exact_layers(adapter, text_config, num_layers)
     # K = L withdraws nothing (KL 0): not a candidate. Where withdrawal is exact only up to some layer (KV

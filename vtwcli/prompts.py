@@ -211,6 +211,17 @@ def score_answer(prediction: str, sample: Sample) -> bool:
     return any(normalize_answer(c) in targets for c in candidates)
 
 
+def refuse_videos_without_video_input(adapter: Any, config: Any, samples, command: str) -> None:
+    """A sample with a video for a model that takes no video: its chat template and processor would drop the video
+    without a word (``command``: the verb of the way out, e.g. "calibrate")."""
+    if adapter.accepts_video(config):
+        return
+    with_video = next((sample for sample in samples if sample.videos), None)
+    if with_video is not None:
+        raise VtwError(f"{with_video.where()}: the sample has a video but {adapter.family} takes no video input; drop "
+                       f"its video (or {command} a model with video input)")
+
+
 def check_prompts_fit(processor: Any, config: Any, adapter: Any, sample_lists: list[list[Sample]], *,
                       batch_size: int, answers: bool = False, new_tokens: int = 0) -> None:
     """Every prompt (with its vision tokens, plus the reference answer under teacher forcing or the

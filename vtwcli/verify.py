@@ -317,6 +317,8 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
            progress: Callable[[int], None] | None = None) -> VerifyResult:
     """Run every check of the module docstring on ``samples`` (datasets.Sample) at ``layers`` (default:
     :func:`default_layers`). Returns the checks; raises VtwError only for bad arguments."""
+    from vtwcli.prompts import check_prompts_fit, refuse_videos_without_video_input
+
     adapter = adapter_for(model)
     decoder_layers = adapter.decoder_layers(model)
     num_layers = len(decoder_layers)
@@ -325,6 +327,8 @@ def verify(model: nn.Module, processor, samples: list, *, layers: list[int] | No
         raise VtwError(f"--new-tokens {new_tokens}: generate at least 1 token")
     if not samples:
         raise VtwError("verify needs at least one sample; pass --dataset and --samples N >= 1")
+    refuse_videos_without_video_input(adapter, model.config, samples, "verify")
+    check_prompts_fit(processor, model.config, adapter, [samples], batch_size=batch_size)  # each prompt on its own
     dtype = next(model.parameters()).dtype
     result = VerifyResult(layers=layers, num_layers=num_layers, dtype=dtype, reference=reference_kind(model),
                           samples=len(samples), new_tokens=new_tokens)

@@ -75,6 +75,10 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
 
     if job.output is not None:
         check_output_path(job.output, "vtw-verify.yaml")
+        if job.output.exists():  # a profile of another model is refused now, not after the checks ran
+            from vtwcli.loading import bundled_model_path, config_sha256, load_config
+
+            _refuse_another_model(job.output, config_sha256(load_config(job.model or str(bundled_model_path()))))
     if job.batch_size < 1:
         raise VtwError(f"--batch-size {job.batch_size}: use 1 or more")
     if job.new_tokens < 1:  # before the model loads (verify() checks it again)
@@ -112,17 +116,25 @@ def _verify(job: VerifyJob, chosen, data, progress) -> VerifyRun:
     return VerifyRun(result, section, loaded.architecture, None if derived is None else derived.notes, written)
 
 
+def _refuse_another_model(path: Path, config_sha256: str) -> dict:
+    """The profile at ``path`` (read and validated), refused unless it was made for the model of ``config_sha256``."""
+    from vtwcli.profile import read_profile_dict
+
+    data = read_profile_dict(path)
+    recorded = data["model"].get("config_sha256")
+    if recorded != config_sha256:
+        raise VtwError(f"--output {path} is a profile of another model ({data['model'].get('name_or_path')}, "
+                       f"config_sha256 {str(recorded)[:12]}...); verify that model or choose another --output")
+    return data
+
+
 def _store(path: Path, section: dict, loaded) -> Path:
     """Add ``verification`` to the profile at ``path`` (same model only), or write a new profile there."""
     from vtwcli.loading import model_section
-    from vtwcli.profile import new_profile, read_profile_dict, write_profile
+    from vtwcli.profile import new_profile, write_profile
 
     if path.exists():
-        data = read_profile_dict(path)
-        recorded = data["model"].get("config_sha256")
-        if recorded != section["config_sha256"]:
-            raise VtwError(f"--output {path} is a profile of another model ({data['model'].get('name_or_path')}, "
-                           f"config_sha256 {str(recorded)[:12]}...); verify that model or choose another --output")
+        data = _refuse_another_model(path, section["config_sha256"])
     else:
         data = new_profile(model_section(loaded), loaded.device)
     data["verification"] = section

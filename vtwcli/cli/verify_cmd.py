@@ -61,8 +61,9 @@ def verify_command(
 def _progress_bar(total: int, description: str, *, hidden: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # a bar only on a terminal: in a log rich leaves an empty line on stderr, before the one-line error too
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=hidden) as bar:
+                  console=err_console, transient=True, disable=hidden or not err_console.is_terminal) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
