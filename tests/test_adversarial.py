@@ -1002,3 +1002,34 @@ def test_verify_output_of_another_model_before_the_model_loads(model_dir, tmp_pa
     line = one_line_error(["verify", "--model", model_dir, "--output", str(other)], capsys)
     assert line.startswith(f"error: --output {other} is a profile of another model (")
     assert other.read_text() == GOOD
+
+
+def test_attn_the_architecture_does_not_implement(tmp_path, capsys):
+    """sdpa (the default) on a family transformers implements with eager attention only (GOT-OCR2, with --generic)
+    read "no loadable weights in the directory (ValueError); it needs model.safetensors", beside the file."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+    text = dict(model_type="qwen2", vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    vision = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+                  patch_size=16, mlp_dim=64, global_attn_indexes=[1], window_size=2)
+    model = GotOcr2ForConditionalGeneration(GotOcr2Config(text_config=text, vision_config=vision, image_token_index=5))
+    model.config.architectures = ["GotOcr2ForConditionalGeneration"]
+    model.save_pretrained(tmp_path / "got")
+    line = one_line_error(["verify", "--model", str(tmp_path / "got"), "--generic"], capsys)
+    assert line.startswith("error: --attn sdpa: transformers ")
+    assert " does not implement it for GotOcr2ForConditionalGeneration (" in line
+    assert line.endswith("; use --attn eager")
+
+
+def test_listed_family_without_a_vision_config_is_not_text_only(tmp_path, capsys):
+    """Fuyu projects image patches straight into the sequence and has no vision_config: it was "FuyuForCausalLM is
+    a text-only model", where `vtw models` lists it as planned."""
+    from transformers import FuyuConfig
+
+    config = FuyuConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config.architectures = ["FuyuForCausalLM"]
+    config.save_pretrained(tmp_path)
+    line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", str(tmp_path)], capsys)
+    assert line.startswith("error: architecture FuyuForCausalLM has no vtwcli adapter (planned: image patches "
+                           "projected straight into the sequence")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vtwcli.adapters import adapter_for_architecture, has_entry
+from vtwcli.adapters import adapter_for_architecture, has_entry, is_listed
 from vtwcli.errors import VtwError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -201,7 +201,7 @@ def architecture_of(config, *, generic: bool = False) -> str:
     if not architectures:
         raise VtwError(f"model config ({config.model_type}) names no architecture; set `architectures` in config.json")
     architecture = architectures[0]
-    if getattr(config, "vision_config", None) is None:
+    if getattr(config, "vision_config", None) is None and not is_listed(architecture):  # Fuyu has no vision_config
         raise VtwError(f"{architecture} is a text-only model: withdrawal needs a multimodal model with vision "
                        "tokens (see `vtw models`)")
     if generic and not has_entry(architecture):
@@ -217,6 +217,7 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
                attn: str = "sdpa", device_map: str | None = None, generic: bool = False) -> LoadedModel:
     """Load model + processor for withdrawal; None loads the bundled demo model. ``generic`` also loads an
     architecture without an adapter entry (the caller derives one: vtwcli.generic)."""
+    import transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from transformers.utils import logging as hf_logging
@@ -248,6 +249,9 @@ def load_model(name_or_path: str | None = None, *, device: str = "auto", dtype: 
         raise VtwError(f"--model {name_or_path}: the weights do not match config.json (tensor shapes differ); "
                        "re-save the model with save_pretrained") from None
     except (OSError, ValueError) as error:
+        if "attention implementation" in str(error):  # e.g. sdpa on a family transformers implements eager only
+            raise VtwError(f"--attn {attn}: transformers {transformers.__version__} does not implement it for "
+                           f"{architecture} ({_first_line(error)}); use --attn eager") from None
         raise _load_failed(name_or_path, source, error, f"no loadable weights in the directory "
                            f"({error.__class__.__name__}); it needs model.safetensors (or pytorch_model.bin) from "
                            "save_pretrained") from None

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # annotations only: `vtw models` must not wait for torch
 
 __all__ = ["ADAPTERS", "Adapter", "DERIVED", "DeepStack", "GRANITE4_VISION_DEEPSTACK", "IMAGE_AND_VIDEO", "LLAVA_COMPONENTS",
            "NOT_APPLICABLE", "PLANNED", "QWEN3_VL_DEEPSTACK", "QWEN_VL_COMPONENTS", "Uncovered", "VISION_KINDS",
-           "adapter_for", "adapter_for_architecture", "has_entry", "parse_kinds", "supported_architectures", "validate_kinds"]
+           "adapter_for", "adapter_for_architecture", "has_entry", "is_listed", "parse_kinds", "supported_architectures",
+           "validate_kinds"]
 
 
 def supported_architectures() -> list[str]:
@@ -39,6 +40,12 @@ DERIVED: dict[str, Adapter] = {}
 def has_entry(architecture: str) -> bool:
     """True where an adapter entry (not a --generic derivation) lists ``architecture``."""
     return any(architecture in adapter.architectures for adapter in ADAPTERS)
+
+
+def is_listed(architecture: str) -> bool:
+    """True where `vtw models` names ``architecture``: an adapter entry, or a planned / not-applicable family."""
+    return has_entry(architecture) or any(architecture in entry.architectures for entries in (PLANNED, NOT_APPLICABLE)
+                                          for entry in entries.values())
 
 
 def adapter_for_architecture(architecture: str) -> Adapter:
