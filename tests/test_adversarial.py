@@ -1033,3 +1033,19 @@ def test_listed_family_without_a_vision_config_is_not_text_only(tmp_path, capsys
     line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", str(tmp_path)], capsys)
     assert line.startswith("error: architecture FuyuForCausalLM has no vtwcli adapter (planned: image patches "
                            "projected straight into the sequence")
+
+
+@pytest.mark.parametrize("tokens, message", [
+    ({"videos": 2}, "flops.tokens.frames: required key is missing (it goes with videos)"),
+    ({"frames": 3}, "flops.tokens.videos: required key is missing (it goes with frames)"),
+    ({"videos": 0, "frames": 3}, "flops.tokens.videos: expected a value >= 1, got 0")])
+def test_profile_videos_and_frames_go_together(tmp_path, capsys, tokens, message):
+    """`vtw profile` writes `videos` and `frames` together, only for a prompt with videos; a hand-edited profile
+    with one of them (or 0 videos and some frames) passed `vtw check`."""
+    data = example_profile()
+    data["flops"]["tokens"].update(tokens)
+    profile = tmp_path / "p.yaml"
+    profile.write_text(dump_profile_yaml(data))
+    line = one_line_error(["check", str(profile)], capsys)
+    assert line.startswith(f"error: {profile}:") and line.endswith(f": {message} (invalid profile; see "
+                                                                    "docs/profile-schema.md)")
