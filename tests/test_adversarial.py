@@ -1049,3 +1049,21 @@ def test_profile_videos_and_frames_go_together(tmp_path, capsys, tokens, message
     line = one_line_error(["check", str(profile)], capsys)
     assert line.startswith(f"error: {profile}:") and line.endswith(f": {message} (invalid profile; see "
                                                                     "docs/profile-schema.md)")
+
+
+@pytest.mark.parametrize("sent, name", [("SIGINT", "Ctrl-C (SIGINT)"), ("SIGTERM", "SIGTERM")])
+def test_interrupt_while_the_cli_imports(tmp_path, sent, name):
+    """Ctrl-C in the first third of a second (the CLI importing typer, rich, its commands) printed a KeyboardInterrupt
+    traceback of 20-60 lines; SIGTERM killed it without a word. A stand-in `typer` module sends the signal from
+    inside those imports."""
+    import subprocess
+    import sys
+
+    (tmp_path / "typer.py").write_text(f"import os, signal, time\nos.kill(os.getpid(), signal.{sent})\ntime.sleep(30)\n")
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    result = subprocess.run([sys.executable, "-c", "from vtwcli.cli import main; main()", "check", "p.yaml"],
+                            capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert result.returncode == 130
+    assert result.stderr == (f"error: interrupted by {name} before the command finished; no output was written "
+                             "half-way (files are written whole or not at all)\n")

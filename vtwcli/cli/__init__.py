@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 
-import typer
-from rich.markup import escape
+from vtwcli.cli._signals import stop_while_starting
 
-from vtwcli import __version__
-from vtwcli.cli import _state
-from vtwcli.errors import VtwError, is_out_of_memory
+with stop_while_starting():  # Ctrl-C while the CLI imports: the interrupt's one line, not an import traceback
+    import typer
+    from rich.markup import escape
+
+    from vtwcli import __version__
+    from vtwcli.cli import _state
+    from vtwcli.errors import VtwError, is_out_of_memory
 
 app = typer.Typer(
     name="vtw",
@@ -44,7 +47,8 @@ def root(
 
 
 # Registration order is the order `vtw --help` lists the commands in.
-from vtwcli.cli import commands  # noqa: E402,F401  (registers the subcommands on `app`)
+with stop_while_starting():
+    from vtwcli.cli import commands  # noqa: E402,F401  (registers the subcommands on `app`)
 
 
 _OOM_HINT = ("lower --batch-size, use a smaller --dtype (bfloat16 or float16 on GPU) or spread the model with "
@@ -67,7 +71,7 @@ def _debug_first(argv: list[str]) -> tuple[list[str], bool]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, exit codes 0 / 1 (check failed) / 2 (bad input)."""
-    from vtwcli.cli._signals import signal_name, stop_on_signals
+    from vtwcli.cli._signals import interrupted_message, stop_on_signals
 
     argv, debug = _debug_first(list(argv if argv is not None else sys.argv[1:]))
     try:
@@ -92,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        _fail(f"interrupted by {signal_name()} before the command finished; no output was written half-way "
-              "(files are written whole or not at all)", 130)
+        _fail(interrupted_message(), 130)
     except Exception as error:
         if debug or not is_out_of_memory(error):
             raise
