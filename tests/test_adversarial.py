@@ -1067,3 +1067,23 @@ def test_interrupt_while_the_cli_imports(tmp_path, sent, name):
     assert result.returncode == 130
     assert result.stderr == (f"error: interrupted by {name} before the command finished; no output was written "
                              "half-way (files are written whole or not at all)\n")
+
+
+def test_verify_seed_out_of_range_before_the_model_loads(model_dir, capsys, no_model_load):
+    """`vtw calibrate` and `vtw profile` refuse --seed -1 (row 79); `vtw verify` took it."""
+    line = one_line_error(["verify", "--model", model_dir, "--seed", "-1"], capsys)
+    assert line == "error: --seed -1: use an integer in 0..4294967295"
+
+
+def test_flops_only_prints_no_transformers_notes(tmp_path, capsys):
+    """A preprocessor_config.json without image_processor_type made transformers print its fallback note on stderr
+    (`vtw profile` on a loaded model silences such notes)."""
+    import subprocess
+    import sys
+
+    folder = _qwen_copy(tmp_path, lambda values: [values.pop("image_processor_type"), values.pop("processor_class")])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", "from vtwcli.cli import main; main()", "profile", "--flops-only",
+                             "--layer", "2", "--model", str(folder)], capture_output=True, text=True, env=env,
+                            timeout=300, cwd=tmp_path)  # its own process: transformers logs to the real stderr
+    assert result.returncode == 0 and result.stderr == ""

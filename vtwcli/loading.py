@@ -158,7 +158,9 @@ def _load_failed(name: str, source, error: Exception, in_directory: str) -> VtwE
 def load_config(name_or_path: str):
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # our own errors, not transformers' notes (config-only runs load nothing else)
     source = _resolve_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)

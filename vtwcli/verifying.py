@@ -72,6 +72,7 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
     context manager around the checks whose value is called with the number of finished steps."""
     from vtwcli.loading import torch_threads
     from vtwcli.profile import check_output_path
+    from vtwcli.validate import check_seed
 
     if job.output is not None:
         check_output_path(job.output, "vtw-verify.yaml")
@@ -81,6 +82,7 @@ def verify_to_profile(job: VerifyJob, *, progress=None) -> VerifyRun:
             _refuse_another_model(job.output, config_sha256(load_config(job.model or str(bundled_model_path()))))
     if job.batch_size < 1:
         raise VtwError(f"--batch-size {job.batch_size}: use 1 or more")
+    check_seed(job.seed)
     if job.new_tokens < 1:  # before the model loads (verify() checks it again)
         raise VtwError(f"--new-tokens {job.new_tokens}: generate at least 1 token")
     chosen, data = _prompts(job)
