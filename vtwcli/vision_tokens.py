@@ -11,7 +11,8 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
   multiple of patch x merge within [min_pixels, max_pixels]; tokens = patches / merge^2.
 * :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, LLaVA-1.5's
   patch grid.
-* :func:`tiles` — InternVL: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile.
+* :func:`tiles` — InternVL, Aya Vision: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile (their
+  processors always tile: :func:`crop_to_patches`).
 * :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (Idefics2:
   the perceiver's latents for the image and, when it splits, each of its 4 crops).
 * :func:`merged_grid` — Mistral3 (Pixtral encoder), LightOnOCR: the image shrunk to fit ``longest_edge``,
@@ -35,8 +36,9 @@ sees (the processor's own frame sampling is off: ``--frames`` is the sampled cou
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
-__all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "merged_grid", "pixtral_patch_size",
+__all__ = ["merged_patches", "fixed_per_image", "tiles", "crop_to_patches", "split_tiles", "merged_grid", "pixtral_patch_size",
            "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "pooled_frames"]
 
 
@@ -67,8 +69,77 @@ def fixed_per_image(config, images, width: int, height: int, count: int = 1) -> 
 
 def tiles(config, images, width: int, height: int, count: int = 1) -> int:
     vision = config.vision_config
-    per_tile = int((_side(vision.image_size) // _side(vision.patch_size)) ** 2 * config.downsample_ratio ** 2)
+    grid = _side(vision.image_size) // _side(vision.patch_size)
+    factor = getattr(config, "downsample_factor", None)  # Aya Vision: pixel shuffle by an integer factor
+    per_tile = (grid // factor) ** 2 if factor else int(grid ** 2 * config.downsample_ratio ** 2)
     return int(images.get_number_of_image_patches(height, width, {})) * per_tile
+
+
+def crop_to_patches(config) -> dict:
+    """What InternVLProcessor and AyaVisionProcessor hand their GOT-OCR2 image processor on every call, whatever
+    preprocessor_config.json says: tile the image."""
+    return {"crop_to_patches": True}
+
+
+def covering_tiles(config, images, width: int, height: int, count: int = 1) -> int:
+    """Ovis2: with ``crop_to_patches``, the image cut into the fewest tiles that cover 90 % of it
+    (``use_covering_area_grid``, else the grid closest to its aspect ratio) plus, where there are several, the
+    whole image first; ceil(patches per side / hidden_stride)^2 <IMG_ATOM> tokens per view. The visual indicator
+    tokens around them (start, grid, column, row, end) are kept tokens, not counted here."""
+    from transformers.models.ovis2.image_processing_pil_ovis2 import (get_min_tile_covering_grid,
+                                                                      get_optimal_tiled_canvas)
+
+    vision = config.vision_config
+    per_view = math.ceil(_side(vision.image_size) // _side(vision.patch_size) / vision.hidden_stride) ** 2
+    if not images.crop_to_patches or images.max_patches <= 1:
+        return per_view
+    tile = images.size["height"], images.size["width"]
+    if images.use_covering_area_grid:
+        columns, rows = get_min_tile_covering_grid((height, width), tile[0], images.max_patches)
+    else:
+        columns, rows = get_optimal_tiled_canvas((height, width), tile, images.min_patches, images.max_patches)
+    return per_view * (1 + rows * columns if rows * columns > 1 else 1)
+
+
+def smart_resized_tiles(config, images, width: int, height: int, count: int = 1) -> int:
+    """LFM2-VL: an image too big for one view (its sides rounded to whole patch x downsample blocks exceed
+    ``max_image_tokens`` x ``max_pixels_tolerance`` tokens) and splitting on: the grid of ``min_tiles`` ..
+    ``max_tiles`` tiles closest to its aspect ratio, (tile_size / patch / factor)^2 tokens each, plus (with
+    ``use_thumbnail``) the whole image smart-resized; any other image: smart-resized alone (sides multiples of
+    patch x factor, within ``min_image_tokens`` .. ``max_image_tokens`` tokens), one token per block."""
+    patch, factor = images.encoder_patch_size, images.downsample_factor
+    resized_width, resized_height = images.smart_resize(height, width, factor, images.min_image_tokens,
+                                                        images.max_image_tokens, patch)
+    whole = math.ceil(resized_height // patch / factor) * math.ceil(resized_width // patch / factor)
+    if not images.do_image_splitting or images.min_tiles == images.max_tiles == 1:
+        return whole
+    block = patch * factor
+    rounded = [max(patch, round(side / block) * block) for side in (height, width)]
+    if rounded[0] * rounded[1] <= images.max_image_tokens * block ** 2 * images.max_pixels_tolerance:
+        return whole  # small enough for one view
+    columns, rows = _lfm2_grid(images, width, height)
+    if rows == columns == 1:  # one tile: the processor counts the smart-resized image
+        return whole
+    return rows * columns * math.ceil(images.tile_size // patch / factor) ** 2 + (whole if images.use_thumbnail else 0)
+
+
+def _lfm2_grid(images, width: int, height: int) -> tuple[int, int]:
+    """Lfm2VlImageProcessor's grid (columns, rows): of the grids of min_tiles .. max_tiles tiles (fewest tiles
+    first), the closest to the image's aspect ratio; on a tie, the later one where the image covers more than
+    half of its area."""
+    low, high = images.min_tiles, images.max_tiles
+    # built as the image processor builds it (a set, then sorted by area), so that ties come in its order
+    grids = set([(columns, rows) for n in range(low, high + 1) for columns in range(1, n + 1)
+                 for rows in range(1, n + 1) if low <= columns * rows <= high])
+    grids = sorted(grids, key=lambda grid: grid[0] * grid[1])
+    best, best_diff = (1, 1), float("inf")
+    for columns, rows in grids:
+        diff = abs(width / height - columns / rows)
+        if diff < best_diff:
+            best, best_diff = (columns, rows), diff
+        elif diff == best_diff and width * height > 0.5 * images.tile_size ** 2 * columns * rows:
+            best = (columns, rows)
+    return best
 
 
 def split_tiles(config, images, width: int, height: int, count: int = 1) -> int:
@@ -126,6 +197,10 @@ def anyres(config, images, width: int, height: int, count: int = 1) -> int:
     vision = config.vision_config
     side = _side(vision.image_size)
     grid = side // _side(vision.patch_size)
+    base = tokens_per_image(config)
+    rate = getattr(config, "downsample_rate", None)  # Granite4-Vision: each view's grid shrunk by this fraction
+    if rate is not None:
+        base, grid = base - grid ** 2 + int(grid * Fraction(rate)) ** 2, int(grid * Fraction(rate))
     best_height, best_width = select_best_resolution((height, width), config.image_grid_pinpoints)
     rows, cols = grid * (best_height // side), grid * (best_width // side)
     if width / height > cols / rows:  # wider than the grid: padding rows above and below
@@ -138,7 +213,7 @@ def anyres(config, images, width: int, height: int, count: int = 1) -> int:
         if ratio > 1.1:
             rows, cols = int(rows // ratio), int(cols // ratio)
             newlines = rows
-    return rows * cols + newlines + tokens_per_image(config)
+    return rows * cols + newlines + base
 
 
 # ---------------------------------------------------------------------------------------------------- videos

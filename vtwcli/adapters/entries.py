@@ -30,8 +30,14 @@ def _select_items(features, keep: list[bool]):
     return {layer: entry for (layer, entry), kept in zip(features.items(), keep) if kept}
 
 
+def _first_injection(output):
+    # Granite4-Vision's get_image_features: deepstack_features = [(layer, [features of each image]), ...]
+    return output.deepstack_features[0][1]
+
+
 GRANITE4_VISION_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_features",
-                                      target_layers=_dict_keys, select=_select_items)
+                                      target_layers=_dict_keys, select=_select_items,
+                                      injected_features=_first_injection)
 QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
                                target_layers=_after_each_layer, select=_select_entries)
 
@@ -195,19 +201,31 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("InternVLForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
         image_tokens=vision_tokens.tiles,
+        image_processor_kwargs=vision_tokens.crop_to_patches,
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
-        family="Aya Vision / Cohere2 Vision",
-        architectures=("AyaVisionForConditionalGeneration", "Cohere2VisionForConditionalGeneration"),
+        family="Aya Vision",
+        architectures=("AyaVisionForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,
+        image_processor_kwargs=vision_tokens.crop_to_patches,
         notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
-              "<|IMG_PATCH|> withdrawn (every tile), tile / line-break / start / end markers kept",
+              "<|IMG_PATCH|> withdrawn (every tile), tile / start / end markers kept",
+    ),
+    Adapter(
+        family="Cohere2 Vision",
+        architectures=("Cohere2VisionForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,  # its image processor's grid: the least upscaling, a thumbnail
+        notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
+              "<|IMG_PATCH|> withdrawn (every tile), line-break / start / end markers kept",
     ),
     Adapter(
         family="VipLLaVA",
         architectures=("VipLlavaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.fixed_per_image,
         notes="CLIP features of several layers, fixed number of image tokens per image",
     ),
     Adapter(
@@ -216,6 +234,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds=IMAGE_AND_VIDEO,
         flops_components={**LLAVA_COMPONENTS, "projector": ("model.multi_modal_projector", "model.vision_resampler")},
+        image_tokens=vision_tokens.anyres,
         notes="anyres images and pooled video frames; image and video tokens withdrawn",
     ),
     Adapter(
@@ -226,6 +245,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         # its processor hands the images over as `pixel_values_images` (the name before transformers 5.23)
         pixel_input_keys=("pixel_values", "pixel_values_images", "pixel_values_videos", "inputs_embeds"),
         flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.image_tower", "model.video_tower")},
+        image_tokens=vision_tokens.fixed_per_image,
         notes="separate image and video towers; image and video tokens withdrawn",
     ),
     Adapter(
@@ -235,6 +255,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={**LLAVA_COMPONENTS,
                           "projector": ("model.layerwise_projectors", "model.spatial_projectors")},
         deepstack=GRANITE4_VISION_DEEPSTACK,
+        image_tokens=vision_tokens.anyres,
         notes="anyres; image features enter only through DeepStack at chosen layers (injections past K dropped, "
               "they only touch withdrawn tokens)",
     ),
@@ -243,6 +264,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("DeepseekVLForConditionalGeneration", "JanusForConditionalGeneration"),
         vision_token_id_keys=("image_token_id",),
         flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_model",), "projector": ("model.aligner",)},
+        image_tokens=vision_tokens.fixed_per_image,
         notes="fixed number of image tokens per image; Janus: image understanding (its image generator is not "
               "involved); <begin_of_image>/<end_of_image> kept",
     ),
@@ -260,6 +282,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("Ovis2ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
         flops_components={**LLAVA_COMPONENTS, "projector": ("model.visual_embeddings_table",)},
+        image_tokens=vision_tokens.covering_tiles,
         notes="tiles + global view; <IMG_ATOM> withdrawn, visual indicator tokens (start, grid, row, col, end) kept",
     ),
     Adapter(
@@ -267,6 +290,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("PaliGemmaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
         prompt_blocks=_prefix_lm_blocks,
+        image_tokens=vision_tokens.fixed_per_image,
         notes="prefix-LM: the kept text prompt still attends bidirectionally in layers >= K; <image> withdrawn",
     ),
     Adapter(
@@ -338,6 +362,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         final_norm=_embedding_norm,
         state_layer_types=("conv",),
+        image_tokens=vision_tokens.smart_resized_tiles,
         notes="short-conv layers (fixed conv state) interleaved with full attention; <image> tokens withdrawn",
     ),
 )

@@ -71,6 +71,9 @@ class DeepStack:
     target_layers: Callable[[object], list[int]]
     # The same container with only the entries whose flag is True.
     select: Callable[[object, list[bool]], object]
+    # Where the vision tokens receive nothing but the injections (Granite4-Vision: get_image_features' output has
+    # no pooler_output): the features of one injection, from that output; config-only FLOPs check their count.
+    injected_features: Callable[[object], object] | None = None
 
 
 def _config_shared_kv(text_config, num_layers: int) -> dict[int, int]:

@@ -100,11 +100,19 @@ _INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torc
 class _MetaAtWeights(TorchDispatchMode):
     """Real where the values come from the inputs, meta where they come from the weights: an op that mixes real
     and meta tensors runs on meta, with a real boolean index turned into the positions it selects (so a mask
-    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only."""
+    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only. With
+    ``real_factories`` (the vision side), a tensor made from no tensor (arange, zeros, full) on the meta device is
+    made real: its values are the loaded model's (LFM2-VL compares such a range with the images' real sizes)."""
+
+    def __init__(self, real_factories: bool = False):
+        super().__init__()
+        self.real_factories = real_factories
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if self.real_factories and not tensors and kwargs.get("device") == _META:
+            return func(*args, **{**kwargs, "device": torch.device("cpu")})
         if func is torch.ops.aten._to_copy.default and not tensors[0].is_meta and kwargs.get("device") == _META:
             return func(*args, **{**kwargs, "device": tensors[0].device})  # a real value stays real
         if any(t.is_meta for t in tensors) and not all(t.is_meta for t in tensors):
@@ -158,7 +166,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with _parameters_frozen(model), counter, _MetaAtWeights():
+        with _parameters_frozen(model), counter, _MetaAtWeights(real_factories=True):
             output = getattr(model.model, features)(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
@@ -169,6 +177,9 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
         for hook in hooks:
             hook.remove()
     features = getattr(output, "pooler_output", output)
+    deepstack = adapter_for(model).deepstack
+    if features is None and deepstack is not None and deepstack.injected_features is not None:
+        features = deepstack.injected_features(output)  # features that enter through DeepStack alone
     rows = _feature_rows(features, model.config.get_text_config().hidden_size)
     if rows != expected_tokens:
         raise VtwError(f"{type(model).__name__}: the vision-token rule gives {expected_tokens} tokens but the model "
