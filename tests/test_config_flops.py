@@ -80,15 +80,38 @@ def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name
 # placeholders go, placeholder). Sizes chosen to exercise each rule: Idefics3 / SmolVLM tiles (tile 16 px of an image
 # shrunk to 32 px: 100x37 -> 1 x 2 tiles + the global view, 40x44 -> 2 x 2), Pixtral's rounding up to whole merged
 # patches (13x7 -> 16x8) and shrinking to the longest edge, Gemma 4's 70-token budget (200x200 shrunk to 64x64).
+USER_TURN = ("USER: {}what color ?\nASSISTANT:", "<image>")
 SIZED = {"gemma4": ("<|turn>user\n{}what color ?<turn|>\n<|turn>model\n", "<|image|>"),
-         "idefics3": ("USER: {}what color ?\nASSISTANT:", "<image>"),
-         "smolvlm": ("USER: {}what color ?\nASSISTANT:", "<image>"),
-         "idefics2": ("USER: {}what color ?\nASSISTANT:", "<image>"),
-         "mistral3": ("[INST]{}what color ?[/INST]", "[IMG]"), "lighton_ocr": ("[INST]{}what color ?[/INST]", "[IMG]")}
+         "idefics3": USER_TURN, "smolvlm": USER_TURN, "idefics2": USER_TURN,
+         "mistral3": ("[INST]{}what color ?[/INST]", "[IMG]"), "lighton_ocr": ("[INST]{}what color ?[/INST]", "[IMG]"),
+         "vipllava": USER_TURN, "paligemma": ("{}what color ?", "<image>"), "deepseek_vl": USER_TURN,
+         "janus": USER_TURN, "video_llava": USER_TURN, "llava_next_video": USER_TURN, "granite4_vision": USER_TURN,
+         "aya_vision": USER_TURN, "cohere2_vision": ("USER: {}what color ?\nASSISTANT:", "<|IMG_PATCH|>"),
+         "ovis2": USER_TURN, "lfm2_vl": USER_TURN}
+# The real processors of Cohere2 Vision and LFM2-VL need torchvision (.ci/real-processors runs them)
+needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="the processor of transformers needs torchvision, "
+                                       "which does not import here")
 SIZED_CASES = [("gemma4", (100, 37), 1), ("gemma4", (30, 70), 2), ("gemma4", (200, 200), 1),
                ("idefics3", (100, 37), 1), ("idefics3", (40, 44), 2), ("smolvlm", (7, 90), 1), ("smolvlm", (64, 64), 2),
                ("idefics2", (100, 37), 2), ("mistral3", (100, 37), 1), ("mistral3", (13, 7), 2),
-               ("mistral3", (20, 44), 2), ("lighton_ocr", (100, 37), 2)]
+               ("mistral3", (20, 44), 2), ("lighton_ocr", (100, 37), 2),
+               # one count per image whatever its size
+               ("vipllava", (100, 37), 1), ("vipllava", (20, 44), 2), ("paligemma", (100, 37), 1),
+               ("paligemma", (13, 90), 2), ("deepseek_vl", (100, 37), 2), ("janus", (20, 44), 1), ("janus", (64, 64), 2),
+               ("video_llava", (100, 37), 1), ("video_llava", (20, 44), 2),
+               # anyres: 100x37 -> the 32x16 pinpoint (padding rows removed), 20x44 -> 16x32, 64x64 -> 32x32;
+               # Granite4-Vision's grids halved (downsample_rate 1/2), its features entering through DeepStack only
+               ("llava_next_video", (100, 37), 1), ("llava_next_video", (20, 44), 2), ("llava_next_video", (64, 64), 1),
+               ("granite4_vision", (100, 37), 1), ("granite4_vision", (20, 44), 2), ("granite4_vision", (13, 90), 1),
+               # tiles (+ a global view / thumbnail when more than one): 16 px tiles, at most 4
+               ("aya_vision", (100, 37), 1), ("aya_vision", (20, 44), 2), ("aya_vision", (16, 16), 1),
+               ("ovis2", (100, 37), 1), ("ovis2", (64, 64), 2), ("ovis2", (16, 16), 1),
+               pytest.param("cohere2_vision", (100, 37), 1, marks=needs_torchvision),
+               pytest.param("cohere2_vision", (24, 16), 2, marks=needs_torchvision),  # upscaled to 2 x 1 tiles
+               pytest.param("cohere2_vision", (13, 90), 1, marks=needs_torchvision),
+               # LFM2-VL (one view: smart-resized within 16 tokens; tiling below)
+               pytest.param("lfm2_vl", (100, 37), 1, marks=needs_torchvision),
+               pytest.param("lfm2_vl", (20, 44), 2, marks=needs_torchvision)]
 
 
 def sized_prompt(name: str, images: int) -> str:
@@ -101,6 +124,7 @@ def assert_config_only_equals_loaded(model, family, processor, prompt: str, size
     """count_flops_from_config on the meta model of ``model``'s config == count_flops on ``model`` with the
     processor's prompt for ``images`` images of ``size``; language model, lm_head and decode == the closed form."""
     inputs = dict(processor(text=[prompt], images=[[image(*size, i) for i in range(images)]], return_tensors="pt"))
+    inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
     ids = inputs["input_ids"][0]
     vision = int(torch.isin(ids, torch.tensor(family.vision_ids(model.config))).sum())
     meta = meta_model(model.config)
@@ -121,14 +145,29 @@ def assert_config_only_equals_loaded(model, family, processor, prompt: str, size
 
 @pytest.mark.parametrize("name, size, images", SIZED_CASES)
 def test_config_only_flops_of_resizing_and_tiling_families_equal_the_loaded_model_count(name, size, images):
-    """Gemma 4, Idefics2/3, SmolVLM, Mistral3, LightOnOCR: the rule's token count is what the processor inserted,
-    and every figure equals the loaded tiny model's count (Gemma 4 at its exact K: layer 3 shares layer 2's
-    keys/values)."""
+    """Gemma 4, Idefics2/3, SmolVLM, Mistral3, LightOnOCR, VipLLaVA, PaliGemma, DeepSeek-VL, Janus, Video-LLaVA,
+    LLaVA-NeXT-Video, Granite4-Vision, Aya Vision, Cohere2 Vision, Ovis2, LFM2-VL: the rule's token count is what
+    the processor inserted, and every figure equals the loaded tiny model's count (Gemma 4 at its exact K: layer 3
+    shares layer 2's keys/values)."""
     family = FAMILIES[name]
     model = family.build(4, "sdpa", 0)
     model.config.architectures = [family.architecture]
     assert_config_only_equals_loaded(model, family, family.processor(), sized_prompt(name, images), size, images,
                                      (1, 2) if name == "gemma4" else (1, 3))
+
+
+@needs_torchvision
+@pytest.mark.parametrize("size, images", [((100, 37), 1), ((90, 60), 2), ((13, 90), 1)])
+def test_config_only_flops_of_lfm2_vl_tiles_equal_the_loaded_model_count(size, images):
+    """LFM2-VL with image splitting on (16 px tiles, 2 to 4 of them, and the thumbnail): 100x37 and 90x60 are too
+    big for one view and are tiled, 13x90 is not; the config-only count equals the loaded model's, per component."""
+    from arch_models import lfm2_vl_tiling_processor
+
+    family = FAMILIES["lfm2_vl"]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    assert_config_only_equals_loaded(model, family, lfm2_vl_tiling_processor(), sized_prompt("lfm2_vl", images), size,
+                                     images, (1, 3))
 
 
 def test_config_only_flops_of_gemma4_with_wide_full_layers_and_shared_keys():
@@ -233,8 +272,6 @@ def test_committed_mistral_small_profile_matches_its_shapes():
 # ------------------------------------------------------------------------------------------------------ videos
 # The real video processors of transformers need torchvision (.ci/real-processors runs these); here without it,
 # `--flops-only --videos` is one line (tests/test_adversarial.py).
-needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processors of transformers need "
-                                       "torchvision, which does not import here")
 VIDEO_PROMPTS = {
     "qwen2_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
     "qwen2_5_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
