@@ -125,8 +125,8 @@ def kernel_note(text, layer_types) -> str | None:
     replaced = [name for name, module in (("flash-linear-attention", "fla"), ("causal-conv1d", "causal_conv1d"))
                 if importlib.util.find_spec(module) is not None]
     if replaced:
-        note += (f"; {' and '.join(replaced)} installed: transformers runs those kernels instead, which torch's "
-                 "counter does not see, so the counted figure falls short of the closed form there")
+        note += (f"; {' and '.join(replaced)} installed: transformers runs those kernels instead (other work, which "
+                 "torch's counter does not see inside), so the counted figure does not measure them there")
     return note
 
 
