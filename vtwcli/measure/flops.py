@@ -47,7 +47,7 @@ from vtwcli.measure.counter import new_counter as _counter
 from vtwcli.measure.runs import VARIANTS, generate_exactly, new_cache, variants
 from vtwcli.adapters.mechanism import config_layer_types
 from vtwcli.adapters.model_types import TEXT_MODELS, VISION_TOWERS, text_model_of, vision_tower_of
-from vtwcli.measure.text_layers import decoder_layer_flops, kernel_note, mm_flops
+from vtwcli.measure.text_layers import decode_flops, kernel_note, mm_flops, prefill_flops
 from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
 
@@ -167,6 +167,8 @@ def _text_dims(config):
     text = config.text_config
     if text_model_of(text) is None:
         raise UnsupportedError(f"analytic FLOPs know text models {', '.join(TEXT_MODELS)}, not {text.model_type}")
+    if getattr(text, "enable_moe_block", False):
+        raise UnsupportedError(f"analytic FLOPs do not cover {text.model_type}'s mixture-of-experts block")
     return text.hidden_size, text.num_hidden_layers, text.vocab_size
 
 
@@ -211,9 +213,8 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     types = config_layer_types(text, num_layers)
     n, kept = prompt.total, prompt.text_tokens
     lm_head = mm_flops(1, hidden, vocab)
-    full_lm = sum(decoder_layer_flops(text, kind, n, n, i) for i, kind in enumerate(types))
-    withdrawn_lm = sum(decoder_layer_flops(text, kind, n, n, i) if i < layer else
-                       decoder_layer_flops(text, kind, kept, kept, i) for i, kind in enumerate(types))
+    full_lm = prefill_flops(text, types, lambda i: n)
+    withdrawn_lm = prefill_flops(text, types, lambda i: n if i < layer else kept)
     baseline = {"language_model": full_lm, "lm_head": lm_head}
     withdrawn = {"language_model": withdrawn_lm, "lm_head": lm_head}
     if vision:
@@ -223,8 +224,7 @@ def analytic_flops(config, prompt, layer: int, *, vision: bool = True) -> dict:
     windows = _sliding_windows(config.text_config, num_layers)
 
     def decode_step(context_of_layer) -> int:  # one new token against each layer's cached context
-        return sum(decoder_layer_flops(text, types[i], 1, _decode_keys(context_of_layer(i), windows[i]), i, step=True)
-                   for i in range(num_layers)) + lm_head
+        return decode_flops(text, types, lambda i: _decode_keys(context_of_layer(i), windows[i])) + lm_head
 
     decode_kept = kept if layer < num_layers else n
     decode_base = decode_step(lambda i: n)
