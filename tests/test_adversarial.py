@@ -724,6 +724,24 @@ def test_flops_only_videos_without_torchvision(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision imports here: the image processor can be built")
+def test_flops_only_image_processor_without_torchvision(tmp_path, capsys):
+    """Cohere2 Vision's image processor exists for torchvision only: without it, config-only FLOPs stop in one line
+    that names torchvision (not a missing preprocessor_config.json, which is there)."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES["cohere2_vision"]
+    config = family.build(1, "sdpa", 0).config
+    config.architectures = [family.architecture]
+    config.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "Cohere2VisionImageProcessor", "size": {"height": 16, "width": 16}, "patch_size": 2,
+         "max_patches": 4}))
+    line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", str(tmp_path)], capsys)
+    assert line.startswith("error: --flops-only: Cohere2 Vision's image processor (transformers) needs torchvision, "
+                           f"which does not import here; install the torchvision that matches torch {torch.__version__}")
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processor needs torchvision, which does not import here")
 def test_flops_only_videos_without_processor_config(tmp_path, capsys):
     (tmp_path / "m").mkdir()

@@ -203,7 +203,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("name", ["llava_next", "gemma3", "qwen3_vl_moe", "qwen3_5", "glm4v_moe", "smolvlm",
-                                  "mistral3", "gemma4"])
+                                  "mistral3", "gemma4", "granite4_vision", "ovis2", "paligemma"])
 def test_vtw_profile_flops_only_reads_a_config_only_directory(name, tmp_path, capsys):
     """config.json + preprocessor_config.json, no weights, no tokenizer: `vtw profile --flops-only` counts the
     same FLOPs as the loaded model of that config on the real processor's prompt."""
@@ -219,6 +219,7 @@ def test_vtw_profile_flops_only_reads_a_config_only_directory(name, tmp_path, ca
     width, height = 100, 37
     prompt = prompt_of(name, 1)
     inputs = dict(processor(text=[prompt], images=[[image(width, height, 0)]], return_tensors="pt"))
+    inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
     vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
     text = inputs["input_ids"].shape[1] - vision
     code, out, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1", "--image-size",

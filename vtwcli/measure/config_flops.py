@@ -349,7 +349,16 @@ def image_processor_for_flops(source: str, family: str):
 
     try:
         return image_processor_of(source)
-    except (OSError, ValueError) as error:
-        raise VtwError(f"--flops-only: {family} sizes its vision tokens from each image, so it needs "
-                       f"preprocessor_config.json beside config.json in {source} ({type(error).__name__}); copy it "
-                       "from the model repository") from None
+    except ValueError as error:  # transformers: "... Missing optional dependencies: torchvision. ..."
+        if "torchvision" not in str(error):
+            raise _needs_preprocessor_config(source, family, error) from None
+        raise VtwError(f"--flops-only: {family}'s image processor (transformers) needs torchvision, which does not "
+                       f"import here; install the torchvision that matches torch {torch.__version__}") from None
+    except OSError as error:
+        raise _needs_preprocessor_config(source, family, error) from None
+
+
+def _needs_preprocessor_config(source: str, family: str, error: Exception) -> VtwError:
+    return VtwError(f"--flops-only: {family} sizes its vision tokens from each image, so it needs "
+                    f"preprocessor_config.json beside config.json in {source} ({type(error).__name__}); copy it "
+                    "from the model repository")
