@@ -176,7 +176,19 @@ def real_video_llava():
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
+def real_internvl_untiled_file():
+    """InternVLProcessor whose image processor's file says crop_to_patches false: the processor tiles anyway."""
+    from transformers import InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    images = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=False, max_patches=4)
+    return InternVLProcessor(image_processor=images, video_processor=InternVLVideoProcessor(), image_seq_length=4,
+                             tokenizer=arch_models.word_tokenizer(arch_models.INTERNVL_SPECIALS))
+
+
 REAL = {"granite4_vision": (real_granite4_vision, rules.anyres),
+        "internvl-untiled-file": pytest.param(real_internvl_untiled_file, rules.tiles, marks=needs_torchvision),
         "llava_next_video": pytest.param(real_llava_next_video, rules.anyres, marks=needs_torchvision),
         "video_llava": pytest.param(real_video_llava, rules.fixed_per_image, marks=needs_torchvision),
         "cohere2_vision": pytest.param(lambda: FAMILIES["cohere2_vision"].processor(), rules.tiles,
