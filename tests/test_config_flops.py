@@ -139,13 +139,23 @@ def test_committed_config_only_profiles_match_their_shapes(name, patches_per_sid
 # `--flops-only --videos` is one line (tests/test_adversarial.py).
 needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processors of transformers need "
                                        "torchvision, which does not import here")
-VIDEO_PROMPTS = {
-    "qwen2_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
-    "qwen2_5_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
-    "llava_onevision": ("<image>\n", "<video>\n")}
+QWEN_VIDEO = (QWEN_BLOCK, "<|vision_start|><|video_pad|><|vision_end|>")
+GLM_VIDEO = (GLM_BLOCK, "<|begin_of_video|><|video|><|end_of_video|>")
+VIDEO_PROMPTS = {"qwen2_vl": QWEN_VIDEO, "qwen2_5_vl": QWEN_VIDEO, "llava_onevision": ("<image>\n", "<video>\n"),
+                 "qwen3_vl": QWEN_VIDEO, "qwen3_vl_moe": QWEN_VIDEO, "qwen3_5": QWEN_VIDEO, "qwen3_5_moe": QWEN_VIDEO,
+                 "glm4v": GLM_VIDEO, "glm4v_moe": GLM_VIDEO, "glm46v": GLM_VIDEO}
+# GLM-4V: its video frames are <|image|> tokens (mm_token_type_ids 2) and its forward takes images or videos
+GLM_VIDEOS = {"glm4v", "glm4v_moe", "glm46v"}
 # (images, videos, frames, W x H): odd frame counts for Qwen's temporal patch of 2 (the processor repeats the
-# last frame), a video alone, two videos beside an image
+# last frame), a video alone, two videos beside an image; one frame where the processor takes fewer frames than
+# the temporal patch (Qwen2-VL, OneVision), else two
 VIDEO_CASES = [(1, 1, 3, (100, 37)), (0, 1, 4, (48, 48)), (1, 2, 5, (24, 40)), (0, 2, 1, (64, 30))]
+FULL_PATCH_CASES = VIDEO_CASES[:3] + [(0, 2, 2, (64, 30))]  # Qwen3-VL, Qwen3.5: 1 frame is refused
+GLM_CASES = [(0, videos, frames, size) for _, videos, frames, size in FULL_PATCH_CASES]
+FAMILY_VIDEO_CASES = [(name, *case) for name in VIDEO_PROMPTS for case in
+                      (GLM_CASES if name in GLM_VIDEOS else VIDEO_CASES if name in ("qwen2_vl", "qwen2_5_vl",
+                                                                                   "llava_onevision")
+                       else FULL_PATCH_CASES)]
 
 
 def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> list:
@@ -154,19 +164,49 @@ def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> l
 
 
 def video_prompt(name, processor, images, videos, frames, width, height):
+    """The real processor's prompt of ``images`` images and ``videos`` videos of ``frames`` frames, every frame
+    taken (do_sample_frames=False: the frames arrive sampled)."""
     image_tag, video_tag = VIDEO_PROMPTS[name]
     text = image_tag * images + video_tag * videos + "what color is this ?"
     media = {"images": [[image(width, height, i) for i in range(images)]]} if images else {}
-    return dict(processor(text=[text], videos=clips(videos, frames, width, height), return_tensors="pt", **media))
+    return dict(processor(text=[text], videos=clips(videos, frames, width, height), return_tensors="pt",
+                          do_sample_frames=False, **media))
+
+
+def inserted_tokens(name: str, config, inputs: dict) -> dict:
+    """Image and video tokens of a prompt, read off the processor's output: by their ids, or (GLM-4V, whose video
+    frames carry the image token) by the processor's own mm_token_type_ids (1 image, 2 video)."""
+    ids = inputs["input_ids"][0]
+    if name in GLM_VIDEOS:
+        types, pads = inputs["mm_token_type_ids"][0], ids == config.image_token_id
+        return {"image": int((pads & (types == 1)).sum()), "video": int((pads & (types == 2)).sum())}
+    return {kind: int((ids == getattr(config, f"{kind}_token_id")).sum()) for kind in ("image", "video")}
+
+
+def check_closed_form(config, counts, layer: int, got: dict) -> None:
+    """lm_head, and the language model and decode step of the closed form (Gated DeltaNet: only what withdrawal
+    saves in a decode step, see test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form)."""
+    closed = analytic_flops(config, counts, layer, vision=False)
+    recurrent = "linear_attention" in (getattr(config.get_text_config(), "layer_types", None) or ())
+    for variant in ("baseline", "withdrawn"):
+        assert closed[variant]["lm_head"] == got[variant]["lm_head"]
+        if not recurrent:
+            assert closed[variant]["language_model"] == got[variant]["language_model"]
+            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+    if recurrent:
+        saved = {source: figures["decode_per_token"]["baseline"] - figures["decode_per_token"]["withdrawn"]
+                 for source, figures in (("closed", closed), ("counted", got))}
+        assert saved["closed"] == saved["counted"]
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", list(VIDEO_PROMPTS))
-@pytest.mark.parametrize("images, videos, frames, size", VIDEO_CASES)
+@pytest.mark.parametrize("name, images, videos, frames, size", FAMILY_VIDEO_CASES,
+                         ids=[f"{n}-{i}i-{v}v-{f}f-{w}x{h}" for n, i, v, f, (w, h) in FAMILY_VIDEO_CASES])
 def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_form(name, images, videos, frames, size):
     """Videos of F frames of W x H (with or without images): the config-only count equals count_flops on the loaded
     tiny model of the same config, on the real processor's prompt, per component; withdrawing only the images
-    keeps the video tokens (and vice versa); the language model and lm_head equal the closed form."""
+    keeps the video tokens (and vice versa; GLM-4V: `image` withdraws its video frames too, they are image
+    tokens); the language model and lm_head equal the closed form."""
     family = FAMILIES[name]
     model = family.build(4, "sdpa", 0)
     model.config.architectures = [family.architecture]
@@ -174,25 +214,44 @@ def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_for
     width, height = size
     inputs = video_prompt(name, processor, images, videos, frames, width, height)
     ids = inputs["input_ids"][0]
-    inserted = {kind: int((ids == getattr(model.config, f"{kind}_token_id")).sum()) for kind in ("image", "video")}
+    inserted = inserted_tokens(name, model.config, inputs)
     assert inserted["video"] > 0 and (inserted["image"] > 0) == (images > 0)
     meta = meta_model(model.config)
-    for layer, kinds in ((1, None), (3, None), (2, ("image",)), (2, ("video",))):
-        if kinds is not None and not images:
-            continue
+    # K = 3: below it Qwen3-VL's DeepStack reaches the kind kept (refused, test_deepstack_keeping_a_kind_is_refused_alike)
+    selections = ((3, ("image",)),) if name in GLM_VIDEOS else ((3, ("image",)), (3, ("video",))) if images else ()
+    for layer, kinds in ((1, None), (3, None), *selections):
         expected = count_flops(model, inputs, layer, kinds=kinds)
         got, counts = count_flops_from_config(meta, processor.image_processor if images else None, layer=layer,
                                               images=images, image_size=size, videos=videos, frames=frames,
                                               video_processor=processor.video_processor, kinds=kinds,
                                               text_tokens=len(ids) - sum(inserted.values()))
-        withdrawn = sum(inserted[kind] for kind in kinds or ("image", "video"))
+        withdrawn = sum(inserted.values()) if kinds is None or name in GLM_VIDEOS else inserted[kinds[0]]
         assert (counts.vision_tokens, counts.total, counts.frames) == (withdrawn, len(ids), frames)
         assert got == expected
-        closed = analytic_flops(model.config, counts, layer, vision=False)
-        for variant in ("baseline", "withdrawn"):
-            assert closed[variant]["language_model"] == got[variant]["language_model"]
-            assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+        check_closed_form(model.config, counts, layer, got)
+
+
+@needs_torchvision
+def test_deepstack_keeping_a_kind_is_refused_alike():
+    """Qwen3-VL injects DeepStack features into the vision tokens up to layer 3 (three DeepStack levels): withdrawing
+    only the images at K = 2 would keep video tokens those injections reach; the loaded model's hooks refuse it,
+    and the config-only count refuses it with the same line (it does not count an inexact withdrawal)."""
+    from vtwcli.errors import UnsupportedError
+
+    family = FAMILIES["qwen3_vl"]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    inputs = video_prompt("qwen3_vl", processor, 1, 1, 4, 48, 48)
+    vision = sum(inserted_tokens("qwen3_vl", model.config, inputs).values())
+    with pytest.raises(UnsupportedError) as loaded:
+        count_flops(model, inputs, 2, kinds=("image",))
+    with pytest.raises(UnsupportedError) as config_only:
+        count_flops_from_config(meta_model(model.config), processor.image_processor, layer=2, images=1,
+                                image_size=(48, 48), videos=1, frames=4, video_processor=processor.video_processor,
+                                kinds=("image",), text_tokens=inputs["input_ids"].shape[1] - vision)
+    assert str(config_only.value) == str(loaded.value)
+    assert "DeepStack vision features to every vision token up to decoder layer 3" in str(loaded.value)
 
 
 @needs_torchvision

@@ -23,6 +23,8 @@ sees (the processor's own frame sampling is off: ``--frames`` is the sampled cou
 
 * :func:`merged_video_patches` — Qwen2-VL / Qwen2.5-VL: frames padded to a multiple of the temporal patch,
   each resized like an image within the video pixel bounds; tokens = patches / merge^2.
+* :func:`video_patches` — Qwen3-VL / Qwen3.5 / GLM-4.xV: the video processor's own patch count (theirs resizes
+  all frames within the pixel bounds, per-frame cap included, as their resize does) / merge^2.
 * :func:`pooled_frames` — LLaVA-OneVision: each frame's patch grid pooled 2 x 2, one newline per video.
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "anyres", "image_processor_of",
-           "merged_video_patches", "pooled_frames"]
+           "merged_video_patches", "video_patches", "pooled_frames"]
 
 
 def image_processor_of(name_or_path: str):
@@ -114,6 +116,16 @@ def merged_video_patches(config, videos, frames: int, width: int, height: int) -
         longest = max(min(longest, budget * videos.temporal_patch_size // frames), int(shortest * 1.05))
     size = {"shortest_edge": shortest, "longest_edge": longest}
     return int(videos.get_num_of_video_patches(frames, height, width, {"size": size})) // videos.merge_size ** 2
+
+
+def video_patches(config, videos, frames: int, width: int, height: int) -> int:
+    """Qwen3-VL / Qwen3.5 / GLM-4.1V, 4.5V, 4.6V: the video processor's ``get_num_of_video_patches``, which in these
+    processors resizes as their ``resize`` does (the pixel bounds hold for all frames together; Qwen3-VL's
+    ``cap_pixels_per_frame`` included; frames padded to a multiple of the temporal patch), / merge^2. Each
+    temporal patch becomes its own vision block in the prompt (Qwen3-VL: a timestamp and <|vision_start|> ...
+    <|vision_end|>; GLM: <|begin_of_image|> ... <|end_of_image|> and a timestamp): text tokens, not counted here.
+    Fewer frames than the temporal patch are refused by the processor (ValueError)."""
+    return int(videos.get_num_of_video_patches(frames, height, width, {})) // videos.merge_size ** 2
 
 
 def pooled_frames(config, videos, frames: int, width: int, height: int) -> int:

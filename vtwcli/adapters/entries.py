@@ -147,6 +147,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
         deepstack=QWEN3_VL_DEEPSTACK,
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
               "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
@@ -163,6 +164,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
               "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
     ),
@@ -324,6 +326,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="Gated DeltaNet (linear attention: conv + recurrent state) interleaved with full attention; M-RoPE; "
               "image and video pads withdrawn",
     ),
