@@ -277,7 +277,42 @@ def test_qwen_video_rule_is_what_the_video_processor_makes(cap):
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("processor_class, cap", [("qwen3_vl", None), ("qwen3_vl", True), ("glm4v", None),
+                                                  ("glm46v", None)])
+def test_qwen3_and_glm_video_rule_is_what_the_video_processor_makes(processor_class, cap):
+    """Tokens of one video by the rule (vision_tokens.video_patches) = the real video processor's grid / 2^2 over sizes
+    and frame counts (the pixel bounds hold for all frames together, so more frames shrink each one), with Qwen3-VL's
+    per-frame cap off and on (a budget small enough to bind); fewer frames than the temporal patch: both refuse."""
+    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+    from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from vtwcli.vision_tokens import video_patches
+
+    cls = {"qwen3_vl": Qwen3VLVideoProcessor, "glm4v": Glm4vVideoProcessor, "glm46v": Glm46VVideoProcessor}
+    options = dict(cap_pixels_per_frame=cap, max_video_tokens=4) if processor_class == "qwen3_vl" else {}
+    videos = cls[processor_class](patch_size=4, merge_size=2, temporal_patch_size=2, do_sample_frames=False,
+                                  size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}, **options)
+    config = FAMILIES[processor_class].build(1, "sdpa", 0).config
+    shrunk = capped = 0
+    for width, height in ((100, 37), (32, 32), (300, 200), (9, 90)):
+        tokens = {}
+        for frames in (2, 3, 8, 17):
+            grid = videos(videos=clips(1, frames, width, height), return_tensors="pt")["video_grid_thw"][0]
+            tokens[frames] = merged = video_patches(config, videos, frames, width, height)
+            assert merged == int(grid.prod()) // 4
+            assert int(grid[0]) == -(-frames // 2)  # frames padded to a multiple of the temporal patch
+            capped += cap is True and int(grid[1] * grid[2]) // 4 == 4  # max_video_tokens per frame
+        shrunk += tokens[17] / 9 < tokens[2]
+        with pytest.raises(ValueError, match="must be larger than temporal_factor"):
+            video_patches(config, videos, 1, width, height)
+        with pytest.raises(ValueError, match="must be larger than temporal_factor"):
+            videos(videos=clips(1, 1, width, height), return_tensors="pt")
+    assert shrunk > 0 and (capped > 0) == (cap is True)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision", "qwen3_vl", "glm46v"])
 def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name, tmp_path, capsys):
     """config.json + the processor config files, no weights, no tokenizer: `vtw profile --flops-only --videos 2
     --frames 3` counts what the loaded model of that config counts on the real processor's prompt."""
@@ -293,16 +328,17 @@ def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "preprocessor_config.json",
                                                          "video_preprocessor_config.json"]
     width, height = 100, 37
-    inputs = video_prompt(name, processor, 1, 2, 3, width, height)
-    vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
+    images = 0 if name in GLM_VIDEOS else 1  # GLM-4V's forward takes images or videos
+    inputs = video_prompt(name, processor, images, 2, 3, width, height)
+    vision = sum(inserted_tokens(name, model.config, inputs).values())
     text = inputs["input_ids"].shape[1] - vision
     code, out, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1", "--image-size",
                               f"{width}x{height}", "--text-tokens", str(text), "--videos", "2", "--frames", "3",
-                              "--json"], capsys)
+                              "--images", str(images), "--json"], capsys)
     assert code == 0, err
     flops = json.loads(out)["flops"]
     expected = count_flops(model, inputs, 1)
-    assert flops["tokens"] == {"vision": vision, "text": text, "images": 1, "videos": 2, "frames": 3}
+    assert flops["tokens"] == {"vision": vision, "text": text, "images": images, "videos": 2, "frames": 3}
     for variant in ("baseline", "withdrawn"):
         assert flops[variant] == expected[variant]
         assert flops["decode_per_token"][variant] == expected["decode_per_token"][variant]
