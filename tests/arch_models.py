@@ -433,6 +433,8 @@ class FeatureCountInputs(ShimProcessor):
     """Inputs for families whose processor needs torchvision (a video processor): the image processor's
     pixels, and each placeholder expanded to as many tokens as the model makes features for it."""
 
+    image_kwargs: dict = {}  # what the real processor hands its image processor on each call
+
     def __init__(self, image_processor, tokenizer, build_model, image_token: str, video_token: str | None = None,
                  wrap: Callable[[str, int], str] | None = None, chat_template: str = ""):
         self.image_processor, self.tokenizer, self.chat_template = image_processor, tokenizer, chat_template
@@ -445,7 +447,8 @@ class FeatureCountInputs(ShimProcessor):
         out, texts = {}, list(text)
         flat = [img for row in images or [] for img in row]
         if flat:
-            vision = dict(self.image_processor(images=[list(row) for row in images], return_tensors="pt"))
+            vision = dict(self.image_processor(images=[list(row) for row in images], return_tensors="pt",
+                                               **self.image_kwargs))
             vision.pop("num_patches", None)
             out.update(vision)
             counts = iter(self._image_counts(vision))
@@ -516,14 +519,18 @@ def tiny_mistral3(num_layers=4, attn="sdpa", seed=0):
 
 
 class PixtralInputs(FeatureCountInputs):
-    """What PixtralProcessor does (it needs torchvision): per image, rows of [IMG] x width closed by
-    [IMG_BREAK], the last row closed by [IMG_END]; width/height in merged patches of the resized image."""
+    """What PixtralProcessor does (it needs torchvision): the image processor resizes each side to a multiple of
+    patch size x spatial merge; per image, rows of [IMG] x width closed by [IMG_BREAK], the last row closed by
+    [IMG_END]; width/height in merged patches of the resized image."""
+
+    unit = 4 * 2  # patch size x spatial merge
+    image_kwargs = {"patch_size": {"height": unit, "width": unit}}
 
     def __call__(self, text, images=None, **kwargs):
         flat = [img for row in images or [] for img in row]
-        sizes = iter(self.image_processor(images=[list(row) for row in images], return_tensors="pt")["image_sizes"].tolist()
-                     if flat else [])
-        unit = 4 * 2  # patch size x spatial merge
+        sizes = iter(self.image_processor(images=[list(row) for row in images], return_tensors="pt",
+                                          **self.image_kwargs)["image_sizes"].tolist() if flat else [])
+        unit = self.unit
 
         def layout(token, count):
             height, width = next(sizes)
@@ -1261,17 +1268,19 @@ GEMMA4_TEMPLATE = GEMMA_TEMPLATE.replace("<start_of_image>", "<|image|>").replac
     .replace("<end_of_turn>", "<turn|>").replace("{% else %}", "{% elif item['type'] == 'video' %}<|video|>{% else %}")
 
 
-def tiny_gemma4(num_layers=4, attn="sdpa", seed=0):
+def tiny_gemma4(num_layers=4, attn="sdpa", seed=0, **text_overrides):
     """Layers S S F .. F (every third full, the last full); the last layer reuses the keys/values of the last
-    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only."""
+    full layer before it (num_kv_shared_layers=1), so withdrawal is exact at K <= that layer only.
+    ``text_overrides``: other Gemma4TextConfig values (e.g. global_head_dim, attention_k_eq_v)."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
 
     types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
     types[-1] = "full_attention"
-    text = Gemma4TextConfig(**_text(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8, layer_types=types,
-                                    sliding_window=GEMMA_WINDOW, hidden_size_per_layer_input=8,
-                                    vocab_size_per_layer_input=VOCAB, num_kv_shared_layers=1,
-                                    use_bidirectional_attention="vision"))
+    text = Gemma4TextConfig(**_text(**{**dict(num_hidden_layers=num_layers, head_dim=8, global_head_dim=8,
+                                              layer_types=types, sliding_window=GEMMA_WINDOW,
+                                              hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB,
+                                              num_kv_shared_layers=1, use_bidirectional_attention="vision"),
+                                       **text_overrides}))
     vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                                 num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=2,
                                 position_embedding_size=64)

@@ -309,14 +309,14 @@ def next_dir(tmp_path_factory) -> str:
 
 
 def test_flops_only_on_a_family_sized_by_its_images(tmp_path, capsys):
-    """Mistral3 / Pixtral sizes its tokens from each image and its adapter names no vision-token rule."""
+    """Ovis2 sizes its tokens from each image (tiles + a global view) and its adapter names no vision-token rule."""
     from arch_models import FAMILIES
 
-    model = FAMILIES["mistral3"].build(1, "sdpa", 0)
-    model.config.architectures = [FAMILIES["mistral3"].architecture]
+    model = FAMILIES["ovis2"].build(1, "sdpa", 0)
+    model.config.architectures = [FAMILIES["ovis2"].architecture]
     model.config.save_pretrained(tmp_path)
     line = one_line_error(["profile", "--model", str(tmp_path), "--layer", "1", "--flops-only"], capsys)
-    assert "Mistral3 / Pixtral sizes them from each image and has no rule yet" in line and "drop --flops-only" in line
+    assert "Ovis2 sizes them from each image and has no rule yet" in line and "drop --flops-only" in line
 
 
 def test_flops_only_without_preprocessor_config(next_dir, tmp_path, capsys):

@@ -22,7 +22,7 @@ import torch
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.loading import LoadedModel, model_block
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
-                                  count_flops_meta, flops_section, fvcore_flops, meta_model,
+                                  count_flops_meta, flops_convention, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS, DEFAULT_VIDEO_FRAMES
 from vtwcli.measure.latency import LatencyPlan, measure_latency
@@ -96,7 +96,8 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
     return {"withdrawal": withdrawal_section(layer, kinds),
-            "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META)}
+            "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META,
+                                   convention=flops_convention(model.config))}
 
 
 def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
@@ -126,7 +127,8 @@ def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: 
     analytic = _analytic_or_none(model.config, counts, layer, vision=False)
     return {"withdrawal": withdrawal_section(layer, kinds),
             "flops": flops_section(counted, counts, analytic=analytic,
-                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG)}
+                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG,
+                                   convention=flops_convention(model.config))}
 
 
 def _check_withdrawn_media(kinds: tuple[str, ...] | None, images: int, videos: int, video_kind: str = "video") -> None:
@@ -337,7 +339,8 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed, kinds=kinds) if fvcore else None
-    flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
+    flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER,
+                          convention=flops_convention(model.config))
     sections = {"withdrawal": withdrawal_section(layer, kinds), "flops": flops}
     if flops_only:
         return sections

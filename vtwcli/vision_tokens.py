@@ -12,8 +12,14 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
 * :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, LLaVA-1.5's
   patch grid.
 * :func:`tiles` — InternVL: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile.
-* :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (not
-  named by their adapter yet: their vision tower reads tensor values, so it cannot run on the meta device).
+* :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (Idefics2:
+  the perceiver's latents for the image and, when it splits, each of its 4 crops).
+* :func:`merged_grid` — Mistral3 (Pixtral encoder), LightOnOCR: the image shrunk to fit ``longest_edge``,
+  each side rounded up to the image processor's patch size (PixtralProcessor hands it patch x merge:
+  :func:`pixtral_patch_size`); one token per merged patch. Pixtral's row breaks and end token are kept tokens,
+  not counted here.
+* :func:`pooled_patches` — Gemma 4: the image resized (aspect ratio kept) to the largest multiple of
+  patch x pooling kernel within ``max_soft_tokens`` x kernel^2 patches; one token per pooled kernel.
 * :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision: the base view + the best-fitting pinpoint grid, unpadded,
   one newline feature per row (OneVision: pooled down to ``anyres_max_N`` base views).
 
@@ -32,8 +38,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "anyres", "image_processor_of",
-           "merged_video_patches", "video_patches", "pooled_frames"]
+__all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "merged_grid", "pixtral_patch_size",
+           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "video_patches", "pooled_frames"]
 
 
 def image_processor_of(name_or_path: str):
@@ -68,10 +74,44 @@ def tiles(config, images, width: int, height: int, count: int = 1) -> int:
 
 
 def split_tiles(config, images, width: int, height: int, count: int = 1) -> int:
+    perceiver = getattr(config, "perceiver_config", None)
+    if perceiver is not None:  # Idefics2: the resampler's latents for the whole image (and each of its 4 crops)
+        return perceiver.resampler_n_latents * (5 if images.do_image_splitting else 1)
     vision = config.vision_config
     per_tile = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor ** 2
     count, _, _ = images.get_number_of_image_patches(height, width, {})
     return max(int(count), 1) * per_tile  # no split: the image alone
+
+
+def pixtral_patch_size(config) -> dict:
+    """What PixtralProcessor hands its image processor on every call: patch_size x spatial_merge_size, so both
+    sides of the resized image are whole merged patches."""
+    unit = config.vision_config.patch_size * config.spatial_merge_size
+    return {"patch_size": {"height": unit, "width": unit}}
+
+
+def merged_grid(config, images, width: int, height: int, count: int = 1) -> int:
+    import numpy as np
+    from transformers.models.pixtral.image_processing_pil_pixtral import get_resize_output_image_size
+
+    longest = images.size["longest_edge"]
+    patch = images.patch_size
+    picture = np.broadcast_to(np.uint8(0), (height, width, 3))  # only its shape is read
+    resized_height, resized_width = get_resize_output_image_size(
+        picture, size=(longest, longest), patch_size=(patch["height"], patch["width"]),
+        input_data_format="channels_last")
+    unit = config.vision_config.patch_size * config.spatial_merge_size
+    return (resized_height // unit) * (resized_width // unit)
+
+
+def pooled_patches(config, images, width: int, height: int, count: int = 1) -> int:
+    from transformers.models.gemma4.image_processing_pil_gemma4 import get_aspect_ratio_preserving_size
+
+    patch, kernel = images.patch_size, images.pooling_kernel_size
+    if images.do_resize:
+        height, width = get_aspect_ratio_preserving_size(height, width, patch, images.max_soft_tokens * kernel ** 2,
+                                                         kernel)
+    return (height // patch) * (width // patch) // kernel ** 2
 
 
 def anyres(config, images, width: int, height: int, count: int = 1) -> int:

@@ -55,8 +55,8 @@ from vtwcli.kept_sequence import (MASK_BUILDERS, kept_slots, kept_vision_tokens,
                                   withdrawn_masks)
 
 __all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
-           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "format_layers", "refuse_kept_blocks",
-           "deepstack_keeps_vision"]
+           "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "check_exact", "format_layers",
+           "refuse_kept_blocks", "deepstack_keeps_vision"]
 
 
 def deepstack_keeps_vision(adapter: Adapter, last_target: int, kinds) -> UnsupportedError:
@@ -90,6 +90,15 @@ def inexact_reason(adapter: Adapter, text_config, num_layers: int, layer: int) -
 def exact_layers(adapter: Adapter, text_config, num_layers: int) -> list[int]:
     """Every K in 1..L at which withdrawal is exact on this model (all of them without KV sharing)."""
     return [k for k in range(1, num_layers + 1) if inexact_reason(adapter, text_config, num_layers, k) is None]
+
+
+def check_exact(adapter: Adapter, text_config, num_layers: int, layer: int) -> None:
+    """Refuse a K at which withdrawal cannot be exact (:func:`inexact_reason`), naming the K that are."""
+    reason = inexact_reason(adapter, text_config, num_layers, layer)
+    if reason is not None:
+        exact = format_layers(exact_layers(adapter, text_config, num_layers))
+        raise UnsupportedError(f"withdrawal at layer {layer} cannot be exact on this model: {reason}; use a layer "
+                               f"in {exact} ({num_layers} = no withdrawal)")
 
 
 def refuse_kept_blocks(adapter: Adapter, config, kinds: tuple[str, ...] | None, input_ids: torch.Tensor) -> None:
@@ -194,11 +203,7 @@ class WithdrawalHandle:
         self.layer = layer
         self.text_config = self.adapter.text_config(model.config)
         self.layer_types = self.adapter.layer_types(self.text_config, self.num_layers)
-        reason = inexact_reason(self.adapter, self.text_config, self.num_layers, layer)
-        if reason is not None:
-            exact = format_layers(exact_layers(self.adapter, self.text_config, self.num_layers))
-            raise UnsupportedError(f"withdrawal at layer {layer} cannot be exact on this model: {reason}; use a layer "
-                                   f"in {exact} ({self.num_layers} = no withdrawal)")
+        check_exact(self.adapter, self.text_config, self.num_layers, layer)
         state_types = self.adapter.state_layer_types
         # Kept entries seen so far are counted by the cache of the first attention layer >= K (a conv /
         # recurrent cache layer holds a fixed-size state, no sequence); None where layers >= K have no attention.

@@ -188,6 +188,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="Mistral3 / Pixtral",
         architectures=("Mistral3ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.merged_grid,
+        image_processor_kwargs=vision_tokens.pixtral_patch_size,
         notes="variable image sizes; [IMG] tokens withdrawn, [IMG_BREAK]/[IMG_END] kept",
     ),
     Adapter(
@@ -252,6 +254,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_encoder",),
                           "projector": ("model.vision_projection",)},
+        image_tokens=vision_tokens.merged_grid,
         notes="Pixtral encoder (variable image sizes) + Qwen3; image tokens withdrawn",
     ),
     Adapter(
@@ -277,6 +280,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         flops_components={"vision_tower": ("model.vision_model",), "projector": ("model.connector",),
                           "language_model": ("model.text_model",), "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.split_tiles,
         notes="image splitting + pixel-shuffle connector (Idefics2: perceiver resampler); <image> tokens "
               "withdrawn, tile/row-col tags kept",
     ),
@@ -289,6 +293,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         block_bidirectional_kinds=("image", "video"),
         flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
                           "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
+        image_tokens=vision_tokens.pooled_patches,
         notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
               "the last producer layer is exact (others refused); image and video tokens withdrawn together",
     ),

@@ -134,6 +134,9 @@ class Adapter:
     # from preprocessor_config.json, width, height) -> int, a rule of vtwcli/vision_tokens.py. With it,
     # `vtw profile --flops-only --image-size WxH` counts this family from its config on the meta device.
     image_tokens: Callable[..., int] | None = None
+    # What the family's processor hands its image processor on every call, from the config (PixtralProcessor:
+    # patch_size x spatial_merge_size): the rule and the config-only count see the image processor with it.
+    image_processor_kwargs: Callable[[object], dict] | None = None
     # Vision tokens one video of F frames of W x H becomes, from the config files alone: (config, video processor
     # built from video_preprocessor_config.json / preprocessor_config.json, frames, width, height) -> int, a rule
     # of vtwcli/vision_tokens.py. With it, `vtw profile --flops-only --videos N --frames F` counts the videos too.

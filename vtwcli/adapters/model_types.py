@@ -24,6 +24,13 @@ class TextModel:
     # (first_k_dense_replace, mlp_only_layers, decoder_sparse_step; text_layers.sparse_layer).
     experts_key: str = "num_experts"
     shared_experts: str | None = None
+    # KV sharing (the config's `kv_sharing_modes`): a "reuse" layer attends with another layer's keys/values (no k/v
+    # projections, a double-wide MLP where `use_double_wide_mlp`) and, in a prefill asked for the last logits only,
+    # runs the last query only; full layers with `attention_k_eq_v` project keys only (values = keys).
+    kv_sharing: bool = False
+    # Per-layer inputs (PLE, `hidden_size_per_layer_input`): the embeddings projected once to layers x that width,
+    # and per layer a gate to it and a projection back.
+    per_layer_inputs: bool = False
 
 
 TEXT_MODELS: dict[str, TextModel] = {
@@ -37,6 +44,7 @@ TEXT_MODELS: dict[str, TextModel] = {
     "qwen3_vl_moe_text": TextModel(mlp="moe"),
     "glm4v_moe_text": TextModel(mlp="moe", experts_key="n_routed_experts", shared_experts="per_expert"),
     "lfm2": TextModel(mlp="lfm2"),
+    "gemma4_text": TextModel(kv_sharing=True, per_layer_inputs=True),
 }
 
 

@@ -5,15 +5,17 @@ any size) and ``preprocessor_config.json`` (the image processor: how an image of
 videos, ``video_preprocessor_config.json`` where the model has one).
 
 * Vision tokens per image: the adapter's rule (``Adapter.image_tokens``, vtwcli/vision_tokens.py).
-* Vision tower + projector: the model's own ``get_image_features`` on the meta device, fed what the image
-  processor makes of seeded random images of W x H (pixels moved to meta, grids and sizes kept as the
-  integers they are); the features it returns must number what the rule says. Videos likewise: the adapter's
+* Vision tower + projector: the model's own ``get_image_features``, fed what the image processor makes of
+  seeded random images of W x H as real CPU tensors: what the model computes from them alone (grids, masks,
+  padding checks, pooling maps) stays real, what touches a weight runs on the meta device (``_MetaAtWeights``);
+  the features it returns must number what the rule says. Videos likewise: the adapter's
   ``Adapter.video_tokens`` rule and the model's ``get_video_features`` on what the video processor makes of
   seeded random videos (vtwcli/measure/config_video.py).
-* Language model + lm_head: the language model's own forward on meta ``inputs_embeds`` of text + vision
-  tokens; withdrawn: pre-hooks hand layers >= K the kept positions only (hidden states, rotary tables and
-  position ids cut at the text positions), as the definition of VTW says; then one decode step against the
-  prefill's cache (whose layers >= K hold the kept tokens only).
+* Language model + lm_head: the language model's own forward on meta token ids of text + vision positions
+  (embedding lookups cost no FLOPs); withdrawn: pre-hooks hand layers >= K the kept positions only (hidden
+  states, per-position layer arguments, rotary tables and position ids cut at the text positions), as the
+  definition of VTW says; then one decode step against the prefill's cache (whose layers >= K hold the kept
+  tokens only).
 
 Same keys as :func:`vtwcli.measure.flops.count_flops`; the test suite checks the figures against
 ``count_flops`` on the loaded tiny model of the same config (real hooks, real processor prompt).
@@ -21,16 +23,17 @@ Same keys as :func:`vtwcli.measure.flops.count_flops`; the test suite checks the
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
 
 from vtwcli.defaults import DEFAULT_VIDEO_FRAMES
 from vtwcli.errors import UnsupportedError, VtwError
-from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype
+from vtwcli.measure.flops import PromptCounts, _counter, _last_cached_layer, _model_dtype, _parameters_frozen
 
 __all__ = ["COUNTER_CONFIG", "vision_tokens_per_image", "count_flops_from_config"]
 
@@ -47,49 +50,24 @@ def vision_tokens_per_image(model: nn.Module, image_processor, width: int, heigh
         raise UnsupportedError(f"config-only FLOPs (--flops-only) of {adapter.family} need its vision-token rule "
                                "(Adapter.image_tokens); drop --flops-only to count on the loaded model")
     try:
-        return int(adapter.image_tokens(model.config, image_processor, width, height, images))
+        return int(adapter.image_tokens(model.config, _as_called(adapter, model.config, image_processor), width, height,
+                                        images))
     except ValueError as error:  # the image processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
         raise VtwError(f"--image-size {width}x{height}: the image processor rejects it ({error}); use a less "
                        "extreme size") from None
 
 
+def _as_called(adapter, config, image_processor):
+    """The image processor as the family's processor calls it (``Adapter.image_processor_kwargs``; a copy)."""
+    if adapter.image_processor_kwargs is None:
+        return image_processor
+    image_processor = copy.copy(image_processor)
+    for key, value in adapter.image_processor_kwargs(config).items():
+        setattr(image_processor, key, value)
+    return image_processor
+
+
 _debug_meta = False
-# Vision-tower modules (by attribute name) whose inputs are moved to meta: they derive tables from integer grids.
-_META_INPUT_MODULES = ("rotary_pos_emb", "rotary_emb", "rope", "embeddings")
-
-
-class _OnMeta(TorchFunctionMode):
-    """What a real device does and the meta device does not, while the config-only model runs:
-
-    * host-side float tables meet the weights on the device: a CPU floating-point tensor in an op with a meta
-      tensor goes to meta (e.g. Qwen3-VL's position-embedding interpolation weights, computed from the integer
-      grid). Integer and bool tensors stay where they are: their values may fix shapes;
-    * the MoE experts' grouped matmul runs in bfloat16 (torch's meta kernel accepts nothing else; FLOPs do
-      not depend on the dtype), its result cast back."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if any(t.is_meta for t in tensors) and any(_host_float(t) for t in tensors):
-            move = (lambda t: t.to("meta") if isinstance(t, torch.Tensor) and _host_float(t) else t)
-            args, kwargs = pytree.tree_map(move, (args, kwargs))
-        if func in _GROUPED_MM and tensors[0].is_meta and tensors[0].dtype != torch.bfloat16:
-            bf16 = (lambda t: t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
-            return func(*pytree.tree_map(bf16, args), **pytree.tree_map(bf16, kwargs)).to(tensors[0].dtype)
-        return func(*args, **kwargs)
-
-
-_GROUPED_MM = tuple(f for f in (getattr(torch, "_grouped_mm", None), getattr(torch.nn.functional, "grouped_mm", None))
-                    if f is not None)
-
-
-def _host_float(tensor: torch.Tensor) -> bool:
-    return not tensor.is_meta and tensor.is_floating_point() and tensor.dim() > 0
-
-
-def _to_meta(module, args, kwargs):
-    move = (lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v)
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
 
 def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, height: int, seed: int) -> dict:
@@ -101,17 +79,60 @@ def _pixel_inputs(model: nn.Module, image_processor, images: int, width: int, he
         out = dict(image_processor(images=[pictures], return_tensors="pt"))
     except Exception as error:  # noqa: BLE001 - the image processor's own refusal, in one line
         raise VtwError(f"the image processor rejected {images} image(s) of {width}x{height}: {error}") from None
-    return _meta_inputs(model, out, "get_image_features")
+    return _feature_inputs(model, out, "get_image_features")
 
 
-def _meta_inputs(model: nn.Module, out: dict, features: str) -> dict:
-    """A processor's output as the arguments of ``model.model.<features>`` on the meta device."""
+def _feature_inputs(model: nn.Module, out: dict, features: str) -> dict:
+    """A processor's output as the arguments of ``model.model.<features>`` (real CPU tensors, see below)."""
     accepted = inspect.signature(getattr(model.model, features)).parameters
     dtype = _model_dtype(model)
-    # Pixels (and pixel masks) go to meta; integer grids and sizes stay the values they are.
-    return {key: (value.to("meta", dtype=dtype) if value.is_floating_point() else
-                  value.to("meta") if value.dtype == torch.bool else value)
+    # Real CPU tensors (pixels in the model's dtype): what the model reads of their values (grids, sizes, masks,
+    # padding checks) is what the loaded model reads; they go to meta where they meet the weights (_MetaAtWeights).
+    return {key: (value.to(dtype) if value.is_floating_point() else value)
             for key, value in out.items() if key in accepted and isinstance(value, torch.Tensor)}
+
+
+_META = torch.device("meta")
+_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+             torch.ops.aten._unsafe_index.Tensor)
+
+
+class _MetaAtWeights(TorchDispatchMode):
+    """Real where the values come from the inputs, meta where they come from the weights: an op that mixes real
+    and meta tensors runs on meta, with a real boolean index turned into the positions it selects (so a mask
+    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if func is torch.ops.aten._to_copy.default and not tensors[0].is_meta and kwargs.get("device") == _META:
+            return func(*args, **{**kwargs, "device": tensors[0].device})  # a real value stays real
+        if any(t.is_meta for t in tensors) and not all(t.is_meta for t in tensors):
+            if func in _INDEXING:
+                args = (args[0], [i for index in args[1] for i in _positions(index)], *args[2:])
+            args, kwargs = tree_map(_meta, (args, kwargs))
+        if func in _GROUPED_MM and tensors[0].is_meta and tensors[0].dtype != torch.bfloat16:
+            # the MoE experts' grouped matmul: torch's meta kernel takes bfloat16 only (FLOPs do not depend on it)
+            out = func(*tree_map(_bf16, args), **tree_map(_bf16, kwargs))
+            return out.to(tensors[0].dtype)
+        return func(*args, **kwargs)
+
+
+_GROUPED_MM = tuple(op.default for op in (getattr(torch.ops.aten, "_grouped_mm", None),) if op is not None)
+
+
+def _bf16(value):
+    return value.to(torch.bfloat16) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _positions(index) -> list:
+    if isinstance(index, torch.Tensor) and index.dtype == torch.bool and not index.is_meta:
+        return list(index.nonzero().unbind(1))
+    return [index]
+
+
+def _meta(value):
+    return value.to("meta") if isinstance(value, torch.Tensor) and not value.is_meta else value
 
 
 def _feature_rows(features, width: int) -> int:
@@ -126,16 +147,9 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
     """({vision_tower, projector}, the last decoder layer its DeepStack features go into, else 0) of one
     ``features`` call (get_image_features / get_video_features) on meta; its feature count checked against what
     the adapter's ``rule`` says."""
-    import torch.fx.experimental._config as fx_config
-
     from vtwcli.adapters import adapter_for
 
-    # Rotary tables and patch position ids computed from integer grids or masks: their inputs go to meta too
-    # (the values do not matter for FLOPs; the grids' integers stay real where shapes depend on them).
-    hooks = [module.register_forward_pre_hook(_to_meta, with_kwargs=True) for name, module in model.named_modules()
-             if name.rsplit(".", 1)[-1] in _META_INPUT_MODULES]
-    previous = fx_config.meta_nonzero_assume_all_nonzero
-    fx_config.meta_nonzero_assume_all_nonzero = True  # every synthetic image is a real one (Idefics3's check)
+    hooks = []
     counter = _counter()
     components = {name: paths for name, paths in adapter_for(model).flops_components.items()
                   if name in ("vision_tower", "projector")}
@@ -145,7 +159,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with counter, _OnMeta():
+        with _parameters_frozen(model), counter, _MetaAtWeights():
             output = getattr(model.model, features)(**pixels)
     except (NotImplementedError, RuntimeError) as error:
         if _debug_meta:
@@ -153,7 +167,6 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
         raise UnsupportedError(f"{type(model).__name__}: the vision tower does not run on the meta device "
                                f"({type(error).__name__}); drop --flops-only to count on the loaded model") from None
     finally:
-        fx_config.meta_nonzero_assume_all_nonzero = previous
         for hook in hooks:
             hook.remove()
     features = getattr(output, "pooler_output", output)
@@ -203,40 +216,34 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     layers = adapter.decoder_layers(model)
     language_model = language_model_of(model, layers)
     text_config = adapter.text_config(model.config)
-    dtype = _model_dtype(model)
-    embeds = torch.empty(1, total, text_config.hidden_size, device="meta", dtype=dtype)
+    ids = torch.zeros(1, total, dtype=torch.long, device="meta")  # token ids: what every language model takes
+    # count_flops asks the model for the last position's logits only; a language model that takes the request
+    # itself (Gemma 4: its KV-shared layers then run the last query only) gets it here too
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(language_model.forward).parameters else {}
     hooks = []
     if layer is not None:
-        def cut(module, args, kwargs):
+        def cut(module, args, kwargs):  # layer K cuts the hidden states; layers > K receive them cut already
             kwargs = dict(kwargs)
-            hidden = args[0] if args else kwargs.pop("hidden_states")
+            args = list(args) if args else [kwargs.pop("hidden_states")]
             if module is layers[layer]:
-                hidden = hidden.index_select(1, kept)
-            if kwargs.get("position_embeddings") is not None:
-                kwargs["position_embeddings"] = _cut(kwargs["position_embeddings"], kept,
-                                                     adapter.position_embeddings_seq_dim)
-            if kwargs.get("position_ids") is not None:
-                kwargs["position_ids"] = _cut(kwargs["position_ids"], kept, adapter.position_ids_seq_dim)
-            kwargs["attention_mask"] = None  # causal over the kept tokens; FLOPs are charged on the full grid
-            return (hidden, *args[1:]), kwargs
-
-        def carry(module, args, kwargs):  # layers > K receive the kept hidden states already
-            kwargs = dict(kwargs)
+                args[0] = args[0].index_select(1, kept)
+            for index in adapter.per_position_layer_args:  # e.g. Gemma 4's per-layer inputs, sliced likewise
+                if index < len(args) and _seq_len(args[index], 1) == total:
+                    args[index] = _cut(args[index], kept, 1)
             for key, dim in (("position_embeddings", adapter.position_embeddings_seq_dim),
                              ("position_ids", adapter.position_ids_seq_dim)):
                 value = kwargs.get(key)
                 if value is not None and _seq_len(value, dim) == total:
                     kwargs[key] = _cut(value, kept, dim)
-            kwargs["attention_mask"] = None
-            return args, kwargs
+            kwargs["attention_mask"] = None  # causal over the kept tokens; FLOPs are charged on the full grid
+            return tuple(args), kwargs
 
-        hooks.append(layers[layer].register_forward_pre_hook(cut, with_kwargs=True))
-        hooks += [later.register_forward_pre_hook(carry, with_kwargs=True) for later in layers[layer + 1:]]
+        hooks += [later.register_forward_pre_hook(cut, with_kwargs=True) for later in layers[layer:]]
     cache = DynamicCache(config=text_config)
     try:
         counter = _counter()
-        with counter, _OnMeta():
-            hidden = language_model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+        with counter, _MetaAtWeights():
+            hidden = language_model(input_ids=ids, cache=cache, use_cache=True, **last).last_hidden_state
         prefill = int(counter.get_total_flops())
     finally:
         for hook in hooks:
@@ -248,8 +255,8 @@ def _language_flops(model: nn.Module, total: int, kept: torch.Tensor, layer: int
     context = int(cache.get_seq_length(_last_cached_layer(cache)))
     position = torch.full((1, 1), total, dtype=torch.long, device="meta")
     counter = _counter()
-    with counter, _OnMeta():
-        step = language_model(inputs_embeds=embeds[:, :1], cache=cache, use_cache=True,
+    with counter, _MetaAtWeights():
+        step = language_model(input_ids=ids[:, :1], cache=cache, use_cache=True,
                               position_ids=position).last_hidden_state
         model.lm_head(step)
     return prefill, head, int(counter.get_total_flops()), context
@@ -272,19 +279,21 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     the prompt's token counts (``kinds``: the vision tokens withdrawn, the others stay like text)."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_video import video_processor_output, video_tokens_per_video
-    from vtwcli.withdrawal import deepstack_keeps_vision, num_decoder_layers
+    from vtwcli.withdrawal import check_exact, deepstack_keeps_vision, num_decoder_layers
 
+    adapter = adapter_for(model)
+    check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
     if images < 0 or images < 1 and videos < 1:
         raise VtwError(f"--images {images}: the prompt needs at least 1 image" + (" or video" if videos else ""))
     if text_tokens < 1:
         raise VtwError(f"--text-tokens {text_tokens}: the prompt needs at least 1 text token (withdrawal keeps only "
                        "text tokens)")
     width, height = image_size
+    image_processor = _as_called(adapter, model.config, image_processor)
     image_vision = images * vision_tokens_per_image(model, image_processor, width, height, images) if images else 0
     video_vision = videos * video_tokens_per_video(model, video_processor, frames, width, height) if videos else 0
     total = image_vision + video_vision + text_tokens
-    adapter_for(model).check_prompt_fits(model.config, total)  # before tensors of that length are built
-    adapter = adapter_for(model)
+    adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
     kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds, adapter.video_kind)
     tower, injected = dict.fromkeys(("vision_tower", "projector"), 0), 0
     if images:
@@ -292,8 +301,8 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
                                     image_vision)
         tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
     if videos:
-        pixels = _meta_inputs(model, video_processor_output(video_processor, videos, frames, width, height, seed),
-                              "get_video_features")
+        pixels = _feature_inputs(model, video_processor_output(video_processor, videos, frames, width, height, seed),
+                                 "get_video_features")
         spent, last = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
         tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
     if layer < injected and withdrawn < image_vision + video_vision:  # as withdraw() refuses it on the loaded model
