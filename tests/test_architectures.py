@@ -735,7 +735,7 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
             "LlavaOnevisionForConditionalGeneration", "Qwen3VLForConditionalGeneration",
             "Qwen3VLMoeForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
             "Qwen3_5MoeForConditionalGeneration", "Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration",
-            "Glm46VForConditionalGeneration"} <= with_videos <= flops_only
+            "Glm46VForConditionalGeneration", "Gemma4ForConditionalGeneration"} <= with_videos <= flops_only
 
 
 def write_video_dataset(directory, frames: int = 4) -> str:

@@ -247,7 +247,7 @@ QWEN_VIDEO = (QWEN_BLOCK, "<|vision_start|><|video_pad|><|vision_end|>")
 GLM_VIDEO = (GLM_BLOCK, "<|begin_of_video|><|video|><|end_of_video|>")
 VIDEO_PROMPTS = {"qwen2_vl": QWEN_VIDEO, "qwen2_5_vl": QWEN_VIDEO, "llava_onevision": ("<image>\n", "<video>\n"),
                  "qwen3_vl": QWEN_VIDEO, "qwen3_vl_moe": QWEN_VIDEO, "qwen3_5": QWEN_VIDEO, "qwen3_5_moe": QWEN_VIDEO,
-                 "glm4v": GLM_VIDEO, "glm4v_moe": GLM_VIDEO, "glm46v": GLM_VIDEO}
+                 "glm4v": GLM_VIDEO, "glm4v_moe": GLM_VIDEO, "glm46v": GLM_VIDEO, "gemma4": ("<|image|>", "<|video|>")}
 # GLM-4V: its video frames are <|image|> tokens (mm_token_type_ids 2) and its forward takes images or videos
 GLM_VIDEOS = {"glm4v", "glm4v_moe", "glm46v"}
 # (images, videos, frames, W x H): odd frame counts for Qwen's temporal patch of 2 (the processor repeats the
@@ -255,11 +255,12 @@ GLM_VIDEOS = {"glm4v", "glm4v_moe", "glm46v"}
 # the temporal patch (Qwen2-VL, OneVision), else two
 VIDEO_CASES = [(1, 1, 3, (100, 37)), (0, 1, 4, (48, 48)), (1, 2, 5, (24, 40)), (0, 2, 1, (64, 30))]
 FULL_PATCH_CASES = VIDEO_CASES[:3] + [(0, 2, 2, (64, 30))]  # Qwen3-VL, Qwen3.5: 1 frame is refused
+# Gemma 4: ~63 tokens per frame (70 at most) and a context of 512: two videos of 2 frames beside the image
+GEMMA4_CASES = VIDEO_CASES[:2] + [(1, 2, 2, (24, 40)), VIDEO_CASES[3]]
 GLM_CASES = [(0, videos, frames, size) for _, videos, frames, size in FULL_PATCH_CASES]
 FAMILY_VIDEO_CASES = [(name, *case) for name in VIDEO_PROMPTS for case in
-                      (GLM_CASES if name in GLM_VIDEOS else VIDEO_CASES if name in ("qwen2_vl", "qwen2_5_vl",
-                                                                                   "llava_onevision")
-                       else FULL_PATCH_CASES)]
+                      (GLM_CASES if name in GLM_VIDEOS else GEMMA4_CASES if name == "gemma4" else
+                       VIDEO_CASES if name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision") else FULL_PATCH_CASES)]
 
 
 def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> list:
@@ -288,19 +289,14 @@ def inserted_tokens(name: str, config, inputs: dict) -> dict:
 
 
 def check_closed_form(config, counts, layer: int, got: dict) -> None:
-    """lm_head, and the language model and decode step of the closed form (Gated DeltaNet: only what withdrawal
-    saves in a decode step, see test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form)."""
+    """The language model, lm_head and decode step of the closed form (Gated DeltaNet's decode: up to the recurrence
+    torch's counter does not see, uncounted_decode)."""
     closed = analytic_flops(config, counts, layer, vision=False)
-    recurrent = "linear_attention" in (getattr(config.get_text_config(), "layer_types", None) or ())
     for variant in ("baseline", "withdrawn"):
+        assert closed[variant]["language_model"] == got[variant]["language_model"]
         assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-        if not recurrent:
-            assert closed[variant]["language_model"] == got[variant]["language_model"]
-            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
-    if recurrent:
-        saved = {source: figures["decode_per_token"]["baseline"] - figures["decode_per_token"]["withdrawn"]
-                 for source, figures in (("closed", closed), ("counted", got))}
-        assert saved["closed"] == saved["counted"]
+        assert closed["decode_per_token"][variant] - uncounted_decode(config.get_text_config()) == \
+            got["decode_per_token"][variant]
 
 
 @needs_torchvision
@@ -321,9 +317,11 @@ def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_for
     inserted = inserted_tokens(name, model.config, inputs)
     assert inserted["video"] > 0 and (inserted["image"] > 0) == (images > 0)
     meta = meta_model(model.config)
-    # K = 3: below it Qwen3-VL's DeepStack reaches the kind kept (refused, test_deepstack_keeping_a_kind_is_refused_alike)
-    selections = ((3, ("image",)),) if name in GLM_VIDEOS else ((3, ("image",)), (3, ("video",))) if images else ()
-    for layer, kinds in ((1, None), (3, None), *selections):
+    # K = 3: below it Qwen3-VL's DeepStack reaches the kind kept (refused, test_deepstack_keeping_a_kind_is_refused_alike);
+    # Gemma 4: K <= 2 (layer 3 shares layer 2's keys/values), both kinds together (test_gemma4_keeping_a_kind_...)
+    selections = ((3, ("image",)),) if name in GLM_VIDEOS else () if name == "gemma4" else \
+        ((3, ("image",)), (3, ("video",))) if images else ()
+    for layer, kinds in ((1, None), (2 if name == "gemma4" else 3, None), *selections):
         expected = count_flops(model, inputs, layer, kinds=kinds)
         got, counts = count_flops_from_config(meta, processor.image_processor if images else None, layer=layer,
                                               images=images, image_size=size, videos=videos, frames=frames,
@@ -381,6 +379,34 @@ def test_qwen_video_rule_is_what_the_video_processor_makes(cap):
 
 
 @needs_torchvision
+def test_gemma4_keeping_a_kind_is_refused_alike():
+    """Gemma 4's image and video tokens attend bidirectionally inside their blocks: withdrawing one kind would keep
+    the other's blocks, which layers >= K (causal) cannot rebuild. Refused by the loaded model's hooks and by the
+    config-only count with the same line; a prompt without the kept kind is counted."""
+    from vtwcli.errors import UnsupportedError
+
+    family = FAMILIES["gemma4"]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    meta = meta_model(model.config)
+    inputs = video_prompt("gemma4", processor, 1, 1, 2, 40, 30)
+    text = inputs["input_ids"].shape[1] - sum(inserted_tokens("gemma4", model.config, inputs).values())
+    options = dict(layer=2, image_size=(40, 30), frames=2, video_processor=processor.video_processor)
+    for kinds in (("image",), ("video",)):
+        with pytest.raises(UnsupportedError) as loaded:
+            count_flops(model, inputs, 2, kinds=kinds)
+        with pytest.raises(UnsupportedError) as config_only:
+            count_flops_from_config(meta, processor.image_processor, images=1, videos=1, kinds=kinds, text_tokens=text,
+                                    **options)
+        assert str(config_only.value) == str(loaded.value) and "attend bidirectionally" in str(loaded.value)
+    alone = video_prompt("gemma4", processor, 0, 1, 2, 40, 30)
+    text = alone["input_ids"].shape[1] - sum(inserted_tokens("gemma4", model.config, alone).values())
+    got, _ = count_flops_from_config(meta, None, images=0, videos=1, kinds=("video",), text_tokens=text, **options)
+    assert got == count_flops(model, alone, 2, kinds=("video",))
+
+
+@needs_torchvision
 @pytest.mark.parametrize("processor_class, cap", [("qwen3_vl", None), ("qwen3_vl", True), ("glm4v", None),
                                                   ("glm46v", None)])
 def test_qwen3_and_glm_video_rule_is_what_the_video_processor_makes(processor_class, cap):
@@ -416,14 +442,34 @@ def test_qwen3_and_glm_video_rule_is_what_the_video_processor_makes(processor_cl
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision", "qwen3_vl", "glm46v"])
+@pytest.mark.parametrize("max_soft_tokens", [70, 280])
+def test_gemma4_video_rule_is_what_the_video_processor_makes(max_soft_tokens):
+    """Tokens of one video by the rule (vision_tokens.pooled_patches_per_frame) = F x the soft tokens per frame the
+    real Gemma4VideoProcessor reports, over sizes kept, shrunk and grown, and frame counts."""
+    from transformers.models.gemma4.video_processing_gemma4 import Gemma4VideoProcessor
+
+    from vtwcli.vision_tokens import pooled_patches_per_frame
+
+    videos = Gemma4VideoProcessor(patch_size=4, pooling_kernel_size=2, max_soft_tokens=max_soft_tokens,
+                                  do_sample_frames=False)
+    config = FAMILIES["gemma4"].build(4, "sdpa", 0).config
+    for frames in (1, 3):
+        for width, height in ((100, 37), (32, 32), (300, 200), (9, 90), (16, 8)):
+            out = videos(videos=clips(1, frames, width, height), return_tensors="pt")
+            assert out["pixel_values_videos"].shape[0] == frames
+            per_frame = int(torch.as_tensor(out["num_soft_tokens_per_video"])[0])
+            assert pooled_patches_per_frame(config, videos, frames, width, height) == frames * per_frame > 0
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision", "qwen3_vl", "glm46v", "gemma4"])
 def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name, tmp_path, capsys):
     """config.json + the processor config files, no weights, no tokenizer: `vtw profile --flops-only --videos 2
     --frames 3` counts what the loaded model of that config counts on the real processor's prompt."""
     import json
 
     family = FAMILIES[name]
-    model = family.build(2, "sdpa", 0)
+    model = family.build(4 if name == "gemma4" else 2, "sdpa", 0)  # Gemma 4: sliding, sliding, full, shared full
     model.config.architectures = [family.architecture]
     model.config.save_pretrained(tmp_path)
     processor = family.processor()

@@ -32,6 +32,7 @@ sees (the processor's own frame sampling is off: ``--frames`` is the sampled cou
 * :func:`video_patches` — Qwen3-VL / Qwen3.5 / GLM-4.xV: the video processor's own patch count (theirs resizes
   all frames within the pixel bounds, per-frame cap included, as their resize does) / merge^2.
 * :func:`pooled_frames` — LLaVA-OneVision: each frame's patch grid pooled 2 x 2, one newline per video.
+* :func:`pooled_patches_per_frame` — Gemma 4: each frame pooled like an image (:func:`pooled_patches`), x F.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["merged_patches", "fixed_per_image", "tiles", "split_tiles", "merged_grid", "pixtral_patch_size",
-           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "video_patches", "pooled_frames"]
+           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "video_patches", "pooled_frames",
+           "pooled_patches_per_frame"]
 
 
 def image_processor_of(name_or_path: str):
@@ -112,6 +114,12 @@ def pooled_patches(config, images, width: int, height: int, count: int = 1) -> i
         height, width = get_aspect_ratio_preserving_size(height, width, patch, images.max_soft_tokens * kernel ** 2,
                                                          kernel)
     return (height // patch) * (width // patch) // kernel ** 2
+
+
+def pooled_patches_per_frame(config, videos, frames: int, width: int, height: int) -> int:
+    """Gemma 4: every frame resized and pooled as :func:`pooled_patches` does an image (the video processor's
+    own patch size, pooling kernel and ``max_soft_tokens``), F frames."""
+    return frames * pooled_patches(config, videos, width, height)
 
 
 def anyres(config, images, width: int, height: int, count: int = 1) -> int:

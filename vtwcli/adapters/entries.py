@@ -294,6 +294,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
                           "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.pooled_patches,
+        video_tokens=vision_tokens.pooled_patches_per_frame,
         notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
               "the last producer layer is exact (others refused); image and video tokens withdrawn together",
     ),

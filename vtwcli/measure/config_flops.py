@@ -279,7 +279,7 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     the prompt's token counts (``kinds``: the vision tokens withdrawn, the others stay like text)."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_video import video_processor_output, video_tokens_per_video
-    from vtwcli.withdrawal import check_exact, deepstack_keeps_vision, num_decoder_layers
+    from vtwcli.withdrawal import check_exact, deepstack_keeps_vision, num_decoder_layers, refuse_kept_blocks
 
     adapter = adapter_for(model)
     check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
@@ -295,6 +295,9 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     total = image_vision + video_vision + text_tokens
     adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
     kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds, adapter.video_kind)
+    present = tuple(kind for kind, tokens in (("image", image_vision), (adapter.video_kind, video_vision)) if tokens)
+    # the prompt's vision token ids (one of each kind it holds): a kept kind whose blocks are bidirectional (Gemma 4)
+    refuse_kept_blocks(adapter, model.config, kinds, torch.tensor(adapter.vision_token_ids(model.config, present)))
     tower, injected = dict.fromkeys(("vision_tower", "projector"), 0), 0
     if images:
         spent, last = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed),
