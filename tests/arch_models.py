@@ -243,7 +243,10 @@ class ShimProcessor:
 
 
 QWEN_VIDEO_GRID = (2, 4, 4)  # (t, h, w) patches of the tiny video: 2 * 4 * 4 / merge 2**2 = 8 video tokens
-# Frames arrive without metadata (vtwcli passes pre-sampled frames): the processors take 24 fps for timestamps
+# Frames without metadata: the real processors take 24 fps for their timestamps, and so do the stand-ins (which
+# tests/test_processor_standins.py compares with them so). vtwcli hands the real processors metadata at their
+# sampling rate (2 fps, vtwcli.measure.config_video.frames_as_given; stand-ins take none): timestamps are text
+# tokens, so only the text count differs, which `vtw profile` fills to --text-tokens either way.
 VIDEO_FPS = 24
 
 

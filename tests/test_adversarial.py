@@ -757,5 +757,55 @@ def test_flops_only_videos_without_processor_config(tmp_path, capsys):
 def test_flops_only_video_size_the_processor_rejects(tmp_path, capsys):
     line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG), "--images", "0",
                            "--videos", "1", "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
-    assert line.startswith("error: --image-size 1x8192: the video processor rejects it for frames (absolute aspect")
+    assert line.startswith("error: --frames 4 --image-size 1x8192: the video processor rejects such a video (absolute "
+                           "aspect ratio must be smaller than 200")
+    assert line.endswith("; use more frames or a less extreme size")
     assert not list(tmp_path.iterdir())
+    # Qwen3-VL's video processor takes no fewer frames than its temporal patch (2)
+    directory = config_only_family("qwen3_vl", tmp_path / "qwen3-vl", video_processor=True)
+    line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", directory, "--images", "0", "--videos",
+                           "1", "--frames", "1", "--image-size", "32x24"], capsys)
+    assert line == ("error: --frames 1 --image-size 32x24: the video processor rejects such a video (t:1 must be larger "
+                    "than temporal_factor:2); use more frames or a less extreme size")
+
+
+def config_only_family(name: str, directory: Path, video_processor: bool = False) -> str:
+    """config.json of a tiny model of the family (and, with ``video_processor``, its processor's config files)."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES[name]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(directory)
+    if video_processor:
+        processor = family.processor()
+        processor.image_processor.save_pretrained(directory)
+        processor.video_processor.save_pretrained(directory)
+    return str(directory)
+
+
+def test_images_beside_videos_on_glm(tmp_path, capsys, monkeypatch):
+    """GLM-4V's video frames are <|image|> tokens, and its forward (transformers 5.24) scatters the image features
+    over all of them: a prompt with images and videos fails inside the model. Refused before anything runs,
+    config-only and loaded alike (no torchvision needed: the processor is never called)."""
+    from arch_models import FAMILIES, save_and_serve
+
+    message = ("error: --images 1 --videos 1: GLM-4.1V / GLM-4.5V / GLM-4.6V's video frames carry the image token, and "
+               "its forward (transformers) cannot take images and videos in one prompt; add --images 0 (or drop "
+               "--videos)")
+    directory = config_only_family("glm4v", tmp_path / "config")
+    assert one_line_error(["profile", "--flops-only", "--layer", "1", "--model", directory, "--videos", "1"],
+                          capsys) == message
+    directory = save_and_serve(FAMILIES["glm46v"], tmp_path / "model", monkeypatch, num_layers=2)
+    assert one_line_error(["profile", "--layer", "1", "--model", directory, "--videos", "1", "--device", "cpu"],
+                          capsys) == message
+
+
+def test_withdraw_video_on_glm(tmp_path, capsys):
+    """GLM-4V's video frames carry the image token: their tokens cannot be withdrawn apart from the images'."""
+    directory = config_only_family("glm4v_moe", tmp_path)
+    for args in (["--flops-only", "--images", "0", "--videos", "1"], ["--flops-only"]):
+        line = one_line_error(["profile", "--layer", "1", "--model", directory, "--withdraw", "video", *args], capsys)
+        assert line == ("error: --withdraw video: GLM-4.1V / GLM-4.5V / GLM-4.6V's video frames carry the image token, "
+                        "so they cannot be withdrawn apart from the images; use --withdraw image (images and video "
+                        "frames) or drop --withdraw")

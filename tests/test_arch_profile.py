@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from arch_models import FAMILIES, save_and_serve
+from arch_models import FAMILIES, HAS_TORCHVISION, save_and_serve
 
 from cli_run import run_cli
 
@@ -174,6 +174,63 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
     n = tokens["vision"] + tokens["text"]
     assert data["flops"]["decode_per_token"]["context_tokens"] == {"baseline": n, "withdrawn": n - withdrawn}
     assert data["memory"]["kv_cache_reduction"] == pytest.approx((LAYERS - K) / LAYERS * withdrawn / n)
+
+
+# What the real processors write for two temporal patches / four frames sampled 0.5 s apart (2 fps): Qwen3-VL the mean
+# time of each patch's two frames (0.25, 1.25 s), GLM-4.1V / 4.5V the whole second of each patch's first frame,
+# GLM-4.6V with one decimal, Gemma 4 mm:ss per frame. At the 24 fps the processors assume without metadata, every
+# one of these would read 0.
+VIDEO_TIMESTAMPS = {"qwen3_vl": ["<0.2 seconds>", "<1.2 seconds>"], "qwen3_5": ["<0.2 seconds>", "<1.2 seconds>"],
+                    "glm4v": ["<|end_of_image|>0", "<|end_of_image|>1"],
+                    "glm46v": ["<|end_of_image|>0.0 seconds", "<|end_of_image|>1.0 seconds"],
+                    "gemma4": ["00:00 <|image>", "00:01 <|image>"]}
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="the real video processors need torchvision, which does not import "
+                    "here (.ci/real-processors runs this)")
+@pytest.mark.parametrize("name", list(VIDEO_TIMESTAMPS))
+def test_profile_hands_the_real_processor_a_sampled_video(name, tmp_path, capsys, monkeypatch):
+    """`vtw profile --videos 1 --frames 4` on a saved tiny model whose real video processor samples frames by default,
+    as published (GLM-4V at 2 fps from the video's metadata, which pre-sampled frames lack; Qwen3-VL at 2 fps;
+    Gemma 4 32 frames): the run succeeds, all 4 frames reach the model (the vision tokens are what the processor
+    makes of the 4 frames taken as given), and the prompt's timestamps are those of frames 0.5 s apart. GLM-4V
+    takes the video alone (--images 0): its forward takes images or videos."""
+    import numpy as np
+    from arch_models import save_family
+    from PIL import Image
+
+    from vtwcli.prompts import chat_prompt
+
+    directory, shim = save_family(FAMILIES[name], tmp_path / name, num_layers=LAYERS)
+    assert shim is None
+    path = tmp_path / name / "processor_config.json"
+    files = json.loads(path.read_text())
+    files["video_processor"].pop("do_sample_frames")  # the class default, as the published files leave it
+    path.write_text(json.dumps(files))
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    assert processor.video_processor.do_sample_frames
+    texts, tokenize = [], type(processor.tokenizer).__call__
+
+    def recorded(self, *args, **kwargs):
+        texts.append(args[0] if args else kwargs.get("text"))
+        return tokenize(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor.tokenizer), "__call__", recorded)
+    images = 0 if name.startswith("glm") else 1
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--images", str(images), "--videos", "1", "--frames", "4", "--image-size", "32x24",
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
+                                "--warmup", "0"], capsys)
+    assert code == 0, err
+    prompt = "".join(str(text) for text in texts)
+    for stamp in VIDEO_TIMESTAMPS[name]:
+        assert stamp in prompt
+    config = transformers.AutoConfig.from_pretrained(directory)
+    media = {"images": [[Image.new("RGB", (32, 24))]]} if images else {}
+    ids = processor(text=[chat_prompt(processor, images, "the", videos=1)], videos=[np.zeros((4, 24, 32, 3), np.uint8)],
+                    do_sample_frames=False, return_tensors="pt", **media)["input_ids"][0]
+    assert data["flops"]["tokens"]["frames"] == 4
+    assert data["flops"]["tokens"]["vision"] == int(torch.isin(ids, torch.tensor(FAMILIES[name].vision_ids(config))).sum())
 
 
 def test_withdraw_video_on_a_family_without_video_is_refused(saved, capsys):

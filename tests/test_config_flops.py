@@ -281,13 +281,24 @@ def test_committed_mistral_small_profile_matches_its_shapes():
 # ------------------------------------------------------------------------------------------------------ videos
 # The real video processors of transformers need torchvision (.ci/real-processors runs these); here without it,
 # `--flops-only --videos` is one line (tests/test_adversarial.py).
-VIDEO_PROMPTS = {
-    "qwen2_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
-    "qwen2_5_vl": ("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
-    "llava_onevision": ("<image>\n", "<video>\n")}
+QWEN_VIDEO = (QWEN_BLOCK, "<|vision_start|><|video_pad|><|vision_end|>")
+GLM_VIDEO = (GLM_BLOCK, "<|begin_of_video|><|video|><|end_of_video|>")
+VIDEO_PROMPTS = {"qwen2_vl": QWEN_VIDEO, "qwen2_5_vl": QWEN_VIDEO, "llava_onevision": ("<image>\n", "<video>\n"),
+                 "qwen3_vl": QWEN_VIDEO, "qwen3_vl_moe": QWEN_VIDEO, "qwen3_5": QWEN_VIDEO, "qwen3_5_moe": QWEN_VIDEO,
+                 "glm4v": GLM_VIDEO, "glm4v_moe": GLM_VIDEO, "glm46v": GLM_VIDEO, "gemma4": ("<|image|>", "<|video|>")}
+# GLM-4V: its video frames are <|image|> tokens (mm_token_type_ids 2) and its forward takes images or videos
+GLM_VIDEOS = {"glm4v", "glm4v_moe", "glm46v"}
 # (images, videos, frames, W x H): odd frame counts for Qwen's temporal patch of 2 (the processor repeats the
-# last frame), a video alone, two videos beside an image
+# last frame), a video alone, two videos beside an image; one frame where the processor takes fewer frames than
+# the temporal patch (Qwen2-VL, OneVision), else two
 VIDEO_CASES = [(1, 1, 3, (100, 37)), (0, 1, 4, (48, 48)), (1, 2, 5, (24, 40)), (0, 2, 1, (64, 30))]
+FULL_PATCH_CASES = VIDEO_CASES[:3] + [(0, 2, 2, (64, 30))]  # Qwen3-VL, Qwen3.5: 1 frame is refused
+# Gemma 4: ~63 tokens per frame (70 at most) and a context of 512: two videos of 2 frames beside the image
+GEMMA4_CASES = VIDEO_CASES[:2] + [(1, 2, 2, (24, 40)), VIDEO_CASES[3]]
+GLM_CASES = [(0, videos, frames, size) for _, videos, frames, size in FULL_PATCH_CASES]
+FAMILY_VIDEO_CASES = [(name, *case) for name in VIDEO_PROMPTS for case in
+                      (GLM_CASES if name in GLM_VIDEOS else GEMMA4_CASES if name == "gemma4" else
+                       VIDEO_CASES if name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision") else FULL_PATCH_CASES)]
 
 
 def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> list:
@@ -296,19 +307,44 @@ def clips(videos: int, frames: int, width: int, height: int, seed: int = 7) -> l
 
 
 def video_prompt(name, processor, images, videos, frames, width, height):
+    """The real processor's prompt of ``images`` images and ``videos`` videos of ``frames`` frames, every frame
+    taken (do_sample_frames=False: the frames arrive sampled)."""
     image_tag, video_tag = VIDEO_PROMPTS[name]
     text = image_tag * images + video_tag * videos + "what color is this ?"
     media = {"images": [[image(width, height, i) for i in range(images)]]} if images else {}
-    return dict(processor(text=[text], videos=clips(videos, frames, width, height), return_tensors="pt", **media))
+    return dict(processor(text=[text], videos=clips(videos, frames, width, height), return_tensors="pt",
+                          do_sample_frames=False, **media))
+
+
+def inserted_tokens(name: str, config, inputs: dict) -> dict:
+    """Image and video tokens of a prompt, read off the processor's output: by their ids, or (GLM-4V, whose video
+    frames carry the image token) by the processor's own mm_token_type_ids (1 image, 2 video)."""
+    ids = inputs["input_ids"][0]
+    if name in GLM_VIDEOS:
+        types, pads = inputs["mm_token_type_ids"][0], ids == config.image_token_id
+        return {"image": int((pads & (types == 1)).sum()), "video": int((pads & (types == 2)).sum())}
+    return {kind: int((ids == getattr(config, f"{kind}_token_id")).sum()) for kind in ("image", "video")}
+
+
+def check_closed_form(config, counts, layer: int, got: dict) -> None:
+    """The language model, lm_head and decode step of the closed form (Gated DeltaNet's decode: up to the recurrence
+    torch's counter does not see, uncounted_decode)."""
+    closed = analytic_flops(config, counts, layer, vision=False)
+    for variant in ("baseline", "withdrawn"):
+        assert closed[variant]["language_model"] == got[variant]["language_model"]
+        assert closed[variant]["lm_head"] == got[variant]["lm_head"]
+        assert closed["decode_per_token"][variant] - uncounted_decode(config.get_text_config()) == \
+            got["decode_per_token"][variant]
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", list(VIDEO_PROMPTS))
-@pytest.mark.parametrize("images, videos, frames, size", VIDEO_CASES)
+@pytest.mark.parametrize("name, images, videos, frames, size", FAMILY_VIDEO_CASES,
+                         ids=[f"{n}-{i}i-{v}v-{f}f-{w}x{h}" for n, i, v, f, (w, h) in FAMILY_VIDEO_CASES])
 def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_form(name, images, videos, frames, size):
     """Videos of F frames of W x H (with or without images): the config-only count equals count_flops on the loaded
     tiny model of the same config, on the real processor's prompt, per component; withdrawing only the images
-    keeps the video tokens (and vice versa); the language model and lm_head equal the closed form."""
+    keeps the video tokens (and vice versa; GLM-4V: `image` withdraws its video frames too, they are image
+    tokens); the language model and lm_head equal the closed form."""
     family = FAMILIES[name]
     model = family.build(4, "sdpa", 0)
     model.config.architectures = [family.architecture]
@@ -316,25 +352,46 @@ def test_config_only_video_flops_equal_the_loaded_model_count_and_the_closed_for
     width, height = size
     inputs = video_prompt(name, processor, images, videos, frames, width, height)
     ids = inputs["input_ids"][0]
-    inserted = {kind: int((ids == getattr(model.config, f"{kind}_token_id")).sum()) for kind in ("image", "video")}
+    inserted = inserted_tokens(name, model.config, inputs)
     assert inserted["video"] > 0 and (inserted["image"] > 0) == (images > 0)
     meta = meta_model(model.config)
-    for layer, kinds in ((1, None), (3, None), (2, ("image",)), (2, ("video",))):
-        if kinds is not None and not images:
-            continue
+    # K = 3: below it Qwen3-VL's DeepStack reaches the kind kept (refused, test_deepstack_keeping_a_kind_is_refused_alike);
+    # Gemma 4: K <= 2 (layer 3 shares layer 2's keys/values), both kinds together (test_gemma4_keeping_a_kind_...)
+    selections = ((3, ("image",)),) if name in GLM_VIDEOS else () if name == "gemma4" else \
+        ((3, ("image",)), (3, ("video",))) if images else ()
+    for layer, kinds in ((1, None), (2 if name == "gemma4" else 3, None), *selections):
         expected = count_flops(model, inputs, layer, kinds=kinds)
         got, counts = count_flops_from_config(meta, processor.image_processor if images else None, layer=layer,
                                               images=images, image_size=size, videos=videos, frames=frames,
                                               video_processor=processor.video_processor, kinds=kinds,
                                               text_tokens=len(ids) - sum(inserted.values()))
-        withdrawn = sum(inserted[kind] for kind in kinds or ("image", "video"))
+        withdrawn = sum(inserted.values()) if kinds is None or name in GLM_VIDEOS else inserted[kinds[0]]
         assert (counts.vision_tokens, counts.total, counts.frames) == (withdrawn, len(ids), frames)
         assert got == expected
-        closed = analytic_flops(model.config, counts, layer, vision=False)
-        for variant in ("baseline", "withdrawn"):
-            assert closed[variant]["language_model"] == got[variant]["language_model"]
-            assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+        check_closed_form(model.config, counts, layer, got)
+
+
+@needs_torchvision
+def test_deepstack_keeping_a_kind_is_refused_alike():
+    """Qwen3-VL injects DeepStack features into the vision tokens up to layer 3 (three DeepStack levels): withdrawing
+    only the images at K = 2 would keep video tokens those injections reach; the loaded model's hooks refuse it,
+    and the config-only count refuses it with the same line (it does not count an inexact withdrawal)."""
+    from vtwcli.errors import UnsupportedError
+
+    family = FAMILIES["qwen3_vl"]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    inputs = video_prompt("qwen3_vl", processor, 1, 1, 4, 48, 48)
+    vision = sum(inserted_tokens("qwen3_vl", model.config, inputs).values())
+    with pytest.raises(UnsupportedError) as loaded:
+        count_flops(model, inputs, 2, kinds=("image",))
+    with pytest.raises(UnsupportedError) as config_only:
+        count_flops_from_config(meta_model(model.config), processor.image_processor, layer=2, images=1,
+                                image_size=(48, 48), videos=1, frames=4, video_processor=processor.video_processor,
+                                kinds=("image",), text_tokens=inputs["input_ids"].shape[1] - vision)
+    assert str(config_only.value) == str(loaded.value)
+    assert "DeepStack vision features to every vision token up to decoder layer 3" in str(loaded.value)
 
 
 @needs_torchvision
@@ -360,14 +417,97 @@ def test_qwen_video_rule_is_what_the_video_processor_makes(cap):
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision"])
+def test_gemma4_keeping_a_kind_is_refused_alike():
+    """Gemma 4's image and video tokens attend bidirectionally inside their blocks: withdrawing one kind would keep
+    the other's blocks, which layers >= K (causal) cannot rebuild. Refused by the loaded model's hooks and by the
+    config-only count with the same line; a prompt without the kept kind is counted."""
+    from vtwcli.errors import UnsupportedError
+
+    family = FAMILIES["gemma4"]
+    model = family.build(4, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    processor = family.processor()
+    meta = meta_model(model.config)
+    inputs = video_prompt("gemma4", processor, 1, 1, 2, 40, 30)
+    text = inputs["input_ids"].shape[1] - sum(inserted_tokens("gemma4", model.config, inputs).values())
+    options = dict(layer=2, image_size=(40, 30), frames=2, video_processor=processor.video_processor)
+    for kinds in (("image",), ("video",)):
+        with pytest.raises(UnsupportedError) as loaded:
+            count_flops(model, inputs, 2, kinds=kinds)
+        with pytest.raises(UnsupportedError) as config_only:
+            count_flops_from_config(meta, processor.image_processor, images=1, videos=1, kinds=kinds, text_tokens=text,
+                                    **options)
+        assert str(config_only.value) == str(loaded.value) and "attend bidirectionally" in str(loaded.value)
+    alone = video_prompt("gemma4", processor, 0, 1, 2, 40, 30)
+    text = alone["input_ids"].shape[1] - sum(inserted_tokens("gemma4", model.config, alone).values())
+    got, _ = count_flops_from_config(meta, None, images=0, videos=1, kinds=("video",), text_tokens=text, **options)
+    assert got == count_flops(model, alone, 2, kinds=("video",))
+
+
+@needs_torchvision
+@pytest.mark.parametrize("processor_class, cap", [("qwen3_vl", None), ("qwen3_vl", True), ("glm4v", None),
+                                                  ("glm46v", None)])
+def test_qwen3_and_glm_video_rule_is_what_the_video_processor_makes(processor_class, cap):
+    """Tokens of one video by the rule (vision_tokens.video_patches) = the real video processor's grid / 2^2 over sizes
+    and frame counts (the pixel bounds hold for all frames together, so more frames shrink each one), with Qwen3-VL's
+    per-frame cap off and on (a budget small enough to bind); fewer frames than the temporal patch: both refuse."""
+    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+    from transformers.models.glm46v.video_processing_glm46v import Glm46VVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from vtwcli.vision_tokens import video_patches
+
+    cls = {"qwen3_vl": Qwen3VLVideoProcessor, "glm4v": Glm4vVideoProcessor, "glm46v": Glm46VVideoProcessor}
+    options = dict(cap_pixels_per_frame=cap, max_video_tokens=4) if processor_class == "qwen3_vl" else {}
+    videos = cls[processor_class](patch_size=4, merge_size=2, temporal_patch_size=2, do_sample_frames=False,
+                                  size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}, **options)
+    config = FAMILIES[processor_class].build(1, "sdpa", 0).config
+    shrunk = capped = 0
+    for width, height in ((100, 37), (32, 32), (300, 200), (9, 90)):
+        tokens = {}
+        for frames in (2, 3, 8, 17):
+            grid = videos(videos=clips(1, frames, width, height), return_tensors="pt")["video_grid_thw"][0]
+            tokens[frames] = merged = video_patches(config, videos, frames, width, height)
+            assert merged == int(grid.prod()) // 4
+            assert int(grid[0]) == -(-frames // 2)  # frames padded to a multiple of the temporal patch
+            capped += cap is True and int(grid[1] * grid[2]) // 4 == 4  # max_video_tokens per frame
+        shrunk += tokens[17] / 9 < tokens[2]
+        with pytest.raises(ValueError, match="must be larger than temporal_factor"):
+            video_patches(config, videos, 1, width, height)
+        with pytest.raises(ValueError, match="must be larger than temporal_factor"):
+            videos(videos=clips(1, 1, width, height), return_tensors="pt")
+    assert shrunk > 0 and (capped > 0) == (cap is True)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("max_soft_tokens", [70, 280])
+def test_gemma4_video_rule_is_what_the_video_processor_makes(max_soft_tokens):
+    """Tokens of one video by the rule (vision_tokens.pooled_patches_per_frame) = F x the soft tokens per frame the
+    real Gemma4VideoProcessor reports, over sizes kept, shrunk and grown, and frame counts."""
+    from transformers.models.gemma4.video_processing_gemma4 import Gemma4VideoProcessor
+
+    from vtwcli.vision_tokens import pooled_patches_per_frame
+
+    videos = Gemma4VideoProcessor(patch_size=4, pooling_kernel_size=2, max_soft_tokens=max_soft_tokens,
+                                  do_sample_frames=False)
+    config = FAMILIES["gemma4"].build(4, "sdpa", 0).config
+    for frames in (1, 3):
+        for width, height in ((100, 37), (32, 32), (300, 200), (9, 90), (16, 8)):
+            out = videos(videos=clips(1, frames, width, height), return_tensors="pt")
+            assert out["pixel_values_videos"].shape[0] == frames
+            per_frame = int(torch.as_tensor(out["num_soft_tokens_per_video"])[0])
+            assert pooled_patches_per_frame(config, videos, frames, width, height) == frames * per_frame > 0
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_onevision", "qwen3_vl", "glm46v", "gemma4"])
 def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name, tmp_path, capsys):
     """config.json + the processor config files, no weights, no tokenizer: `vtw profile --flops-only --videos 2
     --frames 3` counts what the loaded model of that config counts on the real processor's prompt."""
     import json
 
     family = FAMILIES[name]
-    model = family.build(2, "sdpa", 0)
+    model = family.build(4 if name == "gemma4" else 2, "sdpa", 0)  # Gemma 4: sliding, sliding, full, shared full
     model.config.architectures = [family.architecture]
     model.config.save_pretrained(tmp_path)
     processor = family.processor()
@@ -376,16 +516,17 @@ def test_vtw_profile_flops_only_counts_videos_from_a_config_only_directory(name,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "preprocessor_config.json",
                                                          "video_preprocessor_config.json"]
     width, height = 100, 37
-    inputs = video_prompt(name, processor, 1, 2, 3, width, height)
-    vision = int(torch.isin(inputs["input_ids"][0], torch.tensor(family.vision_ids(model.config))).sum())
+    images = 0 if name in GLM_VIDEOS else 1  # GLM-4V's forward takes images or videos
+    inputs = video_prompt(name, processor, images, 2, 3, width, height)
+    vision = sum(inserted_tokens(name, model.config, inputs).values())
     text = inputs["input_ids"].shape[1] - vision
     code, out, err = run_cli(["profile", "--model", str(tmp_path), "--flops-only", "--layer", "1", "--image-size",
                               f"{width}x{height}", "--text-tokens", str(text), "--videos", "2", "--frames", "3",
-                              "--json"], capsys)
+                              "--images", str(images), "--json"], capsys)
     assert code == 0, err
     flops = json.loads(out)["flops"]
     expected = count_flops(model, inputs, 1)
-    assert flops["tokens"] == {"vision": vision, "text": text, "images": 1, "videos": 2, "frames": 3}
+    assert flops["tokens"] == {"vision": vision, "text": text, "images": images, "videos": 2, "frames": 3}
     for variant in ("baseline", "withdrawn"):
         assert flops[variant] == expected[variant]
         assert flops["decode_per_token"][variant] == expected["decode_per_token"][variant]

@@ -9,10 +9,13 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
 
 * :func:`merged_patches` — Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4.xV style: the image is resized to a
   multiple of patch x merge within [min_pixels, max_pixels]; tokens = patches / merge^2.
-* :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, LLaVA-1.5's
-  patch grid.
-* :func:`tiles` — InternVL, Aya Vision: tiles chosen by aspect ratio (+ a thumbnail) x tokens per tile (their
-  processors always tile: :func:`crop_to_patches`).
+* :func:`fixed_per_image` — one count whatever the size: Gemma 3's ``mm_tokens_per_image``, the patch grid of
+  LLaVA-1.5, VipLLaVA, PaliGemma, DeepSeek-VL, Janus and Video-LLaVA's images.
+* :func:`tiles` — InternVL, Aya Vision, Cohere2 Vision: the image processor's tiles (InternVL / Aya: the grid
+  closest to the aspect ratio, their processors always tile: :func:`crop_to_patches`; Cohere2: the grid needing
+  the least upscaling) + a thumbnail when more than one, x tokens per tile.
+* :func:`covering_tiles` — Ovis2: the fewest tiles covering 90 % of the image + the whole image, <IMG_ATOM> only.
+* :func:`smart_resized_tiles` — LFM2-VL: one smart-resized view, or (too big for one) tiles + that view.
 * :func:`split_tiles` — Idefics3 / SmolVLM: a grid of tiles plus the global view x tokens per tile (Idefics2:
   the perceiver's latents for the image and, when it splits, each of its 4 crops).
 * :func:`merged_grid` — Mistral3 (Pixtral encoder), LightOnOCR: the image shrunk to fit ``longest_edge``,
@@ -21,8 +24,9 @@ names its family's rule (``Adapter.image_tokens``): supporting a new dynamic-res
   not counted here.
 * :func:`pooled_patches` — Gemma 4: the image resized (aspect ratio kept) to the largest multiple of
   patch x pooling kernel within ``max_soft_tokens`` x kernel^2 patches; one token per pooled kernel.
-* :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision: the base view + the best-fitting pinpoint grid, unpadded,
-  one newline feature per row (OneVision: pooled down to ``anyres_max_N`` base views).
+* :func:`anyres` — LLaVA-NeXT / LLaVA-OneVision / LLaVA-NeXT-Video / Granite4-Vision: the base view + the
+  best-fitting pinpoint grid, unpadded, one newline feature per row (OneVision: pooled down to ``anyres_max_N``
+  base views; Granite4: every view's grid shrunk by ``downsample_rate``).
 
 Videos (``Adapter.video_tokens``): the tokens one video of F frames of W x H becomes, from the video processor
 built from ``video_preprocessor_config.json`` (else ``preprocessor_config.json``); F is the frames the model
@@ -30,7 +34,10 @@ sees (the processor's own frame sampling is off: ``--frames`` is the sampled cou
 
 * :func:`merged_video_patches` — Qwen2-VL / Qwen2.5-VL: frames padded to a multiple of the temporal patch,
   each resized like an image within the video pixel bounds; tokens = patches / merge^2.
+* :func:`video_patches` — Qwen3-VL / Qwen3.5 / GLM-4.xV: the video processor's own patch count (theirs resizes
+  all frames within the pixel bounds, per-frame cap included, as their resize does) / merge^2.
 * :func:`pooled_frames` — LLaVA-OneVision: each frame's patch grid pooled 2 x 2, one newline per video.
+* :func:`pooled_patches_per_frame` — Gemma 4: each frame pooled like an image (:func:`pooled_patches`), x F.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-__all__ = ["merged_patches", "fixed_per_image", "tiles", "crop_to_patches", "split_tiles", "merged_grid", "pixtral_patch_size",
-           "pooled_patches", "anyres", "image_processor_of", "merged_video_patches", "pooled_frames"]
+__all__ = ["merged_patches", "fixed_per_image", "tiles", "crop_to_patches", "covering_tiles", "smart_resized_tiles",
+           "split_tiles", "merged_grid", "pixtral_patch_size", "pooled_patches", "anyres", "image_processor_of",
+           "merged_video_patches", "video_patches", "pooled_frames", "pooled_patches_per_frame"]
 
 
 def image_processor_of(name_or_path: str):
@@ -183,6 +191,12 @@ def pooled_patches(config, images, width: int, height: int, count: int = 1) -> i
     return (height // patch) * (width // patch) // kernel ** 2
 
 
+def pooled_patches_per_frame(config, videos, frames: int, width: int, height: int) -> int:
+    """Gemma 4: every frame resized and pooled as :func:`pooled_patches` does an image (the video processor's
+    own patch size, pooling kernel and ``max_soft_tokens``), F frames."""
+    return frames * pooled_patches(config, videos, width, height)
+
+
 def anyres(config, images, width: int, height: int, count: int = 1) -> int:
     """Base view + the pinpoint grid closest to the image, with its padding rows/columns removed and one
     newline feature per row of patches (as LLaVA-NeXT packs its features). OneVision with several images
@@ -229,6 +243,16 @@ def merged_video_patches(config, videos, frames: int, width: int, height: int) -
         longest = max(min(longest, budget * videos.temporal_patch_size // frames), int(shortest * 1.05))
     size = {"shortest_edge": shortest, "longest_edge": longest}
     return int(videos.get_num_of_video_patches(frames, height, width, {"size": size})) // videos.merge_size ** 2
+
+
+def video_patches(config, videos, frames: int, width: int, height: int) -> int:
+    """Qwen3-VL / Qwen3.5 / GLM-4.1V, 4.5V, 4.6V: the video processor's ``get_num_of_video_patches``, which in these
+    processors resizes as their ``resize`` does (the pixel bounds hold for all frames together; Qwen3-VL's
+    ``cap_pixels_per_frame`` included; frames padded to a multiple of the temporal patch), / merge^2. Each
+    temporal patch becomes its own vision block in the prompt (Qwen3-VL: a timestamp and <|vision_start|> ...
+    <|vision_end|>; GLM: <|begin_of_image|> ... <|end_of_image|> and a timestamp): text tokens, not counted here.
+    Fewer frames than the temporal patch are refused by the processor (ValueError)."""
+    return int(videos.get_num_of_video_patches(frames, height, width, {})) // videos.merge_size ** 2
 
 
 def pooled_frames(config, videos, frames: int, width: int, height: int) -> int:

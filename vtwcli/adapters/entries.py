@@ -22,8 +22,9 @@ def _select_entries(features, keep: list[bool]):
 
 
 def _dict_keys(features) -> list[int]:
-    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer.
-    return list(features)
+    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer (what its language
+    # model receives); get_image_features returns them as [(layer, features), ...]
+    return list(features) if isinstance(features, dict) else [layer for layer, _ in features]
 
 
 def _select_items(features, keep: list[bool]):
@@ -153,6 +154,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
         deepstack=QWEN3_VL_DEEPSTACK,
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
               "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
@@ -169,6 +171,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
               "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
     ),
@@ -316,6 +319,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
                           "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.pooled_patches,
+        video_tokens=vision_tokens.pooled_patches_per_frame,
         notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
               "the last producer layer is exact (others refused); image and video tokens withdrawn together",
     ),
@@ -353,6 +357,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="Gated DeltaNet (linear attention: conv + recurrent state) interleaved with full attention; M-RoPE; "
               "image and video pads withdrawn",
     ),

@@ -151,9 +151,10 @@ def _feature_rows(features, width: int) -> int:
 
 @torch.no_grad()
 def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features: str = "get_image_features",
-                  rule: str = "Adapter.image_tokens") -> dict:
-    """{vision_tower, projector} of one ``features`` call (get_image_features / get_video_features) on meta; its
-    feature count checked against what the adapter's ``rule`` says."""
+                  rule: str = "Adapter.image_tokens") -> tuple[dict, int]:
+    """({vision_tower, projector}, the last decoder layer its DeepStack features go into, else 0) of one
+    ``features`` call (get_image_features / get_video_features) on meta; its feature count checked against what
+    the adapter's ``rule`` says."""
     from vtwcli.adapters import adapter_for
 
     hooks = []
@@ -184,7 +185,8 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
     if rows != expected_tokens:
         raise VtwError(f"{type(model).__name__}: the vision-token rule gives {expected_tokens} tokens but the model "
                        f"makes {rows} features; the rule ({rule}) does not fit this config")
-    return spent
+    deepstack, injected = adapter_for(model).deepstack, getattr(output, "deepstack_features", None)
+    return spent, max(deepstack.target_layers(injected), default=0) if deepstack and injected else 0
 
 
 def _called_modules(model: nn.Module, path: str) -> list[nn.Module]:
@@ -288,7 +290,7 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     the prompt's token counts (``kinds``: the vision tokens withdrawn, the others stay like text)."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_video import video_processor_output, video_tokens_per_video
-    from vtwcli.withdrawal import check_exact, num_decoder_layers
+    from vtwcli.withdrawal import check_exact, deepstack_keeps_vision, num_decoder_layers, refuse_kept_blocks
 
     adapter = adapter_for(model)
     check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
@@ -303,16 +305,22 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     video_vision = videos * video_tokens_per_video(model, video_processor, frames, width, height) if videos else 0
     total = image_vision + video_vision + text_tokens
     adapter.check_prompt_fits(model.config, total)  # before tensors of that length are built
-    kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds)
-    tower = dict.fromkeys(("vision_tower", "projector"), 0)
+    kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds, adapter.video_kind)
+    present = tuple(kind for kind, tokens in (("image", image_vision), (adapter.video_kind, video_vision)) if tokens)
+    # the prompt's vision token ids (one of each kind it holds): a kept kind whose blocks are bidirectional (Gemma 4)
+    refuse_kept_blocks(adapter, model.config, kinds, torch.tensor(adapter.vision_token_ids(model.config, present)))
+    tower, injected = dict.fromkeys(("vision_tower", "projector"), 0), 0
     if images:
-        spent = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), image_vision)
-        tower = {key: tower[key] + spent[key] for key in tower}
+        spent, last = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed),
+                                    image_vision)
+        tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
     if videos:
         pixels = _feature_inputs(model, video_processor_output(video_processor, videos, frames, width, height, seed),
-                              "get_video_features")
-        spent = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
-        tower = {key: tower[key] + spent[key] for key in tower}
+                                 "get_video_features")
+        spent, last = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
+        tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
+    if layer < injected and withdrawn < image_vision + video_vision:  # as withdraw() refuses it on the loaded model
+        raise deepstack_keeps_vision(adapter, injected, kinds)
     num_layers = num_decoder_layers(model)
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
@@ -326,13 +334,14 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
                                 frames=frames if videos else 0)
 
 
-def _kept_positions(text_tokens: int, image_vision: int, video_vision: int,
-                    kinds: tuple[str, ...] | None) -> tuple[torch.Tensor, int]:
+def _kept_positions(text_tokens: int, image_vision: int, video_vision: int, kinds: tuple[str, ...] | None,
+                    video_kind: str = "video") -> tuple[torch.Tensor, int]:
     """(positions kept in layers >= K, tokens withdrawn) of the prompt [BOS-like token] [image tokens] [video
-    tokens] [question]: the vision tokens of the ``kinds`` withdrawn (None: all), everything else kept."""
+    tokens] [question]: the vision tokens of the ``kinds`` withdrawn (None: all; the video tokens are of
+    ``video_kind``, Adapter.video_kind), everything else kept."""
     before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the vision tokens
     blocks = ((before, False), (image_vision, kinds is None or "image" in kinds),
-              (video_vision, kinds is None or "video" in kinds), (text_tokens - before, False))
+              (video_vision, kinds is None or video_kind in kinds), (text_tokens - before, False))
     kept, start, withdrawn = [], 0, 0
     for length, gone in blocks:
         if gone:
