@@ -58,30 +58,10 @@ def test_config_only_flops_equal_the_loaded_model_count_and_the_closed_form(name
     family = FAMILIES[name]
     model = family.build(4, "sdpa", 0)
     model.config.architectures = [family.architecture]
-    processor = family.processor()
-    width, height = size
-    inputs = dict(processor(text=[prompt_of(name, images)], images=[[image(width, height, i) for i in range(images)]],
-                            return_tensors="pt"))
-    ids = inputs["input_ids"][0]
-    vision = int(torch.isin(ids, torch.tensor(family.vision_ids(model.config))).sum())
-    for layer in (1, 3):
-        expected = count_flops(model, inputs, layer)
-        got, counts = count_flops_from_config(meta_model(model.config), processor.image_processor, layer=layer,
-                                              images=images, image_size=(width, height),
-                                              text_tokens=len(ids) - vision)
-        assert counts.vision_tokens == vision
-        assert got == expected
-        closed = analytic_flops(model.config, counts, layer, vision=False)
-        for variant in ("baseline", "withdrawn"):
-            assert closed[variant]["language_model"] == got[variant]["language_model"]
-            assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-            # Gated DeltaNet (Qwen3.5): a decode step's recurrence, three (d_k x d_v) products per value head, is
-            # elementwise multiply + sum in transformers, which torch's counter counts 0; the closed form has it
-            assert closed["decode_per_token"][variant] - uncounted_decode(model.config.text_config) == \
-                got["decode_per_token"][variant]
-        assert got["withdrawn"]["language_model"] < got["baseline"]["language_model"]
+    total, vision = assert_config_only_equals_loaded(model, family, family.processor(), prompt_of(name, images), size,
+                                                     images, (1, 3))
     if (name, size, images) in CHUNKED:
-        assert len(ids) > 2 * 64 and len(ids) - vision < 64
+        assert total > 2 * 64 and total - vision < 64
 
 
 # Families whose vision-token rule reads the image processor's resizing / tiling: (prompt with {} where the image
@@ -130,7 +110,8 @@ def sized_prompt(name: str, images: int) -> str:
 def assert_config_only_equals_loaded(model, family, processor, prompt: str, size: tuple[int, int], images: int,
                                      layers: tuple[int, ...]) -> None:
     """count_flops_from_config on the meta model of ``model``'s config == count_flops on ``model`` with the
-    processor's prompt for ``images`` images of ``size``; language model, lm_head and decode == the closed form."""
+    processor's prompt for ``images`` images of ``size``; language model, lm_head and decode == the closed form.
+    Returns the prompt's (tokens, vision tokens)."""
     inputs = dict(processor(text=[prompt], images=[[image(*size, i) for i in range(images)]], return_tensors="pt"))
     inputs.pop("labels", None)  # PaliGemma's processor adds training labels; inference takes none
     ids = inputs["input_ids"][0]
@@ -146,9 +127,13 @@ def assert_config_only_equals_loaded(model, family, processor, prompt: str, size
         for variant in ("baseline", "withdrawn"):
             assert closed[variant]["language_model"] == got[variant]["language_model"]
             assert closed[variant]["lm_head"] == got[variant]["lm_head"]
-            assert closed["decode_per_token"][variant] == got["decode_per_token"][variant]
+            # Gated DeltaNet (Qwen3.5): a decode step's recurrence, three (d_k x d_v) products per value head, is
+            # elementwise multiply + sum in transformers, which torch's counter counts 0; the closed form has it
+            assert closed["decode_per_token"][variant] - uncounted_decode(model.config.get_text_config()) == \
+                got["decode_per_token"][variant]
         if layer < model.config.get_text_config().num_hidden_layers:  # K = L withdraws nothing
             assert got["withdrawn"]["language_model"] < got["baseline"]["language_model"]
+    return len(ids), vision
 
 
 @pytest.mark.parametrize("name, size, images", SIZED_CASES)
