@@ -243,7 +243,10 @@ class ShimProcessor:
 
 
 QWEN_VIDEO_GRID = (2, 4, 4)  # (t, h, w) patches of the tiny video: 2 * 4 * 4 / merge 2**2 = 8 video tokens
-# Frames arrive without metadata (vtwcli passes pre-sampled frames): the processors take 24 fps for timestamps
+# Frames without metadata: the real processors take 24 fps for their timestamps, and so do the stand-ins (which
+# tests/test_processor_standins.py compares with them so). vtwcli hands the real processors metadata at their
+# sampling rate (2 fps, vtwcli.measure.config_video.frames_as_given; stand-ins take none): timestamps are text
+# tokens, so only the text count differs, which `vtw profile` fills to --text-tokens either way.
 VIDEO_FPS = 24
 
 
@@ -1664,6 +1667,19 @@ def lfm2_vl_processor():
     images = Lfm2VlImageProcessor(encoder_patch_size=LFM2_PATCH, downsample_factor=LFM2_FACTOR,
                                   do_image_splitting=False, min_image_tokens=1, max_image_tokens=LFM2_MAX_TOKENS)
     return Lfm2VlProcessor(image_processor=images, tokenizer=tokenizer, chat_template=LLAVA_TEMPLATE)
+
+
+def lfm2_vl_tiling_processor(tile_size: int = 16, min_tiles: int = 2, max_tiles: int = 4):
+    """Lfm2VlProcessor with image splitting on (needs torchvision): an image whose sides, rounded to whole 8 px
+    blocks, exceed 2 x LFM2_MAX_TOKENS tokens is cut into the grid of ``min_tiles`` .. ``max_tiles`` tiles of
+    ``tile_size`` px closest to its aspect ratio, plus its one-view thumbnail."""
+    from transformers import Lfm2VlProcessor
+    from transformers.models.lfm2_vl.image_processing_lfm2_vl import Lfm2VlImageProcessor
+
+    images = Lfm2VlImageProcessor(encoder_patch_size=LFM2_PATCH, downsample_factor=LFM2_FACTOR, do_image_splitting=True,
+                                  min_image_tokens=1, max_image_tokens=LFM2_MAX_TOKENS, tile_size=tile_size,
+                                  min_tiles=min_tiles, max_tiles=max_tiles)
+    return Lfm2VlProcessor(image_processor=images, tokenizer=word_tokenizer(LFM2_SPECIALS), chat_template=LLAVA_TEMPLATE)
 
 
 def qwen3_5_processor():

@@ -724,6 +724,24 @@ def test_flops_only_videos_without_torchvision(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision imports here: the image processor can be built")
+def test_flops_only_image_processor_without_torchvision(tmp_path, capsys):
+    """Cohere2 Vision's image processor exists for torchvision only: without it, config-only FLOPs stop in one line
+    that names torchvision (not a missing preprocessor_config.json, which is there)."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES["cohere2_vision"]
+    config = family.build(1, "sdpa", 0).config
+    config.architectures = [family.architecture]
+    config.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "Cohere2VisionImageProcessor", "size": {"height": 16, "width": 16}, "patch_size": 2,
+         "max_patches": 4}))
+    line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", str(tmp_path)], capsys)
+    assert line.startswith("error: --flops-only: Cohere2 Vision's image processor (transformers) needs torchvision, "
+                           f"which does not import here; install the torchvision that matches torch {torch.__version__}")
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="the video processor needs torchvision, which does not import here")
 def test_flops_only_videos_without_processor_config(tmp_path, capsys):
     (tmp_path / "m").mkdir()
@@ -739,8 +757,58 @@ def test_flops_only_videos_without_processor_config(tmp_path, capsys):
 def test_flops_only_video_size_the_processor_rejects(tmp_path, capsys):
     line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG), "--images", "0",
                            "--videos", "1", "--image-size", "1x8192", "--output", str(tmp_path / "p.yaml")], capsys)
-    assert line.startswith("error: --image-size 1x8192: the video processor rejects it for frames (absolute aspect")
+    assert line.startswith("error: --frames 4 --image-size 1x8192: the video processor rejects such a video (absolute "
+                           "aspect ratio must be smaller than 200")
+    assert line.endswith("; use more frames or a less extreme size")
     assert not list(tmp_path.iterdir())
+    # Qwen3-VL's video processor takes no fewer frames than its temporal patch (2)
+    directory = config_only_family("qwen3_vl", tmp_path / "qwen3-vl", video_processor=True)
+    line = one_line_error(["profile", "--flops-only", "--layer", "1", "--model", directory, "--images", "0", "--videos",
+                           "1", "--frames", "1", "--image-size", "32x24"], capsys)
+    assert line == ("error: --frames 1 --image-size 32x24: the video processor rejects such a video (t:1 must be larger "
+                    "than temporal_factor:2); use more frames or a less extreme size")
+
+
+def config_only_family(name: str, directory: Path, video_processor: bool = False) -> str:
+    """config.json of a tiny model of the family (and, with ``video_processor``, its processor's config files)."""
+    from arch_models import FAMILIES
+
+    family = FAMILIES[name]
+    model = family.build(2, "sdpa", 0)
+    model.config.architectures = [family.architecture]
+    model.config.save_pretrained(directory)
+    if video_processor:
+        processor = family.processor()
+        processor.image_processor.save_pretrained(directory)
+        processor.video_processor.save_pretrained(directory)
+    return str(directory)
+
+
+def test_images_beside_videos_on_glm(tmp_path, capsys, monkeypatch):
+    """GLM-4V's video frames are <|image|> tokens, and its forward (transformers 5.24) scatters the image features
+    over all of them: a prompt with images and videos fails inside the model. Refused before anything runs,
+    config-only and loaded alike (no torchvision needed: the processor is never called)."""
+    from arch_models import FAMILIES, save_and_serve
+
+    message = ("error: --images 1 --videos 1: GLM-4.1V / GLM-4.5V / GLM-4.6V's video frames carry the image token, and "
+               "its forward (transformers) cannot take images and videos in one prompt; add --images 0 (or drop "
+               "--videos)")
+    directory = config_only_family("glm4v", tmp_path / "config")
+    assert one_line_error(["profile", "--flops-only", "--layer", "1", "--model", directory, "--videos", "1"],
+                          capsys) == message
+    directory = save_and_serve(FAMILIES["glm46v"], tmp_path / "model", monkeypatch, num_layers=2)
+    assert one_line_error(["profile", "--layer", "1", "--model", directory, "--videos", "1", "--device", "cpu"],
+                          capsys) == message
+
+
+def test_withdraw_video_on_glm(tmp_path, capsys):
+    """GLM-4V's video frames carry the image token: their tokens cannot be withdrawn apart from the images'."""
+    directory = config_only_family("glm4v_moe", tmp_path)
+    for args in (["--flops-only", "--images", "0", "--videos", "1"], ["--flops-only"]):
+        line = one_line_error(["profile", "--layer", "1", "--model", directory, "--withdraw", "video", *args], capsys)
+        assert line == ("error: --withdraw video: GLM-4.1V / GLM-4.5V / GLM-4.6V's video frames carry the image token, "
+                        "so they cannot be withdrawn apart from the images; use --withdraw image (images and video "
+                        "frames) or drop --withdraw")
 
 
 # ------------------------------------------------------------- the third pass (config-only FLOPs, vtw verify)
@@ -867,7 +935,8 @@ def test_flops_only_processor_config_that_disagrees_with_the_model(tmp_path, cap
     line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(folder)], capsys)
     assert line.startswith("error: Qwen2_5_VLForConditionalGeneration: the vision tower failed on the meta device on "
                            "what the processor made of the input (RuntimeError: shape ")
-    assert "check that the processor config agrees with config.json's vision_config" in line
+    assert line.endswith("check config.json's vision_config and that the processor config agrees with it (patch, "
+                         "merge and temporal patch sizes), else drop --flops-only to count on the loaded model")
 
 
 def test_flops_only_processor_out_of_memory(tmp_path, capsys, monkeypatch):

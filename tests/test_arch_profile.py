@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import transformers
-from arch_models import FAMILIES, save_and_serve
+from arch_models import FAMILIES, HAS_TORCHVISION, save_and_serve
 
 from cli_run import run_cli
 
@@ -176,6 +176,63 @@ def test_profile_with_a_video_withdraws_the_selected_kinds(name, kinds, saved, c
     assert data["memory"]["kv_cache_reduction"] == pytest.approx((LAYERS - K) / LAYERS * withdrawn / n)
 
 
+# What the real processors write for two temporal patches / four frames sampled 0.5 s apart (2 fps): Qwen3-VL the mean
+# time of each patch's two frames (0.25, 1.25 s), GLM-4.1V / 4.5V the whole second of each patch's first frame,
+# GLM-4.6V with one decimal, Gemma 4 mm:ss per frame. At the 24 fps the processors assume without metadata, every
+# one of these would read 0.
+VIDEO_TIMESTAMPS = {"qwen3_vl": ["<0.2 seconds>", "<1.2 seconds>"], "qwen3_5": ["<0.2 seconds>", "<1.2 seconds>"],
+                    "glm4v": ["<|end_of_image|>0", "<|end_of_image|>1"],
+                    "glm46v": ["<|end_of_image|>0.0 seconds", "<|end_of_image|>1.0 seconds"],
+                    "gemma4": ["00:00 <|image>", "00:01 <|image>"]}
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="the real video processors need torchvision, which does not import "
+                    "here (.ci/real-processors runs this)")
+@pytest.mark.parametrize("name", list(VIDEO_TIMESTAMPS))
+def test_profile_hands_the_real_processor_a_sampled_video(name, tmp_path, capsys, monkeypatch):
+    """`vtw profile --videos 1 --frames 4` on a saved tiny model whose real video processor samples frames by default,
+    as published (GLM-4V at 2 fps from the video's metadata, which pre-sampled frames lack; Qwen3-VL at 2 fps;
+    Gemma 4 32 frames): the run succeeds, all 4 frames reach the model (the vision tokens are what the processor
+    makes of the 4 frames taken as given), and the prompt's timestamps are those of frames 0.5 s apart. GLM-4V
+    takes the video alone (--images 0): its forward takes images or videos."""
+    import numpy as np
+    from arch_models import save_family
+    from PIL import Image
+
+    from vtwcli.prompts import chat_prompt
+
+    directory, shim = save_family(FAMILIES[name], tmp_path / name, num_layers=LAYERS)
+    assert shim is None
+    path = tmp_path / name / "processor_config.json"
+    files = json.loads(path.read_text())
+    files["video_processor"].pop("do_sample_frames")  # the class default, as the published files leave it
+    path.write_text(json.dumps(files))
+    processor = transformers.AutoProcessor.from_pretrained(directory)
+    assert processor.video_processor.do_sample_frames
+    texts, tokenize = [], type(processor.tokenizer).__call__
+
+    def recorded(self, *args, **kwargs):
+        texts.append(args[0] if args else kwargs.get("text"))
+        return tokenize(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor.tokenizer), "__call__", recorded)
+    images = 0 if name.startswith("glm") else 1
+    code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
+                                "--images", str(images), "--videos", "1", "--frames", "4", "--image-size", "32x24",
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
+                                "--warmup", "0"], capsys)
+    assert code == 0, err
+    prompt = "".join(str(text) for text in texts)
+    for stamp in VIDEO_TIMESTAMPS[name]:
+        assert stamp in prompt
+    config = transformers.AutoConfig.from_pretrained(directory)
+    media = {"images": [[Image.new("RGB", (32, 24))]]} if images else {}
+    ids = processor(text=[chat_prompt(processor, images, "the", videos=1)], videos=[np.zeros((4, 24, 32, 3), np.uint8)],
+                    do_sample_frames=False, return_tensors="pt", **media)["input_ids"][0]
+    assert data["flops"]["tokens"]["frames"] == 4
+    assert data["flops"]["tokens"]["vision"] == int(torch.isin(ids, torch.tensor(FAMILIES[name].vision_ids(config))).sum())
+
+
 def test_withdraw_video_on_a_family_without_video_is_refused(saved, capsys):
     directory, _ = saved("gemma3")
     code, _, err = run_json(["profile", "--model", directory, "--layer", str(K), "--withdraw", "video",
@@ -265,18 +322,33 @@ def _mm(m: int, k: int, n: int) -> int:
     return 2 * m * k * n
 
 
-def closed_form_layer(text, kind: str, tokens: int, keys: int) -> int:
-    """One decoder layer written from the definitions (2 x MACs, matmul work only)."""
+CHUNK = 64  # transformers' torch_chunk_gated_delta_rule: the prompt in chunks of 64 tokens, padded to a multiple
+
+
+def closed_form_layer(text, kind: str, tokens: int, keys: int, step: bool = False) -> int:
+    """One decoder layer written from the definitions (2 x MACs, matmul work only) and from what transformers'
+    torch path multiplies: a prefill into an empty cache, or (``step``) one decode step against a filled one."""
     hidden = text.hidden_size
-    if kind == "linear_attention":  # Gated DeltaNet: projections, depthwise conv taps, 3 matvecs per value head
-        keys_w = text.linear_num_key_heads * text.linear_key_head_dim
-        values_w = text.linear_num_value_heads * text.linear_value_head_dim
+    if kind in ("linear_attention", "conv"):
+        # causal depthwise conv, every output computed counted: prefill pads the input to at least `taps`, then
+        # convolves with taps - 1 zeros on both sides; a decode step convolves the cached taps + the new token
+        taps = text.linear_conv_kernel_dim if kind == "linear_attention" else text.conv_L_cache
+        outputs = 2 if step else max(tokens, taps) + taps - 1
+    if kind == "linear_attention":  # Gated DeltaNet: q, k, v, z, a, b, o projections, the conv, the delta rule
+        heads, d_k, d_v = text.linear_num_value_heads, text.linear_key_head_dim, text.linear_value_head_dim
+        keys_w, values_w = text.linear_num_key_heads * d_k, heads * d_v
         channels = 2 * keys_w + values_w
-        mixer = (_mm(tokens, hidden, channels + values_w + 2 * text.linear_num_value_heads) + _mm(tokens, values_w, hidden)
-                 + _mm(tokens, channels, text.linear_conv_kernel_dim)
-                 + 3 * text.linear_num_value_heads * _mm(tokens, text.linear_key_head_dim, text.linear_value_head_dim))
+        if step:  # the recurrence, per value head: read S^T k, write k x delta, output S^T q
+            delta_rule = heads * 3 * _mm(1, d_k, d_v)
+        else:  # chunked over the padded length P: per chunk of C, k_beta k^T and q k^T (C x C x d_k each), two
+            # triangular solves of the C x C system (as the C x C product by the inverse: d_v and d_k columns), the
+            # intra-chunk attention times v_new (C x C x d_v), two reads of the state (C x d_k x d_v) and its update
+            padded = -(-tokens // CHUNK) * CHUNK
+            delta_rule = 2 * heads * padded * (3 * CHUNK * d_k + 2 * CHUNK * d_v + 3 * d_k * d_v)
+        mixer = (_mm(tokens, hidden, channels + values_w + 2 * heads) + _mm(tokens, values_w, hidden)
+                 + _mm(outputs, channels, taps) + delta_rule)
     elif kind == "conv":  # LFM2 short conv: B, C, x from one projection, depthwise conv, output projection
-        mixer = _mm(tokens, hidden, 3 * hidden) + _mm(tokens, hidden, text.conv_L_cache) + _mm(tokens, hidden, hidden)
+        mixer = _mm(tokens, hidden, 3 * hidden) + _mm(outputs, hidden, taps) + _mm(tokens, hidden, hidden)
     else:
         heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
         head_dim = getattr(text, "head_dim", None) or hidden // heads
@@ -296,12 +368,17 @@ def closed_form_layer(text, kind: str, tokens: int, keys: int) -> int:
 def counted_layer(model, index: int, tokens: int) -> int:
     """torch's own FlopCounterMode on decoder layer ``index`` alone, on ``tokens`` tokens from an empty cache
     (MoE experts run by their eager per-expert loop, which torch's counter sees; CPU's fused SDPA kernel gets
-    torch's own SDPA formula, which the counter does not register for it)."""
+    torch's own SDPA formula, and the triangular solve of the chunked Gated DeltaNet A X = B the product by the
+    inverse, 2 x (n x n) x columns: the counter has formulas for neither)."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
     from transformers import DynamicCache
 
     def sdpa(query, key, value, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(query, key, value)
+
+    def solve(a, b, *args, out_shape=None, **kwargs):
+        *batch, n, columns = b
+        return 2 * int(torch.Size(batch).numel()) * n * n * columns
 
     text_model = model.model.language_model
     hidden = torch.randn(1, tokens, model.config.text_config.hidden_size)
@@ -310,28 +387,35 @@ def counted_layer(model, index: int, tokens: int) -> int:
         positions = positions[None].expand(3, 1, -1)  # M-RoPE's t, h, w rows
     rotary = text_model.rotary_emb(hidden, positions)
     counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa, torch.ops.aten.linalg_solve_triangular: solve})
     with counter:
         text_model.layers[index](hidden, position_embeddings=rotary, attention_mask=None,
                                  cache=DynamicCache(config=model.config.text_config))
     return counter.get_total_flops()
 
 
+# 60 text tokens: with the 12 vision tokens of a 32 x 24 image, Qwen3.5's Gated DeltaNet runs 2 chunks of 64 on the
+# whole prompt and 1 on the kept tokens, so withdrawal changes the padding
+STATE_TEXT = 60
+
+
 @pytest.mark.parametrize("name", STATE_FAMILIES)
 def test_profile_of_families_with_conv_or_recurrent_layers(name, saved, capsys):
     directory, config = saved(name)
     code, data, err = run_json(["profile", "--model", directory, "--layer", str(K), "--json", "--device", "cpu",
-                                "--text-tokens", str(TEXT), "--image-size", "32x24", "--images", "1", "--new-tokens",
-                                "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0", "--warmup", "0"],
-                               capsys)
+                                "--text-tokens", str(STATE_TEXT), "--image-size", "32x24", "--images", "1",
+                                "--new-tokens", "2", "--min-runs", "1", "--min-time", "0", "--max-time", "0",
+                                "--warmup", "0"], capsys)
     assert code == 0, err
     flops, text_config = data["flops"], config.text_config
     vision, text = flops["tokens"]["vision"], flops["tokens"]["text"]
-    assert text == TEXT and vision > 0
+    assert text == STATE_TEXT and vision > 0
     n = vision + text
     types = text_config.layer_types[:LAYERS]
     attention = [i for i, kind in enumerate(types) if kind not in ("linear_attention", "conv")]
     assert attention and any(i < K for i, kind in enumerate(types) if kind in ("linear_attention", "conv"))
+    if name != "lfm2_vl":
+        assert -(-n // CHUNK) == 2 and -(-text // CHUNK) == 1
 
     # counted prefill: every decoder layer as it costs alone, layers >= K on the text tokens only
     model = transformers.AutoModelForImageTextToText.from_pretrained(directory, experts_implementation="eager").eval()
@@ -343,22 +427,35 @@ def test_profile_of_families_with_conv_or_recurrent_layers(name, saved, capsys):
     assert base["lm_head"] == new["lm_head"] == head
     assert (new["vision_tower"], new["projector"]) == (base["vision_tower"], base["projector"]) and base["projector"] > 0
 
-    # the closed form: Gated DeltaNet / short conv / MoE each by their own formula
+    # the closed form (Gated DeltaNet chunked as transformers' torch kernel runs it, short conv, MoE each by their
+    # own formula) equals the counted language model, baseline and withdrawn
     analytic = flops["analytic"]
     assert analytic["covers"] == ["language_model", "lm_head"]
-    assert analytic["baseline"]["language_model"] == sum(closed_form_layer(text_config, kind, n, n) for kind in types)
-    assert analytic["withdrawn"]["language_model"] == sum(
-        closed_form_layer(text_config, kind, n if i < K else text, n if i < K else text) for i, kind in enumerate(types))
+    closed = {"baseline": sum(closed_form_layer(text_config, kind, n, n) for kind in types),
+              "withdrawn": sum(closed_form_layer(text_config, kind, n if i < K else text, n if i < K else text)
+                               for i, kind in enumerate(types))}
+    for variant, counted in (("baseline", base), ("withdrawn", new)):
+        assert analytic[variant]["language_model"] == counted["language_model"] == closed[variant], variant
 
     # decode: conv / recurrent layers cost the same whatever the context; attention layers >= K attend over
-    # the text only (QK^T and AV: 2 x 2 x heads x head_dim per withdrawn key)
+    # the text only (QK^T and AV: 2 x 2 x heads x head_dim per withdrawn key). The recurrent step's three products
+    # per value head are elementwise multiply + sum in transformers: in the closed form, 0 in torch's counter
     heads = text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
     saved_per_step = sum(2 * _mm(1, head_dim, vision) * heads for i in attention if i >= K)
     decode = flops["decode_per_token"]
     assert decode["context_tokens"] == {"baseline": n, "withdrawn": text}  # the last attention layer is >= K
     assert decode["baseline"] - decode["withdrawn"] == saved_per_step
-    assert analytic["decode_per_token"]["baseline"] - analytic["decode_per_token"]["withdrawn"] == saved_per_step
+    uncounted = sum(3 * 2 * text_config.linear_key_head_dim * text_config.linear_value_head_dim
+                    * text_config.linear_num_value_heads for kind in types if kind == "linear_attention")
+    assert (uncounted > 0) == (name != "lfm2_vl")
+    for variant, context in (("baseline", [n] * LAYERS), ("withdrawn", [n] * K + [text] * (LAYERS - K))):
+        step = sum(closed_form_layer(text_config, kind, 1, context[i] + 1, step=True) for i, kind in enumerate(types))
+        assert analytic["decode_per_token"][variant] == step + head, variant
+        assert decode[variant] == step + head - uncounted, variant
+    # the convention says what these figures assume (transformers' torch kernels)
+    assert "causal depthwise convs" in flops["convention"]
+    assert ("Gated DeltaNet" in flops["convention"]) == (name != "lfm2_vl")
 
     # memory: the KV cache of the attention layers shrinks; the conv / recurrent states are fixed-size
     kv_heads = text_config.num_key_value_heads

@@ -732,7 +732,10 @@ def test_vtw_models_lists_every_family_as_supported(capsys):
             "Gemma3ForConditionalGeneration", "InternVLForConditionalGeneration"} <= flops_only
     with_videos = {arch for row in rows if row["flops_only_videos"] for arch in row["architectures"]}
     assert {"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
-            "LlavaOnevisionForConditionalGeneration"} <= with_videos <= flops_only
+            "LlavaOnevisionForConditionalGeneration", "Qwen3VLForConditionalGeneration",
+            "Qwen3VLMoeForConditionalGeneration", "Qwen3_5ForConditionalGeneration",
+            "Qwen3_5MoeForConditionalGeneration", "Glm4vForConditionalGeneration", "Glm4vMoeForConditionalGeneration",
+            "Glm46VForConditionalGeneration", "Gemma4ForConditionalGeneration"} <= with_videos <= flops_only
 
 
 def write_video_dataset(directory, frames: int = 4) -> str:

@@ -308,10 +308,18 @@ def next_dir(tmp_path_factory) -> str:
     return directory
 
 
-def test_flops_only_on_a_family_sized_by_its_images(tmp_path, capsys):
-    """Ovis2 sizes its tokens from each image (tiles + a global view) and its adapter names no vision-token rule."""
+def test_flops_only_on_a_family_sized_by_its_images(tmp_path, capsys, monkeypatch):
+    """Ovis2 sizes its tokens from each image (tiles + a global view); with its entry naming no vision-token rule
+    (as an entry without one would: every listed family now has one, Llama 4 aside), --flops-only is refused."""
+    import dataclasses
+
     from arch_models import FAMILIES
 
+    from vtwcli import adapters
+
+    entry = adapters.adapter_for_architecture(FAMILIES["ovis2"].architecture)
+    monkeypatch.setattr(adapters, "ADAPTERS", tuple(dataclasses.replace(a, image_tokens=None) if a is entry else a
+                                                    for a in adapters.ADAPTERS))
     model = FAMILIES["ovis2"].build(1, "sdpa", 0)
     model.config.architectures = [FAMILIES["ovis2"].architecture]
     model.config.save_pretrained(tmp_path)

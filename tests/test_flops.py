@@ -236,3 +236,26 @@ def test_cli_profile_without_calibration_layer(tmp_path):
     result = run_cli(["profile", "--profile", str(tmp_path / "nocalib.yaml"), "--flops-only"])
     assert isinstance(result.exception, VtwError)
     assert "no calibration" in str(result.exception)
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_counter_charges_a_triangular_solve_as_the_product_by_the_inverse(left):
+    """torch's counter has no formula for aten.linalg_solve_triangular (Qwen3.5's chunked Gated DeltaNet solves two
+    unit-triangular systems per chunk); vtwcli's counter charges A X = B (X A = B) with A n x n as the matmul
+    A^-1 B (B A^-1): 2 x n x n x columns per batch entry, here 2 x 3 x (5 x 5 x 4). The matmul by the inverse
+    counts the same under torch's own mm formula."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vtwcli.measure.counter import new_counter
+
+    system = torch.eye(5).expand(2, 3, 5, 5) + torch.randn(2, 3, 5, 5).tril(-1)
+    rhs = torch.randn(2, 3, 5, 4) if left else torch.randn(2, 3, 4, 5)
+    counter = new_counter()
+    with counter:
+        torch.linalg.solve_triangular(system, rhs, upper=False, left=left, unitriangular=True)
+    assert counter.get_total_flops() == 2 * 3 * 2 * 5 * 5 * 4
+    inverse = torch.linalg.inv(system)
+    plain = FlopCounterMode(display=False)
+    with plain:
+        _ = inverse @ rhs if left else rhs @ inverse
+    assert plain.get_total_flops() == counter.get_total_flops()

@@ -3,6 +3,9 @@
 DEFAULT_THRESHOLD = 0.003  # the reference implementation's eta for LLaVA-1.5-7B
 DEFAULT_TEXT_TOKENS = 64  # text tokens of `vtw profile`'s synthetic prompt (576 image tokens + 64 for LLaVA-1.5)
 DEFAULT_VIDEO_FRAMES = 4  # frames of each synthetic video (`--frames`): two temporal patches for Qwen2-VL
+# Frame rate of the synthetic videos' timestamps where the video processor names no sampling rate of its own
+# (`fps`: 2 for Qwen3-VL, GLM-4V): the frames arrive as sampled at that rate (vtwcli.measure.config_video)
+DEFAULT_VIDEO_FPS = 2
 MAX_VIDEO_FRAMES = 2048   # the most any transformers video processor samples (GLM-5 Next's max_frames)
 
 

@@ -22,7 +22,7 @@ import torch
 from vtwcli.errors import UnsupportedError, VtwError
 from vtwcli.loading import LoadedModel, model_block
 from vtwcli.measure.flops import (COUNTER, COUNTER_META, PromptCounts, PromptLayout, analytic_flops, count_flops,
-                                  count_flops_meta, flops_section, fvcore_flops, meta_model,
+                                  count_flops_meta, flops_convention, flops_section, fvcore_flops, meta_model,
                                   require_fixed_image_layout)
 from vtwcli.defaults import DEFAULT_TEXT_TOKENS, DEFAULT_VIDEO_FRAMES
 from vtwcli.measure.latency import LatencyPlan, measure_latency
@@ -79,7 +79,7 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     model = meta_model(config, attn=attn) if model is None else model
     adapter = adapter_for(model)
     check_frames(frames, videos)  # resolved by run_flops_only_sized
-    check_videos(adapter, model.config, videos, config_only=True)
+    check_videos(adapter, model.config, videos, images=images, config_only=True)
     if not adapter.fixed_image_layout and adapter.image_tokens is not None:
         if image_tokens is not None:
             raise _image_tokens_refused(adapter)
@@ -96,7 +96,8 @@ def run_flops_only(config, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS
     counted = count_flops_meta(model, layout, layer)
     analytic = _analytic_or_none(model.config, layout, layer)
     return {"withdrawal": withdrawal_section(layer, kinds),
-            "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META)}
+            "flops": flops_section(counted, layout, analytic=analytic, counter=COUNTER_META,
+                                   convention=flops_convention(model.config))}
 
 
 def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: int = DEFAULT_TEXT_TOKENS,
@@ -115,8 +116,8 @@ def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: 
     frames = check_frames(frames, videos)
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
-    check_videos(adapter, model.config, videos, config_only=True)
-    _check_withdrawn_media(kinds, images, videos)
+    check_videos(adapter, model.config, videos, images=images, config_only=True)
+    _check_withdrawn_media(kinds, images, videos, adapter.video_kind)
     image_processor = image_processor_for_flops(source or "", adapter.family) if images else None
     video_processor = video_processor_for_flops(source or "", adapter.family) if videos else None
     counted, counts = count_flops_from_config(model, image_processor, layer=layer, images=images,
@@ -126,12 +127,15 @@ def run_flops_only_sized(model, source: str | None, *, layer: int, text_tokens: 
     analytic = _analytic_or_none(model.config, counts, layer, vision=False)
     return {"withdrawal": withdrawal_section(layer, kinds),
             "flops": flops_section(counted, counts, analytic=analytic,
-                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG)}
+                                   counter=COUNTER_CONFIG_VIDEOS if videos else COUNTER_CONFIG,
+                                   convention=flops_convention(model.config))}
 
 
-def _check_withdrawn_media(kinds: tuple[str, ...] | None, images: int, videos: int) -> None:
-    """A --withdraw selection must name something the synthetic prompt holds (else nothing is withdrawn)."""
-    held = {"image": images, "video": videos}
+def _check_withdrawn_media(kinds: tuple[str, ...] | None, images: int, videos: int, video_kind: str = "video") -> None:
+    """A --withdraw selection must name something the synthetic prompt holds (else nothing is withdrawn); the
+    videos are of ``video_kind`` (Adapter.video_kind)."""
+    held = {"image": images, "video": 0}
+    held[video_kind] += videos
     if kinds is not None and not any(held[kind] for kind in kinds):
         missing = " and ".join(f"no {kind} (--{kind}s 0)" for kind in kinds)
         raise VtwError(f"--withdraw {','.join(kinds)}: the synthetic prompt has {missing}, so nothing would be "
@@ -253,7 +257,7 @@ def processor_prompt(loaded: LoadedModel, *, images: int = 1, videos: int = 0,
         text = " ".join(words[i] for i in order[:count])
         media = {"images": [pictures]} if pictures else {}
         if clips:
-            media.update(videos=clips, **frames_as_given(processor))
+            media.update(videos=clips, **frames_as_given(processor, clips))
         try:
             inputs = processor(text=[chat_prompt(processor, images, text, videos=videos)], return_tensors="pt",
                                **media)
@@ -313,7 +317,7 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     check_layer(layer, num_decoder_layers(model), option="--layer")
     adapter.check_kinds(model.config, kinds)
     withdraw(model, layer=layer, kinds=kinds).remove()  # refuses a K that cannot be exact before any measuring
-    check_videos(adapter, model.config, videos)
+    check_videos(adapter, model.config, videos, images=images)
     if fvcore and not adapter.fixed_image_layout:
         raise VtwError(f"--fvcore traces the LLaVA-1.5 forward (input_ids, pixel_values); {adapter.family} takes "
                        "other inputs: drop --fvcore")
@@ -335,7 +339,8 @@ def run_profile(loaded: LoadedModel, *, layer: int, text_tokens: int = DEFAULT_T
     counted = count_flops(model, inputs, layer, kinds=kinds)
     analytic = _analytic_or_none(model.config, prompt, layer, vision=adapter.fixed_image_layout)
     cross_check = fvcore_flops(model, layout, layer, seed=seed, kinds=kinds) if fvcore else None
-    flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER)
+    flops = flops_section(counted, prompt, analytic=analytic, fvcore=cross_check, counter=COUNTER,
+                          convention=flops_convention(model.config))
     sections = {"withdrawal": withdrawal_section(layer, kinds), "flops": flops}
     if flops_only:
         return sections

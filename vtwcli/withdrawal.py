@@ -56,7 +56,17 @@ from vtwcli.kept_sequence import (MASK_BUILDERS, kept_slots, kept_vision_tokens,
 
 __all__ = ["withdraw", "WithdrawalHandle", "num_decoder_layers", "kept_slots", "take_positions", "repeat_batch",
            "withdrawn_masks", "MASK_BUILDERS", "exact_layers", "inexact_reason", "check_exact", "format_layers",
-           "refuse_kept_blocks"]
+           "refuse_kept_blocks", "deepstack_keeps_vision"]
+
+
+def deepstack_keeps_vision(adapter: Adapter, last_target: int, kinds) -> UnsupportedError:
+    """The refusal of a withdrawal below a DeepStack injection (into layers up to ``last_target``) that keeps some
+    vision tokens (``kinds``): the injections past K would reach kept tokens, which withdrawal cannot reproduce."""
+    return UnsupportedError(
+        f"{adapter.family} adds DeepStack vision features to every vision token up to decoder layer "
+        f"{last_target}, and this call keeps some (--withdraw {','.join(kinds or ())}); withdraw every "
+        f"vision kind of the prompt or use a layer >= {last_target}"
+    )
 
 
 def num_decoder_layers(model: nn.Module) -> int:
@@ -371,11 +381,7 @@ class WithdrawalHandle:
         if all(keep):
             return None
         if self._call is not None and self._call.keeps_vision_tokens:
-            raise UnsupportedError(
-                f"{self.adapter.family} adds DeepStack vision features to every vision token up to decoder layer "
-                f"{max(targets)}, and this call keeps some (--withdraw {','.join(self.kinds or ())}); withdraw every "
-                f"vision kind of the prompt or use a layer >= {max(targets)}"
-            )
+            raise deepstack_keeps_vision(self.adapter, max(targets), self.kinds)
         return args, dict(kwargs, **{spec.argument: spec.select(features, keep)})
 
     def _enter_withdrawn(self, module, args, kwargs):

@@ -22,16 +22,23 @@ def _select_entries(features, keep: list[bool]):
 
 
 def _dict_keys(features) -> list[int]:
-    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer.
-    return list(features)
+    # Granite4-Vision: {layer: features}, each added to the vision tokens just before that layer (what its language
+    # model receives); get_image_features returns them as [(layer, features), ...]
+    return list(features) if isinstance(features, dict) else [layer for layer, _ in features]
 
 
 def _select_items(features, keep: list[bool]):
     return {layer: entry for (layer, entry), kept in zip(features.items(), keep) if kept}
 
 
+def _first_injection(output):
+    # Granite4-Vision's get_image_features: deepstack_features = [(layer, [features of each image]), ...]
+    return output.deepstack_features[0][1]
+
+
 GRANITE4_VISION_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_features",
-                                      target_layers=_dict_keys, select=_select_items)
+                                      target_layers=_dict_keys, select=_select_items,
+                                      injected_features=_first_injection)
 QWEN3_VL_DEEPSTACK = DeepStack(module=lambda model: model.model.language_model, argument="deepstack_visual_embeds",
                                target_layers=_after_each_layer, select=_select_entries)
 
@@ -147,6 +154,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
         deepstack=QWEN3_VL_DEEPSTACK,
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE + DeepStack (vision features added after the first layers: injections past K dropped, "
               "they only touch withdrawn tokens); MoE: FLOPs of the active experts",
     ),
@@ -163,6 +171,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="M-RoPE (partial rotary): original 3-D positions kept; <|image|> withdrawn (video frames use it "
               "too), begin/end-of-image kept; GLM-4.5V MoE: FLOPs of the active experts",
     ),
@@ -198,16 +207,26 @@ ADAPTERS: tuple[Adapter, ...] = (
         notes="<IMG_CONTEXT> tokens withdrawn (every tile); <img>/</img> kept",
     ),
     Adapter(
-        family="Aya Vision / Cohere2 Vision",
-        architectures=("AyaVisionForConditionalGeneration", "Cohere2VisionForConditionalGeneration"),
+        family="Aya Vision",
+        architectures=("AyaVisionForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,
         notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
-              "<|IMG_PATCH|> withdrawn (every tile), tile / line-break / start / end markers kept",
+              "<|IMG_PATCH|> withdrawn (every tile), tile / start / end markers kept",
+    ),
+    Adapter(
+        family="Cohere2 Vision",
+        architectures=("Cohere2VisionForConditionalGeneration",),
+        vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.tiles,  # its image processor's grid: the least upscaling, a thumbnail
+        notes="Cohere2 LM: sliding-window layers (window counts kept tokens) and full layers without RoPE; "
+              "<|IMG_PATCH|> withdrawn (every tile), line-break / start / end markers kept",
     ),
     Adapter(
         family="VipLLaVA",
         architectures=("VipLlavaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
+        image_tokens=vision_tokens.fixed_per_image,
         notes="CLIP features of several layers, fixed number of image tokens per image",
     ),
     Adapter(
@@ -216,6 +235,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id", "video_token_id"),
         vision_token_kinds=IMAGE_AND_VIDEO,
         flops_components={**LLAVA_COMPONENTS, "projector": ("model.multi_modal_projector", "model.vision_resampler")},
+        image_tokens=vision_tokens.anyres,
         notes="anyres images and pooled video frames; image and video tokens withdrawn",
     ),
     Adapter(
@@ -226,6 +246,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         # its processor hands the images over as `pixel_values_images` (the name before transformers 5.23)
         pixel_input_keys=("pixel_values", "pixel_values_images", "pixel_values_videos", "inputs_embeds"),
         flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.image_tower", "model.video_tower")},
+        image_tokens=vision_tokens.fixed_per_image,
         notes="separate image and video towers; image and video tokens withdrawn",
     ),
     Adapter(
@@ -235,6 +256,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={**LLAVA_COMPONENTS,
                           "projector": ("model.layerwise_projectors", "model.spatial_projectors")},
         deepstack=GRANITE4_VISION_DEEPSTACK,
+        image_tokens=vision_tokens.anyres,
         notes="anyres; image features enter only through DeepStack at chosen layers (injections past K dropped, "
               "they only touch withdrawn tokens)",
     ),
@@ -243,6 +265,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("DeepseekVLForConditionalGeneration", "JanusForConditionalGeneration"),
         vision_token_id_keys=("image_token_id",),
         flops_components={**LLAVA_COMPONENTS, "vision_tower": ("model.vision_model",), "projector": ("model.aligner",)},
+        image_tokens=vision_tokens.fixed_per_image,
         notes="fixed number of image tokens per image; Janus: image understanding (its image generator is not "
               "involved); <begin_of_image>/<end_of_image> kept",
     ),
@@ -260,6 +283,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("Ovis2ForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
         flops_components={**LLAVA_COMPONENTS, "projector": ("model.visual_embeddings_table",)},
+        image_tokens=vision_tokens.covering_tiles,
         notes="tiles + global view; <IMG_ATOM> withdrawn, visual indicator tokens (start, grid, row, col, end) kept",
     ),
     Adapter(
@@ -267,6 +291,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         architectures=("PaliGemmaForConditionalGeneration",),
         vision_token_id_keys=("image_token_id",),
         prompt_blocks=_prefix_lm_blocks,
+        image_tokens=vision_tokens.fixed_per_image,
         notes="prefix-LM: the kept text prompt still attends bidirectionally in layers >= K; <image> withdrawn",
     ),
     Adapter(
@@ -292,6 +317,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         flops_components={"vision_tower": ("model.vision_tower",), "projector": ("model.embed_vision",),
                           "language_model": ("model.language_model",), "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.pooled_patches,
+        video_tokens=vision_tokens.pooled_patches_per_frame,
         notes="sliding + full layers, per-layer inputs sliced like the hidden states; with KV sharing only K <= "
               "the last producer layer is exact (others refused); image and video tokens withdrawn together",
     ),
@@ -329,6 +355,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                           "projector": ("model.visual.merger",), "language_model": ("model.language_model",),
                           "lm_head": ("lm_head",)},
         image_tokens=vision_tokens.merged_patches,
+        video_tokens=vision_tokens.video_patches,
         notes="Gated DeltaNet (linear attention: conv + recurrent state) interleaved with full attention; M-RoPE; "
               "image and video pads withdrawn",
     ),
@@ -338,6 +365,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         vision_token_id_keys=("image_token_id",),
         final_norm=_embedding_norm,
         state_layer_types=("conv",),
+        image_tokens=vision_tokens.smart_resized_tiles,
         notes="short-conv layers (fixed conv state) interleaved with full attention; <image> tokens withdrawn",
     ),
 )

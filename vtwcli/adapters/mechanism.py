@@ -71,6 +71,9 @@ class DeepStack:
     target_layers: Callable[[object], list[int]]
     # The same container with only the entries whose flag is True.
     select: Callable[[object, list[bool]], object]
+    # Where the vision tokens receive nothing but the injections (Granite4-Vision: get_image_features' output has
+    # no pooler_output): the features of one injection, from that output; config-only FLOPs check their count.
+    injected_features: Callable[[object], object] | None = None
 
 
 def _config_shared_kv(text_config, num_layers: int) -> dict[int, int]:
@@ -149,7 +152,9 @@ class Adapter:
     # tokens, passed to transformers' mask builders as `block_sequence_ids` on the prompt's forward.
     prompt_blocks: Callable[[dict], object] | None = None
     # True where video frames carry the IMAGE token (GLM-4V): the family takes videos, withdrawn as image tokens
-    # (the ids cannot tell the two apart, so `--withdraw` has one kind, image).
+    # (the ids cannot tell the two apart, so `--withdraw` has one kind, image: `video_kind`). Its forward then
+    # cannot take images and videos in one prompt either (transformers 5.24 scatters the image features over every
+    # image token, the frames' too): `vtw profile` refuses the mix (`check_videos`).
     video_frames_as_images: bool = False
     # Positional arguments of a decoder layer call, after the hidden states, that carry one entry per position
     # (batch, seq, ...), such as Gemma 4's per-layer inputs: layers >= K get them at the kept slots.
@@ -173,12 +178,22 @@ class Adapter:
         return sorted({self.vision_token_kinds.get(key, "image") for key in self.vision_token_id_keys
                        if config is None or getattr(config, key, None) is not None})
 
+    @property
+    def video_kind(self) -> str:
+        """The `--withdraw` kind whose selection withdraws this family's video tokens ("image" where video frames
+        carry the image token)."""
+        return "image" if self.video_frames_as_images else "video"
+
     def accepts_video(self, config) -> bool:
         """Whether this model takes video input (its template and processor would not drop a video)."""
         return self.video_frames_as_images or "video" in self.declared_kinds(config)
 
     def check_kinds(self, config, kinds: tuple[str, ...] | None) -> None:
         """Refuse a --withdraw selection that names no vision token this model has."""
+        if kinds is not None and "video" in kinds and self.video_kind == "image" and "image" not in kinds:
+            raise UnsupportedError(f"--withdraw {','.join(kinds)}: {self.family}'s video frames carry the image "
+                                   "token, so they cannot be withdrawn apart from the images; use --withdraw image "
+                                   "(images and video frames) or drop --withdraw")
         if kinds is not None and not self.vision_token_ids(config, kinds):
             raise UnsupportedError(f"--withdraw {','.join(kinds)}: {self.family} has no such tokens; its vision "
                                    f"tokens are {', '.join(self.declared_kinds(config)) or 'none'}")

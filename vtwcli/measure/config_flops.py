@@ -123,11 +123,19 @@ _INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torc
 class _MetaAtWeights(TorchDispatchMode):
     """Real where the values come from the inputs, meta where they come from the weights: an op that mixes real
     and meta tensors runs on meta, with a real boolean index turned into the positions it selects (so a mask
-    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only."""
+    of real values still picks as many rows as on the loaded model). FLOPs depend on shapes only. With
+    ``real_factories`` (the vision side), a tensor made from no tensor (arange, zeros, full) on the meta device is
+    made real: its values are the loaded model's (LFM2-VL compares such a range with the images' real sizes)."""
+
+    def __init__(self, real_factories: bool = False):
+        super().__init__()
+        self.real_factories = real_factories
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if self.real_factories and not tensors and kwargs.get("device") == _META:
+            return func(*args, **{**kwargs, "device": torch.device("cpu")})
         if func is torch.ops.aten._to_copy.default and not tensors[0].is_meta and kwargs.get("device") == _META:
             return func(*args, **{**kwargs, "device": tensors[0].device})  # a real value stays real
         if any(t.is_meta for t in tensors) and not all(t.is_meta for t in tensors):
@@ -166,9 +174,10 @@ def _feature_rows(features, width: int) -> int:
 
 @torch.no_grad()
 def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features: str = "get_image_features",
-                  rule: str = "Adapter.image_tokens") -> dict:
-    """{vision_tower, projector} of one ``features`` call (get_image_features / get_video_features) on meta; its
-    feature count checked against what the adapter's ``rule`` says."""
+                  rule: str = "Adapter.image_tokens") -> tuple[dict, int]:
+    """({vision_tower, projector}, the last decoder layer its DeepStack features go into, else 0) of one
+    ``features`` call (get_image_features / get_video_features) on meta; its feature count checked against what
+    the adapter's ``rule`` says."""
     from vtwcli.adapters import adapter_for
 
     hooks = []
@@ -181,7 +190,7 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
             for module in _called_modules(model, path):
                 hooks += _meter(module, counter, spent, component)
     try:
-        with _parameters_frozen(model), counter, _MetaAtWeights():
+        with _parameters_frozen(model), counter, _MetaAtWeights(real_factories=True):
             output = getattr(model.model, features)(**pixels)
     except NotImplementedError as error:
         if _debug_meta:
@@ -199,11 +208,15 @@ def _vision_flops(model: nn.Module, pixels: dict, expected_tokens: int, features
         for hook in hooks:
             hook.remove()
     features = getattr(output, "pooler_output", output)
+    deepstack = adapter_for(model).deepstack
+    if features is None and deepstack is not None and deepstack.injected_features is not None:
+        features = deepstack.injected_features(output)  # features that enter through DeepStack alone
     rows = _feature_rows(features, model.config.get_text_config().hidden_size)
     if rows != expected_tokens:
         raise VtwError(f"{type(model).__name__}: the vision-token rule gives {expected_tokens} tokens but the model "
                        f"makes {rows} features; the rule ({rule}) does not fit this config")
-    return spent
+    deepstack, injected = adapter_for(model).deepstack, getattr(output, "deepstack_features", None)
+    return spent, max(deepstack.target_layers(injected), default=0) if deepstack and injected else 0
 
 
 def _called_modules(model: nn.Module, path: str) -> list[nn.Module]:
@@ -314,7 +327,7 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     the prompt's token counts (``kinds``: the vision tokens withdrawn, the others stay like text)."""
     from vtwcli.adapters import adapter_for
     from vtwcli.measure.config_video import video_processor_output, video_tokens_per_video
-    from vtwcli.withdrawal import check_exact, num_decoder_layers
+    from vtwcli.withdrawal import check_exact, deepstack_keeps_vision, num_decoder_layers, refuse_kept_blocks
 
     adapter = adapter_for(model)
     check_exact(adapter, adapter.text_config(model.config), num_decoder_layers(model), layer)
@@ -330,16 +343,22 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
     total = image_vision + video_vision + text_tokens
     media = "--images / --image-size" + (" / --videos / --frames" if videos else "")
     adapter.check_prompt_fits(model.config, total, fix=f"lower --text-tokens / {media}")  # before such tensors exist
-    kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds)
-    tower = dict.fromkeys(("vision_tower", "projector"), 0)
+    kept, withdrawn = _kept_positions(text_tokens, image_vision, video_vision, kinds, adapter.video_kind)
+    present = tuple(kind for kind, tokens in (("image", image_vision), (adapter.video_kind, video_vision)) if tokens)
+    # the prompt's vision token ids (one of each kind it holds): a kept kind whose blocks are bidirectional (Gemma 4)
+    refuse_kept_blocks(adapter, model.config, kinds, torch.tensor(adapter.vision_token_ids(model.config, present)))
+    tower, injected = dict.fromkeys(("vision_tower", "projector"), 0), 0
     if images:
-        spent = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed), image_vision)
-        tower = {key: tower[key] + spent[key] for key in tower}
+        spent, last = _vision_flops(model, _pixel_inputs(model, image_processor, images, width, height, seed),
+                                    image_vision)
+        tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
     if videos:
         pixels = _feature_inputs(model, video_processor_output(video_processor, videos, frames, width, height, seed),
-                              "get_video_features")
-        spent = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
-        tower = {key: tower[key] + spent[key] for key in tower}
+                                 "get_video_features")
+        spent, last = _vision_flops(model, pixels, video_vision, "get_video_features", "Adapter.video_tokens")
+        tower, injected = {key: tower[key] + spent[key] for key in tower}, max(injected, last)
+    if layer < injected and withdrawn < image_vision + video_vision:  # as withdraw() refuses it on the loaded model
+        raise deepstack_keeps_vision(adapter, injected, kinds)
     num_layers = num_decoder_layers(model)
     result: dict = {"decode_per_token": {"context_tokens": {}}}
     for variant in ("baseline", "withdrawn"):
@@ -353,13 +372,14 @@ def count_flops_from_config(model: nn.Module, image_processor, *, layer: int, im
                                 frames=frames if videos else 0)
 
 
-def _kept_positions(text_tokens: int, image_vision: int, video_vision: int,
-                    kinds: tuple[str, ...] | None) -> tuple[torch.Tensor, int]:
+def _kept_positions(text_tokens: int, image_vision: int, video_vision: int, kinds: tuple[str, ...] | None,
+                    video_kind: str = "video") -> tuple[torch.Tensor, int]:
     """(positions kept in layers >= K, tokens withdrawn) of the prompt [BOS-like token] [image tokens] [video
-    tokens] [question]: the vision tokens of the ``kinds`` withdrawn (None: all), everything else kept."""
+    tokens] [question]: the vision tokens of the ``kinds`` withdrawn (None: all; the video tokens are of
+    ``video_kind``, Adapter.video_kind), everything else kept."""
     before = 1 if text_tokens >= 2 else 0  # a BOS-like token first, the question after the vision tokens
     blocks = ((before, False), (image_vision, kinds is None or "image" in kinds),
-              (video_vision, kinds is None or "video" in kinds), (text_tokens - before, False))
+              (video_vision, kinds is None or video_kind in kinds), (text_tokens - before, False))
     kept, start, withdrawn = [], 0, 0
     for length, gone in blocks:
         if gone:
@@ -400,7 +420,18 @@ def image_processor_for_flops(source: str, family: str):
 
     try:
         return image_processor_of(source)
+    except ValueError as error:  # transformers: "... Missing optional dependencies: torchvision. ..."
+        if "torchvision" not in str(error):
+            raise broken_processor_file(source, "image", error) or _needs_preprocessor_config(source, family,
+                                                                                              error) from None
+        raise VtwError(f"--flops-only: {family}'s image processor (transformers) needs torchvision, which does not "
+                       f"import here; install the torchvision that matches torch {torch.__version__}") from None
     except PROCESSOR_FILE_FAULTS as error:
-        raise broken_processor_file(source, "image", error) or VtwError(
-            f"--flops-only: {family} sizes its vision tokens from each image, so it needs preprocessor_config.json "
-            f"beside config.json in {source} ({type(error).__name__}); copy it from the model repository") from None
+        raise broken_processor_file(source, "image", error) or _needs_preprocessor_config(source, family,
+                                                                                          error) from None
+
+
+def _needs_preprocessor_config(source: str, family: str, error: Exception) -> VtwError:
+    return VtwError(f"--flops-only: {family} sizes its vision tokens from each image, so it needs "
+                    f"preprocessor_config.json beside config.json in {source} ({type(error).__name__}); copy it "
+                    "from the model repository")

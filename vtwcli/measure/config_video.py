@@ -7,7 +7,8 @@ what that processor makes of seeded random videos of F frames of W x H, which
 :mod:`vtwcli.measure.config_flops` hands to the model's own ``get_video_features`` on the meta device.
 
 F is the number of frames the model sees: the processor's frame sampling (``do_sample_frames``) is turned off
-here and in the loaded model's synthetic prompt (:func:`frames_as_given`), so ``--frames`` is the sampled count.
+here and in the loaded model's synthetic prompt (:func:`frames_as_given`), so ``--frames`` is the sampled count;
+the frames' timestamps are those of frames sampled at the processor's own rate (``fps``, else 2 per second).
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ COUNTER_CONFIG_VIDEOS = ("torch.utils.flop_counter.FlopCounterMode on the meta d
                          "then the language model on text + vision positions, layers >= K on the text positions)")
 
 
-def check_videos(adapter, config, videos: int, *, config_only: bool = False) -> None:
-    """Refuse ``--videos`` on a model that takes no video, and (config only) on a family without a video rule."""
+def check_videos(adapter, config, videos: int, *, images: int = 0, config_only: bool = False) -> None:
+    """Refuse ``--videos`` on a model that takes no video, beside ``images`` on a family whose forward cannot take
+    both (video frames as image tokens), and (config only) on a family without a video rule."""
     if not videos:
         return
     if not adapter.accepts_video(config):
         raise VtwError(f"--videos {videos}: {adapter.family} takes no video input; drop --videos")
+    if images and adapter.video_frames_as_images:
+        raise VtwError(f"--images {images} --videos {videos}: {adapter.family}'s video frames carry the image token, "
+                       "and its forward (transformers) cannot take images and videos in one prompt; add --images 0 "
+                       "(or drop --videos)")
     if config_only and adapter.video_tokens is None:
         raise UnsupportedError(f"--videos with --flops-only: {adapter.family} has no config-only video-token rule "
                                "(Adapter.video_tokens) yet; drop --flops-only to count on the loaded model, or drop "
@@ -66,20 +72,30 @@ def video_tokens_per_video(model: nn.Module, video_processor, frames: int, width
     check_videos(adapter, model.config, 1, config_only=True)
     try:
         return int(adapter.video_tokens(model.config, video_processor, frames, width, height))
-    except ValueError as error:  # the processor's own refusal (e.g. Qwen's aspect ratio of at most 200)
-        raise VtwError(f"--image-size {width}x{height}: the video processor rejects it for frames ({error}); use a "
-                       "less extreme size") from None
+    except ValueError as error:  # the processor's own refusal (Qwen's aspect ratio of at most 200, Qwen3-VL's and
+        # GLM's fewer frames than the temporal patch)
+        raise VtwError(f"--frames {frames} --image-size {width}x{height}: the video processor rejects such a video "
+                       f"({error}); use more frames or a less extreme size") from None
     except RULE_FAULTS as error:
         raise rule_fault(adapter.family, "video", "its video processor config", error) from None
 
 
-def frames_as_given(processor) -> dict:
-    """Keyword arguments that make ``processor`` (or its video processor) take the synthetic frames as they are
-    given: every frame (``do_sample_frames=False`` where it would sample) and channels last (a frame 1 or 3 pixels
-    high would otherwise be read as channels first, ``input_data_format``); nothing a processor does not take
-    (stand-ins take no such argument)."""
+def frames_as_given(processor, clips: list) -> dict:
+    """Keyword arguments that make ``processor`` (or its video processor) take every frame of ``clips`` as given,
+    frames sampled at the video processor's own rate (its ``fps``, else DEFAULT_VIDEO_FPS): ``do_sample_frames=False``
+    and ``video_metadata`` (fps, frame indices 0..F-1), from which the processors that write frame timestamps
+    into the prompt (Qwen3-VL, GLM-4V, Gemma 4) take them (without it they assume 24 fps, with a warning); and
+    channels last (``input_data_format``: a frame 1 or 3 pixels high would otherwise be read as channels first).
+    Nothing for a processor that is not a transformers video processor (stand-ins take no such argument)."""
+    from vtwcli.defaults import DEFAULT_VIDEO_FPS
+
     video_processor = getattr(processor, "video_processor", processor)
-    given = {"do_sample_frames": False} if getattr(video_processor, "do_sample_frames", False) else {}
+    if not hasattr(video_processor, "do_sample_frames"):
+        return {}
+    fps = getattr(video_processor, "fps", None) or DEFAULT_VIDEO_FPS
+    metadata = [{"total_num_frames": len(clip), "fps": fps, "duration": len(clip) / fps, "height": clip.shape[1],
+                 "width": clip.shape[2], "frames_indices": list(range(len(clip)))} for clip in clips]
+    given = {"do_sample_frames": False, "video_metadata": metadata}
     if hasattr(video_processor, "input_data_format"):
         given["input_data_format"] = "channels_last"
     return given
@@ -92,7 +108,7 @@ def video_processor_output(video_processor, videos: int, frames: int, width: int
     rng = np.random.default_rng(seed + 1)  # not the images' stream: a prompt may hold both
     clips = [rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8) for _ in range(videos)]
     try:
-        return dict(video_processor(videos=clips, return_tensors="pt", **frames_as_given(video_processor)))
+        return dict(video_processor(videos=clips, return_tensors="pt", **frames_as_given(video_processor, clips)))
     except Exception as error:  # noqa: BLE001 - the video processor's own refusal, in one line
         if is_out_of_memory(error):
             raise

@@ -19,7 +19,8 @@ Three counters:
   figure comes from the real withdrawal hooks. CPU's fused SDPA kernel has no formula in torch, so one
   is registered (torch's own ``sdpa_flop_count``: both attention matmuls over the full q x k grid), and
   so is one for the grouped matmul of MoE experts (one row per token and routed expert: MoE layers count
-  the router and the experts each token is routed to, never all experts).
+  the router and the experts each token is routed to, never all experts) and one for the triangular solve
+  of Qwen3.5's chunked Gated DeltaNet (:mod:`vtwcli.measure.counter`).
 * :func:`count_flops_meta` builds nothing but shapes: the model on the ``meta`` device (any size, no
   weights, seconds for 7B), driven component by component and layer by layer (the full LLaVA forward
   cannot run on meta: its placeholder check reads tensor values). Withdrawal is applied as the
@@ -39,19 +40,21 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from vtwcli.errors import UnsupportedError, VtwError
+from vtwcli.measure.counter import new_counter as _counter
 from vtwcli.measure.runs import VARIANTS, generate_exactly, new_cache, variants
 from vtwcli.adapters.mechanism import config_layer_types
 from vtwcli.adapters.model_types import TEXT_MODELS, VISION_TOWERS, text_model_of, vision_tower_of
-from vtwcli.measure.text_layers import decode_flops, mm_flops, prefill_flops
+from vtwcli.measure.text_layers import decode_flops, kernel_note, mm_flops, prefill_flops
 from vtwcli.profile.model import FLOPS_COMPONENTS
 from vtwcli.withdrawal import check_layer
 
 __all__ = ["CONVENTION", "COUNTER", "COUNTER_META", "COMPONENTS", "LM_HEAD_NOTE", "PromptLayout", "PromptCounts",
            "tokens_per_image",
-           "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_section",
+           "analytic_flops", "count_flops", "count_flops_meta", "fvcore_flops", "meta_model", "flops_convention",
+           "flops_section",
            "require_fixed_image_layout"]
 
 CONVENTION = ("FLOPs = 2 x multiply-accumulates; matmul work only (linear, conv, QK^T, AV over the full q x k grid); "
@@ -244,34 +247,6 @@ def _sliding_windows(text_config, num_layers: int) -> list[int | None]:
 def _decode_keys(context: int, window: int | None) -> int:
     """Keys one decode step attends over: the cache (a sliding layer keeps its last window - 1) + the new token."""
     return (context if window is None else min(context, window - 1)) + 1
-
-
-def _sdpa_formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _grouped_mm_formula(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    # MoE experts (transformers' grouped_mm experts): each row of `a` is one (token, routed expert) pair, so
-    # 2 x output elements x inner dim counts exactly the experts each token is routed to.
-    return 2 * math.prod(out_shape) * a_shape[-1]
-
-
-def _custom_mapping() -> dict:
-    """Kernels torch's counter has no formula for: SDPA (CPU's fused kernel, backend overrides) and the
-    grouped matmul of MoE experts."""
-    mapping = {}
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            mapping[op] = _sdpa_formula
-    grouped_mm = getattr(torch.ops.aten, "_grouped_mm", None)
-    if grouped_mm is not None:
-        mapping[grouped_mm] = _grouped_mm_formula
-    return mapping
-
-
-def _counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
 
 
 def _component_modules(model: nn.Module, adapter) -> dict[str, nn.Module]:
@@ -561,12 +536,21 @@ def fvcore_flops(model: nn.Module, layout: PromptLayout, layer: int, *, seed: in
 
 
 # -- the profile section --------------------------------------------------------------------------
+def flops_convention(config) -> str:
+    """``flops.convention`` for this model: :data:`CONVENTION`, plus what its conv / recurrent layers' figures
+    assume (transformers' torch kernels; vtwcli.measure.text_layers.kernel_note) where it has such layers."""
+    text = config.get_text_config()
+    note = kernel_note(text, config_layer_types(text, text.num_hidden_layers))
+    return CONVENTION if note is None else f"{CONVENTION}; {note}"
+
+
 def flops_section(counted: dict, layout: PromptLayout, *, analytic: dict | None = None, fvcore: dict | None = None,
-                  counter: str = COUNTER) -> dict:
-    """The profile's ``flops`` block from counted (and optional analytic / fvcore) figures."""
+                  counter: str = COUNTER, convention: str = CONVENTION) -> dict:
+    """The profile's ``flops`` block from counted (and optional analytic / fvcore) figures; ``convention``:
+    :func:`flops_convention` of the model."""
     baseline, withdrawn = counted["baseline"], counted["withdrawn"]
     section = {
-        "convention": CONVENTION,
+        "convention": convention,
         "counter": counter,
         "tokens": {"vision": layout.vision_tokens, "text": layout.text_tokens, "images": layout.images,
                    **({"videos": layout.videos, "frames": layout.frames} if getattr(layout, "videos", 0) else {})},
