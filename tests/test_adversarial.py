@@ -941,13 +941,19 @@ def test_flops_only_processor_config_that_disagrees_with_the_model(tmp_path, cap
 
 def test_flops_only_processor_out_of_memory(tmp_path, capsys, monkeypatch):
     """torch's CPU allocator failing inside the image processor read "the image processor rejected 1 image(s)"."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from vtwcli import vision_tokens
 
     def exhausted(self, *args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 2157969408 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr(Qwen2VLImageProcessorPil, "__call__", exhausted)
+    def built(source):  # the image processor of the files (PIL or torchvision backend), its calls failing
+        processor = real(source)
+        monkeypatch.setattr(type(processor), "__call__", exhausted)
+        return processor
+
+    real = vision_tokens.image_processor_of
+    monkeypatch.setattr(vision_tokens, "image_processor_of", built)
     line = one_line_error(["profile", "--flops-only", "--layer", "2", "--model", str(QWEN_CONFIG)], capsys)
     assert line.startswith("error: out of memory ([enforce fail at alloc_cpu.cpp:127] err == 0.")
 
